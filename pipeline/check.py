@@ -1,0 +1,99 @@
+"""`series check`: content, templates and rendered emails, every problem at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from .config import Config
+from .content import Article, Series, load_series
+from .errors import Problem, RenderError
+from .markup import Document
+from .render import Renderer
+
+# Gmail clips a message whose HTML is larger than this.
+GMAIL_CLIP_BYTES = 102 * 1024
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    series: list[Series]
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if not p.is_error]
+
+    @property
+    def articles(self) -> int:
+        return sum(s.total for s in self.series)
+
+
+def check_workspace(config: Config, *, now: datetime) -> CheckReport:
+    series_list, problems = load_series(config)
+    renderer = Renderer(config, now=now)
+    template_problems: set[Problem] = set()
+    for series in series_list:
+        for article in series.articles:
+            problems += _check_links(series, article, now)
+            try:
+                email = renderer.compile(series, article).personalise(renderer.sample())
+            except RenderError as exc:
+                # A broken template breaks every part: report it once.
+                template_problems.add(exc.problem)
+                continue
+            size = len(email.html.encode("utf-8"))
+            if size > GMAIL_CLIP_BYTES:
+                problems.append(
+                    Problem(
+                        article.source,
+                        article.body_line,
+                        f"the email's HTML is {size / 1024:.0f} KB; Gmail clips messages "
+                        f"over 102 KB, so shorten the article or split it",
+                        "warning",
+                    )
+                )
+    problems += sorted(template_problems, key=lambda p: (p.path, p.line or 0))
+    return CheckReport(series_list, problems)
+
+
+def _check_links(series: Series, article: Article, now: datetime) -> list[Problem]:
+    found = []
+    document = Document(article.body)
+    for line in document.images_without_alt():
+        found.append(
+            Problem(
+                article.source,
+                article.body_line + line,
+                "image has no alt text (write ![what it shows](url))",
+                "warning",
+            )
+        )
+    unpublished = {
+        _same_page(other.url): other
+        for other in series.articles
+        if other.url and not other.is_published(now)
+    }
+    for link in document.links():
+        target = unpublished.get(_same_page(link.href))
+        if target is not None and target is not article:
+            state = "a draft" if target.draft else "not published yet"
+            found.append(
+                Problem(
+                    article.source,
+                    article.body_line + link.line,
+                    f"links to part {target.part} ({target.title}), which is {state}",
+                    "warning",
+                )
+            )
+    return found
+
+
+def _same_page(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}{parts.path.rstrip('/')}"

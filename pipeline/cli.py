@@ -1,0 +1,160 @@
+"""The `series` command: parse options, call one library function, print."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .check import check_workspace
+from .config import Config, find_workspace, load_config
+from .content import load_series
+from .errors import ContentError, SeriesError
+from .preview import select_parts, write_previews
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@dataclass
+class State:
+    workspace: str | None
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(find_workspace(self.workspace))
+        return self._config
+
+
+class Moment(click.ParamType):
+    """An ISO-8601 time; without an offset it is in the workspace's timezone."""
+
+    name = "ISO-8601"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time such as 2026-12-01T09:00", param, ctx)
+
+
+class SeriesGroup(click.Group):
+    """Turns every expected error into one line and exit code 1 (the one place that does)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ContentError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except SeriesError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def now_option(func: F) -> F:
+    return click.option(
+        "--now",
+        type=Moment(),
+        help="Pretend it is this time (ISO-8601), e.g. to see a part as it will look once published.",
+    )(func)
+
+
+def resolve_now(config: Config, now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now if now.tzinfo else now.replace(tzinfo=config.timezone)
+
+
+@click.group(cls=SeriesGroup, context_settings=CONTEXT)
+@click.option(
+    "--workspace",
+    "-w",
+    envvar="SERIES_WORKSPACE",
+    type=click.Path(file_okay=False),
+    help="The workspace directory (default: the current directory; env SERIES_WORKSPACE).",
+)
+@click.version_option(package_name="series")
+@click.pass_context
+def cli(ctx: click.Context, workspace: str | None) -> None:
+    """Deliver a Markdown series as drip emails.
+
+    Example: series check && series preview attachment --out build/preview
+    """
+    ctx.obj = State(workspace)
+
+
+@cli.command(name="check")
+@now_option
+@click.option("--strict", is_flag=True, help="Treat warnings as errors (exit 1).")
+@click.pass_obj
+def check_command(state: State, now: datetime | None, strict: bool) -> None:
+    """Validate content, templates and config; print every problem as path:line: message.
+
+    Example: series check
+    """
+    config = state.config
+    report = check_workspace(config, now=resolve_now(config, now))
+    for problem in report.problems:
+        click.echo(str(problem))
+    errors, warnings = len(report.errors), len(report.warnings)
+    click.echo(
+        f"checked {report.articles} article(s) in {len(report.series)} series: "
+        f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}",
+        err=True,
+    )
+    if errors or (strict and warnings):
+        sys.exit(1)
+
+
+@cli.command(name="preview")
+@click.argument("target", required=False, metavar="[SERIES[/PART]]")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build/preview"),
+    show_default=True,
+    help="Directory for the .html, .txt and .eml files (relative to the workspace).",
+)
+@click.option(
+    "--progress",
+    type=click.IntRange(min=0),
+    help="Show the series block as seen by a reader who has received this many parts.",
+)
+@now_option
+@click.pass_obj
+def preview_command(
+    state: State, target: str | None, out: Path, progress: int | None, now: datetime | None
+) -> None:
+    """Write .html, .txt and .eml previews of a series or one part (by number or slug).
+
+    Example: series preview attachment/2 --out build/preview
+    """
+    config = state.config
+    series_list, problems = load_series(config)
+    if any(p.is_error for p in problems):
+        raise ContentError(problems)
+    chosen = select_parts(series_list, target)
+    out_dir = out if out.is_absolute() else config.root / out
+    for item in write_previews(config, chosen, out_dir, now=resolve_now(config, now), progress=progress):
+        first = item.paths[0]
+        click.echo(f"{config.rel(first.with_suffix(''))}.{{html,txt,eml}}")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def main() -> None:
+    cli(prog_name="series")

@@ -1,0 +1,419 @@
+"""Load ``series/<slug>/series.yml`` and its ``NN-<slug>.md`` articles into values.
+
+Pure parsing and validation: every problem is collected with its file and line,
+nothing is raised for bad content, so `series check` can show them all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
+from frontmatter.default_handlers import YAMLHandler
+
+from .config import Address, Config, SendWindow, is_web_url, parse_send_window, parse_zone
+from .errors import Problem
+
+ARTICLE_NAME = re.compile(r"(?P<number>\d+)-(?P<slug>[^/]+)\.md")
+
+SERIES_KEYS = (
+    "title",
+    "description",
+    "cadence_days",
+    "url",
+    "send_window",
+    "timezone",
+    "from",
+)
+ARTICLE_KEYS = (
+    "title",
+    "part",
+    "slug",
+    "subject",
+    "preheader",
+    "summary",
+    "url",
+    "published",
+    "draft",
+    "delay_days",
+)
+DEFAULT_CADENCE_DAYS = 7
+
+
+@dataclass(frozen=True)
+class Article:
+    series: str
+    path: Path
+    source: str  # workspace-relative path, for messages
+    part: int
+    title: str
+    slug: str
+    subject: str | None
+    preheader: str
+    summary: str
+    url: str | None
+    published: datetime | None
+    draft: bool
+    delay_days: float | None
+    body: str
+    body_line: int  # 1-based line of the body's first line in the file
+
+    def is_published(self, now: datetime) -> bool:
+        """Out on the web and sendable: not a draft and its publish time has come."""
+        return not self.draft and self.published is not None and self.published <= now
+
+
+@dataclass(frozen=True)
+class Series:
+    slug: str
+    path: Path
+    source: str
+    title: str
+    description: str
+    cadence_days: float
+    url: str | None
+    timezone: ZoneInfo
+    send_window: SendWindow
+    sender: Address
+    articles: tuple[Article, ...] = field(default=())
+
+    @property
+    def total(self) -> int:
+        return len(self.articles)
+
+    def part(self, number: int) -> Article | None:
+        return next((a for a in self.articles if a.part == number), None)
+
+    def find(self, ref: str) -> Article | None:
+        """A part by number or slug, as editors type it on the command line."""
+        if ref.isdigit():
+            return self.part(int(ref))
+        return next((a for a in self.articles if a.slug == ref), None)
+
+    def delay(self, article: Article) -> timedelta:
+        days = self.cadence_days if article.delay_days is None else article.delay_days
+        return timedelta(days=days)
+
+    def following(self, article: Article) -> Article | None:
+        index = self.articles.index(article)
+        return self.articles[index + 1] if index + 1 < len(self.articles) else None
+
+
+def load_series(config: Config) -> tuple[list[Series], list[Problem]]:
+    """Every series of the workspace, with every problem found on the way."""
+    problems: list[Problem] = []
+    found: list[Series] = []
+    if not config.series_dir.is_dir():
+        problems.append(Problem("series", None, "no series/ directory in the workspace"))
+        return found, problems
+    for directory in sorted(p for p in config.series_dir.iterdir() if p.is_dir()):
+        loaded = _load_one(config, directory, problems)
+        if loaded is not None:
+            found.append(loaded)
+    if not found and not problems:
+        problems.append(Problem("series", None, "no series found (expected series/<slug>/series.yml)"))
+    return found, problems
+
+
+def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Series | None:
+    manifest = directory / "series.yml"
+    source = config.rel(manifest)
+    articles_found = sorted(directory.glob("*.md"))
+    if not manifest.is_file():
+        problems.append(Problem(source, None, "missing series.yml (needs at least 'title')"))
+        return None
+    text = manifest.read_text(encoding="utf-8")
+    data, lines = _parse_yaml(text, source, 0, problems)
+    if data is None:
+        return None
+    report = _Reporter(source, lines, problems)
+    report.unknown_keys(data, SERIES_KEYS)
+    title = report.string(data, "title", required=True)
+    cadence = report.number(data, "cadence_days")
+    timezone = config.timezone
+    if "timezone" in data:
+        try:
+            timezone = parse_zone(str(data["timezone"]), lambda m: ValueError(m))
+        except ValueError as exc:
+            report.add("timezone", str(exc))
+    window = config.send_window
+    try:
+        window = (
+            parse_send_window(data.get("send_window"), "send_window", _raise_at) or window
+        )
+    except _At as exc:
+        report.add(exc.key, exc.message)
+    sender = config.sender
+    if "from" in data:
+        sender = _series_sender(data["from"], config.sender, report)
+    url = report.url(data, "url")
+    series = Series(
+        slug=directory.name,
+        path=directory,
+        source=config.rel(directory),
+        title=title or directory.name,
+        description=report.string(data, "description") or "",
+        cadence_days=DEFAULT_CADENCE_DAYS if cadence is None else cadence,
+        url=url,
+        timezone=timezone,
+        send_window=window,
+        sender=sender,
+    )
+    articles = []
+    for path in articles_found:
+        article = _load_article(config, series, path, problems)
+        if article is not None:
+            articles.append(article)
+    _check_parts(articles, problems)
+    articles.sort(key=lambda a: (a.part, a.source))
+    if not articles_found:
+        problems.append(Problem(series.source, None, "series has no articles (NN-<slug>.md)"))
+    return Series(**{**series.__dict__, "articles": tuple(articles)})
+
+
+def _series_sender(value: Any, default: Address, report: _Reporter) -> Address:
+    if isinstance(value, str):
+        return Address(value, default.name)
+    if isinstance(value, dict) and set(value) <= {"name", "email"} and "email" in value:
+        return Address(str(value["email"]), str(value.get("name", default.name)))
+    report.add("from", "'from' must be an address or { name, email }")
+    return default
+
+
+class _At(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+
+
+def _raise_at(key: str, message: str) -> Exception:
+    return _At(key.split(".")[0], message)
+
+
+def _load_article(
+    config: Config, series: Series, path: Path, problems: list[Problem]
+) -> Article | None:
+    source = config.rel(path)
+    name = ARTICLE_NAME.fullmatch(path.name)
+    if not name:
+        problems.append(
+            Problem(source, None, "not an article file name (expected NN-<slug>.md); ignored", "warning")
+        )
+        return None
+    text = path.read_text(encoding="utf-8")
+    handler = YAMLHandler()
+    if not handler.detect(text):
+        problems.append(Problem(source, 1, "missing front matter: start the file with a '---' line"))
+        return None
+    front, body = handler.split(text)
+    front_offset = text[: text.index(front)].count("\n")
+    data, lines = _parse_yaml(front, source, front_offset, problems)
+    if data is None:
+        return None
+    body_start = len(text) - len(body)
+    body_line = text[:body_start].count("\n") + 1
+    report = _Reporter(source, lines, problems, default_line=front_offset)
+    report.unknown_keys(data, ARTICLE_KEYS)
+    title = report.string(data, "title", required=True)
+    part = report.integer(data, "part", required=True)
+    if part is not None and part < 1:
+        report.add("part", f"'part' must be 1 or more, got {part}")
+        part = None
+    if part is not None and int(name.group("number")) != part:
+        report.add(
+            "part",
+            f"part {part} is in a file numbered {name.group('number')}; rename the file or fix 'part'",
+            "warning",
+        )
+    delay = report.number(data, "delay_days")
+    draft = report.boolean(data, "draft")
+    published = report.moment(data, "published", series.timezone)
+    if not body.strip():
+        problems.append(Problem(source, body_line, "the article has no body"))
+    if title is None or part is None:
+        return None
+    slug = report.string(data, "slug") or name.group("slug")
+    return Article(
+        series=series.slug,
+        path=path,
+        source=source,
+        part=part,
+        title=title,
+        slug=slug,
+        subject=report.string(data, "subject"),
+        preheader=report.string(data, "preheader") or "",
+        summary=report.string(data, "summary") or "",
+        url=report.url(data, "url"),
+        published=published,
+        draft=bool(draft),
+        delay_days=delay,
+        body=body,
+        body_line=body_line,
+    )
+
+
+def _check_parts(articles: list[Article], problems: list[Problem]) -> None:
+    seen: dict[int, Article] = {}
+    for article in sorted(articles, key=lambda a: a.source):
+        first = seen.get(article.part)
+        if first is not None:
+            problems.append(
+                Problem(
+                    article.source,
+                    _key_line(article.path, "part"),
+                    f"part {article.part} is also {first.source}; each part number must be unique",
+                )
+            )
+        else:
+            seen[article.part] = article
+
+
+def _key_line(path: Path, key: str) -> int | None:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith(f"{key}:"):
+            return number
+    return None
+
+
+def _parse_yaml(
+    text: str, source: str, offset: int, problems: list[Problem]
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Parse a YAML mapping, returning it with the 1-based file line of each key."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = offset + mark.line + 1 if mark else None
+        problems.append(Problem(source, line, f"malformed YAML: {exc.problem or exc}"))
+        return None, {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode | None):
+        problems.append(Problem(source, offset + 1, "expected 'key: value' lines"))
+        return None, {}
+    lines = {}
+    if node is not None:
+        for key_node, _ in node.value:
+            lines[str(key_node.value)] = offset + key_node.start_mark.line + 1
+    return data, lines
+
+
+class _Reporter:
+    """Typed access to a parsed mapping; problems are recorded at the key's line."""
+
+    def __init__(
+        self, source: str, lines: dict[str, int], problems: list[Problem], default_line: int = 0
+    ) -> None:
+        self.source = source
+        self.lines = lines
+        self.problems = problems
+        self.default_line = default_line + 1
+
+    def add(self, key: str, message: str, severity: str = "error") -> None:
+        line = self.lines.get(key, self.default_line)
+        self.problems.append(Problem(self.source, line, message, severity))  # type: ignore[arg-type]
+
+    def unknown_keys(self, data: Mapping[str, Any], known: tuple[str, ...]) -> None:
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                self.add(str(key), f"unknown key '{key}'{suggestion}")
+
+    def _missing(self, data: Mapping[str, Any], key: str, required: bool) -> bool:
+        if data.get(key) is None:
+            if required:
+                self.add(key, f"missing required key '{key}'")
+            return True
+        return False
+
+    def string(self, data: Mapping[str, Any], key: str, required: bool = False) -> str | None:
+        if self._missing(data, key, required):
+            return None
+        value = data[key]
+        if isinstance(value, bool | dict | list):
+            self.add(key, f"'{key}' must be text, got {_describe(value)}")
+            return None
+        text = str(value).strip()
+        if not text:
+            self.add(key, f"'{key}' must not be empty")
+            return None
+        return text
+
+    def integer(self, data: Mapping[str, Any], key: str, required: bool = False) -> int | None:
+        if self._missing(data, key, required):
+            return None
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(key, f"'{key}' must be a whole number, got {_describe(value)}")
+            return None
+        return value
+
+    def number(self, data: Mapping[str, Any], key: str) -> float | None:
+        if self._missing(data, key, False):
+            return None
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            self.add(key, f"'{key}' must be a number of days (0 or more), got {_describe(value)}")
+            return None
+        return float(value)
+
+    def boolean(self, data: Mapping[str, Any], key: str) -> bool | None:
+        if self._missing(data, key, False):
+            return None
+        value = data[key]
+        if not isinstance(value, bool):
+            self.add(key, f"'{key}' must be true or false, got {_describe(value)}")
+            return None
+        return value
+
+    def url(self, data: Mapping[str, Any], key: str) -> str | None:
+        value = self.string(data, key)
+        if value is not None and not is_web_url(value):
+            self.add(key, f"'{key}' must be an absolute http(s) URL, got {value!r}")
+            return None
+        return value
+
+    def moment(self, data: Mapping[str, Any], key: str, zone: ZoneInfo) -> datetime | None:
+        """A date (midnight, local) or datetime; naive values are in the series' timezone."""
+        if self._missing(data, key, False):
+            return None
+        value = data[key]
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                self.add(
+                    key,
+                    f"'{key}' is not a date: {value!r} (use YYYY-MM-DD or YYYY-MM-DD HH:MM)",
+                )
+                return None
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=zone)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day, tzinfo=zone)
+        self.add(key, f"'{key}' is not a date: {_describe(value)} (use YYYY-MM-DD)")
+        return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return repr(value)
+
+
+def iter_articles(series_list: list[Series]) -> Iterator[tuple[Series, Article]]:
+    for series in series_list:
+        for article in series.articles:
+            yield series, article

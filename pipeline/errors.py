@@ -1,0 +1,61 @@
+"""Errors the core raises; the CLI turns each into one line and an exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One finding of validation, printed as ``path:line: message``."""
+
+    path: str
+    line: int | None
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        if self.severity == "warning":
+            return f"{where}: warning: {self.message}"
+        return f"{where}: {self.message}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+
+class SeriesError(Exception):
+    """Root of every expected error: the CLI prints it as one line, no traceback."""
+
+
+class ConfigError(SeriesError):
+    """The workspace configuration is missing or invalid."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+class ContentError(SeriesError):
+    """Content or templates failed validation; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        errors = [p for p in problems if p.is_error]
+        super().__init__(f"{len(errors)} problem(s) in the content; run `series check`")
+        self.problems = problems
+
+
+class RenderError(SeriesError):
+    """A template failed to render or compile."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+class UsageError(SeriesError):
+    """The command was called with arguments that name nothing in the workspace."""

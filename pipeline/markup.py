@@ -1,0 +1,185 @@
+"""Markdown (CommonMark + tables) → an email-safe HTML fragment and readable plain text.
+
+One parse feeds both outputs, so the HTML and the text part always say the same
+thing; links are rewritten once (UTM) on the tokens before either is rendered.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markdown_it.tree import SyntaxTreeNode
+
+# Inline styles, because many mail clients drop <style> blocks. They also keep
+# wide content (tables, code, images) from pushing the layout past the screen.
+STYLES = {
+    "table_open": "width:100%;border-collapse:collapse;margin:16px 0;font-size:15px;",
+    "th_open": "border-bottom:2px solid #d8d2c8;padding:6px 8px;text-align:left;vertical-align:top;",
+    "td_open": "border-bottom:1px solid #e8e2d8;padding:6px 8px;vertical-align:top;",
+    "blockquote_open": "margin:16px 0;padding:4px 16px;border-left:4px solid #d8d2c8;color:#555;",
+    "image": "max-width:100%;height:auto;",
+    "fence": "white-space:pre-wrap;word-break:break-word;",
+    "code_block": "white-space:pre-wrap;word-break:break-word;",
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    line: int  # 0-based line in the Markdown source
+
+
+class Document:
+    """A parsed Markdown body."""
+
+    def __init__(self, source: str, *, allow_html: bool = False) -> None:
+        self._md = MarkdownIt("commonmark", {"html": allow_html}).enable("table")
+        self.tokens = self._md.parse(source)
+
+    def _inline(self) -> Iterator[tuple[Token, int]]:
+        line = 0
+        for token in self.tokens:
+            if token.map:
+                line = token.map[0]
+            yield token, line
+            for child in token.children or ():
+                yield child, line
+
+    def links(self) -> list[Link]:
+        return [
+            Link(str(tok.attrGet("href") or ""), line)
+            for tok, line in self._inline()
+            if tok.type == "link_open"
+        ]
+
+    def images_without_alt(self) -> list[int]:
+        return [
+            line
+            for tok, line in self._inline()
+            if tok.type == "image" and not "".join(c.content for c in tok.children or ()).strip()
+        ]
+
+    def rewrite_links(self, rewrite: Callable[[str], str]) -> None:
+        for tok, _ in self._inline():
+            if tok.type == "link_open":
+                tok.attrSet("href", rewrite(str(tok.attrGet("href") or "")))
+
+    def html(self) -> str:
+        for tok, _ in self._inline():
+            style = STYLES.get(tok.type)
+            if style:
+                tok.attrSet("style", style)
+        return self._md.renderer.render(self.tokens, self._md.options, {})
+
+    def text(self, width: int = 72) -> str:
+        return _TextRenderer(width).render(SyntaxTreeNode(self.tokens)).strip() + "\n"
+
+
+class _TextRenderer:
+    """Plain text for the text/plain part: readable, every link kept as a URL."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def render(self, root: SyntaxTreeNode) -> str:
+        return "\n\n".join(b for b in (self.block(child) for child in root.children) if b)
+
+    def block(self, node: SyntaxTreeNode, width: int | None = None) -> str:
+        width = width or self.width
+        kind = node.type
+        if kind == "heading":
+            text = self.inline(node)
+            if node.tag == "h1":
+                return f"{text.upper()}\n{'=' * min(len(text), width)}"
+            if node.tag == "h2":
+                return f"{text}\n{'-' * min(len(text), width)}"
+            return f"{'#' * int(node.tag[1])} {text}"
+        if kind == "paragraph":
+            return self.wrap(self.inline(node), width)
+        if kind in ("bullet_list", "ordered_list"):
+            return self.list(node, width)
+        if kind == "blockquote":
+            inner = "\n\n".join(self.block(c, width - 2) for c in node.children)
+            return "\n".join(f"> {line}".rstrip() for line in inner.splitlines())
+        if kind in ("fence", "code_block"):
+            return "\n".join(f"    {line}" for line in node.content.rstrip("\n").splitlines())
+        if kind == "hr":
+            return "-" * 20
+        if kind == "table":
+            return self.table(node)
+        if kind == "html_block":
+            return node.content.strip()
+        return "\n\n".join(self.block(c, width) for c in node.children)
+
+    def list(self, node: SyntaxTreeNode, width: int) -> str:
+        start = int(node.attrs.get("start", 1) or 1)
+        items = []
+        for index, item in enumerate(node.children):
+            marker = f"{start + index}. " if node.type == "ordered_list" else "- "
+            pad = " " * len(marker)
+            body = "\n\n".join(self.block(c, width - len(marker)) for c in item.children)
+            lines = body.splitlines() or [""]
+            items.append(
+                "\n".join([marker + lines[0], *[(pad + ln).rstrip() for ln in lines[1:]]])
+            )
+        return "\n".join(items)
+
+    def table(self, node: SyntaxTreeNode) -> str:
+        rows: list[list[str]] = []
+        for section in node.children:
+            for row in section.children:
+                rows.append([self.inline(cell) for cell in row.children])
+        if not rows:
+            return ""
+        columns = max(len(r) for r in rows)
+        widths = [max(len(r[i]) if i < len(r) else 0 for r in rows) for i in range(columns)]
+        if sum(widths) + 3 * (columns - 1) > self.width:
+            # Too wide to align in a text email: one record per block instead.
+            header, *body = rows
+            records = [
+                "\n".join(f"{h}: {v}" for h, v in zip(header, row, strict=False)) for row in body
+            ]
+            return "\n\n".join(records)
+        lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def inline(self, node: SyntaxTreeNode) -> str:
+        parts: list[str] = []
+        for child in node.children:
+            kind = child.type
+            if kind == "inline":
+                parts.append(self.inline(child))
+            elif kind == "text":
+                parts.append(child.content)
+            elif kind in ("softbreak", "hardbreak"):
+                parts.append(" " if kind == "softbreak" else "\n")
+            elif kind == "code_inline":
+                parts.append(child.content)
+            elif kind in ("em", "strong"):
+                mark = "*" if kind == "em" else "**"
+                parts.append(f"{mark}{self.inline(child)}{mark}")
+            elif kind == "link":
+                href = str(child.attrs.get("href", ""))
+                label = self.inline(child)
+                parts.append(href if label in (href, href.removeprefix("mailto:")) else f"{label} ({href})")
+            elif kind == "image":
+                alt = "".join(c.content for c in child.children)
+                parts.append(f"[{alt or 'image'}: {child.attrs.get('src', '')}]")
+            elif kind == "html_inline":
+                parts.append(child.content)
+            else:
+                parts.append(self.inline(child))
+        return "".join(parts)
+
+    def wrap(self, text: str, width: int) -> str:
+        return "\n".join(
+            textwrap.fill(
+                piece, width=max(width, 20), break_long_words=False, break_on_hyphens=False
+            )
+            for piece in text.split("\n")
+        )

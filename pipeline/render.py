@@ -1,0 +1,347 @@
+"""Article (+ series, templates) → email: Jinja renders MJML, MJML compiles to HTML once.
+
+Compilation happens once per article variant; the result keeps per-subscriber
+fields as sentinels and is split around them, so personalising a message is a
+join of escaped values, not another template run (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import traceback
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import jinja2
+from markupsafe import Markup, escape
+
+from .config import Config
+from .content import Article, Series
+from .errors import Problem, RenderError
+from .markup import Document
+
+log = logging.getLogger(__name__)
+
+HTML_TEMPLATE = "email.mjml.j2"
+TEXT_TEMPLATE = "email.txt.j2"
+PERSONAL_FIELDS = ("name", "email", "unsubscribe_url")
+_SENTINEL = "%%series:{}%%"
+_SENTINEL_RE = re.compile(r"%%series:(" + "|".join(PERSONAL_FIELDS) + r")%%")
+# Bumped when our compile step changes in a way the MJML source does not show.
+_CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Personal:
+    """What differs between two subscribers' copies of the same part."""
+
+    name: str
+    email: str
+    unsubscribe_url: str
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    preheader: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Filled:
+    """A compiled body split around its personal fields, ready to join per subscriber."""
+
+    pieces: tuple[str, ...]
+    fields: tuple[str, ...]
+
+    @classmethod
+    def split(cls, rendered: str) -> _Filled:
+        parts = _SENTINEL_RE.split(rendered)
+        return cls(tuple(parts[0::2]), tuple(parts[1::2]))
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        out = [self.pieces[0]]
+        for name, piece in zip(self.fields, self.pieces[1:], strict=True):
+            out.append(values[name])
+            out.append(piece)
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class CompiledEmail:
+    """One part as a given reader's progress sees it, before personalisation."""
+
+    series: str
+    part: int
+    subject: str
+    preheader: str
+    html: _Filled
+    text: _Filled
+
+    def personalise(self, who: Personal, default_name: str = "there") -> RenderedEmail:
+        raw = {"name": who.name or default_name, "email": who.email, "unsubscribe_url": who.unsubscribe_url}
+        escaped = {key: str(escape(value)) for key, value in raw.items()}
+        return RenderedEmail(self.subject, self.preheader, self.html.fill(escaped), self.text.fill(raw))
+
+
+class Renderer:
+    """Renders the articles of one workspace as of ``now`` (which parts are out)."""
+
+    def __init__(self, config: Config, *, now: datetime, use_cache: bool = True) -> None:
+        self.config = config
+        self.now = now
+        self.cache = _MjmlCache(config.cache_dir / "mjml") if use_cache else None
+        loader = jinja2.FileSystemLoader(config.templates_dir)
+        common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined}
+        self.html_env = jinja2.Environment(autoescape=True, **common)
+        self.text_env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, **common)
+        self._footer_sources: dict[str, str] = {}
+
+    def compile(
+        self, series: Series, article: Article, *, received: Collection[int] | None = None
+    ) -> CompiledEmail:
+        """Render one part; ``received`` is the parts the reader already has (default: earlier ones)."""
+        if received is None:
+            received = [a.part for a in series.articles if a.part < article.part]
+        context = self.context(series, article, frozenset(received))
+        mjml_source = self._render(self.html_env, HTML_TEMPLATE, context)
+        html = self._compile_mjml(mjml_source)
+        text = self._render(self.text_env, TEXT_TEMPLATE, context)
+        return CompiledEmail(
+            series=series.slug,
+            part=article.part,
+            subject=context["subject"],
+            preheader=context["preheader"],
+            html=_Filled.split(html),
+            text=_Filled.split(_tidy_text(text)),
+        )
+
+    def sample(self) -> Personal:
+        """The reader that previews and checks are rendered for."""
+        return Personal(
+            name="Sample Reader",
+            email="reader@example.com",
+            unsubscribe_url=f"{self.config.site_url}/unsubscribe/sample",
+        )
+
+    # -- context -------------------------------------------------------------
+
+    def context(self, series: Series, article: Article, received: frozenset[int]) -> dict[str, Any]:
+        link = _Linker(self.config, series, article)
+        body = Document(article.body, allow_html=self.config.raw_html)
+        body.rewrite_links(link)
+        subject = article.subject or (
+            f"{article.title} ({series.title}, part {article.part} of {series.total})"
+        )
+        return {
+            "site": {"url": self.config.site_url, "name": self.config.site_name},
+            "series": {
+                "slug": series.slug,
+                "title": series.title,
+                "description": series.description,
+                "url": link(series.url) if series.url else None,
+            },
+            "article": {
+                "title": article.title,
+                "part": article.part,
+                "summary": article.summary,
+                "url": link(article.url) if article.url else None,
+                "body_html": Markup(body.html()),
+                "body_text": body.text(),
+            },
+            "subject": subject,
+            "preheader": article.preheader or article.summary,
+            "continue": self._continue(series, article, received, link),
+            "footer_blocks": [self._footer_block(name, link) for name in self.config.footer],
+            "postal_address": self.config.postal_address,
+            "reader": {name: Markup(_SENTINEL.format(name)) for name in PERSONAL_FIELDS},
+        }
+
+    def _continue(
+        self, series: Series, article: Article, received: frozenset[int], link: _Linker
+    ) -> dict[str, Any]:
+        toc = []
+        for entry in series.articles:
+            out = entry.is_published(self.now)
+            if entry is article:
+                state = "current"
+            elif entry.part in received:
+                state = "received"
+            elif out:
+                state = "available"
+            else:
+                state = "coming_soon"
+            toc.append(
+                {
+                    "part": entry.part,
+                    "title": entry.title,
+                    "summary": entry.summary,
+                    "state": state,
+                    "url": link(entry.url) if out and entry.url else None,
+                }
+            )
+        following = series.following(article)
+        upcoming = None
+        if following is not None:
+            if following.part in received:
+                when = "already in your inbox"
+            elif following.is_published(self.now):
+                when = _arrives(series.delay(following).total_seconds())
+            else:
+                when = "coming soon"
+            upcoming = {
+                "part": following.part,
+                "title": following.title,
+                "when": when,
+                "published": following.is_published(self.now),
+            }
+        lead = series.articles[0]
+        return {
+            "part": article.part,
+            "total": series.total,
+            "position": series.articles.index(article) + 1,
+            "next": upcoming,
+            "is_last": following is None,
+            "toc": toc,
+            "lead": {
+                "title": lead.title,
+                "url": link(lead.url) if lead.url and lead.is_published(self.now) else None,
+            },
+        }
+
+    def _footer_block(self, name: str, link: _Linker) -> dict[str, Any]:
+        if name not in self._footer_sources:
+            path = self.config.templates_dir / "footer" / f"{name}.md"
+            self._footer_sources[name] = path.read_text(encoding="utf-8")
+        block = Document(self._footer_sources[name], allow_html=self.config.raw_html)
+        block.rewrite_links(link)
+        return {"name": name, "html": Markup(block.html()), "text": block.text()}
+
+    # -- templates and MJML ------------------------------------------------
+
+    def _render(self, env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+        try:
+            return env.get_template(name).render(context)
+        except jinja2.TemplateNotFound as exc:
+            raise RenderError(
+                Problem(f"templates/{exc.name}", None, "template not found")
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise RenderError(self._template_problem(exc, name)) from None
+
+    def _template_problem(self, exc: jinja2.TemplateError, name: str) -> Problem:
+        path, line = f"templates/{name}", None
+        if isinstance(exc, jinja2.TemplateSyntaxError) and exc.filename:
+            path, line = self.config.rel(Path(exc.filename)), exc.lineno
+            return Problem(path, line, f"template syntax error: {exc.message}")
+        root = str(self.config.templates_dir)
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if frame.filename.startswith(root):
+                path, line = self.config.rel(Path(frame.filename)), frame.lineno
+                break
+        return Problem(path, line, f"template could not render: {exc.message or exc}")
+
+    def _compile_mjml(self, source: str) -> str:
+        key = hashlib.sha256(
+            f"{_CACHE_VERSION}\0{version('mjml')}\0{source}".encode()
+        ).hexdigest()
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+        html = compile_mjml(source, template=f"templates/{HTML_TEMPLATE}", template_dir=self.config.templates_dir)
+        if self.cache is not None:
+            self.cache.put(key, html)
+        return html
+
+
+def compile_mjml(source: str, *, template: str, template_dir: Path) -> str:
+    """MJML → HTML; the compiler's exceptions become one RenderError naming the template."""
+    from mjml import mjml_to_html  # imported late: it costs ~0.2 s and not every command needs it
+
+    try:
+        result = mjml_to_html(source, template_dir=template_dir)
+    except KeyError as exc:
+        message = f"MJML could not compile the template: unknown MJML element <{exc.args[0]}>"
+    except AssertionError as exc:
+        message = f"MJML could not compile the template: unsupported input ({exc or 'assertion failed'})"
+    except Exception as exc:  # the compiler has no error hierarchy of its own
+        message = f"MJML could not compile the template: {type(exc).__name__}: {exc}"
+    else:
+        if result.errors:
+            raise RenderError(Problem(template, None, f"MJML: {result.errors[0]}"))
+        return str(result.html)
+    raise RenderError(Problem(template, None, message))
+
+
+class _Linker:
+    """Adds UTM parameters to links that point at the site, leaving others alone."""
+
+    def __init__(self, config: Config, series: Series, article: Article) -> None:
+        self.host = urlsplit(config.site_url).hostname
+        values = {"series": series.slug, "slug": article.slug, "part": article.part}
+        self.params = (
+            [(key, template.format(**values)) for key, template in config.utm.params]
+            if config.utm.enabled
+            else []
+        )
+
+    def __call__(self, url: str) -> str:
+        if not self.params:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or parts.hostname != self.host:
+            return url
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        present = {key for key, _ in query}
+        query += [(key, value) for key, value in self.params if key not in present]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _arrives(seconds: float) -> str:
+    hours = seconds / 3600
+    if hours < 1:
+        return "shortly"
+    if hours < 24:
+        return f"in about {round(hours)} hour{'s' if round(hours) != 1 else ''}"
+    days = round(hours / 24)
+    return "tomorrow" if days == 1 else f"in {days} days"
+
+
+def _tidy_text(text: str) -> str:
+    """Collapse the blank lines template logic leaves behind; end with one newline."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+class _MjmlCache:
+    """Compiled HTML by hash of the MJML source: a later run reuses it when nothing changed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def get(self, key: str) -> str | None:
+        try:
+            return (self.directory / f"{key}.html").read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def put(self, key: str, html: str) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(html)
+            os.replace(tmp, self.directory / f"{key}.html")
+        except OSError as exc:  # a read-only workspace still renders, just slower
+            log.warning("could not write the MJML cache in %s: %s", self.directory, exc)
