@@ -33,7 +33,7 @@ class State:
         return self._config
 
 
-class Moment(click.ParamType):
+class Moment(click.ParamType):  # type: ignore[type-arg]
     """An ISO-8601 time; without an offset it is in the workspace's timezone."""
 
     name = "ISO-8601"
@@ -67,7 +67,7 @@ def now_option(func: F) -> F:
     return click.option(
         "--now",
         type=Moment(),
-        help="Pretend it is this time (ISO-8601), e.g. to see a part as it will look once published.",
+        help="Pretend it is this time (ISO-8601), e.g. to see a part once it is published.",
     )(func)
 
 
@@ -147,7 +147,9 @@ def preview_command(
         raise ContentError(problems)
     chosen = select_parts(series_list, target)
     out_dir = out if out.is_absolute() else config.root / out
-    for item in write_previews(config, chosen, out_dir, now=resolve_now(config, now), progress=progress):
+    for item in write_previews(
+        config, chosen, out_dir, now=resolve_now(config, now), progress=progress
+    ):
         first = item.paths[0]
         click.echo(f"{config.rel(first.with_suffix(''))}.{{html,txt,eml}}")
 

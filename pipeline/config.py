@@ -190,8 +190,10 @@ class _Validator:
                 if current == table:
                     return number
                 fallback = fallback or (number if current.startswith(self.prefix) else None)
-            elif len(parts) > 1 and current == table.rsplit(".", 1)[0] and re.match(
-                rf"{re.escape(parts[-2])}\s*=\s*\{{", line
+            elif (
+                len(parts) > 1
+                and current == table.rsplit(".", 1)[0]
+                and re.match(rf"{re.escape(parts[-2])}\s*=\s*\{{", line)
             ):
                 return number  # an inline table: `utm = { enabled = true }`
         return fallback
@@ -200,8 +202,9 @@ class _Validator:
         for key in table:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
-                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-                name = f"{where}.{key}" if where else key
+                prefix = f"{where}." if where else ""
+                suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+                name = f"{prefix}{key}"
                 raise self.fail(name, f"unknown key '{name}'{suggestion}")
 
     def typed(self, table: Mapping[str, Any], key: str, kind: type, where: str = "") -> Any:
@@ -217,10 +220,12 @@ class _Validator:
         if site_url is None:
             raise self.fail("site_url", "'site_url' is required (the blog's https:// address)")
         if not is_web_url(site_url):
-            raise self.fail("site_url", f"'site_url' must be an absolute http(s) URL, got {site_url!r}")
+            raise self.fail(
+                "site_url", f"'site_url' must be an absolute http(s) URL, got {site_url!r}"
+            )
         sender = self.address(data.get("from"), "from")
         if sender is None:
-            raise self.fail("from", "'from' is required: from = { name = \"…\", email = \"…\" }")
+            raise self.fail("from", '\'from\' is required: from = { name = "…", email = "…" }')
         reply_to = self.typed(data, "reply_to", str)
         if reply_to is not None:
             reply_to = self.email(reply_to, "reply_to")
@@ -230,7 +235,9 @@ class _Validator:
             if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
                 raise self.fail("footer", f"'footer[{index}]' must be a block name, got {name!r}")
             if not (self.root / "templates" / "footer" / f"{name}.md").is_file():
-                raise self.fail("footer", f"footer block '{name}': templates/footer/{name}.md not found")
+                raise self.fail(
+                    "footer", f"footer block '{name}': templates/footer/{name}.md not found"
+                )
         return Config(
             root=self.root,
             source=self.source,
@@ -264,7 +271,9 @@ class _Validator:
         email = self.typed(value, "email", str, where)
         if email is None:
             raise self.fail(where, f"'{where}.email' is required")
-        return Address(self.email(email, f"{where}.email"), self.typed(value, "name", str, where) or "")
+        return Address(
+            self.email(email, f"{where}.email"), self.typed(value, "name", str, where) or ""
+        )
 
     def zone(self, name: str, where: str) -> ZoneInfo:
         return parse_zone(name, lambda message: self.fail(where, message))
@@ -278,7 +287,9 @@ class _Validator:
         if isinstance(value, bool):
             value = {"enabled": value}
         if not isinstance(value, dict):
-            raise self.fail("utm", "'utm' must be a table: utm = { enabled = true, source = \"…\" }")
+            raise self.fail(
+                "utm", "'utm' must be a table: utm = { enabled = true, source = \"…\" }"
+            )
         self.check_keys(value, ("enabled", *UTM_KEYS), "utm")
         enabled = self.typed(value, "enabled", bool, "utm")
         params = []
@@ -300,7 +311,9 @@ def parse_zone(name: str, fail: Callable[[str], Exception]) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise fail(f"unknown timezone {name!r} (use an IANA name such as 'Europe/Stockholm')") from None
+        raise fail(
+            f"unknown timezone {name!r} (use an IANA name such as 'Europe/Stockholm')"
+        ) from None
 
 
 def parse_send_window(
@@ -318,7 +331,7 @@ def parse_send_window(
             raise fail(f"{where}.{key}", f"unknown key '{where}.{key}'{suggestion}")
     days_value = value.get("days", list(DAY_NAMES))
     if not isinstance(days_value, list) or not days_value:
-        raise fail(f"{where}.days", f"'{where}.days' must be a list such as [\"mon\", \"tue\"]")
+        raise fail(f"{where}.days", f'\'{where}.days\' must be a list such as ["mon", "tue"]')
     days = set()
     for day in days_value:
         key = str(day).lower()[:3]

@@ -118,7 +118,9 @@ def load_series(config: Config) -> tuple[list[Series], list[Problem]]:
         if loaded is not None:
             found.append(loaded)
     if not found and not problems:
-        problems.append(Problem("series", None, "no series found (expected series/<slug>/series.yml)"))
+        problems.append(
+            Problem("series", None, "no series found (expected series/<slug>/series.yml)")
+        )
     return found, problems
 
 
@@ -145,9 +147,7 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
             report.add("timezone", str(exc))
     window = config.send_window
     try:
-        window = (
-            parse_send_window(data.get("send_window"), "send_window", _raise_at) or window
-        )
+        window = parse_send_window(data.get("send_window"), "send_window", _raise_at) or window
     except _At as exc:
         report.add(exc.key, exc.message)
     sender = config.sender
@@ -203,13 +203,17 @@ def _load_article(
     name = ARTICLE_NAME.fullmatch(path.name)
     if not name:
         problems.append(
-            Problem(source, None, "not an article file name (expected NN-<slug>.md); ignored", "warning")
+            Problem(
+                source, None, "not an article file name (expected NN-<slug>.md); ignored", "warning"
+            )
         )
         return None
     text = path.read_text(encoding="utf-8")
     handler = YAMLHandler()
     if not handler.detect(text):
-        problems.append(Problem(source, 1, "missing front matter: start the file with a '---' line"))
+        problems.append(
+            Problem(source, 1, "missing front matter: start the file with a '---' line")
+        )
         return None
     front, body = handler.split(text)
     front_offset = text[: text.index(front)].count("\n")
@@ -228,7 +232,8 @@ def _load_article(
     if part is not None and int(name.group("number")) != part:
         report.add(
             "part",
-            f"part {part} is in a file numbered {name.group('number')}; rename the file or fix 'part'",
+            f"part {part} is in a file numbered {name.group('number')}; "
+            "rename the file or fix 'part'",
             "warning",
         )
     delay = report.number(data, "delay_days")
@@ -289,9 +294,13 @@ def _parse_yaml(
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        mark = exc.problem_mark
+        if exc.context_mark and (mark is None or mark.index >= len(text.rstrip())):
+            # "got <stream end>" points past the last line; the opening bracket is the news.
+            mark = exc.context_mark
         line = offset + mark.line + 1 if mark else None
-        problems.append(Problem(source, line, f"malformed YAML: {exc.problem or exc}"))
+        detail = f"{exc.problem} ({exc.context})" if exc.context else str(exc.problem or exc)
+        problems.append(Problem(source, line, f"malformed YAML: {detail}"))
         return None, {}
     if data is None:
         data = {}

@@ -18,7 +18,8 @@ from markdown_it.tree import SyntaxTreeNode
 # wide content (tables, code, images) from pushing the layout past the screen.
 STYLES = {
     "table_open": "width:100%;border-collapse:collapse;margin:16px 0;font-size:15px;",
-    "th_open": "border-bottom:2px solid #d8d2c8;padding:6px 8px;text-align:left;vertical-align:top;",
+    "th_open": "border-bottom:2px solid #d8d2c8;padding:6px 8px;text-align:left;"
+    "vertical-align:top;",
     "td_open": "border-bottom:1px solid #e8e2d8;padding:6px 8px;vertical-align:top;",
     "blockquote_open": "margin:16px 0;padding:4px 16px;border-left:4px solid #d8d2c8;color:#555;",
     "image": "max-width:100%;height:auto;",
@@ -73,7 +74,7 @@ class Document:
             style = STYLES.get(tok.type)
             if style:
                 tok.attrSet("style", style)
-        return self._md.renderer.render(self.tokens, self._md.options, {})
+        return str(self._md.renderer.render(self.tokens, self._md.options, {}))
 
     def text(self, width: int = 72) -> str:
         return _TextRenderer(width).render(SyntaxTreeNode(self.tokens)).strip() + "\n"
@@ -123,9 +124,7 @@ class _TextRenderer:
             pad = " " * len(marker)
             body = "\n\n".join(self.block(c, width - len(marker)) for c in item.children)
             lines = body.splitlines() or [""]
-            items.append(
-                "\n".join([marker + lines[0], *[(pad + ln).rstrip() for ln in lines[1:]]])
-            )
+            items.append("\n".join([marker + lines[0], *[(pad + ln).rstrip() for ln in lines[1:]]]))
         return "\n".join(items)
 
     def table(self, node: SyntaxTreeNode) -> str:
@@ -144,7 +143,9 @@ class _TextRenderer:
                 "\n".join(f"{h}: {v}" for h, v in zip(header, row, strict=False)) for row in body
             ]
             return "\n\n".join(records)
-        lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+        lines = [
+            " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows
+        ]
         lines.insert(1, "-+-".join("-" * w for w in widths))
         return "\n".join(lines)
 
@@ -166,7 +167,9 @@ class _TextRenderer:
             elif kind == "link":
                 href = str(child.attrs.get("href", ""))
                 label = self.inline(child)
-                parts.append(href if label in (href, href.removeprefix("mailto:")) else f"{label} ({href})")
+                parts.append(
+                    href if label in (href, href.removeprefix("mailto:")) else f"{label} ({href})"
+                )
             elif kind == "image":
                 alt = "".join(c.content for c in child.children)
                 parts.append(f"[{alt or 'image'}: {child.attrs.get('src', '')}]")

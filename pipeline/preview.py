@@ -1,4 +1,4 @@
-"""`series preview`: write .html, .txt and .eml files of chosen parts, as a sample reader gets them."""
+"""`series preview`: .html, .txt and .eml files of chosen parts, as a sample reader gets them."""
 
 from __future__ import annotations
 

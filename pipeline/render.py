@@ -89,9 +89,15 @@ class CompiledEmail:
     text: _Filled
 
     def personalise(self, who: Personal, default_name: str = "there") -> RenderedEmail:
-        raw = {"name": who.name or default_name, "email": who.email, "unsubscribe_url": who.unsubscribe_url}
+        raw = {
+            "name": who.name or default_name,
+            "email": who.email,
+            "unsubscribe_url": who.unsubscribe_url,
+        }
         escaped = {key: str(escape(value)) for key, value in raw.items()}
-        return RenderedEmail(self.subject, self.preheader, self.html.fill(escaped), self.text.fill(raw))
+        return RenderedEmail(
+            self.subject, self.preheader, self.html.fill(escaped), self.text.fill(raw)
+        )
 
 
 class Renderer:
@@ -110,12 +116,12 @@ class Renderer:
     def compile(
         self, series: Series, article: Article, *, received: Collection[int] | None = None
     ) -> CompiledEmail:
-        """Render one part; ``received`` is the parts the reader already has (default: earlier ones)."""
+        """Render one part; ``received``: parts the reader already has (default: earlier ones)."""
         if received is None:
             received = [a.part for a in series.articles if a.part < article.part]
         context = self.context(series, article, frozenset(received))
         mjml_source = self._render(self.html_env, HTML_TEMPLATE, context)
-        html = self._compile_mjml(mjml_source)
+        html = self._compile_mjml(mjml_source).rstrip("\n") + "\n"
         text = self._render(self.text_env, TEXT_TEMPLATE, context)
         return CompiledEmail(
             series=series.slug,
@@ -252,14 +258,14 @@ class Renderer:
         return Problem(path, line, f"template could not render: {exc.message or exc}")
 
     def _compile_mjml(self, source: str) -> str:
-        key = hashlib.sha256(
-            f"{_CACHE_VERSION}\0{version('mjml')}\0{source}".encode()
-        ).hexdigest()
+        key = hashlib.sha256(f"{_CACHE_VERSION}\0{version('mjml')}\0{source}".encode()).hexdigest()
         if self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        html = compile_mjml(source, template=f"templates/{HTML_TEMPLATE}", template_dir=self.config.templates_dir)
+        html = compile_mjml(
+            source, template=f"templates/{HTML_TEMPLATE}", template_dir=self.config.templates_dir
+        )
         if self.cache is not None:
             self.cache.put(key, html)
         return html
@@ -274,7 +280,9 @@ def compile_mjml(source: str, *, template: str, template_dir: Path) -> str:
     except KeyError as exc:
         message = f"MJML could not compile the template: unknown MJML element <{exc.args[0]}>"
     except AssertionError as exc:
-        message = f"MJML could not compile the template: unsupported input ({exc or 'assertion failed'})"
+        message = (
+            f"MJML could not compile the template: unsupported input ({exc or 'assertion failed'})"
+        )
     except Exception as exc:  # the compiler has no error hierarchy of its own
         message = f"MJML could not compile the template: {type(exc).__name__}: {exc}"
     else:

@@ -1,0 +1,102 @@
+"""Workspace discovery and configuration: one fixture per bad config, exact messages."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import find_workspace, load_config
+from pipeline.errors import ConfigError
+
+from .conftest import FIXTURES, ROOT
+
+CASES = [
+    ("config_with_unknown_key", "series.toml:2: unknown key 'timezne' (did you mean 'timezone'?)"),
+    (
+        "config_with_bad_timezone",
+        "series.toml:2: unknown timezone 'Mars/Olympus' (use an IANA name such as "
+        "'Europe/Stockholm')",
+    ),
+    (
+        "config_with_bad_send_window",
+        "series.toml:8: 'send_window.start' must be a time such as \"09:00\", got '9am'",
+    ),
+    (
+        "config_without_from",
+        'series.toml: \'from\' is required: from = { name = "…", email = "…" }',
+    ),
+    (
+        "config_with_bad_site_url",
+        "series.toml:1: 'site_url' must be an absolute http(s) URL, got 'blog.example'",
+    ),
+    (
+        "config_with_bad_sender",
+        "series.toml:5: 'from.email' is not a valid address: An email address must have an @-sign.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fixture", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_config_is_one_clear_line(tmp_path: Path, fixture: str, expected: str) -> None:
+    """A bad series.toml is one error naming the file and the key's line."""
+    shutil.copy(FIXTURES / "config" / f"{fixture}.toml", tmp_path / "series.toml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == expected
+
+
+def test_pyproject_tool_series_line_numbers(tmp_path: Path) -> None:
+    """In pyproject.toml the line is found inside [tool.series.*], not in other tables."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.series]\nsite_url = "https://blog.example"\n'
+        '\n[tool.series.from]\nemail = "a@blog.example"\n\n[tool.series.utm]\n'
+        'enabled = true\nsorce = "news"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert (
+        str(caught.value)
+        == "pyproject.toml:12: unknown key 'utm.sorce' (did you mean 'utm.source'?)"
+    )
+
+
+def test_valid_config_values(tmp_path: Path) -> None:
+    """A valid config becomes one frozen value with parsed window, zone and UTM parameters."""
+    shutil.copy(FIXTURES / "config" / "config_valid.toml", tmp_path / "series.toml")
+    config = load_config(tmp_path)
+    assert config.site_url == "https://blog.example"
+    assert config.sender.formatted() == "Demo Editor <editor@blog.example>"
+    assert str(config.timezone) == "Europe/Stockholm"
+    assert config.send_window.days == frozenset({0, 1, 2, 3, 4})
+    assert (config.send_window.start, config.send_window.end) == (time(9), time(17))
+    assert config.utm.params == (
+        ("utm_source", "newsletter"),
+        ("utm_medium", "email"),
+        ("utm_campaign", "{series}"),
+    )
+
+
+def test_both_config_files_is_an_error(tmp_path: Path) -> None:
+    """series.toml and [tool.series] together are ambiguous, so neither is silently chosen."""
+    shutil.copy(FIXTURES / "config" / "config_valid.toml", tmp_path / "series.toml")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    with pytest.raises(ConfigError, match="keep one"):
+        load_config(tmp_path)
+
+
+def test_no_config_names_the_workspace(tmp_path: Path) -> None:
+    """A directory with no configuration says where it looked and what to add."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(find_workspace(tmp_path))
+    assert str(caught.value).startswith(f"{tmp_path.resolve()}: no workspace configuration")
+
+
+def test_example_workspace_config() -> None:
+    """The repository's own [tool.series] loads, with its footer blocks found."""
+    config = load_config(ROOT)
+    assert config.footer == ("author-bio", "related-post", "affiliate-disclosure", "subscribe")
+    assert config.utm.enabled

@@ -1,0 +1,148 @@
+"""Parsing and validation of series and articles: one fixture file per bad case."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.check import check_workspace
+from pipeline.config import load_config
+from pipeline.content import load_series
+
+from .conftest import EXAMPLE_NOW, ROOT, BuildWorkspace
+
+CASES = [
+    (
+        "article_with_unknown_key",
+        "4: unknown key 'delay_dayz' (did you mean 'delay_days'?)",
+    ),
+    (
+        "article_with_malformed_yaml",
+        "4: malformed YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence)",
+    ),
+    ("article_without_title", "1: missing required key 'title'"),
+    ("article_with_text_part", "3: 'part' must be a whole number, got 'two'"),
+    ("article_with_part_zero", "3: 'part' must be 1 or more, got 0"),
+    (
+        "article_with_bad_date",
+        "4: 'published' is not a date: 'next tuesday' (use YYYY-MM-DD or YYYY-MM-DD HH:MM)",
+    ),
+    (
+        "article_with_relative_url",
+        "4: 'url' must be an absolute http(s) URL, got '/demo/relative/'",
+    ),
+    ("article_with_empty_body", "6: the article has no body"),
+    ("article_without_front_matter", "1: missing front matter: start the file with a '---' line"),
+    (
+        "article_with_image_without_alt",
+        "8: warning: image has no alt text (write ![what it shows](url))",
+    ),
+]
+
+
+def problems_of(root: Path) -> list[str]:
+    return [str(p) for p in check_workspace(load_config(root), now=EXAMPLE_NOW).problems]
+
+
+@pytest.mark.parametrize(("fixture", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_article_reports_file_and_line(
+    workspace: BuildWorkspace, fixture: str, expected: str
+) -> None:
+    """Each bad case yields exactly one problem, naming the file and the offending line."""
+    name = f"01-{fixture.replace('_', '-')}.md"
+    root = workspace({name: fixture})
+    assert problems_of(root) == [f"series/demo/{name}:{expected}"]
+
+
+def test_duplicate_part_is_an_error(workspace: BuildWorkspace) -> None:
+    """Two files claiming the same part number are reported at the second file's `part` line."""
+    root = workspace({"01-valid.md": "valid_article", "02-same.md": "article_with_duplicate_part"})
+    problems = problems_of(root)
+    assert (
+        "series/demo/02-same.md:3: part 1 is also series/demo/01-valid.md; "
+        "each part number must be unique"
+    ) in problems
+
+
+def test_link_to_draft_part_warns(workspace: BuildWorkspace) -> None:
+    """A link to a draft part's URL is a warning at the line of the link."""
+    root = workspace({"01-link.md": "article_linking_to_draft", "02-draft.md": "draft_article"})
+    assert problems_of(root) == [
+        "series/demo/01-link.md:8: warning: links to part 2 (Still being written), which is a draft"
+    ]
+
+
+def test_link_to_future_part_warns_until_published(workspace: BuildWorkspace) -> None:
+    """A link to a part with a publish date still ahead warns; once the date passes it does not."""
+    root = workspace({"01-link.md": "article_linking_to_draft", "02-draft.md": "draft_article"})
+    draft = root / "series/demo/02-draft.md"
+    draft.write_text(
+        draft.read_text().replace("draft: true", "published: 2027-01-10"), encoding="utf-8"
+    )
+    assert problems_of(root) == [
+        "series/demo/01-link.md:8: warning: links to part 2 (Still being written), "
+        "which is not published yet"
+    ]
+    later = check_workspace(load_config(root), now=datetime(2027, 1, 11, tzinfo=UTC))
+    assert later.problems == []
+
+
+def test_missing_series_yml(workspace: BuildWorkspace) -> None:
+    """A series directory without series.yml is an error naming the missing file."""
+    root = workspace(series_yml=None)
+    assert problems_of(root) == [
+        "series/demo/series.yml: missing series.yml (needs at least 'title')"
+    ]
+
+
+def test_series_yml_unknown_key_and_bad_cadence(workspace: BuildWorkspace) -> None:
+    """series.yml keys are validated like front matter, at their own lines."""
+    root = workspace(series_yml="title: Demo\ncadense_days: 3\ncadence_days: soon\n")
+    assert problems_of(root) == [
+        "series/demo/series.yml:2: unknown key 'cadense_days' (did you mean 'cadence_days'?)",
+        "series/demo/series.yml:3: 'cadence_days' must be a number of days (0 or more), got 'soon'",
+    ]
+
+
+def test_every_problem_is_reported_at_once(workspace: BuildWorkspace) -> None:
+    """Problems in several files are all collected, not just the first."""
+    root = workspace(
+        {
+            "01-article-with-unknown-key.md": "article_with_unknown_key",
+            "02-article-with-bad-date.md": "article_with_bad_date",
+        }
+    )
+    problems = problems_of(root)
+    assert any(p.startswith("series/demo/01-article-with-unknown-key.md:4:") for p in problems)
+    assert any(p.startswith("series/demo/02-article-with-bad-date.md:4:") for p in problems)
+
+
+def test_defaults_from_file_name_and_series() -> None:
+    """Slug comes from the file name, delay from cadence_days unless delay_days overrides it."""
+    (series,), problems = load_series(load_config(ROOT))
+    assert problems == []
+    secure, anxious = series.part(2), series.part(3)
+    assert secure is not None and anxious is not None
+    assert secure.slug == "secure"
+    assert series.delay(secure) == timedelta(days=4)
+    assert series.delay(anxious) == timedelta(days=5)
+
+
+def test_example_publication_states() -> None:
+    """The example shows every state: parts 1–3 out, 4 a draft, 5 published in the future."""
+    (series,), _ = load_series(load_config(ROOT))
+    states = [(a.part, a.draft, a.is_published(EXAMPLE_NOW)) for a in series.articles]
+    assert states == [
+        (1, False, True),
+        (2, False, True),
+        (3, False, True),
+        (4, True, False),
+        (5, False, False),
+    ]
+    part5 = series.part(5)
+    assert part5 is not None and part5.published is not None
+    assert part5.published.tzinfo is not None  # a bare date is midnight in the workspace's zone
+    assert part5.published.utcoffset() == timedelta(hours=1)  # Europe/Stockholm in March
