@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -34,11 +35,17 @@ class Link:
     line: int  # 0-based line in the Markdown source
 
 
+@cache
+def _parser(allow_html: bool) -> MarkdownIt:
+    # Building a parser compiles its rules; one per setting serves every document.
+    return MarkdownIt("commonmark", {"html": allow_html}).enable("table")
+
+
 class Document:
     """A parsed Markdown body."""
 
     def __init__(self, source: str, *, allow_html: bool = False) -> None:
-        self._md = MarkdownIt("commonmark", {"html": allow_html}).enable("table")
+        self._md = _parser(allow_html)
         self.tokens = self._md.parse(source)
 
     def _inline(self) -> Iterator[tuple[Token, int]]:

@@ -146,3 +146,17 @@ def test_example_publication_states() -> None:
     assert part5 is not None and part5.published is not None
     assert part5.published.tzinfo is not None  # a bare date is midnight in the workspace's zone
     assert part5.published.utcoffset() == timedelta(hours=1)  # Europe/Stockholm in March
+
+
+def test_email_over_gmail_clip_size_warns(workspace: BuildWorkspace) -> None:
+    """An article whose email HTML passes 102 KB gets a warning saying Gmail clips it."""
+    root = workspace()
+    article = root / "series/demo/01-valid.md"
+    paragraph = "A sentence that keeps going so the email grows past the clipping limit. " * 20
+    article.write_text(article.read_text() + f"\n{paragraph}\n" * 80, encoding="utf-8")
+    (problem,) = check_workspace(load_config(root), now=EXAMPLE_NOW).problems
+    assert problem.severity == "warning"
+    assert str(problem).startswith("series/demo/01-valid.md:8: warning: the email's HTML is ")
+    assert str(problem).endswith(
+        "Gmail clips messages over 102 KB, so shorten the article or split it"
+    )
