@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 import click
 
 from .check import check_workspace
+from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
 from .errors import ContentError, SeriesError
 from .preview import select_parts, write_previews
+from .subscribers import Catalog
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -31,6 +33,11 @@ class State:
         if self._config is None:
             self._config = load_config(find_workspace(self.workspace))
         return self._config
+
+    def catalog(self) -> Catalog:
+        """The series and parts that exist, for validating names; content problems aside."""
+        series_list, _ = load_series(self.config)
+        return Catalog.of(series_list)
 
 
 class Moment(click.ParamType):  # type: ignore[type-arg]
@@ -152,6 +159,10 @@ def preview_command(
     ):
         first = item.paths[0]
         click.echo(f"{config.rel(first.with_suffix(''))}.{{html,txt,eml}}")
+
+
+cli.add_command(subscribers_group)
+cli.add_command(db_group)
 
 
 def _plural(count: int, word: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,3 +62,43 @@ def workspace(tmp_path: Path) -> BuildWorkspace:
         return root
 
     return build
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str | None]:
+    from .databases import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_admin_url: str | None
+) -> Iterator[str]:
+    """Each store test runs twice: on a temporary SQLite file and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    from .databases import HOW_TO, fresh_database
+
+    if postgres_admin_url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{HOW_TO} (CI must not skip PostgreSQL)")
+        pytest.skip(HOW_TO)
+    with fresh_database(postgres_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def example_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the example workspace, with its own (SQLite) state."""
+    root = tmp_path / "example"
+    root.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    for name in ("series", "templates"):
+        shutil.copytree(ROOT / name, root / name)
+    (root / "subscribers").mkdir()
+    shutil.copy(ROOT / "subscribers" / "example.csv", root / "subscribers" / "example.csv")
+    monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
+    return root

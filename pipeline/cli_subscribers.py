@@ -1,0 +1,201 @@
+"""`series subscribers …` and `series db …`: parse options, call the library, print."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .importer import export_csv, import_csv
+from .output import format_table
+from .store import Store, open_store
+from .store.migrate import head
+from .store.schema import STATUSES
+from .subscribers import add_subscriber, iter_subscribers, progress_text, remove, unsubscribe
+
+if TYPE_CHECKING:
+    from .cli import State
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _store(state: State) -> Store:
+    return open_store(state.config.root)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.group(name="subscribers", context_settings=CONTEXT)
+def subscribers_group() -> None:
+    """Manage subscribers and their enrollments.
+
+    Example: series subscribers import subscribers/example.csv --series attachment
+    """
+
+
+@subscribers_group.command(name="add")
+@click.argument("email")
+@click.option("--name", help="The subscriber's name, used in the greeting.")
+@click.option("--series", "series", help="Enroll in this series (its slug).")
+@click.option("--start-part", type=click.IntRange(min=1), help="Start at this part (default 1).")
+@click.option("--timezone", help="IANA timezone for the send window, e.g. Europe/Stockholm.")
+@click.option(
+    "--resubscribe", is_flag=True, help="Reactivate someone who unsubscribed and asked to return."
+)
+@click.pass_obj
+def add_command(
+    state: State,
+    email: str,
+    name: str | None,
+    series: str | None,
+    start_part: int | None,
+    timezone: str | None,
+    resubscribe: bool,
+) -> None:
+    """Add or update one subscriber, optionally enrolling them in a series.
+
+    Example: series subscribers add ann@example.com --name Ann --series attachment
+    """
+    with _store(state) as store:
+        outcome = add_subscriber(
+            store,
+            state.catalog(),
+            email,
+            now=_now(),
+            name=name,
+            series=series,
+            start_part=start_part,
+            timezone=timezone,
+            resubscribe=resubscribe,
+        )
+    click.echo({"imported": "added", "updated": "updated", "unchanged": "unchanged"}[outcome])
+
+
+@subscribers_group.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--series", "series", help="Enroll every row without a series column in this one.")
+@click.pass_obj
+def import_command(state: State, file: Path, series: str | None) -> None:
+    """Import subscribers from a CSV with a header row (email required).
+
+    Columns: email, name, timezone, series, start_part, subscribed_at; any other
+    column is kept as an attribute. Bad rows are reported and skipped.
+
+    Example: series subscribers import subscribers/example.csv
+    """
+    config = state.config
+    with _store(state) as store:
+        report = import_csv(
+            store,
+            file,
+            state.catalog(),
+            now=_now(),
+            zone=config.timezone,
+            series=series,
+            display=str(file),
+            on_problem=lambda problem: click.echo(str(problem), err=True),
+        )
+    click.echo(report.summary())
+    if report.rejected:
+        sys.exit(1)
+
+
+@subscribers_group.command(name="export")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def export_command(state: State, file: Path | None) -> None:
+    """Write every subscriber with status and per-series progress as CSV (default: stdout).
+
+    Example: series subscribers export build/subscribers.csv
+    """
+    with _store(state) as store:
+        if file is None:
+            export_csv(store, sys.stdout, state.catalog())
+            return
+        partial = file.with_name(f".{file.name}.partial")
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            count = export_csv(store, out, state.catalog())
+        partial.replace(file)
+    click.echo(f"exported {count} subscriber(s) to {file}", err=True)
+
+
+@subscribers_group.command(name="list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only subscribers with this status.")
+@click.option("--series", "series", help="Only subscribers enrolled in this series.")
+@click.pass_obj
+def list_command(state: State, status: str | None, series: str | None) -> None:
+    """Show subscribers as a table.
+
+    Example: series subscribers list --status active --series attachment
+    """
+    catalog = state.catalog()
+    if series is not None and (error := catalog.check_series(series)):
+        raise click.UsageError(error)
+    with _store(state) as store:
+        rows = [
+            (
+                s.email,
+                s.name,
+                s.status,
+                s.timezone or "",
+                "; ".join(
+                    f"{e.series}: {progress_text(e, len(catalog.parts.get(e.series, ())) or None)}"
+                    for e in s.enrollments
+                    if series is None or e.series == series
+                ),
+            )
+            for s in iter_subscribers(store, status=status, series=series)
+        ]
+    if not rows:
+        click.echo("no subscribers match", err=True)
+        return
+    click.echo(format_table(("EMAIL", "NAME", "STATUS", "TIMEZONE", "SERIES"), rows))
+
+
+@subscribers_group.command(name="unsubscribe")
+@click.argument("email")
+@click.option("--series", "series", help="Only from this series (default: from all).")
+@click.pass_obj
+def unsubscribe_command(state: State, email: str, series: str | None) -> None:
+    """Unsubscribe someone from one series or from everything.
+
+    Example: series subscribers unsubscribe ann@example.com --series attachment
+    """
+    with _store(state) as store:
+        click.echo(unsubscribe(store, email, now=_now(), series=series))
+
+
+@subscribers_group.command(name="remove")
+@click.argument("email")
+@click.pass_obj
+def remove_command(state: State, email: str) -> None:
+    """Erase a person's personal data; their address is kept only as a keyed hash.
+
+    Example: series subscribers remove ann@example.com
+    """
+    with _store(state) as store:
+        click.echo(remove(store, email, now=_now()))
+
+
+@click.group(name="db", context_settings=CONTEXT)
+def db_group() -> None:
+    """The state database.
+
+    Example: series db upgrade
+    """
+
+
+@db_group.command(name="upgrade")
+@click.pass_obj
+def upgrade_command(state: State) -> None:
+    """Apply any pending schema migrations (also done automatically on first use).
+
+    Example: SERIES_DATABASE_URL=postgresql+psycopg://… series db upgrade
+    """
+    with open_store(state.config.root) as store:
+        click.echo(f"database {store.display_url} is at schema revision {head()}")

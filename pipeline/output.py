@@ -1,0 +1,22 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; the header underlined."""
+    materialised = [list(map(str, row)) for row in rows]
+    widths = [len(h) for h in header]
+    for row in materialised:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) for cell, width in zip(cells, widths, strict=True)
+        ).rstrip()
+
+    return "\n".join(
+        [line(header), line(["-" * w for w in widths]), *(line(row) for row in materialised)]
+    )

@@ -1,0 +1,176 @@
+"""The state database: SQLite at subscribers/state.db by default, PostgreSQL when
+``SERIES_DATABASE_URL`` is set. Migrations are applied on first use."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from ..errors import SeriesError
+from . import schema
+from .migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+DATABASE_URL_ENV = "SERIES_DATABASE_URL"
+
+
+class StoreError(SeriesError):
+    """The database cannot be reached or is not in a state this version can use."""
+
+
+def database_url(workspace: Path, environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    url = env.get(DATABASE_URL_ENV, "").strip()
+    if url:
+        return url
+    return f"sqlite:///{workspace / 'subscribers' / 'state.db'}"
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
+class Store:
+    """An open state database. Use ``with store.begin() as conn`` for a transaction."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self._hash_key: bytes | None = None
+
+    @property
+    def display_url(self) -> str:
+        return safe_url(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads; nothing is written, nothing needs committing."""
+        with self._translate(), self.engine.connect() as conn:
+            yield conn
+
+    def email_hash(self, conn: Connection, email: str) -> str:
+        """Keyed hash of an address (HMAC-SHA256 with this database's own key)."""
+        if self._hash_key is None:
+            value = conn.execute(
+                sa.select(schema.settings.c.value).where(schema.settings.c.key == "email_hash_key")
+            ).scalar_one()
+            self._hash_key = bytes.fromhex(value)
+        return hmac.new(self._hash_key, email.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+                raise StoreError(
+                    f"database {self.display_url}: {_scrub(str(exc.orig), self.url)}"
+                ) from None
+            raise
+
+
+def open_store(workspace: Path, url: str | None = None, *, migrate: bool = True) -> Store:
+    """Connect, and bring the schema up to date unless ``migrate`` is false."""
+    url = url or database_url(workspace)
+    engine = _engine(url)
+    store = Store(engine, url)
+    if migrate:
+        with store._translate():
+            upgrade(engine)
+    return store
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"{DATABASE_URL_ENV} is not a database URL: {safe_url(url)} "
+            "(expected e.g. postgresql+psycopg://user@host/db)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    if parsed.get_backend_name() != "postgresql":
+        raise StoreError(
+            f"unsupported database {parsed.get_backend_name()!r} in {safe_url(url)}: "
+            "use SQLite (default) or postgresql+psycopg://…"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+    except NoSuchModuleError:
+        raise StoreError(f"no driver for {parsed.drivername}; use postgresql+psycopg://") from None
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, hide_parameters=True)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (below) instead of the driver's deferred one.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, so two writers queue on
+        # busy_timeout instead of failing halfway with "database is locked".
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _scrub(message: str, url: str) -> str:
+    """Drop the password from a driver message, in case a driver ever echoes it."""
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return message.strip().splitlines()[0] if message.strip() else message
+
+
+__all__ = ["Store", "StoreError", "database_url", "open_store", "safe_url", "schema"]

@@ -1,0 +1,140 @@
+"""Table definitions (SQLAlchemy Core), one code path for SQLite and PostgreSQL.
+
+This is the schema the code expects at the newest migration; the migrations in
+``migrations/versions`` are what actually create and change it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+STATUSES = ("active", "unsubscribed", "bounced", "complained")
+DELIVERY_STATES = ("claimed", "sent", "failed", "unknown")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on both databases."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        moment: datetime = value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+subscribers = sa.Table(
+    "subscribers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("status", sa.String(20), nullable=False, server_default="active"),
+    sa.Column("timezone", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False, server_default=""),
+    sa.Column("attributes", JSONType, nullable=False),
+    sa.CheckConstraint(f"status IN {STATUSES}", name="subscribers_status"),
+)
+
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "subscriber_id",
+        sa.Integer,
+        sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("series", sa.String(100), nullable=False),
+    sa.Column("enrolled_at", UTCDateTime, nullable=False),
+    sa.Column("start_part", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("unsubscribed_at", UTCDateTime),
+    sa.UniqueConstraint("subscriber_id", "series", name="enrollments_once_per_series"),
+)
+
+# The ledger: one row per (subscriber, series, part). The unique constraint is what
+# makes a duplicate send impossible, whatever the processes around it do.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "subscriber_id",
+        sa.Integer,
+        sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("series", sa.String(100), nullable=False),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("provider", sa.String(40)),
+    sa.Column("provider_message_id", sa.String(200)),
+    sa.Column("claimed_until", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.UniqueConstraint("subscriber_id", "series", "part", name="deliveries_once"),
+    sa.CheckConstraint(f"state IN {DELIVERY_STATES}", name="deliveries_state"),
+)
+
+# Who or what changed a subscriber's status, and when. Kept after erasure, with
+# the subscriber reference cleared.
+status_changes = sa.Table(
+    "status_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "subscriber_id",
+        sa.Integer,
+        sa.ForeignKey("subscribers.id", ondelete="SET NULL"),
+    ),
+    sa.Column("series", sa.String(100)),
+    sa.Column("old_status", sa.String(20)),
+    sa.Column("new_status", sa.String(20), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Addresses erased at the person's request, as keyed hashes: a later import of the
+# same address is refused without keeping the address itself.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("email_hash", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)

@@ -1,0 +1,426 @@
+"""Subscribers and enrollments: add, list, unsubscribe, erase (DESIGN §5).
+
+Addresses are validated with email-validator and normalised (lower case) so that
+one person is one row. Every status change is written to ``status_changes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.engine import Connection
+
+from .config import parse_zone
+from .content import Series
+from .errors import SeriesError
+from .store import Store
+from .store.schema import (
+    STATUSES,
+    deliveries,
+    enrollments,
+    status_changes,
+    subscribers,
+    suppressions,
+)
+
+Outcome = Literal["imported", "updated", "unchanged"]
+ERASED_REASON = "erased"
+
+
+class SubscriberError(SeriesError):
+    """A subscriber command named an address, series or value that does not fit."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the workspace's content allows: series slugs and their part numbers."""
+
+    parts: Mapping[str, tuple[int, ...]]
+
+    @classmethod
+    def of(cls, series_list: list[Series]) -> Catalog:
+        return cls({s.slug: tuple(a.part for a in s.articles) for s in series_list})
+
+    def check_series(self, slug: str) -> str | None:
+        if slug not in self.parts:
+            names = ", ".join(sorted(self.parts)) or "none"
+            return f"unknown series '{slug}' (series in this workspace: {names})"
+        return None
+
+    def check_part(self, slug: str, part: int) -> str | None:
+        parts = self.parts.get(slug, ())
+        if part not in parts:
+            listed = ", ".join(map(str, parts)) or "none"
+            return f"series '{slug}' has no part {part} (parts: {listed})"
+        return None
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    series: str
+    start_part: int
+    paused: bool
+    completed: bool
+    unsubscribed: bool
+    last_part: int | None  # the highest part sent
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    status: str
+    timezone: str | None
+    created_at: datetime
+    source: str
+    attributes: dict[str, Any]
+    enrollments: tuple[Enrollment, ...] = field(default=())
+
+
+def normalise_email(raw: str) -> str:
+    """A valid address in its one canonical form; ValueError says why it is not valid."""
+    try:
+        return validate_email(raw.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email {raw.strip()!r}: {exc}") from None
+
+
+def check_timezone(name: str) -> str:
+    parse_zone(name, ValueError)
+    return name
+
+
+def record_status(
+    conn: Connection,
+    subscriber_id: int | None,
+    old: str | None,
+    new: str,
+    *,
+    actor: str,
+    now: datetime,
+    series: str | None = None,
+    reason: str = "",
+) -> None:
+    conn.execute(
+        status_changes.insert().values(
+            subscriber_id=subscriber_id,
+            series=series,
+            old_status=old,
+            new_status=new,
+            actor=actor,
+            reason=reason,
+            created_at=now,
+        )
+    )
+
+
+def is_erased(store: Store, conn: Connection, email: str) -> bool:
+    digest = store.email_hash(conn, email)
+    found = conn.execute(
+        sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+    ).first()
+    return found is not None
+
+
+def add_subscriber(
+    store: Store,
+    catalog: Catalog,
+    email: str,
+    *,
+    now: datetime,
+    name: str | None = None,
+    series: str | None = None,
+    start_part: int | None = None,
+    timezone: str | None = None,
+    resubscribe: bool = False,
+    actor: str = "cli",
+) -> Outcome:
+    """Create or update one subscriber and, with ``series``, enroll them."""
+    try:
+        address = normalise_email(email)
+        if timezone is not None:
+            check_timezone(timezone)
+    except ValueError as exc:
+        raise SubscriberError(str(exc)) from None
+    if start_part is not None and series is None:
+        raise SubscriberError("--start-part needs --series")
+    if series is not None:
+        problem = catalog.check_series(series) or catalog.check_part(series, start_part or 1)
+        if problem:
+            raise SubscriberError(problem)
+    with store.begin() as conn:
+        if is_erased(store, conn, address):
+            raise SubscriberError(
+                f"{address} was erased at the person's request and cannot be added again"
+            )
+        row = conn.execute(sa.select(subscribers).where(subscribers.c.email == address)).first()
+        if row is None:
+            subscriber_id = conn.execute(
+                subscribers.insert()
+                .values(
+                    email=address,
+                    name=name or "",
+                    status="active",
+                    timezone=timezone,
+                    created_at=now,
+                    updated_at=now,
+                    source=actor,
+                    attributes={},
+                )
+                .returning(subscribers.c.id)
+            ).scalar_one()
+            record_status(conn, subscriber_id, None, "active", actor=actor, now=now)
+            outcome: Outcome = "imported"
+        else:
+            subscriber_id = row.id
+            changes: dict[str, Any] = {}
+            if row.status != "active":
+                if not resubscribe:
+                    raise SubscriberError(
+                        f"{address} is {row.status}; add --resubscribe if they asked to "
+                        "subscribe again"
+                    )
+                changes["status"] = "active"
+                record_status(conn, row.id, row.status, "active", actor=actor, now=now)
+            if name is not None and name != row.name:
+                changes["name"] = name
+            if timezone is not None and timezone != row.timezone:
+                changes["timezone"] = timezone
+            if changes:
+                conn.execute(
+                    subscribers.update()
+                    .where(subscribers.c.id == row.id)
+                    .values(updated_at=now, **changes)
+                )
+            outcome = "updated" if changes else "unchanged"
+        if series is not None and enroll(
+            conn, subscriber_id, series, start_part or 1, now, resubscribe=resubscribe
+        ):
+            outcome = "updated" if outcome == "unchanged" else outcome
+    return outcome
+
+
+def enroll(
+    conn: Connection,
+    subscriber_id: int,
+    series: str,
+    start_part: int,
+    now: datetime,
+    *,
+    resubscribe: bool = False,
+) -> bool:
+    """Enroll once; an existing enrollment keeps its progress. True if anything changed."""
+    existing = conn.execute(
+        sa.select(enrollments).where(
+            enrollments.c.subscriber_id == subscriber_id, enrollments.c.series == series
+        )
+    ).first()
+    if existing is None:
+        conn.execute(
+            enrollments.insert().values(
+                subscriber_id=subscriber_id,
+                series=series,
+                enrolled_at=now,
+                start_part=start_part,
+                paused=False,
+            )
+        )
+        return True
+    if existing.unsubscribed_at is not None and resubscribe:
+        conn.execute(
+            enrollments.update().where(enrollments.c.id == existing.id).values(unsubscribed_at=None)
+        )
+        return True
+    return False
+
+
+def find(store: Store, email: str) -> Subscriber:
+    """The subscriber with this address, with enrollments; an error if there is none."""
+    try:
+        address = normalise_email(email)
+    except ValueError as exc:
+        raise SubscriberError(str(exc)) from None
+    with store.connect() as conn:
+        row = conn.execute(sa.select(subscribers).where(subscribers.c.email == address)).first()
+        if row is None:
+            raise SubscriberError(f"no subscriber {address}")
+        return _with_enrollments(conn, [row])[0]
+
+
+def unsubscribe(
+    store: Store, email: str, *, now: datetime, series: str | None = None, actor: str = "cli"
+) -> str:
+    """Unsubscribe from one series, or from everything. Returns what was done, in words."""
+    subscriber = find(store, email)
+    with store.begin() as conn:
+        if series is None:
+            if subscriber.status == "unsubscribed":
+                return f"{subscriber.email} was already unsubscribed"
+            conn.execute(
+                subscribers.update()
+                .where(subscribers.c.id == subscriber.id)
+                .values(status="unsubscribed", updated_at=now)
+            )
+            record_status(
+                conn, subscriber.id, subscriber.status, "unsubscribed", actor=actor, now=now
+            )
+            return f"unsubscribed {subscriber.email} from all series"
+        enrolled = next((e for e in subscriber.enrollments if e.series == series), None)
+        if enrolled is None:
+            names = ", ".join(e.series for e in subscriber.enrollments) or "none"
+            raise SubscriberError(
+                f"{subscriber.email} is not enrolled in '{series}' (enrolled in: {names})"
+            )
+        if enrolled.unsubscribed:
+            return f"{subscriber.email} was already unsubscribed from {series}"
+        conn.execute(
+            enrollments.update()
+            .where(enrollments.c.subscriber_id == subscriber.id, enrollments.c.series == series)
+            .values(unsubscribed_at=now)
+        )
+        record_status(
+            conn,
+            subscriber.id,
+            subscriber.status,
+            "unsubscribed",
+            actor=actor,
+            now=now,
+            series=series,
+        )
+        return f"unsubscribed {subscriber.email} from {series}"
+
+
+def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> str:
+    """Erase a person's data; keep only a keyed hash so the address cannot come back."""
+    subscriber = find(store, email)
+    with store.begin() as conn:
+        digest = store.email_hash(conn, subscriber.email)
+        record_status(
+            conn,
+            subscriber.id,
+            subscriber.status,
+            "unsubscribed",
+            actor=actor,
+            now=now,
+            reason=ERASED_REASON,
+        )
+        # The audit trail stays, without anything that names the person.
+        conn.execute(
+            status_changes.update()
+            .where(status_changes.c.subscriber_id == subscriber.id)
+            .values(subscriber_id=None)
+        )
+        conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber.id))
+        conn.execute(enrollments.delete().where(enrollments.c.subscriber_id == subscriber.id))
+        conn.execute(subscribers.delete().where(subscribers.c.id == subscriber.id))
+        exists = conn.execute(
+            sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
+        ).first()
+        if exists is None:
+            conn.execute(
+                suppressions.insert().values(
+                    email_hash=digest, reason=ERASED_REASON, created_at=now
+                )
+            )
+    return f"erased {subscriber.email}: personal data deleted, address kept only as a hash"
+
+
+def iter_subscribers(
+    store: Store,
+    *,
+    status: str | None = None,
+    series: str | None = None,
+    batch: int = 2000,
+) -> Iterator[Subscriber]:
+    """Every subscriber (optionally one status, or enrolled in one series), by id, streamed."""
+    if status is not None and status not in STATUSES:
+        raise SubscriberError(f"unknown status '{status}' (one of: {', '.join(STATUSES)})")
+    last_id = 0
+    with store.connect() as conn:
+        while True:
+            query = (
+                sa.select(subscribers)
+                .where(subscribers.c.id > last_id)
+                .order_by(subscribers.c.id)
+                .limit(batch)
+            )
+            if status is not None:
+                query = query.where(subscribers.c.status == status)
+            if series is not None:
+                query = query.where(
+                    sa.exists().where(
+                        enrollments.c.subscriber_id == subscribers.c.id,
+                        enrollments.c.series == series,
+                    )
+                )
+            rows = conn.execute(query).all()
+            if not rows:
+                return
+            yield from _with_enrollments(conn, rows)
+            last_id = rows[-1].id
+
+
+def _with_enrollments(conn: Connection, rows: Sequence[Any]) -> list[Subscriber]:
+    ids = [row.id for row in rows]
+    sent = (
+        sa.select(
+            deliveries.c.subscriber_id,
+            deliveries.c.series,
+            sa.func.max(deliveries.c.part).label("last_part"),
+        )
+        .where(deliveries.c.state == "sent", deliveries.c.subscriber_id.in_(ids))
+        .group_by(deliveries.c.subscriber_id, deliveries.c.series)
+    )
+    last = {(r.subscriber_id, r.series): r.last_part for r in conn.execute(sent)}
+    by_subscriber: dict[int, list[Enrollment]] = {}
+    for e in conn.execute(
+        sa.select(enrollments)
+        .where(enrollments.c.subscriber_id.in_(ids))
+        .order_by(enrollments.c.series)
+    ):
+        by_subscriber.setdefault(e.subscriber_id, []).append(
+            Enrollment(
+                series=e.series,
+                start_part=e.start_part,
+                paused=e.paused,
+                completed=e.completed_at is not None,
+                unsubscribed=e.unsubscribed_at is not None,
+                last_part=last.get((e.subscriber_id, e.series)),
+            )
+        )
+    return [
+        Subscriber(
+            id=row.id,
+            email=row.email,
+            name=row.name,
+            status=row.status,
+            timezone=row.timezone,
+            created_at=row.created_at,
+            source=row.source,
+            attributes=dict(row.attributes or {}),
+            enrollments=tuple(by_subscriber.get(row.id, ())),
+        )
+        for row in rows
+    ]
+
+
+def progress_text(enrollment: Enrollment, total: int | None) -> str:
+    """How far along a series someone is, in words an editor reads at a glance."""
+    of = f" of {total}" if total else ""
+    if enrollment.unsubscribed:
+        return "unsubscribed"
+    if enrollment.completed:
+        return "completed"
+    if enrollment.last_part:
+        done = f"sent {enrollment.last_part}{of}"
+    elif enrollment.start_part > 1:
+        done = f"not started (starts at part {enrollment.start_part})"
+    else:
+        done = "not started"
+    return f"paused, {done}" if enrollment.paused else done

@@ -1,0 +1,374 @@
+"""The state store, run on a temporary SQLite file and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.errors import SeriesError
+from pipeline.importer import ImportReport, export_csv, import_csv
+from pipeline.store import Store, StoreError, open_store, safe_url
+from pipeline.store.migrate import upgrade
+from pipeline.store.schema import (
+    deliveries,
+    enrollments,
+    metadata,
+    status_changes,
+    suppressions,
+)
+from pipeline.subscribers import (
+    Catalog,
+    SubscriberError,
+    add_subscriber,
+    find,
+    iter_subscribers,
+    remove,
+    unsubscribe,
+)
+
+from .conftest import FIXTURES
+
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5), "boundaries": (1, 2, 3)})
+ZONE = UTC
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[Store]:
+    with open_store(tmp_path, database_url) as opened:
+        yield opened
+
+
+def run_import(store: Store, name: str, **kwargs: object) -> ImportReport:
+    path = FIXTURES / "csv" / name
+    return import_csv(store, path, CATALOG, now=NOW, zone=ZONE, display=name, **kwargs)  # type: ignore[arg-type]
+
+
+def dump(store: Store) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, to compare whole database states."""
+    with store.connect() as conn:
+        return {
+            table.name: sorted(tuple(map(str, row)) for row in conn.execute(sa.select(table)))
+            for table in metadata.sorted_tables
+        }
+
+
+def test_add_normalises_and_is_unique(store: Store) -> None:
+    """Addresses are normalised, so different spellings of one address are one subscriber."""
+    assert add_subscriber(store, CATALOG, " Ann@Example.COM ", now=NOW, name="Ann") == "imported"
+    assert add_subscriber(store, CATALOG, "ann@example.com", now=NOW, name="Ann") == "unchanged"
+    assert add_subscriber(store, CATALOG, "ANN@example.com", now=NOW, name="Ann B") == "updated"
+    (only,) = list(iter_subscribers(store))
+    assert (only.email, only.name, only.status) == ("ann@example.com", "Ann B", "active")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"email": "ann@"}, "invalid email 'ann@'"),
+        ({"series": "knitting"}, "unknown series 'knitting' (series in this workspace: "),
+        ({"series": "boundaries", "start_part": 4}, "series 'boundaries' has no part 4"),
+        ({"timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+        ({"start_part": 2}, "--start-part needs --series"),
+    ],
+)
+def test_add_rejects_bad_values(store: Store, kwargs: dict[str, object], message: str) -> None:
+    """An invalid address, series, part or timezone is refused with a clear message."""
+    args = {"email": "ann@example.com", **kwargs}
+    email = str(args.pop("email"))
+    with pytest.raises(SubscriberError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        add_subscriber(store, CATALOG, email, now=NOW, **args)  # type: ignore[arg-type]
+    assert list(iter_subscribers(store)) == []
+
+
+def test_ledger_row_is_unique_per_subscriber_series_part(store: Store) -> None:
+    """The database itself refuses a second ledger row for the same subscriber, series, part."""
+    add_subscriber(store, CATALOG, "ann@example.com", now=NOW, series="attachment")
+    subscriber = find(store, "ann@example.com")
+    row = {
+        "subscriber_id": subscriber.id,
+        "series": "attachment",
+        "part": 1,
+        "state": "sent",
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    with store.begin() as conn:
+        conn.execute(deliveries.insert().values(row))
+    with pytest.raises(IntegrityError), store.begin() as conn:
+        conn.execute(deliveries.insert().values(row))
+
+
+def test_import_with_bom(store: Store) -> None:
+    """A UTF-8 file with a byte-order mark imports; the first column is still 'email'."""
+    report = run_import(store, "subscribers_with_bom.csv")
+    assert report.summary() == "imported 2, updated 0, unchanged 0, rejected 0"
+    first = find(store, "bom.first@example.com")
+    assert first.timezone == "Europe/Oslo"
+    assert [e.series for e in first.enrollments] == ["attachment"]
+    assert find(store, "bom.second@example.com").enrollments == ()
+
+
+def test_import_reports_each_bad_row(store: Store) -> None:
+    """Each bad row is FILE:LINE: reason and skipped; good rows are imported."""
+    report = run_import(store, "subscribers_with_bad_rows.csv")
+    name = "subscribers_with_bad_rows.csv"
+    assert [str(p) for p in report.problems] == [
+        f"{name}:3: invalid email 'not-an-address': An email address must have an @-sign.",
+        f"{name}:5: good.one@example.com is a duplicate of line 2",
+        f"{name}:6: unknown series 'knitting' (series in this workspace: attachment, boundaries)",
+        f"{name}:7: unknown timezone 'Mars/Olympus' (use an IANA name such as 'Europe/Stockholm')",
+        f"{name}:8: series 'attachment' has no part 9 (parts: 1, 2, 3, 4, 5)",
+        f"{name}:9: subscribed_at is not a date: 'last spring' (use YYYY-MM-DD)",
+    ]
+    assert report.summary() == "imported 2, updated 0, unchanged 0, rejected 6"
+    good = find(store, "good.one@example.com")
+    assert good.attributes == {"plan": "coaching"}
+    assert good.created_at == datetime(2026, 10, 1, tzinfo=UTC)
+    assert find(store, "good.two@example.com").enrollments[0].start_part == 2
+
+
+def test_reimport_changes_nothing(store: Store) -> None:
+    """Importing the same file again leaves every table exactly as it was."""
+    run_import(store, "subscribers_with_bad_rows.csv")
+    before = dump(store)
+    report = run_import(store, "subscribers_with_bad_rows.csv")
+    assert report.summary() == "imported 0, updated 0, unchanged 2, rejected 6"
+    assert dump(store) == before
+
+
+def test_import_never_resubscribes(store: Store) -> None:
+    """Someone who unsubscribed stays unsubscribed and unenrolled when a list is re-imported."""
+    add_subscriber(store, CATALOG, "left.before@example.com", now=NOW)
+    unsubscribe(store, "left.before@example.com", now=NOW)
+    report = run_import(store, "subscribers_with_unsubscribed_person.csv")
+    assert report.summary() == "imported 1, updated 0, unchanged 1, rejected 0"
+    assert [str(p) for p in report.problems] == [
+        "subscribers_with_unsubscribed_person.csv:2: warning: left.before@example.com is "
+        "unsubscribed; not re-subscribed (import never does)"
+    ]
+    left = find(store, "left.before@example.com")
+    assert (left.status, left.enrollments) == ("unsubscribed", ())
+
+
+def test_import_never_resets_progress(store: Store) -> None:
+    """An enrolled subscriber's start part and sent parts survive a re-import."""
+    add_subscriber(store, CATALOG, "stays@example.com", now=NOW, series="attachment", start_part=2)
+    subscriber = find(store, "stays@example.com")
+    with store.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                subscriber_id=subscriber.id,
+                series="attachment",
+                part=2,
+                state="sent",
+                created_at=NOW,
+                updated_at=NOW,
+                sent_at=NOW,
+            )
+        )
+    run_import(store, "subscribers_with_unsubscribed_person.csv")
+    (enrollment,) = find(store, "stays@example.com").enrollments
+    assert (enrollment.start_part, enrollment.last_part) == (2, 2)
+
+
+def test_export_neutralises_formulas_and_shows_progress(store: Store) -> None:
+    """Export has status and progress per series; a formula-like cell is defused."""
+    run_import(store, "subscribers_with_bad_rows.csv")
+    unsubscribe(store, "good.one@example.com", now=NOW, series="attachment")
+    out = io.StringIO()
+    assert export_csv(store, out, CATALOG) == 2
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0]) == [
+        "email",
+        "name",
+        "status",
+        "timezone",
+        "subscribed_at",
+        "source",
+        "progress:attachment",
+        "progress:boundaries",
+        "plan",
+    ]
+    by_email = {row["email"]: row for row in rows}
+    assert by_email["good.two@example.com"]["name"] == (
+        '\'=HYPERLINK("https://evil.example","click")'
+    )
+    assert by_email["good.two@example.com"]["progress:attachment"] == (
+        "not started (starts at part 2)"
+    )
+    assert by_email["good.one@example.com"]["progress:attachment"] == "unsubscribed"
+    assert by_email["good.one@example.com"]["plan"] == "coaching"
+
+
+def test_export_can_be_imported_elsewhere(store: Store, tmp_path: Path, database_url: str) -> None:
+    """An export imported into an empty database keeps statuses: nobody is re-subscribed."""
+    run_import(store, "subscribers_with_bad_rows.csv")
+    unsubscribe(store, "good.one@example.com", now=NOW)
+    exported = tmp_path / "export.csv"
+    with exported.open("w", encoding="utf-8", newline="") as out:
+        export_csv(store, out, CATALOG)
+    other = tmp_path / "other"
+    other.mkdir()
+    with open_store(other, f"sqlite:///{other / 'state.db'}") as fresh:
+        report = import_csv(fresh, exported, CATALOG, now=NOW, zone=ZONE)
+        assert report.summary() == "imported 2, updated 0, unchanged 0, rejected 0"
+        assert find(fresh, "good.one@example.com").status == "unsubscribed"
+        assert find(fresh, "good.two@example.com").attributes == {}
+
+
+def test_unsubscribe_one_series_or_all(store: Store) -> None:
+    """Per-series unsubscribe ends one enrollment; without a series the person is unsubscribed."""
+    add_subscriber(store, CATALOG, "ann@example.com", now=NOW, series="attachment")
+    add_subscriber(store, CATALOG, "ann@example.com", now=NOW, series="boundaries")
+    assert unsubscribe(store, "ann@example.com", now=NOW, series="boundaries") == (
+        "unsubscribed ann@example.com from boundaries"
+    )
+    ann = find(store, "ann@example.com")
+    assert ann.status == "active"
+    assert [(e.series, e.unsubscribed) for e in ann.enrollments] == [
+        ("attachment", False),
+        ("boundaries", True),
+    ]
+    unsubscribe(store, "ann@example.com", now=NOW)
+    assert find(store, "ann@example.com").status == "unsubscribed"
+    with store.connect() as conn:
+        audit = conn.execute(
+            sa.select(
+                status_changes.c.series,
+                status_changes.c.old_status,
+                status_changes.c.new_status,
+                status_changes.c.actor,
+            ).order_by(status_changes.c.id)
+        ).all()
+    assert [tuple(row) for row in audit] == [
+        (None, None, "active", "cli"),
+        ("boundaries", "active", "unsubscribed", "cli"),
+        (None, "active", "unsubscribed", "cli"),
+    ]
+
+
+def test_unknown_address_and_series_are_errors(store: Store) -> None:
+    """Unsubscribing or removing someone unknown, or from a series they are not in, is an error."""
+    with pytest.raises(SubscriberError, match=r"no subscriber nobody@example\.com"):
+        unsubscribe(store, "nobody@example.com", now=NOW)
+    with pytest.raises(SubscriberError, match=r"no subscriber nobody@example\.com"):
+        remove(store, "nobody@example.com", now=NOW)
+    add_subscriber(store, CATALOG, "ann@example.com", now=NOW, series="attachment")
+    with pytest.raises(
+        SubscriberError, match=r"not enrolled in 'boundaries' \(enrolled in: attachment\)"
+    ):
+        unsubscribe(store, "ann@example.com", now=NOW, series="boundaries")
+    with pytest.raises(SubscriberError, match="unknown status 'gone'"):
+        list(iter_subscribers(store, status="gone"))
+
+
+def test_remove_erases_personal_data(store: Store) -> None:
+    """After remove, the address appears nowhere; only its keyed hash stays, and it is refused."""
+    run_import(store, "subscribers_with_bad_rows.csv")
+    remove(store, "good.one@example.com", now=NOW)
+    everything = repr(dump(store)).lower()
+    assert "good.one" not in everything and "coaching" not in everything
+    with store.connect() as conn:
+        (digest,) = conn.scalars(sa.select(suppressions.c.email_hash)).all()
+    assert len(digest) == 64 and digest != "good.one@example.com"
+    report = run_import(store, "subscribers_with_bad_rows.csv")
+    assert (
+        "subscribers_with_bad_rows.csv:2: good.one@example.com was erased at the person's "
+        "request; refused" in [str(p) for p in report.problems]
+    )
+    with pytest.raises(SubscriberError, match="erased at the person's request"):
+        add_subscriber(store, CATALOG, "Good.One@example.com", now=NOW)
+    # The other subscriber is untouched.
+    assert find(store, "good.two@example.com").status == "active"
+
+
+def test_list_filters(store: Store) -> None:
+    """Listing by status or by series returns just those subscribers."""
+    add_subscriber(store, CATALOG, "a@example.com", now=NOW, series="attachment")
+    add_subscriber(store, CATALOG, "b@example.com", now=NOW, series="boundaries")
+    unsubscribe(store, "b@example.com", now=NOW)
+    assert [s.email for s in iter_subscribers(store, status="active")] == ["a@example.com"]
+    assert [s.email for s in iter_subscribers(store, series="boundaries")] == ["b@example.com"]
+    assert [s.email for s in iter_subscribers(store, batch=1)] == ["a@example.com", "b@example.com"]
+
+
+def test_migration_from_first_revision_keeps_data(database_url: str, tmp_path: Path) -> None:
+    """A database made by migration 0001 is upgraded to head with its rows intact."""
+    engine = sa.create_engine(database_url)
+    assert upgrade(engine, "0001") == (None, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscribers (email, name, status, created_at, updated_at, source, "
+                "attributes) VALUES ('old@example.com', 'Old', 'active', :t, :t, 'v1', '{}')"
+            ),
+            {"t": NOW},
+        )
+        assert "status_changes" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+    with open_store(tmp_path, database_url) as store:
+        old = find(store, "old@example.com")
+        assert (old.name, old.source) == ("Old", "v1")
+        unsubscribe(store, "old@example.com", now=NOW)  # uses the new audit table
+        with store.connect() as conn:
+            assert (
+                conn.execute(sa.select(sa.func.count()).select_from(status_changes)).scalar() == 1
+            )
+
+
+def test_newer_schema_is_a_clear_error(database_url: str, tmp_path: Path) -> None:
+    """A database migrated by a newer version of series is refused, not damaged."""
+    open_store(tmp_path, database_url).close()
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(SeriesError, match="schema is at revision 0099, newer than this version"):
+        open_store(tmp_path, database_url)
+
+
+def test_enrollment_and_subscriber_tables_cascade(store: Store) -> None:
+    """Foreign keys hold on both databases: enrollments need an existing subscriber."""
+    with pytest.raises(IntegrityError), store.begin() as conn:
+        conn.execute(
+            enrollments.insert().values(
+                subscriber_id=424242,
+                series="attachment",
+                enrolled_at=NOW,
+                start_part=1,
+                paused=False,
+            )
+        )
+
+
+def test_default_store_is_sqlite_in_the_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no SERIES_DATABASE_URL, state lives in subscribers/state.db, in WAL mode."""
+    monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
+    with open_store(tmp_path) as store, store.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert (tmp_path / "subscribers" / "state.db").is_file()
+
+
+def test_password_never_shown(tmp_path: Path) -> None:
+    """A connection failure names the database without its password."""
+    url = "postgresql+psycopg://series:s3cr3t-pw@127.0.0.1:1/series"
+    assert safe_url(url) == "postgresql+psycopg://series:***@127.0.0.1:1/series"
+    with pytest.raises(StoreError) as caught:
+        open_store(tmp_path, url)
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert "postgresql+psycopg://series:***@127.0.0.1:1/series" in str(caught.value)
+
+
+def test_fixture_files_are_present() -> None:
+    """The CSV fixtures these tests read exist (guards against a silent rename)."""
+    assert (FIXTURES / "csv" / "subscribers_with_bom.csv").read_bytes().startswith(b"\xef\xbb\xbf")
