@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,7 +17,9 @@ from .config import Config, find_workspace, load_config
 from .content import load_series
 from .errors import ContentError, SeriesError
 from .preview import select_parts, write_previews
-from .subscribers import Catalog
+
+if TYPE_CHECKING:
+    from .subscribers import Catalog
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -36,6 +38,8 @@ class State:
 
     def catalog(self) -> Catalog:
         """The series and parts that exist, for validating names; content problems aside."""
+        from .subscribers import Catalog
+
         series_list, _ = load_series(self.config)
         return Catalog.of(series_list)
 

@@ -9,20 +9,22 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .importer import export_csv, import_csv
 from .output import format_table
-from .store import Store, open_store
-from .store.migrate import head
-from .store.schema import STATUSES
-from .subscribers import add_subscriber, iter_subscribers, progress_text, remove, unsubscribe
 
 if TYPE_CHECKING:
     from .cli import State
+    from .store import Store
+
+# The store (SQLAlchemy) is imported inside the commands that use it, so that
+# `series check` and `series preview` do not pay for it at start-up.
+STATUSES = ("active", "unsubscribed", "bounced", "complained")
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def _store(state: State) -> Store:
+    from .store import open_store
+
     return open_store(state.config.root)
 
 
@@ -61,6 +63,8 @@ def add_command(
 
     Example: series subscribers add ann@example.com --name Ann --series attachment
     """
+    from .subscribers import add_subscriber
+
     with _store(state) as store:
         outcome = add_subscriber(
             store,
@@ -88,6 +92,8 @@ def import_command(state: State, file: Path, series: str | None) -> None:
 
     Example: series subscribers import subscribers/example.csv
     """
+    from .importer import import_csv
+
     config = state.config
     with _store(state) as store:
         report = import_csv(
@@ -113,6 +119,8 @@ def export_command(state: State, file: Path | None) -> None:
 
     Example: series subscribers export build/subscribers.csv
     """
+    from .importer import export_csv
+
     with _store(state) as store:
         if file is None:
             export_csv(store, sys.stdout, state.catalog())
@@ -133,6 +141,8 @@ def list_command(state: State, status: str | None, series: str | None) -> None:
 
     Example: series subscribers list --status active --series attachment
     """
+    from .subscribers import iter_subscribers, progress_text
+
     catalog = state.catalog()
     if series is not None and (error := catalog.check_series(series)):
         raise click.UsageError(error)
@@ -166,6 +176,8 @@ def unsubscribe_command(state: State, email: str, series: str | None) -> None:
 
     Example: series subscribers unsubscribe ann@example.com --series attachment
     """
+    from .subscribers import unsubscribe
+
     with _store(state) as store:
         click.echo(unsubscribe(store, email, now=_now(), series=series))
 
@@ -178,6 +190,8 @@ def remove_command(state: State, email: str) -> None:
 
     Example: series subscribers remove ann@example.com
     """
+    from .subscribers import remove
+
     with _store(state) as store:
         click.echo(remove(store, email, now=_now()))
 
@@ -197,5 +211,7 @@ def upgrade_command(state: State) -> None:
 
     Example: SERIES_DATABASE_URL=postgresql+psycopg://… series db upgrade
     """
-    with open_store(state.config.root) as store:
+    from .store.migrate import head
+
+    with _store(state) as store:
         click.echo(f"database {store.display_url} is at schema revision {head()}")

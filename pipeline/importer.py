@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,16 @@ from sqlalchemy.engine import Connection
 
 from .errors import Problem
 from .store import Store
-from .store.schema import STATUSES, enrollments, status_changes, subscribers, suppressions
+from .store.schema import (
+    STATUSES,
+    UTCDateTime,
+    enrollments,
+    status_changes,
+    subscribers,
+    suppressions,
+    to_db,
+    untyped,
+)
 from .subscribers import (
     Catalog,
     SubscriberError,
@@ -213,14 +223,18 @@ def _write_batch(
     actor: str,
 ) -> None:
     with store.begin() as conn:
-        hashes = {row.email: store.email_hash(conn, row.email) for row in rows}
-        erased = set(
-            conn.scalars(
-                sa.select(suppressions.c.email_hash).where(
-                    suppressions.c.email_hash.in_(hashes.values())
+        # Hashing every address costs time; with no erased addresses there is no need.
+        hashes: dict[str, str] = {}
+        erased: set[str] = set()
+        if conn.execute(sa.select(sa.exists().select_from(suppressions))).scalar():
+            hashes = {row.email: store.email_hash(conn, row.email) for row in rows}
+            erased = set(
+                conn.scalars(
+                    sa.select(suppressions.c.email_hash).where(
+                        suppressions.c.email_hash.in_(hashes.values())
+                    )
                 )
             )
-        )
         existing = {
             r.email: r
             for r in conn.execute(
@@ -243,15 +257,18 @@ def _write_batch(
         new_rows: list[Row] = []
         updates: list[dict[str, Any]] = []
         audits: list[dict[str, Any]] = []
-        new_enrollments: list[dict[str, Any]] = []
+        # (series, start part) → addresses to enroll: written as INSERT … SELECT below.
+        to_enroll: dict[tuple[str, int], list[str]] = {}
         for row in rows:
-            if hashes[row.email] in erased:
+            if erased and hashes[row.email] in erased:
                 report.rejected += 1
                 problem(row.line, f"{row.email} was erased at the person's request; refused")
                 continue
             current = existing.get(row.email)
             if current is None:
                 new_rows.append(row)
+                if row.series is not None and (row.status or "active") == "active":
+                    to_enroll.setdefault((row.series, row.start_part), []).append(row.email)
                 continue
             # Someone who left is left as they are: no new data, no enrollment.
             changes = _changes(current, row) if current.status == "active" else {}
@@ -265,14 +282,14 @@ def _write_batch(
                     f"{row.email} is {current.status}; not re-subscribed (import never does)",
                     "warning",
                 )
-            enrolled_now = False
-            if (
+            enrolled_now = (
                 row.series is not None
+                and "status" not in changes
                 and current.status == "active"
                 and (current.id, row.series) not in enrolled
-            ):
-                new_enrollments.append(_enrollment(current.id, row, now))
-                enrolled_now = True
+            )
+            if enrolled_now and row.series is not None:
+                to_enroll.setdefault((row.series, row.start_part), []).append(row.email)
             if changes:
                 updates.append({"_id": current.id, "updated_at": now, **changes})
             if changes or enrolled_now:
@@ -281,32 +298,53 @@ def _write_batch(
                 report.unchanged += 1
 
         if new_rows:
-            inserted = conn.execute(
-                subscribers.insert().returning(subscribers.c.id, subscribers.c.email),
+            db_now = to_db(conn.dialect, now)
+            conn.execute(
+                untyped(subscribers).insert(),
                 [
                     {
                         "email": row.email,
                         "name": row.name or "",
                         "status": row.status or "active",
                         "timezone": row.timezone,
-                        "created_at": row.subscribed_at or now,
-                        "updated_at": now,
+                        "created_at": (
+                            to_db(conn.dialect, row.subscribed_at) if row.subscribed_at else db_now
+                        ),
+                        "updated_at": db_now,
                         "source": actor,
-                        "attributes": row.attributes,
+                        "attributes": json.dumps(row.attributes),
                     }
                     for row in new_rows
                 ],
-            ).all()
-            ids = {r.email: r.id for r in inserted}
-            for row in new_rows:
-                status = row.status or "active"
-                audits.append(_audit(ids[row.email], None, status, actor, now))
-                if row.series is not None and status == "active":
-                    new_enrollments.append(_enrollment(ids[row.email], row, now))
+            )
+            new_emails = [row.email for row in new_rows]
+            conn.execute(
+                status_changes.insert().from_select(
+                    ["subscriber_id", "new_status", "actor", "reason", "created_at"],
+                    sa.select(
+                        subscribers.c.id,
+                        subscribers.c.status,
+                        sa.literal(actor),
+                        sa.literal(""),
+                        sa.literal(now, type_=UTCDateTime),
+                    ).where(subscribers.c.email.in_(new_emails)),
+                )
+            )
             report.imported += len(new_rows)
         _apply_updates(conn, updates)
-        if new_enrollments:
-            conn.execute(enrollments.insert(), new_enrollments)
+        for (series_slug, start_part), emails in to_enroll.items():
+            conn.execute(
+                enrollments.insert().from_select(
+                    ["subscriber_id", "series", "enrolled_at", "start_part", "paused"],
+                    sa.select(
+                        subscribers.c.id,
+                        sa.literal(series_slug),
+                        sa.literal(now, type_=UTCDateTime),
+                        sa.literal(start_part),
+                        sa.false(),
+                    ).where(subscribers.c.email.in_(emails)),
+                )
+            )
         if audits:
             conn.execute(status_changes.insert(), audits)
 
@@ -347,16 +385,6 @@ def _audit(
         "actor": actor,
         "reason": "",
         "created_at": now,
-    }
-
-
-def _enrollment(subscriber_id: int, row: Row, now: datetime) -> dict[str, Any]:
-    return {
-        "subscriber_id": subscriber_id,
-        "series": row.series,
-        "enrolled_at": now,
-        "start_part": row.start_part,
-        "paused": False,
     }
 
 

@@ -6,9 +6,11 @@ one person is one row. Every status change is written to ``status_changes``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -83,12 +85,37 @@ class Subscriber:
     enrollments: tuple[Enrollment, ...] = field(default=())
 
 
+# Plain ASCII addresses (RFC 5322 dot-atom local part, LDH domain labels): the great
+# majority of any list. For them only the domain needs email-validator's full rules,
+# and a list has few distinct domains, so that answer is cached. Anything else takes
+# the full validator; tests check both paths agree.
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@({_LABEL}(?:\.{_LABEL})+)", re.ASCII)
+
+
 def normalise_email(raw: str) -> str:
     """A valid address in its one canonical form; ValueError says why it is not valid."""
+    address = raw.strip().lower()
+    plain = _PLAIN_ADDRESS.fullmatch(address)
+    if plain and len(plain.group(1)) <= 64 and len(address) <= 254:
+        domain = _normal_domain(plain.group(2))
+        if domain is not None:
+            return f"{plain.group(1)}@{domain}"
     try:
         return validate_email(raw.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email {raw.strip()!r}: {exc}") from None
+
+
+@lru_cache(maxsize=4096)
+def _normal_domain(domain: str) -> str | None:
+    """email-validator's verdict on a domain: its normalised form, or None if invalid."""
+    try:
+        checked = validate_email(f"postmaster@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return str(checked.domain).lower()
 
 
 def check_timezone(name: str) -> str:

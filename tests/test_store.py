@@ -372,3 +372,10 @@ def test_password_never_shown(tmp_path: Path) -> None:
 def test_fixture_files_are_present() -> None:
     """The CSV fixtures these tests read exist (guards against a silent rename)."""
     assert (FIXTURES / "csv" / "subscribers_with_bom.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+def test_known_head_matches_migrations() -> None:
+    """The HEAD constant used to skip Alembic on an up-to-date database is the real head."""
+    from pipeline.store.migrate import HEAD, head
+
+    assert head() == HEAD

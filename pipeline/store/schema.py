@@ -18,27 +18,52 @@ DELIVERY_STATES = ("claimed", "sent", "failed", "unknown")
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Aware datetimes in, aware UTC datetimes out, on both databases."""
+    """Aware datetimes in, aware UTC datetimes out, on both databases.
+
+    PostgreSQL stores timestamptz. SQLite stores UTC as fixed-width ISO text (the
+    layout SQLAlchemy's own SQLite DateTime uses), so text order is time order; it
+    is formatted here directly because a bulk import binds hundreds of thousands.
+    """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(26))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store; pass an aware one")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        moment: datetime = value
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def untyped(table: sa.Table) -> sa.TableClause:
+    """The table without column types, for bulk inserts of values already converted
+    with ``to_db`` / ``json.dumps``: SQLAlchemy then runs no per-value processing,
+    which is most of the cost of inserting 100,000 rows."""
+    return sa.table(table.name, *(sa.column(c.name) for c in table.columns))
+
+
+def to_db(dialect: Dialect, moment: datetime) -> Any:
+    """A time in the form UTCDateTime stores on this database."""
+    return UTCDateTime().process_bind_param(moment, dialect)
+
 
 metadata = sa.MetaData()
 
