@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # The store (SQLAlchemy) is imported inside the commands that use it, so that
 # `series check` and `series preview` do not pay for it at start-up.
-STATUSES = ("active", "unsubscribed", "bounced", "complained")
+STATUSES = ("active", "unsubscribed", "bounced", "complained")  # as in store.schema
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -133,7 +133,7 @@ def export_command(state: State, file: Path | None) -> None:
 
 
 @subscribers_group.command(name="list")
-@click.option("--status", type=click.Choice(STATUSES), help="Only subscribers with this status.")
+@click.option("--status", help=f"Only subscribers with this status ({', '.join(STATUSES)}).")
 @click.option("--series", "series", help="Only subscribers enrolled in this series.")
 @click.pass_obj
 def list_command(state: State, status: str | None, series: str | None) -> None:
@@ -141,11 +141,11 @@ def list_command(state: State, status: str | None, series: str | None) -> None:
 
     Example: series subscribers list --status active --series attachment
     """
-    from .subscribers import iter_subscribers, progress_text
+    from .subscribers import SubscriberError, iter_subscribers, progress_text
 
     catalog = state.catalog()
     if series is not None and (error := catalog.check_series(series)):
-        raise click.UsageError(error)
+        raise SubscriberError(error)
     with _store(state) as store:
         rows = [
             (

@@ -91,10 +91,18 @@ def test_add_refuses_unknown_series_and_timezone(example_copy: Path) -> None:
     assert run(example_copy, "subscribers", "list")[2] == "no subscribers match\n"
 
 
-def test_list_unknown_status_is_usage_error(example_copy: Path) -> None:
-    """An unknown --status is refused by the option itself, naming the valid ones."""
+def test_list_unknown_status_or_series_is_one_line(example_copy: Path) -> None:
+    """An unknown --status or --series is one error line naming the valid ones, exit 1."""
     code, _, err = run(example_copy, "subscribers", "list", "--status", "gone")
-    assert code == 2 and "'gone' is not one of 'active', 'unsubscribed'" in err
+    assert (code, err) == (
+        1,
+        "Error: unknown status 'gone' (one of: active, unsubscribed, bounced, complained)\n",
+    )
+    code, _, err = run(example_copy, "subscribers", "list", "--series", "knitting")
+    assert (code, err) == (
+        1,
+        "Error: unknown series 'knitting' (series in this workspace: attachment)\n",
+    )
 
 
 def test_export_to_file(example_copy: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,3 +381,24 @@ def test_known_head_matches_migrations() -> None:
     from pipeline.store.migrate import HEAD, head
 
     assert head() == HEAD
+
+
+def test_concurrent_first_use_migrates_once(database_url: str, tmp_path: Path) -> None:
+    """Several processes opening a new database at once all succeed; the schema is made once."""
+    code = (
+        "import sys; from pathlib import Path; from pipeline.store import open_store; "
+        "open_store(Path(sys.argv[1]), sys.argv[2]).close()"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), database_url],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
+    with open_store(tmp_path, database_url) as store, store.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM settings")).scalar() == 1
