@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .check import check_workspace
+from .cli_send import send_command, status_command
 from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
@@ -167,6 +168,63 @@ def preview_command(
 
 cli.add_command(subscribers_group)
 cli.add_command(db_group)
+
+
+@cli.command(name="send")
+@click.option(
+    "--dry-run", is_flag=True, help="Plan and render, but send nothing and write nothing."
+)
+@click.option("--series", "series", help="Only this series (its slug).")
+@click.option("--limit", type=click.IntRange(min=0), help="Send at most N emails in this run.")
+@now_option
+@click.option(
+    "--provider", "provider_name", help="Override the configured provider (outbox, postmark)."
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output of --dry-run.",
+)
+@click.pass_obj
+def send_cmd(
+    state: State,
+    dry_run: bool,
+    series: str | None,
+    limit: int | None,
+    now: datetime | None,
+    provider_name: str | None,
+    output_format: str,
+) -> None:
+    """Send every part that is due, one per reader; --dry-run shows who would get what and why.
+
+    Example: series send --dry-run
+    """
+    config = state.config
+    send_command(
+        state,
+        now=resolve_now(config, now),
+        dry_run=dry_run,
+        limit=limit,
+        series=series,
+        provider_name=provider_name,
+        output_format=output_format,
+    )
+
+
+@cli.command(name="status")
+@click.option("--series", "series", help="Only this series (its slug).")
+@now_option
+@click.pass_obj
+def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
+    """Show the funnel per series and part: sent, due, scheduled, waiting, failed, unknown.
+
+    Example: series status --series attachment
+    """
+    config = state.config
+    status_command(state, now=resolve_now(config, now), series=series)
 
 
 def _plural(count: int, word: str) -> str:

@@ -70,6 +70,10 @@ class Config:
     postal_address: str
     raw_html: bool
     default_name: str
+    provider: str = "outbox"
+    rate_limit: float | None = None  # messages per second, across batches
+    postmark_stream: str = "broadcast"
+    unsubscribe_url: str = ""  # with {token}; default: {site_url}/unsubscribe/{token}
 
     @property
     def series_dir(self) -> Path:
@@ -162,6 +166,10 @@ class _Validator:
         "postal_address",
         "raw_html",
         "default_name",
+        "provider",
+        "rate_limit",
+        "postmark",
+        "unsubscribe_url",
     )
 
     def __init__(self, root: Path, source: Path, prefix: str) -> None:
@@ -252,7 +260,41 @@ class _Validator:
             postal_address=self.typed(data, "postal_address", str) or "",
             raw_html=bool(self.typed(data, "raw_html", bool)),
             default_name=self.typed(data, "default_name", str) or "there",
+            provider=self.typed(data, "provider", str) or "outbox",
+            rate_limit=self.rate_limit(data.get("rate_limit")),
+            postmark_stream=self.postmark(data.get("postmark")),
+            unsubscribe_url=self.unsubscribe_url(data, site_url.rstrip("/")),
         )
+
+    def rate_limit(self, value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(
+                "rate_limit", f"'rate_limit' must be messages per second (> 0), got {value!r}"
+            )
+        return float(value)
+
+    def postmark(self, value: Any) -> str:
+        if value is None:
+            return "broadcast"
+        if not isinstance(value, dict):
+            raise self.fail(
+                "postmark", "'postmark' must be a table: postmark = { message_stream = \"…\" }"
+            )
+        self.check_keys(value, ("message_stream",), "postmark")
+        return self.typed(value, "message_stream", str, "postmark") or "broadcast"
+
+    def unsubscribe_url(self, data: Mapping[str, Any], site_url: str) -> str:
+        template = self.typed(data, "unsubscribe_url", str)
+        if template is None:
+            return f"{site_url}/unsubscribe/{{token}}"
+        if "{token}" not in template or not is_web_url(template.replace("{token}", "t")):
+            raise self.fail(
+                "unsubscribe_url",
+                f"'unsubscribe_url' must be an https:// URL containing {{token}}, got {template!r}",
+            )
+        return str(template)
 
     def email(self, value: str, where: str) -> str:
         try:

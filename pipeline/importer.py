@@ -39,6 +39,7 @@ from .subscribers import (
     iter_subscribers,
     normalise_email,
     progress_text,
+    replan,
 )
 
 KNOWN_COLUMNS = ("email", "name", "timezone", "series", "start_part", "subscribed_at", "status")
@@ -332,6 +333,7 @@ def _write_batch(
             )
             report.imported += len(new_rows)
         _apply_updates(conn, updates)
+        replan(conn, [u["_id"] for u in updates if "timezone" in u])
         for (series_slug, start_part), emails in to_enroll.items():
             conn.execute(
                 enrollments.insert().from_select(

@@ -225,6 +225,7 @@ def add_subscriber(
                     .where(subscribers.c.id == row.id)
                     .values(updated_at=now, **changes)
                 )
+                replan(conn, [row.id])
             outcome = "updated" if changes else "unchanged"
         if series is not None and enroll(
             conn, subscriber_id, series, start_part or 1, now, resubscribe=resubscribe
@@ -261,10 +262,23 @@ def enroll(
         return True
     if existing.unsubscribed_at is not None and resubscribe:
         conn.execute(
-            enrollments.update().where(enrollments.c.id == existing.id).values(unsubscribed_at=None)
+            enrollments.update()
+            .where(enrollments.c.id == existing.id)
+            .values(unsubscribed_at=None, plan_version=None)
         )
         return True
     return False
+
+
+def replan(conn: Connection, subscriber_ids: Sequence[int]) -> None:
+    """Make the next send plan these subscribers' enrollments afresh: their timezone
+    or status changed, so a stored wake-up time may no longer hold."""
+    if subscriber_ids:
+        conn.execute(
+            enrollments.update()
+            .where(enrollments.c.subscriber_id.in_(subscriber_ids))
+            .values(plan_version=None)
+        )
 
 
 def find(store: Store, email: str) -> Subscriber:

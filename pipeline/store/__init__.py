@@ -69,9 +69,9 @@ class Store:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A connection for reads; nothing is written, nothing needs committing."""
+        """A connection for reads: it takes no write lock and commits nothing."""
         with self._translate(), self.engine.connect() as conn:
-            yield conn
+            yield conn.execution_options(series_read_only=True)
 
     def email_hash(self, conn: Connection, email: str) -> str:
         """Keyed hash of an address (HMAC-SHA256 with this database's own key)."""
@@ -155,9 +155,13 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front, so two writers queue on
-        # busy_timeout instead of failing halfway with "database is locked".
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (IMMEDIATE), so two writers queue on
+        # busy_timeout instead of failing halfway with "database is locked"; readers
+        # take none and, in WAL mode, never wait for a writer.
+        if conn.get_execution_options().get("series_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -98,6 +98,10 @@ enrollments = sa.Table(
     sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("completed_at", UTCDateTime),
     sa.Column("unsubscribed_at", UTCDateTime),
+    # The planner's bookmark: when to look at this enrollment next (NULL: not until
+    # the content changes) and for which series fingerprint (NULL: plan it next run).
+    sa.Column("next_due_at", UTCDateTime),
+    sa.Column("plan_version", sa.String(32)),
     sa.UniqueConstraint("subscriber_id", "series", name="enrollments_once_per_series"),
 )
 
@@ -124,6 +128,8 @@ deliveries = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
+    sa.Column("delivery_key", sa.String(64), unique=True),
+    sa.Column("claim_token", sa.String(64)),
     sa.UniqueConstraint("subscriber_id", "series", "part", name="deliveries_once"),
     sa.CheckConstraint(f"state IN {DELIVERY_STATES}", name="deliveries_state"),
 )

@@ -1,0 +1,160 @@
+"""`series send` and `series status`: parse options, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .output import format_table
+
+if TYPE_CHECKING:
+    from .cli import State
+    from .send import Planned, SendReport
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "-"
+
+
+def send_command(
+    state: State,
+    *,
+    now: datetime,
+    dry_run: bool,
+    limit: int | None,
+    series: str | None,
+    provider_name: str | None,
+    output_format: str,
+) -> None:
+    from .providers import get_provider
+    from .send import SendOptions, dry_run_rows, send_due
+    from .store import open_store
+
+    config = state.config
+    provider = get_provider(provider_name or config.provider, config) if not dry_run else None
+    options = SendOptions(now=now, dry_run=dry_run, limit=limit, only=series)
+    # A dry run must not change the database, not even by migrating it.
+    with open_store(config.root, migrate=not dry_run) as store:
+        if dry_run:
+            from .providers.outbox import OutboxProvider  # never used: nothing is sent
+
+            report = send_due(config, store, OutboxProvider(config.root / "outbox"), options)
+            _print_plan(dry_run_rows(report), output_format, limit, report)
+            return
+        assert provider is not None
+        bar = None
+        if sys.stdout.isatty():
+
+            def start(total: int) -> None:
+                nonlocal bar
+                bar = click.progressbar(length=total, label="sending", file=sys.stderr)
+                bar.__enter__()
+
+            options.on_total = start
+            options.on_progress = lambda n: bar.update(n) if bar else None
+        try:
+            report = send_due(config, store, provider, options)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+            provider.close()
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    click.echo(report.summary())
+    if report.resolved:
+        click.echo(f"resolved {report.resolved} delivery(ies) left unknown by an earlier run")
+    if report.failed:
+        sys.exit(1)
+
+
+def _print_plan(
+    rows: list[Planned], output_format: str, limit: int | None, report: SendReport
+) -> None:
+    due = [r for r in rows if r.kind == "due"]
+    if output_format == "json":
+        payload: list[dict[str, Any]] = [
+            {
+                "email": r.email,
+                "series": r.series,
+                "part": r.part,
+                "title": r.title,
+                "due_at": r.due_at.isoformat() if r.due_at else None,
+                "status": r.kind,
+                "why": r.reason,
+            }
+            for r in rows
+        ]
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    if rows:
+        click.echo(
+            format_table(
+                ("EMAIL", "SERIES", "PART", "TITLE", "DUE", "WHY"),
+                (
+                    (
+                        r.email,
+                        r.series,
+                        str(r.part or "-"),
+                        r.title,
+                        "now" if r.kind == "due" else _when(r.due_at),
+                        r.reason,
+                    )
+                    for r in rows
+                ),
+            )
+        )
+    skipped = f" ({report.skipped} more held back by --limit)" if report.skipped else ""
+    click.echo(
+        f"dry run: would send {len(due)} email(s) now{skipped}; "
+        f"{len(rows) - len(due)} waiting or scheduled; nothing was sent or written",
+        err=True,
+    )
+
+
+def status_command(state: State, *, now: datetime, series: str | None) -> None:
+    from .send import _load
+    from .status import PART_COLUMNS, series_status
+    from .store import open_store
+
+    config = state.config
+    series_list = _load(config, series)
+    with open_store(config.root) as store:
+        report = series_status(store, series_list, now)
+    for index, status in enumerate(report):
+        if index:
+            click.echo()
+        total = status.series.total
+        click.echo(f"{status.series.title} ({status.series.slug}), {total} part(s)")
+        rows = []
+        for article in status.series.articles:
+            counts = status.parts.get(article.part) or Counter()
+            state_note = (
+                "draft"
+                if article.draft
+                else ("published" if article.is_published(now) else "not published")
+            )
+            rows.append(
+                (
+                    str(article.part),
+                    article.title,
+                    state_note,
+                    *(str(counts.get(column, 0)) for column in PART_COLUMNS),
+                    _when(status.next_due.get(article.part)),
+                )
+            )
+        click.echo(
+            format_table(
+                ("PART", "TITLE", "STATE", *(c.upper() for c in PART_COLUMNS), "NEXT DUE"), rows
+            )
+        )
+        e = status.enrollments
+        click.echo(
+            f"enrollments: {e['active']} active, {e['completed']} completed, "
+            f"{e['paused']} paused, {e['unsubscribed']} unsubscribed, "
+            f"{e['bounced'] + e['complained']} bounced or complained"
+        )

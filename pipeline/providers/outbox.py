@@ -1,0 +1,68 @@
+"""The default provider: each message becomes a complete .eml file under outbox/.
+
+No server and no credentials. Files are written whole or not at all (a temporary
+name, then a rename), so a file that exists is a message that was "sent", which is
+also how ``lookup`` resolves deliveries whose outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..message import build_message
+from ..render import RenderedEmail
+from .base import Message, Provider, SendResult
+
+
+class OutboxProvider(Provider):
+    name = "outbox"
+    batch_size = 500
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def send(self, messages: Sequence[Message]) -> list[SendResult]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        results = []
+        for message in messages:
+            path = self.directory / _file_name(message)
+            mime = build_message(
+                RenderedEmail(message.subject, "", message.html, message.text),
+                sender=message.sender,
+                to=message.to,
+                unsubscribe_url=message.headers.get("List-Unsubscribe", "").strip("<>"),
+                date=datetime.now(UTC),
+                reply_to=message.reply_to,
+                extra_headers={
+                    name: value
+                    for name, value in message.headers.items()
+                    if name not in ("List-Unsubscribe", "List-Unsubscribe-Post")
+                }
+                | {"X-Series-Delivery": message.key},
+            )
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(mime.as_bytes())
+            os.replace(tmp, path)
+            results.append(SendResult(message.key, "sent", message_id=path.name))
+        return results
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = dict.fromkeys(keys)
+        if self.directory.is_dir():
+            wanted = set(keys)
+            for path in self.directory.glob("*.eml"):
+                key = path.stem.rsplit("-", 1)[-1]
+                if key in wanted:
+                    found[key] = path.name
+        return found
+
+
+def _file_name(message: Message) -> str:
+    readable = re.sub(r"[^A-Za-z0-9@._+-]", "_", f"{message.tag}-{message.to.email}")
+    return f"{readable}-{message.key}.eml"

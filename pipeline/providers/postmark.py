@@ -1,0 +1,144 @@
+"""Postmark over HTTP: POST /email/batch (up to 500 messages), token from the environment.
+
+Facts relied on (Postmark's API docs): the batch reply is an array in request order,
+each item with its own ErrorCode (0 = accepted) inside an HTTP 200; 401 = bad token;
+422 = the request as a whole is invalid; 429/500/503 are worth retrying. Item
+ErrorCode 406 (inactive recipient: hard bounce, spam complaint or manual
+suppression) and 300 (invalid address or request) are never retried. Postmark has
+no idempotency keys, so each message carries its delivery key in Metadata and
+``lookup`` finds it again through GET /messages/outbound?metadata_delivery_key=….
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from .base import Message, Provider, ProviderError, SendResult
+from .http import HttpClient
+
+TOKEN_ENV = "POSTMARK_SERVER_TOKEN"
+DEFAULT_URL = "https://api.postmarkapp.com"
+# Item error codes that say something about the recipient, and what they mean for
+# the subscriber's status. 406's text can name a complaint; otherwise it is a bounce.
+INACTIVE_RECIPIENT = 406
+INVALID_REQUEST = 300
+
+
+class PostmarkProvider(Provider):
+    name = "postmark"
+    batch_size = 500
+
+    def __init__(self, *, base_url: str | None, message_stream: str, timeout: float = 30) -> None:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            raise ProviderError(
+                f"the postmark provider needs a server token: set the {TOKEN_ENV} "
+                "environment variable",
+                auth=True,
+            )
+        self.stream = message_stream
+        self.http = HttpClient(
+            base_url or DEFAULT_URL,
+            headers={
+                "X-Postmark-Server-Token": token,
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
+            timeout=timeout,
+            secrets=(token,),
+            name="Postmark",
+        )
+
+    def send(self, messages: Sequence[Message]) -> list[SendResult]:
+        body = [self._payload(m) for m in messages]
+        response = self.http.request("POST", "/email/batch", json=body)
+        if response.status_code == 401:
+            raise ProviderError(
+                f"Postmark refused the server token (401); check {TOKEN_ENV}", auth=True
+            )
+        if response.status_code == 422:
+            detail = _json(response)
+            code = detail.get("ErrorCode") if isinstance(detail, dict) else None
+            if code == 10:
+                raise ProviderError(
+                    f"Postmark refused the server token (ErrorCode 10); check {TOKEN_ENV}",
+                    auth=True,
+                )
+            message = detail.get("Message", "") if isinstance(detail, dict) else ""
+            raise ProviderError(f"Postmark rejected the batch (422, ErrorCode {code}): {message}")
+        self.http.raise_for_transient(response)
+        if response.status_code != 200:
+            raise ProviderError(f"Postmark answered {response.status_code} to /email/batch")
+        items = _json(response)
+        if not isinstance(items, list) or len(items) != len(messages):
+            raise ProviderError(
+                "Postmark's batch reply does not match the request (expected one result per "
+                "message); the outcome is unknown",
+                maybe_sent=True,
+            )
+        return [self._result(m, item) for m, item in zip(messages, items, strict=True)]
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        for key in keys:
+            response = self.http.request(
+                "GET",
+                "/messages/outbound",
+                params={"count": 1, "offset": 0, "metadata_delivery_key": key},
+            )
+            if response.status_code == 401:
+                raise ProviderError("Postmark refused the server token (401)", auth=True)
+            self.http.raise_for_transient(response)
+            data = _json(response)
+            messages = data.get("Messages") if isinstance(data, dict) else None
+            if response.status_code != 200 or not isinstance(messages, list):
+                raise ProviderError(f"Postmark's message search answered {response.status_code}")
+            found[key] = str(messages[0].get("MessageID")) if messages else None
+        return found
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _payload(self, message: Message) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "From": message.sender.formatted(),
+            "To": message.to.formatted(),
+            "Subject": message.subject,
+            "HtmlBody": message.html,
+            "TextBody": message.text,
+            "Headers": [{"Name": k, "Value": v} for k, v in message.headers.items()],
+            "Metadata": {"delivery_key": message.key},
+            "MessageStream": self.stream,
+        }
+        if message.tag:
+            payload["Tag"] = message.tag[:1000]
+        if message.reply_to:
+            payload["ReplyTo"] = message.reply_to
+        return payload
+
+    def _result(self, message: Message, item: Any) -> SendResult:
+        if not isinstance(item, dict):
+            return SendResult(message.key, "unknown", error="malformed item in Postmark's reply")
+        code = item.get("ErrorCode")
+        text = str(item.get("Message", ""))
+        if code == 0:
+            return SendResult(message.key, "sent", message_id=str(item.get("MessageID", "")))
+        if code == INACTIVE_RECIPIENT:
+            status = "complained" if "complaint" in text.lower() else "bounced"
+            return SendResult(message.key, "failed", error=f"406: {text}", subscriber_status=status)
+        if code == INVALID_REQUEST:
+            return SendResult(
+                message.key, "failed", error=f"300: {text}", subscriber_status="bounced"
+            )
+        return SendResult(message.key, "failed", error=f"{code}: {text}")
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

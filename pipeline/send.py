@@ -1,0 +1,406 @@
+"""`series send`: plan → claim → render → provider → record, in batches.
+
+Nothing is held only in memory: a delivery is claimed in the database before it
+is sent and its outcome recorded right after, so a run killed at any moment
+leaves claims that the next run resolves (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from .config import Address, Config
+from .content import Article, Series, load_series
+from .errors import ContentError, SeriesError
+from .plan import Enrollment, LedgerEntry, Step, fingerprint, next_step
+from .providers import Message, Provider, ProviderError, SendResult
+from .render import CompiledEmail, Personal, Renderer
+from .store import Store, ledger
+from .store.ledger import Claim, Due
+from .tokens import Signer
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=15)
+# An unknown delivery the provider does not know yet may still be on its way in:
+# only after this long is "not found" taken to mean "never sent".
+SETTLE = timedelta(minutes=10)
+RETRIES = 4
+FIRST_BACKOFF = 1.0
+LONGEST_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One line of the plan: who gets (or waits for) which part, when and why."""
+
+    email: str
+    series: str
+    part: int | None
+    title: str
+    due_at: datetime | None
+    kind: str
+    reason: str
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    resolved: int = 0
+    planned: list[Planned] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"sent {self.sent}, failed {self.failed}, retried {self.retried}, "
+            f"unknown {self.unknown}, skipped {self.skipped}"
+        )
+
+
+@dataclass
+class SendOptions:
+    now: datetime
+    dry_run: bool = False
+    limit: int | None = None
+    only: str | None = None
+    on_progress: Callable[[int], None] | None = None
+    on_total: Callable[[int], None] | None = None
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class RateLimiter:
+    """At most ``rate`` messages per second, across batches."""
+
+    def __init__(
+        self, rate: float | None, monotonic: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        self.rate = rate
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.next_free = monotonic()
+
+    def wait(self, count: int) -> None:
+        if not self.rate:
+            return
+        now = self.monotonic()
+        if self.next_free > now:
+            self.sleep(self.next_free - now)
+            now = self.next_free
+        self.next_free = max(now, self.next_free) + count / self.rate
+
+
+def send_due(config: Config, store: Store, provider: Provider, options: SendOptions) -> SendReport:
+    """Send every part that is due (or, with ``dry_run``, say what would be sent)."""
+    series_list = _load(config, options.only)
+    renderer = Renderer(config, now=options.now)
+    compiled = _compile_all(renderer, series_list, options.now)
+    report = SendReport()
+    run = _Run(config, store, provider, options, report, renderer, compiled)
+    if not options.dry_run:
+        run.reconcile([s.slug for s in series_list])
+    due: list[tuple[Series, Due, Step]] = []
+    for series in series_list:
+        due += run.plan(series)
+    due.sort(key=lambda item: item[2].due_at or options.now)
+    if options.limit is not None:
+        report.skipped += max(0, len(due) - options.limit)
+        due = due[: options.limit]
+    if options.dry_run:
+        return report
+    if options.on_total:
+        options.on_total(len(due))
+    run.deliver(due)
+    return report
+
+
+def _load(config: Config, only: str | None) -> list[Series]:
+    series_list, problems = load_series(config)
+    if any(p.is_error for p in problems):
+        raise ContentError(problems)
+    if only is not None:
+        chosen = [s for s in series_list if s.slug == only]
+        if not chosen:
+            names = ", ".join(s.slug for s in series_list) or "none"
+            raise SeriesError(f"unknown series '{only}' (series in this workspace: {names})")
+        return chosen
+    return series_list
+
+
+def _compile_all(
+    renderer: Renderer, series_list: Sequence[Series], now: datetime
+) -> dict[tuple[str, int, int], CompiledEmail]:
+    """Render every part that can go out now, before anything is sent: a broken
+    template in part 5 must stop the run before part 1 reaches anyone."""
+    compiled = {}
+    for series in series_list:
+        for article in series.articles:
+            if article.is_published(now):
+                first = series.articles[0].part
+                compiled[(series.slug, article.part, first)] = renderer.compile(series, article)
+    return compiled
+
+
+class _Run:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        provider: Provider,
+        options: SendOptions,
+        report: SendReport,
+        renderer: Renderer,
+        compiled: dict[tuple[str, int, int], CompiledEmail],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.provider = provider
+        self.options = options
+        self.report = report
+        self.compiled = compiled
+        self.token = uuid.uuid4().hex
+        self.renderer = renderer
+        self.series: dict[str, Series] = {}
+        self.versions: dict[str, str] = {}
+        self.limiter = RateLimiter(config.rate_limit, options.monotonic, options.sleep)
+        self._signer: Signer | None = None
+
+    # -- reconciliation ----------------------------------------------------
+
+    def reconcile(self, series: Sequence[str]) -> None:
+        """Settle deliveries left unknown by a crash or a timeout before planning."""
+        now = self.options.now
+        with self.store.begin() as conn:
+            ledger.expire_claims(conn, now)
+            unknown = ledger.unknown_deliveries(conn, series)
+        if not unknown:
+            return
+        try:
+            found = self.provider.lookup([row.delivery_key for row in unknown])
+        except ProviderError as exc:
+            if exc.auth:
+                raise
+            self.report.problems.append(f"could not check {len(unknown)} unknown deliveries: {exc}")
+            self.report.unknown += len(unknown)
+            return
+        with self.store.begin() as conn:
+            for row in unknown:
+                message_id = found.get(row.delivery_key)
+                if message_id is None and row.updated_at > now - SETTLE:
+                    self.report.unknown += 1  # too recent to conclude anything
+                    continue
+                ledger.resolve_unknown(conn, row.id, message_id=message_id, sent_at=row.updated_at)
+                self.report.resolved += 1
+
+    # -- planning ----------------------------------------------------------
+
+    def plan(self, series: Series) -> list[tuple[Series, Due, Step]]:
+        now = self.options.now
+        self.series[series.slug] = series
+        version = fingerprint(series)
+        self.versions[series.slug] = version
+        with self.store.connect() as conn:
+            everything = self.options.dry_run or ledger.plan_marker(conn, series.slug) != version
+        due: list[tuple[Series, Due, Step]] = []
+        for chunk in ledger.iter_enrollments(
+            self.store, series.slug, now=now, everything=everything
+        ):
+            bookmarks = []
+            for enrollment in chunk:
+                step = next_step(series, enrollment, now)
+                if self.options.dry_run:
+                    self._note(series, enrollment, step)
+                if step.is_due and step.part is not None:
+                    due.append((series, Due(enrollment, step.part), step))
+                else:
+                    bookmarks.append(_bookmark(enrollment, step, version, now))
+            if not self.options.dry_run:
+                with self.store.begin() as conn:
+                    ledger.save_bookmarks(conn, bookmarks)
+        if everything and not self.options.dry_run:
+            with self.store.begin() as conn:
+                ledger.set_plan_marker(conn, series.slug, version)
+        return due
+
+    def _note(self, series: Series, enrollment: Enrollment, step: Step) -> None:
+        if step.kind == "complete":
+            return
+        article = series.part(step.part) if step.part is not None else None
+        self.report.planned.append(
+            Planned(
+                email=enrollment.email,
+                series=series.slug,
+                part=step.part,
+                title=article.title if article else "",
+                due_at=step.due_at,
+                kind=step.kind,
+                reason=step.reason,
+            )
+        )
+
+    # -- delivering --------------------------------------------------------
+
+    def deliver(self, due: Sequence[tuple[Series, Due, Step]]) -> None:
+        by_series: dict[str, list[Due]] = {}
+        for series, item, _ in due:
+            by_series.setdefault(series.slug, []).append(item)
+        size = self.provider.batch_size
+        for slug, items in by_series.items():
+            for start in range(0, len(items), size):
+                self._batch(self.series[slug], items[start : start + size])
+
+    def _batch(self, series: Series, items: Sequence[Due]) -> None:
+        now = self.options.now
+        with self.store.begin() as conn:
+            claims = ledger.claim(conn, items, token=self.token, until=now + LEASE, now=now)
+        self.report.skipped += len(items) - len(claims)
+        if not claims:
+            return
+        messages = [self._message(series, claim) for claim in claims]
+        self.limiter.wait(len(messages))
+        try:
+            results = self._send(messages)
+        except ProviderError:
+            # Nothing was sent (bad credentials): give the claims back, then stop.
+            with self.store.begin() as conn:
+                ledger.release(conn, claims, token=self.token)
+            raise
+        self._record(series, claims, results)
+        if self.options.on_progress:
+            self.options.on_progress(len(claims))
+
+    def _send(self, messages: Sequence[Message]) -> list[SendResult]:
+        """One batch, retried on transient errors with backoff (Retry-After first)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                return self.provider.send(messages)
+            except ProviderError as exc:
+                if exc.auth:
+                    raise
+                if exc.maybe_sent:
+                    return [SendResult(m.key, "unknown", error=str(exc)) for m in messages]
+                if not exc.retryable or attempt == RETRIES:
+                    return [SendResult(m.key, "failed", error=str(exc)) for m in messages]
+                self.report.retried += 1
+                wait = exc.retry_after
+                if wait is None:
+                    wait = min(LONGEST_BACKOFF, FIRST_BACKOFF * 2**attempt)
+                    wait = random.uniform(wait / 2, wait)  # jitter: runs do not retry in step
+                log.info("provider busy (%s); retrying in %.1f s", exc, wait)
+                self.options.sleep(min(wait, LONGEST_BACKOFF))
+        raise AssertionError("unreachable")
+
+    def _record(
+        self, series: Series, claims: Sequence[Claim], results: Sequence[SendResult]
+    ) -> None:
+        now = self.options.now
+        outcome = {r.key: r for r in results}
+        version = self.versions[series.slug]
+        rows = []
+        bookmarks = []
+        with self.store.begin() as conn:
+            for claim in claims:
+                result = outcome.get(claim.key) or SendResult(
+                    claim.key, "unknown", error="no result"
+                )
+                rows.append((claim, result.outcome, result.message_id, result.error))
+                if result.outcome == "sent":
+                    self.report.sent += 1
+                elif result.outcome == "unknown":
+                    self.report.unknown += 1
+                else:
+                    self.report.failed += 1
+                    self.report.problems.append(
+                        f"{claim.enrollment.email}: part {claim.part} of {series.slug} failed: "
+                        f"{result.error}"
+                    )
+                    if result.subscriber_status:
+                        ledger.mark_subscriber(
+                            conn,
+                            claim.enrollment.subscriber_id,
+                            result.subscriber_status,
+                            actor=f"provider:{self.provider.name}",
+                            reason=result.error or "",
+                            now=now,
+                        )
+                entry = LedgerEntry(
+                    result.outcome, claim.attempts, now, now if result.outcome == "sent" else None
+                )
+                updated = _with_entry(claim.enrollment, claim.part, entry)
+                bookmarks.append(_bookmark(updated, next_step(series, updated, now), version, now))
+            ledger.record(conn, rows, token=self.token, now=now)
+            ledger.save_bookmarks(conn, bookmarks)
+
+    def _message(self, series: Series, claim: Claim) -> Message:
+        enrollment = claim.enrollment
+        article = series.part(claim.part)
+        assert article is not None  # the planner only proposes existing parts
+        compiled = self._compiled(series, article, enrollment.start_part)
+        url = self.config.unsubscribe_url.replace(
+            "{token}", self.signer.token(enrollment.subscriber_id, series.slug)
+        )
+        email = compiled.personalise(
+            Personal(enrollment.name, enrollment.email, url), self.config.default_name
+        )
+        return Message(
+            key=claim.key,
+            sender=series.sender,
+            to=Address(enrollment.email, enrollment.name),
+            subject=email.subject,
+            html=email.html,
+            text=email.text,
+            reply_to=self.config.reply_to,
+            headers={
+                "List-Unsubscribe": f"<{url}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+            tag=f"{series.slug}-part{claim.part}",
+        )
+
+    def _compiled(self, series: Series, article: Article, start_part: int) -> CompiledEmail:
+        first = max(series.articles[0].part, start_part)
+        key = (series.slug, article.part, first)
+        if key not in self.compiled:
+            received = [a.part for a in series.articles if first <= a.part < article.part]
+            self.compiled[key] = self.renderer.compile(series, article, received=received)
+        return self.compiled[key]
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            with self.store.connect() as conn:
+                self._signer = Signer.from_environment(ledger.setting(conn, "link_signing_key"))
+        return self._signer
+
+
+def _with_entry(enrollment: Enrollment, part: int, entry: LedgerEntry) -> Enrollment:
+    ledger_map = dict(enrollment.ledger)
+    ledger_map[part] = entry
+    return Enrollment(**{**enrollment.__dict__, "ledger": ledger_map})
+
+
+def _bookmark(
+    enrollment: Enrollment, step: Step, version: str, now: datetime
+) -> tuple[int, datetime | None, str, datetime | None]:
+    completed = now if step.kind == "complete" else None
+    return (enrollment.id, step.wake_at, version, completed)
+
+
+def dry_run_rows(report: SendReport) -> list[Planned]:
+    """The plan in the order an editor reads it: due now first, then by time."""
+    order = {"due": 0, "scheduled": 1, "in_flight": 2, "unknown": 3, "waiting": 4, "gave_up": 5}
+    never = datetime.max.replace(tzinfo=UTC)
+    return sorted(
+        report.planned,
+        key=lambda p: (order.get(p.kind, 9), p.due_at or never, p.series, p.email),
+    )

@@ -1,0 +1,409 @@
+"""Queries of the drip engine: enrollments to plan, claims on ledger rows, outcomes.
+
+The claim protocol: a run inserts the (subscriber, series, part) row in state
+``claimed`` with its own token and a lease, or takes a ``failed`` row back the
+same way; the unique constraint lets exactly one run own each delivery. After
+sending it records ``sent``, ``failed`` or ``unknown``. A claim whose lease ended
+belongs to a run that stopped: it becomes ``unknown`` and is checked with the
+provider before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..plan import Enrollment, LedgerEntry
+from . import Store
+from .schema import deliveries, enrollments, settings, status_changes, subscribers
+
+CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class Due:
+    enrollment: Enrollment
+    part: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    key: str
+    enrollment: Enrollment
+    part: int
+    attempts: int
+    new: bool  # the row did not exist before this claim
+
+
+def plan_marker(conn: Connection, series: str) -> str | None:
+    return conn.execute(
+        sa.select(settings.c.value).where(settings.c.key == f"plan:{series}")
+    ).scalar()
+
+
+def set_plan_marker(conn: Connection, series: str, version: str) -> None:
+    key = f"plan:{series}"
+    updated = conn.execute(settings.update().where(settings.c.key == key).values(value=version))
+    if updated.rowcount == 0:
+        conn.execute(settings.insert().values(key=key, value=version))
+
+
+def setting(conn: Connection, key: str) -> str:
+    return str(conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar_one())
+
+
+def iter_enrollments(
+    store: Store, series: str, *, now: datetime, everything: bool, chunk: int = CHUNK
+) -> Iterator[list[Enrollment]]:
+    """Active enrollments of a series in chunks, each with its ledger.
+
+    ``everything`` false: only those that need a look now (never planned, or their
+    wake-up time has come), found through the indexes.
+    """
+    base = (
+        sa.select(
+            enrollments.c.id,
+            enrollments.c.subscriber_id,
+            enrollments.c.enrolled_at,
+            enrollments.c.start_part,
+            subscribers.c.email,
+            subscribers.c.name,
+            subscribers.c.timezone,
+        )
+        .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
+        .where(
+            enrollments.c.series == series,
+            subscribers.c.status == "active",
+            enrollments.c.paused.is_(False),
+            enrollments.c.unsubscribed_at.is_(None),
+        )
+        .order_by(enrollments.c.id)
+        .limit(chunk)
+    )
+    filters = (
+        [sa.true()]
+        if everything
+        else [enrollments.c.plan_version.is_(None), enrollments.c.next_due_at <= now]
+    )
+    seen: set[int] = set()
+    for condition in filters:
+        last = 0
+        while True:
+            # A short read per chunk: the caller writes between chunks.
+            with store.connect() as conn:
+                rows = conn.execute(base.where(condition, enrollments.c.id > last)).all()
+                if not rows:
+                    break
+                last = rows[-1].id
+                # Two queries may both find an enrollment; a full scan finds each once.
+                fresh = rows if everything else [r for r in rows if r.id not in seen]
+                if not everything:
+                    seen.update(r.id for r in fresh)
+                chunk_enrollments = _with_ledger(conn, series, fresh) if fresh else []
+            if chunk_enrollments:
+                yield chunk_enrollments
+
+
+def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enrollment]:
+    ledgers: dict[int, dict[int, LedgerEntry]] = {}
+    query = sa.select(
+        deliveries.c.subscriber_id,
+        deliveries.c.part,
+        deliveries.c.state,
+        deliveries.c.attempts,
+        deliveries.c.updated_at,
+        deliveries.c.sent_at,
+        deliveries.c.claimed_until,
+    ).where(
+        deliveries.c.series == series,
+        deliveries.c.subscriber_id.in_([r.subscriber_id for r in rows]),
+    )
+    for d in conn.execute(query):
+        ledgers.setdefault(d.subscriber_id, {})[d.part] = LedgerEntry(
+            d.state, d.attempts, d.updated_at, d.sent_at, d.claimed_until
+        )
+    return [
+        Enrollment(
+            id=r.id,
+            subscriber_id=r.subscriber_id,
+            email=r.email,
+            name=r.name,
+            timezone=r.timezone,
+            series=series,
+            enrolled_at=r.enrolled_at,
+            start_part=r.start_part,
+            ledger=ledgers.get(r.subscriber_id, {}),
+        )
+        for r in rows
+    ]
+
+
+def save_bookmarks(
+    conn: Connection, rows: Sequence[tuple[int, datetime | None, str, datetime | None]]
+) -> None:
+    """(enrollment id, next wake-up, plan version, completed at) for each planned enrollment."""
+    if not rows:
+        return
+    conn.execute(
+        enrollments.update()
+        .where(enrollments.c.id == sa.bindparam("_id"))
+        .values(
+            next_due_at=sa.bindparam("_next"),
+            plan_version=sa.bindparam("_version"),
+            completed_at=sa.bindparam("_completed"),
+        ),
+        [
+            {"_id": i, "_next": wake, "_version": version, "_completed": done}
+            for i, wake, version, done in rows
+        ],
+    )
+
+
+def claim(
+    conn: Connection, due: Sequence[Due], *, token: str, until: datetime, now: datetime
+) -> list[Claim]:
+    """Claim these deliveries for this run; returns the ones it got."""
+    if not due:
+        return []
+    series = due[0].enrollment.series
+    active = set(
+        conn.scalars(
+            sa.select(enrollments.c.subscriber_id)
+            .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
+            .where(
+                enrollments.c.series == series,
+                enrollments.c.subscriber_id.in_([d.enrollment.subscriber_id for d in due]),
+                subscribers.c.status == "active",
+                enrollments.c.paused.is_(False),
+                enrollments.c.unsubscribed_at.is_(None),
+            )
+        )
+    )
+    wanted = [d for d in due if d.enrollment.subscriber_id in active]
+    if not wanted:
+        return []
+    existing = {
+        (r.subscriber_id, r.part): r
+        for r in conn.execute(
+            sa.select(deliveries.c.subscriber_id, deliveries.c.part, deliveries.c.state).where(
+                deliveries.c.series == series,
+                deliveries.c.subscriber_id.in_([d.enrollment.subscriber_id for d in wanted]),
+            )
+        )
+    }
+    fresh = [d for d in wanted if (d.enrollment.subscriber_id, d.part) not in existing]
+    retry = [
+        d
+        for d in wanted
+        if (found := existing.get((d.enrollment.subscriber_id, d.part))) is not None
+        and found.state == "failed"
+    ]
+    if fresh:
+        insert = _insert_ignoring_duplicates(conn).on_conflict_do_nothing(
+            index_elements=["subscriber_id", "series", "part"]
+        )
+        conn.execute(
+            insert,
+            [
+                {
+                    "subscriber_id": d.enrollment.subscriber_id,
+                    "series": series,
+                    "part": d.part,
+                    "state": "claimed",
+                    "attempts": 1,
+                    "delivery_key": uuid.uuid4().hex,
+                    "claim_token": token,
+                    "claimed_until": until,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for d in fresh
+            ],
+        )
+    if retry:
+        conn.execute(
+            deliveries.update()
+            .where(
+                deliveries.c.subscriber_id == sa.bindparam("_sid"),
+                deliveries.c.series == series,
+                deliveries.c.part == sa.bindparam("_part"),
+                deliveries.c.state == "failed",
+            )
+            .values(
+                state="claimed",
+                claim_token=token,
+                claimed_until=until,
+                attempts=deliveries.c.attempts + 1,
+                updated_at=now,
+            ),
+            [{"_sid": d.enrollment.subscriber_id, "_part": d.part} for d in retry],
+        )
+    by_key = {(d.enrollment.subscriber_id, d.part): d for d in wanted}
+    owned = conn.execute(
+        sa.select(
+            deliveries.c.id,
+            deliveries.c.subscriber_id,
+            deliveries.c.part,
+            deliveries.c.delivery_key,
+            deliveries.c.attempts,
+        ).where(deliveries.c.claim_token == token, deliveries.c.state == "claimed")
+    )
+    claims = []
+    for row in owned:
+        d = by_key.get((row.subscriber_id, row.part))
+        if d is not None:
+            new = (row.subscriber_id, row.part) not in existing
+            claims.append(
+                Claim(row.id, row.delivery_key, d.enrollment, row.part, row.attempts, new)
+            )
+    return claims
+
+
+def _insert_ignoring_duplicates(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(deliveries)
+    return sqlite.insert(deliveries)
+
+
+def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:
+    """Give claims back untouched (nothing was sent): as if this run never took them."""
+    new = [c.id for c in claims if c.new]
+    old = [c.id for c in claims if not c.new]
+    if new:
+        conn.execute(
+            deliveries.delete().where(deliveries.c.id.in_(new), deliveries.c.claim_token == token)
+        )
+    if old:
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_(old), deliveries.c.claim_token == token)
+            .values(
+                state="failed",
+                claim_token=None,
+                claimed_until=None,
+                attempts=deliveries.c.attempts - 1,
+            )
+        )
+
+
+def record(
+    conn: Connection,
+    outcomes: Sequence[tuple[Claim, str, str | None, str | None]],
+    *,
+    token: str,
+    now: datetime,
+) -> None:
+    """(claim, state, provider message id, error) for each delivery of a batch."""
+    if not outcomes:
+        return
+    conn.execute(
+        deliveries.update()
+        .where(deliveries.c.id == sa.bindparam("_id"), deliveries.c.claim_token == token)
+        .values(
+            state=sa.bindparam("_state"),
+            provider_message_id=sa.bindparam("_message_id"),
+            last_error=sa.bindparam("_error"),
+            sent_at=sa.bindparam("_sent_at"),
+            claim_token=None,
+            claimed_until=None,
+            updated_at=now,
+        ),
+        [
+            {
+                "_id": c.id,
+                "_state": state,
+                "_message_id": message_id,
+                "_error": error,
+                "_sent_at": now if state == "sent" else None,
+            }
+            for c, state, message_id, error in outcomes
+        ],
+    )
+
+
+def mark_subscriber(
+    conn: Connection, subscriber_id: int, status: str, *, actor: str, reason: str, now: datetime
+) -> None:
+    """A provider said the address is invalid or inactive: stop writing to it."""
+    changed = conn.execute(
+        subscribers.update()
+        .where(subscribers.c.id == subscriber_id, subscribers.c.status == "active")
+        .values(status=status, updated_at=now)
+    )
+    if changed.rowcount:
+        conn.execute(
+            status_changes.insert().values(
+                subscriber_id=subscriber_id,
+                old_status="active",
+                new_status=status,
+                actor=actor,
+                reason=reason,
+                created_at=now,
+            )
+        )
+
+
+def expire_claims(conn: Connection, now: datetime) -> int:
+    """Claims whose lease ended belong to runs that stopped: their outcome is unknown."""
+    result = conn.execute(
+        deliveries.update()
+        .where(deliveries.c.state == "claimed", deliveries.c.claimed_until < now)
+        .values(state="unknown", claim_token=None, claimed_until=None)
+    )
+    return int(result.rowcount or 0)
+
+
+def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
+    return list(
+        conn.execute(
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.delivery_key,
+                deliveries.c.updated_at,
+                deliveries.c.subscriber_id,
+                deliveries.c.series,
+            ).where(deliveries.c.state == "unknown", deliveries.c.series.in_(series))
+        )
+    )
+
+
+def resolve_unknown(
+    conn: Connection, delivery_id: int, *, message_id: str | None, sent_at: datetime | None
+) -> None:
+    """A lookup settled it: sent (with the provider's id), or not there (retry later)."""
+    values: dict[str, Any] = (
+        {"state": "sent", "provider_message_id": message_id, "sent_at": sent_at}
+        if message_id is not None
+        else {
+            "state": "failed",
+            "last_error": "not found at the provider after an interrupted send",
+        }
+    )
+    conn.execute(
+        deliveries.update()
+        .where(deliveries.c.id == delivery_id, deliveries.c.state == "unknown")
+        .values(**values)
+    )
+    # The enrollment's next step changed: plan it afresh.
+    conn.execute(
+        enrollments.update()
+        .where(
+            enrollments.c.subscriber_id
+            == sa.select(deliveries.c.subscriber_id)
+            .where(deliveries.c.id == delivery_id)
+            .scalar_subquery(),
+            enrollments.c.series
+            == sa.select(deliveries.c.series)
+            .where(deliveries.c.id == delivery_id)
+            .scalar_subquery(),
+        )
+        .values(plan_version=None)
+    )
