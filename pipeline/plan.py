@@ -120,12 +120,15 @@ def _step_for(
     if article.published is None:
         return Step("waiting", f"waiting: part {part} not published", part)
 
+    zone = _zone(enrollment.timezone, series.timezone)
     if previous is None or previous_sent is None:
         base, reason = enrollment.enrolled_at, "first part"
         if enrollment.start_part > series.articles[0].part:
             reason = f"first part (starting at part {enrollment.start_part})"
     else:
-        base = previous_sent + series.delay(article)
+        # Wall-clock arithmetic in the reader's zone: "7 days later" is the same local
+        # time a week later, even across a daylight-saving change.
+        base = (previous_sent.astimezone(zone) + series.delay(article)).astimezone(UTC)
         reason = f"{_duration(series.delay(article))} after part {previous.part}"
     if article.published > base:
         base = article.published
@@ -138,7 +141,6 @@ def _step_for(
         base = max(base, retry_at)
         attempt = entry.attempts + 1
         reason = f"retry after a failed attempt (attempt {attempt} of {MAX_ATTEMPTS})"
-    zone = _zone(enrollment.timezone, series.timezone)
     due = into_window(base, series.send_window, zone)
     if due != base:
         reason += "; held for the send window"

@@ -1,0 +1,317 @@
+"""`series send` and `series status` end to end, with the outbox provider and real state."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.store import open_store
+from pipeline.store.schema import deliveries, subscribers
+
+from .conftest import FIXTURES, ROOT
+
+# A Monday; the example's parts 1–3 are out, 4 is a draft, 5 is dated 2027-03-15.
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+
+
+def run(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(
+        cli, ["--workspace", str(root), *args], env=env, catch_exceptions=False
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def send(root: Path, when: datetime, *args: str) -> tuple[int, str, str]:
+    return run(root, "send", "--now", when.isoformat(), *args)
+
+
+def outbox(root: Path) -> list[EmailMessage]:
+    messages = []
+    for path in sorted((root / "outbox").glob("*.eml")):
+        parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        messages.append(parsed)
+    return messages
+
+
+def received(root: Path) -> dict[str, list[int]]:
+    """Parts each address received, in the order they were sent, from the ledger."""
+    with open_store(root) as store, store.connect() as conn:
+        rows = conn.execute(
+            sa.select(subscribers.c.email, deliveries.c.part)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.state == "sent")
+            .order_by(deliveries.c.sent_at, deliveries.c.part)
+        ).all()
+    parts: dict[str, list[int]] = {}
+    for address, number in rows:
+        parts.setdefault(address, []).append(number)
+    return parts
+
+
+@pytest.fixture
+def enrolled(example_copy: Path) -> Path:
+    """The example workspace with its six example subscribers imported."""
+    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
+    return example_copy
+
+
+def test_first_run_sends_part_one_to_everyone(enrolled: Path) -> None:
+    """Each subscriber gets their first part as a complete message with one-click unsubscribe."""
+    code, out, _ = send(enrolled, MONDAY)
+    assert (code, out) == (0, "sent 6, failed 0, retried 0, unknown 0, skipped 0\n")
+    messages = outbox(enrolled)
+    assert len(messages) == 6
+    by_to = {m["To"].addresses[0].addr_spec: m for m in messages}
+    asa = by_to["asa.berg@example.com"]
+    assert asa["Subject"] == "What attachment styles are (Attachment Styles, part 1 of 5)"
+    assert str(asa["To"]) == "Åsa Berg <asa.berg@example.com>"
+    assert asa["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe = asa["List-Unsubscribe"].strip("<>")
+    assert unsubscribe.startswith("https://steadyground.example/unsubscribe/")
+    html = asa.get_body(preferencelist=("html",))
+    assert html is not None
+    assert f'href="{unsubscribe}"' in html.get_content()
+    assert "Hi Åsa Berg," in html.get_content()
+    # Yuki starts at part 2.
+    assert by_to["yuki.tanaka@example.com"]["Subject"].startswith("Secure attachment")
+    # Every unsubscribe link is personal.
+    assert len({m["List-Unsubscribe"] for m in messages}) == 6
+
+
+def test_never_twice_and_in_order_over_weeks(enrolled: Path) -> None:
+    """Daily runs over five weeks: parts 1–3 arrive once each, in order, then readers wait."""
+    day = MONDAY
+    for _ in range(35):
+        assert send(enrolled, day)[0] == 0
+        day += timedelta(days=1)
+    parts = received(enrolled)
+    assert parts["asa.berg@example.com"] == [1, 2, 3]
+    assert parts["yuki.tanaka@example.com"] == [2, 3]
+    assert len(outbox(enrolled)) == 5 * 3 + 2
+    _, out, _ = run(enrolled, "send", "--dry-run", "--now", day.isoformat())
+    assert "waiting: part 4 is a draft" in out
+
+
+def test_delay_between_parts(enrolled: Path) -> None:
+    """Part 2 waits cadence_days (4) after part 1; part 3 its own delay_days (5)."""
+    send(enrolled, MONDAY)
+    assert send(enrolled, MONDAY + timedelta(days=3, hours=23))[1].startswith("sent 0,")
+    assert send(enrolled, MONDAY + timedelta(days=4))[1].startswith("sent 5,")
+    # Yuki started at part 2 on Monday, so her part 3 was due on day 5.
+    assert send(enrolled, MONDAY + timedelta(days=8, hours=23))[1].startswith("sent 1,")
+    assert send(enrolled, MONDAY + timedelta(days=9))[1].startswith("sent 5,")
+
+
+def test_publishing_a_part_reaches_waiting_readers(enrolled: Path) -> None:
+    """When the draft part 4 is published, readers waiting at it get it on the next run."""
+    day = MONDAY
+    for _ in range(12):
+        send(enrolled, day)
+        day += timedelta(days=1)
+    assert send(enrolled, day)[1].startswith("sent 0,")
+    draft = enrolled / "series/attachment/04-avoidant.md"
+    draft.write_text(
+        draft.read_text().replace("draft: true", "published: 2026-12-01"), encoding="utf-8"
+    )
+    # Yuki (who started at part 2) finished part 3 first, so part 4 is due for her now;
+    # the others get it 4 days after their part 3, the next day.
+    assert send(enrolled, day)[1].startswith("sent 1,")
+    assert send(enrolled, day + timedelta(days=1))[1].startswith("sent 5,")
+    assert all(parts[-1] == 4 for parts in received(enrolled).values())
+
+
+def test_unsubscribed_between_runs_gets_nothing_more(enrolled: Path) -> None:
+    """Someone who unsubscribes after part 1 never gets part 2, from one series or all."""
+    send(enrolled, MONDAY)
+    run(enrolled, "subscribers", "unsubscribe", "asa.berg@example.com", "--series", "attachment")
+    run(enrolled, "subscribers", "unsubscribe", "daniel.okafor@example.com")
+    for days in range(1, 20):
+        send(enrolled, MONDAY + timedelta(days=days))
+    parts = received(enrolled)
+    assert parts["asa.berg@example.com"] == [1]
+    assert parts["daniel.okafor@example.com"] == [1]
+    assert parts["eleanor.hughes@example.com"] == [1, 2, 3]
+
+
+def test_dry_run_writes_nothing(enrolled: Path) -> None:
+    """--dry-run leaves the database byte for byte unchanged and sends nothing."""
+    send(enrolled, MONDAY)
+    database = enrolled / "subscribers" / "state.db"
+    _checkpoint(database)
+    before = database.read_bytes()
+    code, out, err = run(
+        enrolled, "send", "--dry-run", "--now", (MONDAY + timedelta(days=4)).isoformat()
+    )
+    assert code == 0
+    _checkpoint(database)
+    assert database.read_bytes() == before
+    assert len(outbox(enrolled)) == 6
+    lines = out.splitlines()
+    assert lines[0].split() == ["EMAIL", "SERIES", "PART", "TITLE", "DUE", "WHY"]
+    asa = next(line for line in lines if line.startswith("asa.berg@example.com"))
+    assert "Secure attachment" in asa and "now" in asa and "4 days after part 1" in asa
+    assert "dry run: would send 5 email(s) now; 1 waiting or scheduled" in err
+
+
+def _checkpoint(database: Path) -> None:
+    """Fold SQLite's write-ahead log into the file so its bytes are the whole state."""
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+
+
+def test_dry_run_json(enrolled: Path) -> None:
+    """--format json gives machines the same plan: who, what, when and why."""
+    code, out, _ = run(
+        enrolled, "send", "--dry-run", "--format", "json", "--now", MONDAY.isoformat()
+    )
+    assert code == 0
+    plan = json.loads(out)
+    assert len(plan) == 6
+    yuki = next(p for p in plan if p["email"] == "yuki.tanaka@example.com")
+    assert yuki == {
+        "email": "yuki.tanaka@example.com",
+        "series": "attachment",
+        "part": 2,
+        "title": "Secure attachment",
+        "due_at": yuki["due_at"],
+        "status": "due",
+        "why": "first part (starting at part 2)",
+    }
+
+
+def test_limit_holds_the_rest_for_the_next_run(enrolled: Path) -> None:
+    """--limit N sends N now; the others go in the next run, still once each."""
+    assert send(enrolled, MONDAY, "--limit", "2")[1].startswith(
+        "sent 2, failed 0, retried 0, unknown 0, skipped 4"
+    )
+    assert send(enrolled, MONDAY)[1].startswith("sent 4,")
+    assert len(outbox(enrolled)) == 6
+
+
+def test_template_error_stops_the_run_before_anything_is_sent(enrolled: Path) -> None:
+    """A broken template stops the run with one error line: no message, no ledger row."""
+    shutil.copy(
+        FIXTURES / "templates" / "template_with_undefined_variable.mjml.j2",
+        enrolled / "templates" / "email.mjml.j2",
+    )
+    code, _, err = send(enrolled, MONDAY)
+    assert code == 1
+    assert err == (
+        "Error: templates/email.mjml.j2:5: template could not render: "
+        "'dict object' has no attribute 'subtitle'\n"
+    )
+    assert not (enrolled / "outbox").exists()
+    assert received(enrolled) == {}
+
+
+def test_status_table(enrolled: Path) -> None:
+    """`series status` shows sent, scheduled and waiting per part, and enrollment counts."""
+    send(enrolled, MONDAY)
+    run(enrolled, "subscribers", "unsubscribe", "daniel.okafor@example.com")
+    code, out, _ = run(enrolled, "status", "--now", MONDAY.isoformat())
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "Attachment Styles (attachment), 5 part(s)"
+    header = lines[1].split()
+    assert header[:3] == ["PART", "TITLE", "STATE"]
+    part1 = lines[3].split()
+    assert part1[0] == "1" and part1[-7:-1] == ["5", "0", "0", "0", "0", "0"]
+    part2 = lines[4]
+    assert "2026-12-04 10:00 UTC" in part2  # next due: 4 days after part 1
+    assert lines[-1] == (
+        "enrollments: 5 active, 0 completed, 0 paused, 1 unsubscribed, 0 bounced or complained"
+    )
+
+
+def test_unknown_provider_is_one_line(enrolled: Path) -> None:
+    """An unknown --provider names the valid ones and exits 1."""
+    code, _, err = send(enrolled, MONDAY, "--provider", "carrier-pigeon")
+    assert (code, err) == (
+        1,
+        "Error: unknown provider 'carrier-pigeon' (one of: outbox, postmark)\n",
+    )
+
+
+def test_timezone_change_replans(enrolled: Path) -> None:
+    """Changing a subscriber's timezone makes the next run plan them again in that zone."""
+    config = enrolled / "pyproject.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[tool.series.send_window]\ndays = ["mon", "tue", "wed", "thu", "fri"]\n'
+        'start = "09:00"\nend = "10:00"\n',
+        encoding="utf-8",
+    )
+    monday_8utc = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # 09:00 in Stockholm
+    send(enrolled, monday_8utc)
+    assert "asa.berg@example.com" in received(enrolled)
+    assert "marcus.reyes@example.com" not in received(enrolled)  # 00:00 in Los Angeles
+    run(enrolled, "subscribers", "add", "marcus.reyes@example.com", "--timezone", "Europe/Paris")
+    assert send(enrolled, monday_8utc)[1].startswith("sent 1,")  # 09:00 in Paris
+
+
+def test_two_runs_at_once_send_each_part_once(
+    enrolled: Path, database_url: str, tmp_path: Path
+) -> None:
+    """Two `series send` processes started together deliver every due part exactly once."""
+    env = {**os.environ, "SERIES_DATABASE_URL": database_url, "SERIES_WORKSPACE": str(enrolled)}
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "subscribers", "import", "subscribers/example.csv"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    more = tmp_path / "more.csv"
+    more.write_text(
+        "email,series\n" + "".join(f"reader{i}@example.com,attachment\n" for i in range(300)),
+        encoding="utf-8",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "subscribers", "import", str(more)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    command = [sys.executable, "-m", "pipeline", "send", "--now", MONDAY.isoformat()]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    outputs = [first.communicate(timeout=300)[0], second.communicate(timeout=300)[0]]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    sent = [int(out.split(",")[0].split()[1]) for out in outputs]
+    assert sum(sent) == 306
+    keys = Counter(path.stem.rsplit("-", 1)[-1] for path in (enrolled / "outbox").glob("*.eml"))
+    assert len(keys) == 306 and max(keys.values()) == 1
+    addresses = Counter(
+        path.name.split("-", 2)[2].rsplit("-", 1)[0] for path in (enrolled / "outbox").glob("*.eml")
+    )
+    assert len(addresses) == 306 and max(addresses.values()) == 1
+
+
+def test_example_main_job_works_from_the_repository(tmp_path: Path) -> None:
+    """The README's main job runs on a copy of the repository's example workspace."""
+    root = tmp_path / "repo"
+    shutil.copytree(
+        ROOT,
+        root,
+        ignore=shutil.ignore_patterns(".git", ".venv", "outbox", "build", "*.db*", ".series-cache"),
+    )
+    assert run(root, "subscribers", "import", "subscribers/example.csv")[0] == 0
+    code, out, _ = run(root, "send")
+    assert code == 0 and out.startswith("sent 6,")
+    assert len(list((root / "outbox").glob("*.eml"))) == 6
