@@ -34,7 +34,7 @@ def test_readme_opens_with_the_two_commands() -> None:
     blocks = re.findall(r"<!-- (\w+)-command -->\n```sh\n(.+?)\n```", README, flags=re.DOTALL)
     assert [name for name, _ in blocks] == ["main", "test"]
     main, test = (command for _, command in blocks)
-    assert "series check" in main and "series preview" in main
+    assert "series check" in main and "series send" in main and "series status" in main
     assert "pytest" in test and ".[test]" in test
 
 
