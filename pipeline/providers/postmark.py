@@ -22,10 +22,16 @@ from .http import HttpClient
 
 TOKEN_ENV = "POSTMARK_SERVER_TOKEN"
 DEFAULT_URL = "https://api.postmarkapp.com"
-# Item error codes that say something about the recipient, and what they mean for
-# the subscriber's status. 406's text can name a complaint; otherwise it is a bounce.
+# Item error codes that can say something about the recipient. 406's text always lists
+# every reason a recipient can be inactive ("a hard bounce, a spam complaint, or a
+# manual suppression"), so it cannot tell a complaint from a bounce: the subscriber
+# becomes "bounced" and the text goes into the error. 300 is any invalid request
+# ("Invalid 'From' address", "Zero recipients specified", …): only when it blames the
+# 'To' address is it about the subscriber, otherwise bouncing them would punish every
+# recipient of a batch for the sender's mistake.
 INACTIVE_RECIPIENT = 406
 INVALID_REQUEST = 300
+RECIPIENT_FIELD = "'to'"
 
 
 class PostmarkProvider(Provider):
@@ -128,12 +134,12 @@ class PostmarkProvider(Provider):
         if code == 0:
             return SendResult(message.key, "sent", message_id=str(item.get("MessageID", "")))
         if code == INACTIVE_RECIPIENT:
-            status = "complained" if "complaint" in text.lower() else "bounced"
-            return SendResult(message.key, "failed", error=f"406: {text}", subscriber_status=status)
-        if code == INVALID_REQUEST:
             return SendResult(
-                message.key, "failed", error=f"300: {text}", subscriber_status="bounced"
+                message.key, "failed", error=f"406: {text}", subscriber_status="bounced"
             )
+        if code == INVALID_REQUEST:
+            status = "bounced" if RECIPIENT_FIELD in text.lower() else None
+            return SendResult(message.key, "failed", error=f"300: {text}", subscriber_status=status)
         return SendResult(message.key, "failed", error=f"{code}: {text}")
 
 
