@@ -33,14 +33,18 @@ def send_command(
 ) -> None:
     from .providers import get_provider
     from .send import SendOptions, dry_run_rows, send_due
-    from .store import open_store
+    from .store import open_store, state_exists
 
     config = state.config
     provider = get_provider(provider_name or config.provider, config) if not dry_run else None
     options = SendOptions(now=now, dry_run=dry_run, limit=limit, only=series)
-    # A dry run must not change the database, not even by migrating it.
+    # A dry run must not change the database, not even by migrating or creating it.
+    if dry_run and not state_exists(config.root):
+        click.echo("dry run: no subscribers yet (nothing to plan); nothing was written", err=True)
+        return
     with open_store(config.root, migrate=not dry_run) as store:
         if dry_run:
+            store.require_current_schema()
             from .providers.outbox import OutboxProvider  # never used: nothing is sent
 
             report = send_due(config, store, OutboxProvider(config.root / "outbox"), options)

@@ -315,3 +315,11 @@ def test_example_main_job_works_from_the_repository(tmp_path: Path) -> None:
     code, out, _ = run(root, "send")
     assert code == 0 and out.startswith("sent 6,")
     assert len(list((root / "outbox").glob("*.eml"))) == 6
+
+
+def test_dry_run_before_any_state_creates_nothing(example_copy: Path) -> None:
+    """A dry run in a workspace with no state yet says so and creates no database file."""
+    code, out, err = run(example_copy, "send", "--dry-run")
+    assert (code, out) == (0, "")
+    assert err == "dry run: no subscribers yet (nothing to plan); nothing was written\n"
+    assert not (example_copy / "subscribers" / "state.db").exists()

@@ -401,4 +401,5 @@ def test_concurrent_first_use_migrates_once(database_url: str, tmp_path: Path) -
     assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
     with open_store(tmp_path, database_url) as store, store.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
-        assert conn.execute(sa.text("SELECT count(*) FROM settings")).scalar() == 2  # two keys, each once
+        # Each of the two generated keys exactly once.
+        assert conn.execute(sa.text("SELECT count(*) FROM settings")).scalar() == 2

@@ -73,6 +73,18 @@ class Store:
         with self._translate(), self.engine.connect() as conn:
             yield conn.execution_options(series_read_only=True)
 
+    def require_current_schema(self) -> None:
+        """For read-only commands, which must not migrate: refuse an outdated schema."""
+        from .migrate import HEAD, current
+
+        with self.connect() as conn:
+            revision = current(conn)
+        if revision != HEAD:
+            raise StoreError(
+                f"database {self.display_url} is at schema revision {revision}, this version "
+                f"needs {HEAD}; run `series db upgrade` first"
+            )
+
     def email_hash(self, conn: Connection, email: str) -> str:
         """Keyed hash of an address (HMAC-SHA256 with this database's own key)."""
         if self._hash_key is None:
@@ -101,6 +113,18 @@ class Store:
                     f"database {self.display_url}: {_scrub(str(exc.orig), self.url)}"
                 ) from None
             raise
+
+
+def state_exists(workspace: Path, url: str | None = None) -> bool:
+    """Whether there is any state yet, without creating it (SQLite makes files on connect)."""
+    url = url or database_url(workspace)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return True  # let open_store report the bad URL
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return True
+    return Path(parsed.database).is_file()
 
 
 def open_store(workspace: Path, url: str | None = None, *, migrate: bool = True) -> Store:
@@ -177,4 +201,12 @@ def _scrub(message: str, url: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else message
 
 
-__all__ = ["Store", "StoreError", "database_url", "open_store", "safe_url", "schema"]
+__all__ = [
+    "Store",
+    "StoreError",
+    "database_url",
+    "open_store",
+    "safe_url",
+    "schema",
+    "state_exists",
+]
