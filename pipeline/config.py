@@ -73,6 +73,7 @@ class Config:
     provider: str = "outbox"
     rate_limit: float | None = None  # messages per second, across batches
     postmark_stream: str = "broadcast"
+    postmark_batch_size: int = 500
     unsubscribe_url: str = ""  # with {token}; default: {site_url}/unsubscribe/{token}
 
     @property
@@ -263,6 +264,7 @@ class _Validator:
             provider=self.typed(data, "provider", str) or "outbox",
             rate_limit=self.rate_limit(data.get("rate_limit")),
             postmark_stream=self.postmark(data.get("postmark")),
+            postmark_batch_size=self.postmark_batch_size(data.get("postmark")),
             unsubscribe_url=self.unsubscribe_url(data, site_url.rstrip("/")),
         )
 
@@ -282,8 +284,18 @@ class _Validator:
             raise self.fail(
                 "postmark", "'postmark' must be a table: postmark = { message_stream = \"…\" }"
             )
-        self.check_keys(value, ("message_stream",), "postmark")
+        self.check_keys(value, ("message_stream", "batch_size"), "postmark")
         return self.typed(value, "message_stream", str, "postmark") or "broadcast"
+
+    def postmark_batch_size(self, value: Any) -> int:
+        size = self.typed(value or {}, "batch_size", int, "postmark")
+        if size is None:
+            return 500
+        if isinstance(size, bool) or not 1 <= size <= 500:
+            raise self.fail(
+                "postmark.batch_size", f"'postmark.batch_size' must be 1 to 500, got {size!r}"
+            )
+        return int(size)
 
     def unsubscribe_url(self, data: Mapping[str, Any], site_url: str) -> str:
         template = self.typed(data, "unsubscribe_url", str)

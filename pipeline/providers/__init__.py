@@ -24,6 +24,7 @@ def _postmark(config: Config) -> Provider:
     return PostmarkProvider(
         base_url=os.environ.get(PROVIDER_URL_ENV) or None,
         message_stream=config.postmark_stream,
+        batch_size=config.postmark_batch_size,
     )
 
 

@@ -66,7 +66,7 @@ class ProviderError(SeriesError):
 
 class Provider(ABC):
     name: ClassVar[str]
-    batch_size: ClassVar[int] = 1
+    batch_size: int = 1  # messages per request; an instance may lower it
 
     @abstractmethod
     def send(self, messages: Sequence[Message]) -> list[SendResult]:

@@ -38,7 +38,14 @@ class PostmarkProvider(Provider):
     name = "postmark"
     batch_size = 500
 
-    def __init__(self, *, base_url: str | None, message_stream: str, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        message_stream: str,
+        batch_size: int = 500,
+        timeout: float = 30,
+    ) -> None:
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token:
             raise ProviderError(
@@ -47,6 +54,8 @@ class PostmarkProvider(Provider):
                 auth=True,
             )
         self.stream = message_stream
+        # Postmark takes at most 500 messages and 50 MB per batch; long emails need fewer.
+        self.batch_size = min(batch_size, 500)
         self.http = HttpClient(
             base_url or DEFAULT_URL,
             headers={

@@ -1,0 +1,237 @@
+"""`series send` through Postmark, against a real HTTP server on 127.0.0.1 playing Postmark.
+
+Covers what only a provider can do to a run: reject an address, reject the token,
+fail transiently, or accept a batch without the answer arriving.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.config import load_config
+from pipeline.providers import get_provider
+from pipeline.send import SendOptions, send_due
+from pipeline.store import open_store
+from pipeline.store.schema import deliveries, status_changes, subscribers
+
+from .fake_postmark import FakePostmark, FakePostmarkProcess
+
+TOKEN = "server-token-for-tests"
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
+    with FakePostmark(token=TOKEN) as fake:
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        yield fake
+
+
+@pytest.fixture
+def workspace(example_copy: Path) -> Path:
+    """The example workspace sending through Postmark, with the six example subscribers."""
+    config = example_copy / "pyproject.toml"
+    config.write_text(
+        config.read_text().replace(
+            'site_url = "https://steadyground.example"',
+            'site_url = "https://steadyground.example"\nprovider = "postmark"',
+        ),
+        encoding="utf-8",
+    )
+    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
+    return example_copy
+
+
+def run(root: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--workspace", str(root), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def send(root: Path, when: datetime) -> tuple[int, str, str]:
+    return run(root, "send", "--now", when.isoformat())
+
+
+def ledger_states(root: Path) -> Counter[str]:
+    with open_store(root) as store, store.connect() as conn:
+        return Counter(conn.scalars(sa.select(deliveries.c.state)))
+
+
+def test_batch_goes_to_the_broadcast_stream(workspace: Path, postmark: FakePostmark) -> None:
+    """One batch request carries every message, on the broadcast stream, each with its key."""
+    assert send(workspace, MONDAY)[1] == "sent 6, failed 0, retried 0, unknown 0, skipped 0\n"
+    (request,) = postmark.batch_requests()
+    assert {m["MessageStream"] for m in request.body} == {"broadcast"}
+    assert len({m["Metadata"]["delivery_key"] for m in request.body}) == 6
+    with open_store(workspace) as store, store.connect() as conn:
+        ids = set(conn.scalars(sa.select(deliveries.c.provider_message_id)))
+    assert ids == {m["message_id"] for m in postmark.accepted}
+
+
+def test_inactive_recipient_is_marked_and_the_run_goes_on(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """A 406 marks that subscriber bounced (audited); the others are sent; exit code 1."""
+    postmark.inactive.add("daniel.okafor@example.com")
+    code, out, err = send(workspace, MONDAY)
+    assert code == 1
+    assert out == "sent 5, failed 1, retried 0, unknown 0, skipped 0\n"
+    assert err.startswith("daniel.okafor@example.com: part 1 of attachment failed: 406: ")
+    with open_store(workspace) as store, store.connect() as conn:
+        status = conn.execute(
+            sa.select(subscribers.c.status).where(
+                subscribers.c.email == "daniel.okafor@example.com"
+            )
+        ).scalar()
+        audit = conn.execute(sa.select(status_changes.c.new_status, status_changes.c.actor)).all()
+    assert status == "bounced"
+    assert ("bounced", "provider:postmark") in [tuple(row) for row in audit]
+    # Nothing more goes to the bounced address.
+    for days in (4, 9, 14):
+        send(workspace, MONDAY + timedelta(days=days))
+    to_daniel = [m for m in postmark.accepted if "daniel.okafor" in m["to"]]
+    assert to_daniel == []
+
+
+def test_bad_token_stops_the_run_before_anyone_is_marked(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """401: one clear line, exit 1, no delivery marked failed, no subscriber touched."""
+    postmark.token = "a-different-token"
+    code, out, err = send(workspace, MONDAY)
+    assert (code, out) == (1, "")
+    assert err == ("Error: Postmark refused the server token (401); check POSTMARK_SERVER_TOKEN\n")
+    assert ledger_states(workspace) == Counter()
+    postmark.token = TOKEN
+    assert send(workspace, MONDAY)[1].startswith("sent 6,")
+
+
+def test_transient_errors_are_retried(workspace: Path, postmark: FakePostmark) -> None:
+    """429 (with Retry-After) and 500 are retried in the same run; all six arrive once."""
+    postmark.fail_next("429", times=1, retry_after=0)
+    postmark.fail_next("500", times=1)
+    code, out, _ = send(workspace, MONDAY)
+    assert (code, out) == (0, "sent 6, failed 0, retried 2, unknown 0, skipped 0\n")
+    assert len(postmark.accepted) == 6
+
+
+def test_answer_lost_after_acceptance_is_resolved_without_resending(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """The connection drops after Postmark accepted the batch: the deliveries are unknown,
+    and the next run finds them by their metadata and records them as sent, once."""
+    postmark.fail_next("drop-after", times=1)
+    assert send(workspace, MONDAY)[1] == "sent 0, failed 0, retried 0, unknown 6, skipped 0\n"
+    assert ledger_states(workspace) == Counter({"unknown": 6})
+    _, out, _ = send(workspace, MONDAY + timedelta(minutes=20))
+    assert out.splitlines() == [
+        "sent 0, failed 0, retried 0, unknown 0, skipped 0",
+        "resolved 6 delivery(ies) left unknown by an earlier run",
+    ]
+    assert ledger_states(workspace) == Counter({"sent": 6})
+    assert len(postmark.accepted) == 6
+    searches = [r for r in postmark.requests if r.path == "/messages/outbound"]
+    assert len(searches) == 6
+
+
+def test_batch_lost_before_acceptance_is_sent_again(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """The connection drops before Postmark took the batch: after checking, it is resent."""
+    postmark.fail_next("drop-before", times=1)
+    assert send(workspace, MONDAY)[1].startswith("sent 0, failed 0, retried 0, unknown 6")
+    # Too soon to conclude: a search that finds nothing might just be early.
+    assert send(workspace, MONDAY + timedelta(minutes=5))[1].startswith("sent 0,")
+    send(workspace, MONDAY + timedelta(minutes=20))  # not found: marked for a retry
+    send(workspace, MONDAY + timedelta(hours=1))
+    assert ledger_states(workspace) == Counter({"sent": 6})
+    assert Counter(m["to"] for m in postmark.accepted).most_common(1)[0][1] == 1
+    assert len(postmark.accepted) == 6
+
+
+def test_rate_limit_paces_batches(workspace: Path, postmark: FakePostmark) -> None:
+    """With rate_limit = 2 and batches of 2, six messages take at least two seconds."""
+    config_file = workspace / "pyproject.toml"
+    text = config_file.read_text().replace(
+        'provider = "postmark"', 'provider = "postmark"\nrate_limit = 2'
+    )
+    config_file.write_text(text + "\n[tool.series.postmark]\nbatch_size = 2\n", encoding="utf-8")
+    config = load_config(workspace)
+    clock = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    provider = get_provider("postmark", config)
+    with open_store(workspace) as store:
+        report = send_due(
+            config,
+            store,
+            provider,
+            SendOptions(now=MONDAY, sleep=sleep, monotonic=lambda: clock[0]),
+        )
+    assert report.sent == 6
+    assert len(postmark.batch_requests()) == 3
+    assert sum(slept) == pytest.approx(2.0)  # 2 messages per second: batches at 0, 1 and 2 s
+
+
+@pytest.mark.parametrize("runs", [2])
+def test_two_runs_at_once_through_postmark(
+    example_copy: Path, database_url: str, tmp_path: Path, runs: int
+) -> None:
+    """Two `series send` processes started together: Postmark receives each delivery once."""
+    state = tmp_path / "postmark.jsonl"
+    readers = tmp_path / "readers.csv"
+    readers.write_text(
+        "email,series\n" + "".join(f"reader{i}@example.com,attachment\n" for i in range(400)),
+        encoding="utf-8",
+    )
+    with FakePostmarkProcess(state, token=TOKEN) as fake:
+        env = {
+            **os.environ,
+            "SERIES_WORKSPACE": str(example_copy),
+            "SERIES_DATABASE_URL": database_url,
+            "SERIES_PROVIDER_URL": fake.url,
+            "POSTMARK_SERVER_TOKEN": TOKEN,
+        }
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", "subscribers", "import", str(readers)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "send",
+            "--provider",
+            "postmark",
+            "--now",
+            MONDAY.isoformat(),
+        ]
+        processes = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(runs)
+        ]
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+        assert [p.returncode for p in processes] == [0] * runs, outputs
+        accepted = fake.accepted
+    keys = Counter(m["delivery_key"] for m in accepted)
+    recipients = Counter(m["to"] for m in accepted)
+    assert len(keys) == 400 and max(keys.values()) == 1
+    assert len(recipients) == 400 and max(recipients.values()) == 1
+    assert sum(int(out.split(",")[0].split()[1]) for out in outputs) == 400
