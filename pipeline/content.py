@@ -89,7 +89,10 @@ class Series:
         return len(self.articles)
 
     def part(self, number: int) -> Article | None:
-        return next((a for a in self.articles if a.part == number), None)
+        for article in self.articles:
+            if article.part == number:
+                return article
+        return None
 
     def find(self, ref: str) -> Article | None:
         """A part by number or slug, as editors type it on the command line."""

@@ -163,6 +163,8 @@ def _step_for(
 def into_window(moment: datetime, window: SendWindow, zone: ZoneInfo) -> datetime:
     """The first instant at or after ``moment`` inside the send window, local to ``zone``."""
     local = moment.astimezone(zone)
+    if local.weekday() in window.days and window.start <= local.time() < window.end:
+        return moment  # the common case, without building the day's window
     for offset in range(8):
         day: date = local.date() + timedelta(days=offset)
         if day.weekday() not in window.days:

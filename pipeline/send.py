@@ -12,6 +12,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -251,33 +252,55 @@ class _Run:
     # -- delivering --------------------------------------------------------
 
     def deliver(self, due: Sequence[tuple[Series, Due, Step]]) -> None:
+        """Claim, render and send in batches, one batch in flight while the next is
+        prepared and the last recorded: the provider's time overlaps with ours."""
         by_series: dict[str, list[Due]] = {}
         for series, item, _ in due:
             by_series.setdefault(series.slug, []).append(item)
         size = self.provider.batch_size
-        for slug, items in by_series.items():
-            for start in range(0, len(items), size):
-                self._batch(self.series[slug], items[start : start + size])
+        batches = [
+            (self.series[slug], items[start : start + size])
+            for slug, items in by_series.items()
+            for start in range(0, len(items), size)
+        ]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send") as sender:
+            in_flight: _InFlight | None = None
+            try:
+                for series, items in batches:
+                    claims, messages = self._prepare(series, items)
+                    if in_flight is not None:
+                        finished, in_flight = in_flight, None
+                        self._finish(finished, also_release=claims)
+                    if claims:
+                        self.limiter.wait(len(messages))
+                        in_flight = _InFlight(series, claims, sender.submit(self._send, messages))
+                if in_flight is not None:
+                    finished, in_flight = in_flight, None
+                    self._finish(finished, also_release=[])
+            except BaseException:
+                if in_flight is not None:
+                    in_flight.result.cancel()
+                raise
 
-    def _batch(self, series: Series, items: Sequence[Due]) -> None:
+    def _prepare(self, series: Series, items: Sequence[Due]) -> tuple[list[Claim], list[Message]]:
         now = self.options.now
         with self.store.begin() as conn:
             claims = ledger.claim(conn, items, token=self.token, until=now + LEASE, now=now)
         self.report.skipped += len(items) - len(claims)
-        if not claims:
-            return
-        messages = [self._message(series, claim) for claim in claims]
-        self.limiter.wait(len(messages))
+        return claims, [self._message(series, claim) for claim in claims]
+
+    def _finish(self, batch: _InFlight, *, also_release: Sequence[Claim]) -> None:
         try:
-            results = self._send(messages)
+            results = batch.result.result()
         except ProviderError:
-            # Nothing was sent (bad credentials): give the claims back, then stop.
+            # Nothing was sent (bad credentials): give the claims back, also those of
+            # the batch prepared meanwhile, then stop.
             with self.store.begin() as conn:
-                ledger.release(conn, claims, token=self.token)
+                ledger.release(conn, [*batch.claims, *also_release], token=self.token)
             raise
-        self._record(series, claims, results)
+        self._record(batch.series, batch.claims, results)
         if self.options.on_progress:
-            self.options.on_progress(len(claims))
+            self.options.on_progress(len(batch.claims))
 
     def _send(self, messages: Sequence[Message]) -> list[SendResult]:
         """One batch, retried on transient errors with backoff (Retry-After first)."""
@@ -381,6 +404,13 @@ class _Run:
             with self.store.connect() as conn:
                 self._signer = Signer.from_environment(ledger.setting(conn, "link_signing_key"))
         return self._signer
+
+
+@dataclass
+class _InFlight:
+    series: Series
+    claims: list[Claim]
+    result: Future[list[SendResult]]
 
 
 def _with_entry(enrollment: Enrollment, part: int, entry: LedgerEntry) -> Enrollment:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import requests
 
 from .base import Message, Provider, ProviderError, SendResult
@@ -70,7 +71,9 @@ class PostmarkProvider(Provider):
 
     def send(self, messages: Sequence[Message]) -> list[SendResult]:
         body = [self._payload(m) for m in messages]
-        response = self.http.request("POST", "/email/batch", json=body)
+        # orjson: a batch is up to 500 full emails (~10 MB); the stdlib encoder takes
+        # longer over that than everything else the send loop does per message.
+        response = self.http.request("POST", "/email/batch", data=orjson.dumps(body))
         if response.status_code == 401:
             raise ProviderError(
                 f"Postmark refused the server token (401); check {TOKEN_ENV}", auth=True
@@ -154,6 +157,6 @@ class PostmarkProvider(Provider):
 
 def _json(response: requests.Response) -> Any:
     try:
-        return response.json()
+        return orjson.loads(response.content)
     except ValueError:
         return None

@@ -22,9 +22,19 @@ from sqlalchemy.engine import Connection
 
 from ..plan import Enrollment, LedgerEntry
 from . import Store
-from .schema import deliveries, enrollments, settings, status_changes, subscribers
+from .schema import (
+    deliveries,
+    enrollments,
+    settings,
+    status_changes,
+    subscribers,
+    to_db,
+    untyped,
+)
 
 CHUNK = 5000
+# Spelled as in the partial index `deliveries_open`, so both databases use it.
+OPEN = sa.text("state IN ('claimed', 'unknown')")
 
 
 @dataclass(frozen=True)
@@ -152,19 +162,29 @@ def save_bookmarks(
     """(enrollment id, next wake-up, plan version, completed at) for each planned enrollment."""
     if not rows:
         return
+    table = untyped(enrollments)
     conn.execute(
-        enrollments.update()
-        .where(enrollments.c.id == sa.bindparam("_id"))
+        table.update()
+        .where(table.c.id == sa.bindparam("_id"))
         .values(
             next_due_at=sa.bindparam("_next"),
             plan_version=sa.bindparam("_version"),
             completed_at=sa.bindparam("_completed"),
         ),
         [
-            {"_id": i, "_next": wake, "_version": version, "_completed": done}
+            {
+                "_id": i,
+                "_next": _db_time(conn, wake),
+                "_version": version,
+                "_completed": _db_time(conn, done),
+            }
             for i, wake, version, done in rows
         ],
     )
+
+
+def _db_time(conn: Connection, moment: datetime | None) -> Any:
+    return None if moment is None else to_db(conn.dialect, moment)
 
 
 def claim(
@@ -188,29 +208,26 @@ def claim(
         )
     )
     wanted = [d for d in due if d.enrollment.subscriber_id in active]
-    if not wanted:
-        return []
-    existing = {
-        (r.subscriber_id, r.part): r
-        for r in conn.execute(
-            sa.select(deliveries.c.subscriber_id, deliveries.c.part, deliveries.c.state).where(
-                deliveries.c.series == series,
-                deliveries.c.subscriber_id.in_([d.enrollment.subscriber_id for d in wanted]),
-            )
-        )
-    }
-    fresh = [d for d in wanted if (d.enrollment.subscriber_id, d.part) not in existing]
+    # What the planner saw decides between inserting and taking back a failed row. If
+    # another run got there since, the insert conflicts, or the failed row is no
+    # longer failed, and this run simply does not get that delivery.
+    fresh = [d for d in wanted if d.part not in d.enrollment.ledger]
     retry = [
         d
         for d in wanted
-        if (found := existing.get((d.enrollment.subscriber_id, d.part))) is not None
-        and found.state == "failed"
+        if (seen := d.enrollment.ledger.get(d.part)) is not None and seen.state == "failed"
     ]
+    by_key = {(d.enrollment.subscriber_id, d.part): d for d in wanted}
+    claims: list[Claim] = []
     if fresh:
-        insert = _insert_ignoring_duplicates(conn).on_conflict_do_nothing(
-            index_elements=["subscriber_id", "series", "part"]
+        table = untyped(deliveries)
+        insert = (
+            _insert_ignoring_duplicates(conn)
+            .on_conflict_do_nothing(index_elements=["subscriber_id", "series", "part"])
+            .returning(table.c.id, table.c.subscriber_id, table.c.part, table.c.delivery_key)
         )
-        conn.execute(
+        db_now, db_until = to_db(conn.dialect, now), to_db(conn.dialect, until)
+        inserted = conn.execute(
             insert,
             [
                 {
@@ -221,13 +238,16 @@ def claim(
                     "attempts": 1,
                     "delivery_key": uuid.uuid4().hex,
                     "claim_token": token,
-                    "claimed_until": until,
-                    "created_at": now,
-                    "updated_at": now,
+                    "claimed_until": db_until,
+                    "created_at": db_now,
+                    "updated_at": db_now,
                 }
                 for d in fresh
             ],
-        )
+        ).all()
+        for row in inserted:
+            d = by_key[(row.subscriber_id, row.part)]
+            claims.append(Claim(row.id, row.delivery_key, d.enrollment, row.part, 1, True))
     if retry:
         conn.execute(
             deliveries.update()
@@ -246,31 +266,34 @@ def claim(
             ),
             [{"_sid": d.enrollment.subscriber_id, "_part": d.part} for d in retry],
         )
-    by_key = {(d.enrollment.subscriber_id, d.part): d for d in wanted}
-    owned = conn.execute(
-        sa.select(
-            deliveries.c.id,
-            deliveries.c.subscriber_id,
-            deliveries.c.part,
-            deliveries.c.delivery_key,
-            deliveries.c.attempts,
-        ).where(deliveries.c.claim_token == token, deliveries.c.state == "claimed")
-    )
-    claims = []
-    for row in owned:
-        d = by_key.get((row.subscriber_id, row.part))
-        if d is not None:
-            new = (row.subscriber_id, row.part) not in existing
+        owned = conn.execute(
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.subscriber_id,
+                deliveries.c.part,
+                deliveries.c.delivery_key,
+                deliveries.c.attempts,
+            ).where(
+                deliveries.c.series == series,
+                deliveries.c.subscriber_id.in_([d.enrollment.subscriber_id for d in retry]),
+                deliveries.c.claim_token == token,
+                deliveries.c.state == "claimed",
+            )
+        )
+        for row in owned:
+            d = by_key[(row.subscriber_id, row.part)]
             claims.append(
-                Claim(row.id, row.delivery_key, d.enrollment, row.part, row.attempts, new)
+                Claim(row.id, row.delivery_key, d.enrollment, row.part, row.attempts, False)
             )
     return claims
 
 
 def _insert_ignoring_duplicates(conn: Connection) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING, into the untyped table (values come converted)."""
+    table = untyped(deliveries)
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(deliveries)
-    return sqlite.insert(deliveries)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:
@@ -304,9 +327,11 @@ def record(
     """(claim, state, provider message id, error) for each delivery of a batch."""
     if not outcomes:
         return
+    table = untyped(deliveries)  # values below are already in the database's own form
+    db_now = to_db(conn.dialect, now)
     conn.execute(
-        deliveries.update()
-        .where(deliveries.c.id == sa.bindparam("_id"), deliveries.c.claim_token == token)
+        table.update()
+        .where(table.c.id == sa.bindparam("_id"), table.c.claim_token == token)
         .values(
             state=sa.bindparam("_state"),
             provider_message_id=sa.bindparam("_message_id"),
@@ -314,7 +339,7 @@ def record(
             sent_at=sa.bindparam("_sent_at"),
             claim_token=None,
             claimed_until=None,
-            updated_at=now,
+            updated_at=db_now,
         ),
         [
             {
@@ -322,7 +347,7 @@ def record(
                 "_state": state,
                 "_message_id": message_id,
                 "_error": error,
-                "_sent_at": now if state == "sent" else None,
+                "_sent_at": db_now if state == "sent" else None,
             }
             for c, state, message_id, error in outcomes
         ],
@@ -355,7 +380,7 @@ def expire_claims(conn: Connection, now: datetime) -> int:
     """Claims whose lease ended belong to runs that stopped: their outcome is unknown."""
     result = conn.execute(
         deliveries.update()
-        .where(deliveries.c.state == "claimed", deliveries.c.claimed_until < now)
+        .where(OPEN, deliveries.c.state == "claimed", deliveries.c.claimed_until < now)
         .values(state="unknown", claim_token=None, claimed_until=None)
     )
     return int(result.rowcount or 0)
@@ -370,7 +395,7 @@ def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
                 deliveries.c.updated_at,
                 deliveries.c.subscriber_id,
                 deliveries.c.series,
-            ).where(deliveries.c.state == "unknown", deliveries.c.series.in_(series))
+            ).where(OPEN, deliveries.c.state == "unknown", deliveries.c.series.in_(series))
         )
     )
 

@@ -128,7 +128,8 @@ deliveries = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
-    sa.Column("delivery_key", sa.String(64), unique=True),
+    # Random and sent to the provider, so that a delivery can be found there again.
+    sa.Column("delivery_key", sa.String(64)),
     sa.Column("claim_token", sa.String(64)),
     sa.UniqueConstraint("subscriber_id", "series", "part", name="deliveries_once"),
     sa.CheckConstraint(f"state IN {DELIVERY_STATES}", name="deliveries_state"),

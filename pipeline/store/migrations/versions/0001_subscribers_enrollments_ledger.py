@@ -80,7 +80,6 @@ def upgrade() -> None:
             "state IN ('claimed', 'sent', 'failed', 'unknown')", name="deliveries_state"
         ),
     )
-    op.create_index("deliveries_by_series_part", "deliveries", ["series", "part", "state"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,135 @@
+"""Benchmark: `series send` end to end against a fake Postmark on 127.0.0.1, and an idle run.
+
+1. N subscribers (default 100,000) each due part 1 of the example series; one full
+   `series send --provider postmark` (batches of 500) against the fake Postmark
+   running in its own process. Prints messages/s end to end and the send's peak RSS.
+2. M enrollments (default 1,000,000) with nothing due: the first run plans them all
+   (peak RSS reported), then a second run with nothing due is timed.
+
+Targets (issue 4, this 2-core machine): >= 5,000 messages/s; <= 1 s for the
+nothing-due run; peak RSS <= 300 MB at 1,000,000 subscribers.
+
+    python bench/send.py [--subscribers 100000] [--idle 1000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_postmark import FakePostmarkProcess  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def make_workspace(directory: Path) -> Path:
+    root = directory / "workspace"
+    root.mkdir()
+    config = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (root / "pyproject.toml").write_text(config, encoding="utf-8")
+    for name in ("series", "templates"):
+        shutil.copytree(ROOT / name, root / name)
+    return root
+
+
+def write_csv(path: Path, count: int) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("email,name,series\n")
+        for i in range(count):
+            fh.write(f"reader{i:07d}@example.com,Reader {i},attachment\n")
+
+
+def series(workspace: Path, *args: str, env: dict[str, str]) -> tuple[float, float, str]:
+    """Run `series ARGS` in the workspace: (seconds, peak RSS in MB, stdout)."""
+    command = [sys.executable, "-m", "pipeline", "--workspace", str(workspace), *args]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # wait4 gives this child's own resource use, not the largest of all children so far.
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    out = process.stdout.read().decode() if process.stdout else ""
+    err = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"series {' '.join(args)} failed: {out}{err}")
+    return elapsed, usage.ru_maxrss / 1024, out
+
+
+def bench_send(count: int, runs: int) -> None:
+    results = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="series-bench-send-") as tmp:
+            workspace = make_workspace(Path(tmp))
+            env = {**os.environ, "POSTMARK_SERVER_TOKEN": TOKEN}
+            env.pop("SERIES_DATABASE_URL", None)
+            readers = Path(tmp) / "readers.csv"
+            write_csv(readers, count)
+            series(workspace, "subscribers", "import", str(readers), env=env)
+            with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
+                env["SERIES_PROVIDER_URL"] = fake.url
+                seconds, peak, out = series(workspace, "send", "--provider", "postmark", env=env)
+                accepted = len(fake.accepted)
+            if not out.startswith(f"sent {count}, failed 0") or accepted != count:
+                sys.exit(f"expected {count} messages, got: {out.strip()} ({accepted} accepted)")
+            results.append((seconds, peak))
+    seconds = statistics.median(r[0] for r in results)
+    print(f"send: {count:,} messages, {runs} run(s), median {seconds:.1f} s")
+    print(f"  messages/s end to end: {count / seconds:,.0f}   (target >= 5,000)")
+    print(f"  peak RSS of series send: {max(r[1] for r in results):.0f} MB")
+
+
+def bench_idle(count: int, runs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="series-bench-idle-") as tmp:
+        workspace = make_workspace(Path(tmp))
+        env = {**os.environ}
+        env.pop("SERIES_DATABASE_URL", None)
+        readers = Path(tmp) / "readers.csv"
+        write_csv(readers, count)
+        seconds, _, _ = series(workspace, "subscribers", "import", str(readers), env=env)
+        print(f"idle: imported {count:,} subscribers in {seconds:.1f} s")
+        # Before anyone enrolled: part 1 is not due yet for anybody.
+        before = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        seconds, peak, out = series(workspace, "send", "--now", before, env=env)
+        assert out.startswith("sent 0,"), out
+        print(
+            f"  first run plans all {count:,}: {seconds:.1f} s, peak RSS {peak:.0f} MB"
+            "   (target <= 300 MB)"
+        )
+        timings = []
+        for _ in range(runs):
+            seconds, peak, out = series(workspace, "send", "--now", before, env=env)
+            assert out.startswith("sent 0,"), out
+            timings.append((seconds, peak))
+        median = statistics.median(t[0] for t in timings)
+        print(
+            f"  nothing-due run: median {median:.2f} s over {runs} run(s), "
+            f"peak RSS {max(t[1] for t in timings):.0f} MB   (target <= 1 s)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--idle", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if args.subscribers:
+        bench_send(args.subscribers, args.runs)
+    if args.idle:
+        bench_idle(args.idle, args.runs)
+
+
+if __name__ == "__main__":
+    main()
