@@ -1,28 +1,40 @@
-"""series: Markdown series in, drip emails out."""
+"""series: Markdown series in, drip emails out.
 
-from .check import CheckReport, check_workspace
-from .config import Config, find_workspace, load_config
-from .content import Article, Series, load_series
-from .errors import ConfigError, ContentError, Problem, RenderError, SeriesError, UsageError
-from .render import CompiledEmail, Personal, RenderedEmail, Renderer
+The public API is loaded on first use, so that `series send` on a quiet hour does
+not pay for the Markdown, MJML and template machinery it will not need.
+"""
 
-__all__ = [
-    "Article",
-    "CheckReport",
-    "CompiledEmail",
-    "Config",
-    "ConfigError",
-    "ContentError",
-    "Personal",
-    "Problem",
-    "RenderError",
-    "RenderedEmail",
-    "Renderer",
-    "Series",
-    "SeriesError",
-    "UsageError",
-    "check_workspace",
-    "find_workspace",
-    "load_config",
-    "load_series",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "CheckReport": "check",
+    "check_workspace": "check",
+    "Config": "config",
+    "find_workspace": "config",
+    "load_config": "config",
+    "Article": "content",
+    "Series": "content",
+    "load_series": "content",
+    "ConfigError": "errors",
+    "ContentError": "errors",
+    "Problem": "errors",
+    "RenderError": "errors",
+    "SeriesError": "errors",
+    "UsageError": "errors",
+    "CompiledEmail": "render",
+    "Personal": "render",
+    "RenderedEmail": "render",
+    "Renderer": "render",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

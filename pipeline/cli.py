@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .check import check_workspace
 from .cli_send import send_command, status_command
 from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
 from .errors import ContentError, SeriesError
-from .preview import select_parts, write_previews
 
 if TYPE_CHECKING:
     from .subscribers import Catalog
@@ -116,6 +114,8 @@ def check_command(state: State, now: datetime | None, strict: bool) -> None:
 
     Example: series check
     """
+    from .check import check_workspace
+
     config = state.config
     report = check_workspace(config, now=resolve_now(config, now))
     for problem in report.problems:
@@ -153,6 +153,8 @@ def preview_command(
 
     Example: series preview attachment/2 --out build/preview
     """
+    from .preview import select_parts, write_previews
+
     config = state.config
     series_list, problems = load_series(config)
     if any(p.is_error for p in problems):

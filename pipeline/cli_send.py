@@ -37,7 +37,14 @@ def send_command(
 
     config = state.config
     provider = get_provider(provider_name or config.provider, config) if not dry_run else None
-    options = SendOptions(now=now, dry_run=dry_run, limit=limit, only=series)
+    options = SendOptions(
+        now=now,
+        dry_run=dry_run,
+        limit=limit,
+        only=series,
+        provider_name=provider_name or config.provider,
+        workers=config.workers,
+    )
     # A dry run must not change the database, not even by migrating or creating it.
     if dry_run and not state_exists(config.root):
         click.echo("dry run: no subscribers yet (nothing to plan); nothing was written", err=True)

@@ -8,6 +8,7 @@ where it can be found, the line of the offending key.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from email_validator import EmailNotValidError, validate_email
 
 from .errors import ConfigError, Problem
 
@@ -72,6 +71,7 @@ class Config:
     default_name: str
     provider: str = "outbox"
     rate_limit: float | None = None  # messages per second, across batches
+    workers: int = 1  # sending processes for large runs
     postmark_stream: str = "broadcast"
     postmark_batch_size: int = 500
     unsubscribe_url: str = ""  # with {token}; default: {site_url}/unsubscribe/{token}
@@ -169,6 +169,7 @@ class _Validator:
         "default_name",
         "provider",
         "rate_limit",
+        "workers",
         "postmark",
         "unsubscribe_url",
     )
@@ -263,6 +264,7 @@ class _Validator:
             default_name=self.typed(data, "default_name", str) or "there",
             provider=self.typed(data, "provider", str) or "outbox",
             rate_limit=self.rate_limit(data.get("rate_limit")),
+            workers=self.workers(data.get("workers")),
             postmark_stream=self.postmark(data.get("postmark")),
             postmark_batch_size=self.postmark_batch_size(data.get("postmark")),
             unsubscribe_url=self.unsubscribe_url(data, site_url.rstrip("/")),
@@ -276,6 +278,15 @@ class _Validator:
                 "rate_limit", f"'rate_limit' must be messages per second (> 0), got {value!r}"
             )
         return float(value)
+
+    def workers(self, value: Any) -> int:
+        if value is None:
+            # One process per core, up to four: sending is CPU-bound (rendering and
+            # encoding each message), and four already saturate a provider's API.
+            return max(1, min(os.cpu_count() or 1, 4))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+            raise self.fail("workers", f"'workers' must be 1 to 32 processes, got {value!r}")
+        return value
 
     def postmark(self, value: Any) -> str:
         if value is None:
@@ -309,6 +320,8 @@ class _Validator:
         return str(template)
 
     def email(self, value: str, where: str) -> str:
+        from email_validator import EmailNotValidError, validate_email
+
         try:
             return validate_email(value, check_deliverability=False).normalized
         except EmailNotValidError as exc:

@@ -8,6 +8,10 @@ leaves claims that the next run resolves (DESIGN §7).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
 import random
 import time
 import uuid
@@ -15,16 +19,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from .config import Address, Config
 from .content import Article, Series, load_series
 from .errors import ContentError, SeriesError
 from .plan import Enrollment, LedgerEntry, Step, fingerprint, next_step
-from .providers import Message, Provider, ProviderError, SendResult
-from .render import CompiledEmail, Personal, Renderer
-from .store import Store, ledger
+from .providers import Message, Provider, ProviderError, SendResult, get_provider
+from .store import Store, ledger, open_store
 from .store.ledger import Claim, Due
 from .tokens import Signer
+
+if TYPE_CHECKING:
+    from .render import CompiledEmail, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,14 @@ class SendReport:
     planned: list[Planned] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    def merge(self, other: SendReport) -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retried += other.retried
+        self.unknown += other.unknown
+        self.skipped += other.skipped
+        self.problems += other.problems
+
     def summary(self) -> str:
         return (
             f"sent {self.sent}, failed {self.failed}, retried {self.retried}, "
@@ -74,6 +89,8 @@ class SendOptions:
     dry_run: bool = False
     limit: int | None = None
     only: str | None = None
+    provider_name: str = "outbox"  # to make a fresh provider in each worker process
+    workers: int = 1  # processes sending in parallel (each its own share of batches)
     on_progress: Callable[[int], None] | None = None
     on_total: Callable[[int], None] | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -104,10 +121,8 @@ class RateLimiter:
 def send_due(config: Config, store: Store, provider: Provider, options: SendOptions) -> SendReport:
     """Send every part that is due (or, with ``dry_run``, say what would be sent)."""
     series_list = _load(config, options.only)
-    renderer = Renderer(config, now=options.now)
-    compiled = _compile_all(renderer, series_list, options.now)
     report = SendReport()
-    run = _Run(config, store, provider, options, report, renderer, compiled)
+    run = _Run(config, store, provider, options, report)
     if not options.dry_run:
         run.reconcile([s.slug for s in series_list])
     due: list[tuple[Series, Due, Step]] = []
@@ -117,11 +132,22 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     if options.limit is not None:
         report.skipped += max(0, len(due) - options.limit)
         due = due[: options.limit]
-    if options.dry_run:
+    if due or options.dry_run:
+        # Every part that can go out is rendered before anything is sent: a broken
+        # template in part 5 must stop the run before part 1 reaches anyone.
+        from .render import Renderer  # only now: a quiet run never needs it
+
+        run.renderer = Renderer(config, now=options.now)
+        run.compiled.update(_compile_all(run.renderer, series_list, options.now))
+    if options.dry_run or not due:
         return report
     if options.on_total:
         options.on_total(len(due))
-    run.deliver(due)
+    batches = -(-len(due) // provider.batch_size)
+    if options.workers > 1 and batches > 1 and hasattr(os, "fork"):
+        run.deliver_in_parallel(due, min(options.workers, batches))
+    else:
+        run.deliver(due)
     return report
 
 
@@ -141,8 +167,7 @@ def _load(config: Config, only: str | None) -> list[Series]:
 def _compile_all(
     renderer: Renderer, series_list: Sequence[Series], now: datetime
 ) -> dict[tuple[str, int, int], CompiledEmail]:
-    """Render every part that can go out now, before anything is sent: a broken
-    template in part 5 must stop the run before part 1 reaches anyone."""
+    """Every part that can go out now, rendered once per template version."""
     compiled = {}
     for series in series_list:
         for article in series.articles:
@@ -160,17 +185,15 @@ class _Run:
         provider: Provider,
         options: SendOptions,
         report: SendReport,
-        renderer: Renderer,
-        compiled: dict[tuple[str, int, int], CompiledEmail],
     ) -> None:
         self.config = config
         self.store = store
         self.provider = provider
         self.options = options
         self.report = report
-        self.compiled = compiled
         self.token = uuid.uuid4().hex
-        self.renderer = renderer
+        self.renderer: Renderer | None = None
+        self.compiled: dict[tuple[str, int, int], CompiledEmail] = {}
         self.series: dict[str, Series] = {}
         self.versions: dict[str, str] = {}
         self.limiter = RateLimiter(config.rate_limit, options.monotonic, options.sleep)
@@ -282,6 +305,66 @@ class _Run:
                     in_flight.result.cancel()
                 raise
 
+    def deliver_in_parallel(self, due: Sequence[tuple[Series, Due, Step]], workers: int) -> None:
+        """Share the batches out to worker processes (one core each; the claim protocol
+        already makes concurrent senders safe) and add up what they report."""
+        context = multiprocessing.get_context("fork")
+        events: multiprocessing.queues.Queue[tuple[Any, ...]] = context.Queue()
+        self.store.engine.dispose()  # no connection may be shared across a fork
+        children = [
+            context.Process(target=self._worker, args=(due[k::workers], events), daemon=True)
+            for k in range(workers)
+        ]
+        for child in children:
+            child.start()
+        failure: tuple[Any, ...] | None = None
+        finished = 0
+        while finished < workers:
+            try:
+                event = events.get(timeout=1)
+            except queue.Empty:
+                if all(not child.is_alive() for child in children) and events.empty():
+                    break  # a worker died without a word (killed): its claims will expire
+                continue
+            if event[0] == "progress":
+                if self.options.on_progress:
+                    self.options.on_progress(event[1])
+                continue
+            finished += 1
+            if event[0] == "done":
+                self.report.merge(event[1])
+            else:
+                failure = failure or event
+        for child in children:
+            child.join()
+        if failure is not None:
+            _, auth, message = failure
+            if auth:
+                raise ProviderError(message, auth=True)
+            raise SeriesError(f"a sending process failed: {message}")
+
+    def _worker(
+        self,
+        share: Sequence[tuple[Series, Due, Step]],
+        events: multiprocessing.queues.Queue[tuple[Any, ...]],
+    ) -> None:
+        random.seed()  # each worker its own retry jitter
+        try:
+            self.store = open_store(self.config.root, self.store.url, migrate=False)
+            self.provider = get_provider(self.options.provider_name, self.config)
+            self.report = SendReport()
+            self.options.on_progress = lambda count: events.put(("progress", count))
+            self.deliver(share)
+            events.put(("done", self.report))
+        except ProviderError as exc:
+            events.put(("failed", exc.auth, str(exc)))
+        except BaseException as exc:
+            events.put(("failed", False, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            self.provider.close()
+            self.store.close()
+
     def _prepare(self, series: Series, items: Sequence[Due]) -> tuple[list[Claim], list[Message]]:
         now = self.options.now
         with self.store.begin() as conn:
@@ -373,7 +456,7 @@ class _Run:
             "{token}", self.signer.token(enrollment.subscriber_id, series.slug)
         )
         email = compiled.personalise(
-            Personal(enrollment.name, enrollment.email, url), self.config.default_name
+            _personal(enrollment.name, enrollment.email, url), self.config.default_name
         )
         return Message(
             key=claim.key,
@@ -395,6 +478,7 @@ class _Run:
         key = (series.slug, article.part, first)
         if key not in self.compiled:
             received = [a.part for a in series.articles if first <= a.part < article.part]
+            assert self.renderer is not None  # set before anything is delivered
             self.compiled[key] = self.renderer.compile(series, article, received=received)
         return self.compiled[key]
 
@@ -404,6 +488,12 @@ class _Run:
             with self.store.connect() as conn:
                 self._signer = Signer.from_environment(ledger.setting(conn, "link_signing_key"))
         return self._signer
+
+
+def _personal(name: str, email: str, unsubscribe_url: str) -> Any:
+    from .render import Personal
+
+    return Personal(name, email, unsubscribe_url)
 
 
 @dataclass

@@ -11,7 +11,7 @@ provider before anything is sent again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from ..plan import Enrollment, LedgerEntry
 from . import Store
 from .schema import (
+    UTCDateTime,
     deliveries,
     enrollments,
     settings,
@@ -60,10 +61,10 @@ def plan_marker(conn: Connection, series: str) -> str | None:
 
 
 def set_plan_marker(conn: Connection, series: str, version: str) -> None:
-    key = f"plan:{series}"
-    updated = conn.execute(settings.update().where(settings.c.key == key).values(value=version))
-    if updated.rowcount == 0:
-        conn.execute(settings.insert().values(key=key, value=version))
+    # An upsert: two runs finishing a full plan at once must not collide on the key.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(settings).values(key=f"plan:{series}", value=version)
+    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": version}))
 
 
 def setting(conn: Connection, key: str) -> str:
@@ -84,6 +85,7 @@ def iter_enrollments(
             enrollments.c.subscriber_id,
             enrollments.c.enrolled_at,
             enrollments.c.start_part,
+            enrollments.c.next_due_at,
             subscribers.c.email,
             subscribers.c.name,
             subscribers.c.timezone,
@@ -95,25 +97,44 @@ def iter_enrollments(
             enrollments.c.paused.is_(False),
             enrollments.c.unsubscribed_at.is_(None),
         )
-        .order_by(enrollments.c.id)
         .limit(chunk)
     )
-    filters = (
-        [sa.true()]
+    # Each query pages in the order of the index that serves it, so a run with
+    # nothing to do reads nothing: (series, id), (series, plan_version, id), and
+    # (series, next_due_at, id).
+    by_id = base.order_by(enrollments.c.id)
+    pages: list[tuple[Any, Callable[[Any], Any]]] = (
+        [(by_id, lambda last: enrollments.c.id > (last.id if last else 0))]
         if everything
-        else [enrollments.c.plan_version.is_(None), enrollments.c.next_due_at <= now]
+        else [
+            (
+                by_id.where(enrollments.c.plan_version.is_(None)),
+                lambda last: enrollments.c.id > (last.id if last else 0),
+            ),
+            (
+                base.where(enrollments.c.next_due_at <= now).order_by(
+                    enrollments.c.next_due_at, enrollments.c.id
+                ),
+                lambda last: (
+                    sa.true()
+                    if last is None
+                    else sa.tuple_(enrollments.c.next_due_at, enrollments.c.id)
+                    > sa.tuple_(sa.literal(last.next_due_at, UTCDateTime()), sa.literal(last.id))
+                ),
+            ),
+        ]
     )
     seen: set[int] = set()
-    for condition in filters:
-        last = 0
+    for query, after in pages:
+        last = None
         while True:
             # A short read per chunk: the caller writes between chunks.
             with store.connect() as conn:
-                rows = conn.execute(base.where(condition, enrollments.c.id > last)).all()
+                rows = conn.execute(query.where(after(last))).all()
                 if not rows:
                     break
-                last = rows[-1].id
-                # Two queries may both find an enrollment; a full scan finds each once.
+                last = rows[-1]
+                # Both queries may find an enrollment; a full scan finds each once.
                 fresh = rows if everything else [r for r in rows if r.id not in seen]
                 if not everything:
                     seen.update(r.id for r in fresh)
