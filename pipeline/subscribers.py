@@ -21,6 +21,7 @@ from .config import parse_zone
 from .content import Series
 from .errors import SeriesError
 from .store import Store
+from .store.ledger import record_status
 from .store.schema import (
     STATUSES,
     deliveries,
@@ -121,30 +122,6 @@ def _normal_domain(domain: str) -> str | None:
 def check_timezone(name: str) -> str:
     parse_zone(name, ValueError)
     return name
-
-
-def record_status(
-    conn: Connection,
-    subscriber_id: int | None,
-    old: str | None,
-    new: str,
-    *,
-    actor: str,
-    now: datetime,
-    series: str | None = None,
-    reason: str = "",
-) -> None:
-    conn.execute(
-        status_changes.insert().values(
-            subscriber_id=subscriber_id,
-            series=series,
-            old_status=old,
-            new_status=new,
-            actor=actor,
-            reason=reason,
-            created_at=now,
-        )
-    )
 
 
 def is_erased(store: Store, conn: Connection, email: str) -> bool:

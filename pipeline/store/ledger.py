@@ -385,16 +385,32 @@ def mark_subscriber(
         .values(status=status, updated_at=now)
     )
     if changed.rowcount:
-        conn.execute(
-            status_changes.insert().values(
-                subscriber_id=subscriber_id,
-                old_status="active",
-                new_status=status,
-                actor=actor,
-                reason=reason,
-                created_at=now,
-            )
+        record_status(conn, subscriber_id, "active", status, actor=actor, now=now, reason=reason)
+
+
+def record_status(
+    conn: Connection,
+    subscriber_id: int | None,
+    old: str | None,
+    new: str,
+    *,
+    actor: str,
+    now: datetime,
+    series: str | None = None,
+    reason: str = "",
+) -> None:
+    """Audit one status change: who or what changed it, when, and why."""
+    conn.execute(
+        status_changes.insert().values(
+            subscriber_id=subscriber_id,
+            series=series,
+            old_status=old,
+            new_status=new,
+            actor=actor,
+            reason=reason,
+            created_at=now,
         )
+    )
 
 
 def expire_claims(conn: Connection, now: datetime) -> int:
