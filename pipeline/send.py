@@ -7,6 +7,7 @@ leaves claims that the next run resolves (DESIGN §7).
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -125,6 +126,16 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     run = _Run(config, store, provider, options, report)
     if not options.dry_run:
         run.reconcile([s.slug for s in series_list])
+    workers = run.workers_for(series_list)
+    if workers > 1:
+        run.prepare_rendering(series_list)
+        # The compiled emails live for the whole run: keep the cycle collector from
+        # walking them, and forked workers from copying their pages by touching them.
+        gc.freeze()
+        if options.on_total:
+            options.on_total(run.work)  # enrollments to look at: an upper bound on sends
+        run.plan_and_deliver_in_parallel(series_list, workers)
+        return report
     due: list[tuple[Series, Due, Step]] = []
     for series in series_list:
         due += run.plan(series)
@@ -133,21 +144,13 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         report.skipped += max(0, len(due) - options.limit)
         due = due[: options.limit]
     if due or options.dry_run:
-        # Every part that can go out is rendered before anything is sent: a broken
-        # template in part 5 must stop the run before part 1 reaches anyone.
-        from .render import Renderer  # only now: a quiet run never needs it
-
-        run.renderer = Renderer(config, now=options.now)
-        run.compiled.update(_compile_all(run.renderer, series_list, options.now))
+        run.prepare_rendering(series_list)
     if options.dry_run or not due:
         return report
     if options.on_total:
         options.on_total(len(due))
-    batches = -(-len(due) // provider.batch_size)
-    if options.workers > 1 and batches > 1 and hasattr(os, "fork"):
-        run.deliver_in_parallel(due, min(options.workers, batches))
-    else:
-        run.deliver(due)
+    gc.freeze()  # the plan lives to the end of the run; see above
+    run.deliver(due)
     return report
 
 
@@ -193,6 +196,7 @@ class _Run:
         self.report = report
         self.token = uuid.uuid4().hex
         self.renderer: Renderer | None = None
+        self.work = 0
         self.compiled: dict[tuple[str, int, int], CompiledEmail] = {}
         self.series: dict[str, Series] = {}
         self.versions: dict[str, str] = {}
@@ -228,16 +232,25 @@ class _Run:
 
     # -- planning ----------------------------------------------------------
 
-    def plan(self, series: Series) -> list[tuple[Series, Due, Step]]:
+    def needs_full_plan(self, series: Series) -> bool:
+        """Whether every enrollment must be planned (new content), not just the woken."""
+        with self.store.connect() as conn:
+            return self.options.dry_run or ledger.plan_marker(conn, series.slug) != fingerprint(
+                series
+            )
+
+    def plan(
+        self, series: Series, shard: tuple[int, int] | None = None
+    ) -> list[tuple[Series, Due, Step]]:
+        """Plan one series (or one worker's share of it): the deliveries due now."""
         now = self.options.now
         self.series[series.slug] = series
         version = fingerprint(series)
         self.versions[series.slug] = version
-        with self.store.connect() as conn:
-            everything = self.options.dry_run or ledger.plan_marker(conn, series.slug) != version
+        everything = self.needs_full_plan(series)
         due: list[tuple[Series, Due, Step]] = []
         for chunk in ledger.iter_enrollments(
-            self.store, series.slug, now=now, everything=everything
+            self.store, series.slug, now=now, everything=everything, shard=shard
         ):
             bookmarks = []
             for enrollment in chunk:
@@ -251,10 +264,36 @@ class _Run:
             if not self.options.dry_run:
                 with self.store.begin() as conn:
                     ledger.save_bookmarks(conn, bookmarks)
-        if everything and not self.options.dry_run:
+        if everything and not self.options.dry_run and shard is None:
             with self.store.begin() as conn:
                 ledger.set_plan_marker(conn, series.slug, version)
         return due
+
+    def workers_for(self, series_list: Sequence[Series]) -> int:
+        """Worker processes for this run: several only for a large, unlimited real send."""
+        options = self.options
+        if options.workers < 2 or options.dry_run or options.limit is not None:
+            return 1
+        if not hasattr(os, "fork"):
+            return 1
+        with self.store.connect() as conn:
+            work = sum(
+                ledger.count_to_plan(
+                    conn, s.slug, now=options.now, everything=self.needs_full_plan(s)
+                )
+                for s in series_list
+            )
+        batches = -(-work // self.provider.batch_size)
+        self.work = work
+        return max(1, min(options.workers, batches // 2))
+
+    def prepare_rendering(self, series_list: Sequence[Series]) -> None:
+        """Render every part that can go out before anything is sent: a broken template
+        in part 5 must stop the run before part 1 reaches anyone."""
+        from .render import Renderer  # only now: a quiet run never needs it
+
+        self.renderer = Renderer(self.config, now=self.options.now)
+        self.compiled.update(_compile_all(self.renderer, series_list, self.options.now))
 
     def _note(self, series: Series, enrollment: Enrollment, step: Step) -> None:
         if step.kind == "complete":
@@ -305,14 +344,18 @@ class _Run:
                     in_flight.result.cancel()
                 raise
 
-    def deliver_in_parallel(self, due: Sequence[tuple[Series, Due, Step]], workers: int) -> None:
-        """Share the batches out to worker processes (one core each; the claim protocol
-        already makes concurrent senders safe) and add up what they report."""
+    def plan_and_deliver_in_parallel(self, series_list: Sequence[Series], workers: int) -> None:
+        """Share the enrollments out to worker processes by id, each planning and sending
+        its own share (one core each; the claim protocol already makes concurrent
+        senders safe), and add up what they report."""
+        full = [s for s in series_list if self.needs_full_plan(s)]
         context = multiprocessing.get_context("fork")
         events: multiprocessing.queues.Queue[tuple[Any, ...]] = context.Queue()
         self.store.engine.dispose()  # no connection may be shared across a fork
         children = [
-            context.Process(target=self._worker, args=(due[k::workers], events), daemon=True)
+            context.Process(
+                target=self._worker, args=(series_list, (k, workers), events), daemon=True
+            )
             for k in range(workers)
         ]
         for child in children:
@@ -324,7 +367,8 @@ class _Run:
                 event = events.get(timeout=1)
             except queue.Empty:
                 if all(not child.is_alive() for child in children) and events.empty():
-                    break  # a worker died without a word (killed): its claims will expire
+                    failure = failure or ("failed", False, "a worker process died")
+                    break  # killed: its claims expire and the next run settles them
                 continue
             if event[0] == "progress":
                 if self.options.on_progress:
@@ -342,10 +386,15 @@ class _Run:
             if auth:
                 raise ProviderError(message, auth=True)
             raise SeriesError(f"a sending process failed: {message}")
+        # Only now, with every share planned, may later runs skip the full plan.
+        with self.store.begin() as conn:
+            for series in full:
+                ledger.set_plan_marker(conn, series.slug, fingerprint(series))
 
     def _worker(
         self,
-        share: Sequence[tuple[Series, Due, Step]],
+        series_list: Sequence[Series],
+        shard: tuple[int, int],
         events: multiprocessing.queues.Queue[tuple[Any, ...]],
     ) -> None:
         random.seed()  # each worker its own retry jitter
@@ -354,7 +403,12 @@ class _Run:
             self.provider = get_provider(self.options.provider_name, self.config)
             self.report = SendReport()
             self.options.on_progress = lambda count: events.put(("progress", count))
-            self.deliver(share)
+            due: list[tuple[Series, Due, Step]] = []
+            for series in series_list:
+                due += self.plan(series, shard)
+            due.sort(key=lambda item: item[2].due_at or self.options.now)
+            gc.freeze()
+            self.deliver(due)
             events.put(("done", self.report))
         except ProviderError as exc:
             events.put(("failed", exc.auth, str(exc)))

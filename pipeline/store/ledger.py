@@ -71,13 +71,48 @@ def setting(conn: Connection, key: str) -> str:
     return str(conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar_one())
 
 
+def _active(series: str, shard: tuple[int, int] | None) -> list[Any]:
+    conditions = [
+        enrollments.c.series == series,
+        subscribers.c.status == "active",
+        enrollments.c.paused.is_(False),
+        enrollments.c.unsubscribed_at.is_(None),
+    ]
+    if shard is not None:
+        index, count = shard
+        conditions.append(enrollments.c.id % count == index)
+    return conditions
+
+
+def count_to_plan(conn: Connection, series: str, *, now: datetime, everything: bool) -> int:
+    """How many enrollments a run would look at (to decide whether to share the work)."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(enrollments)
+        .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
+        .where(*_active(series, None))
+    )
+    if not everything:
+        query = query.where(
+            sa.or_(enrollments.c.plan_version.is_(None), enrollments.c.next_due_at <= now)
+        )
+    return int(conn.execute(query).scalar_one())
+
+
 def iter_enrollments(
-    store: Store, series: str, *, now: datetime, everything: bool, chunk: int = CHUNK
+    store: Store,
+    series: str,
+    *,
+    now: datetime,
+    everything: bool,
+    shard: tuple[int, int] | None = None,
+    chunk: int = CHUNK,
 ) -> Iterator[list[Enrollment]]:
     """Active enrollments of a series in chunks, each with its ledger.
 
     ``everything`` false: only those that need a look now (never planned, or their
-    wake-up time has come), found through the indexes.
+    wake-up time has come), found through the indexes. ``shard`` (k, n): only the
+    enrollments whose id is k modulo n, for one of n worker processes.
     """
     base = (
         sa.select(
@@ -91,12 +126,7 @@ def iter_enrollments(
             subscribers.c.timezone,
         )
         .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
-        .where(
-            enrollments.c.series == series,
-            subscribers.c.status == "active",
-            enrollments.c.paused.is_(False),
-            enrollments.c.unsubscribed_at.is_(None),
-        )
+        .where(*_active(series, shard))
         .limit(chunk)
     )
     # Each query pages in the order of the index that serves it, so a run with
