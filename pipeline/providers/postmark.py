@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
 import requests
 
+from ..config import Address
 from .base import Message, Provider, ProviderError, SendResult
 from .http import HttpClient
 
@@ -123,7 +125,7 @@ class PostmarkProvider(Provider):
 
     def _payload(self, message: Message) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "From": message.sender.formatted(),
+            "From": _formatted(message.sender),
             "To": message.to.formatted(),
             "Subject": message.subject,
             "HtmlBody": message.html,
@@ -153,6 +155,11 @@ class PostmarkProvider(Provider):
             status = "bounced" if RECIPIENT_FIELD in text.lower() else None
             return SendResult(message.key, "failed", error=f"300: {text}", subscriber_status=status)
         return SendResult(message.key, "failed", error=f"{code}: {text}")
+
+
+@lru_cache(maxsize=64)
+def _formatted(address: Address) -> str:
+    return address.formatted()  # the same sender on every message of a run
 
 
 def _json(response: requests.Response) -> Any:

@@ -214,7 +214,8 @@ def save_bookmarks(
     if not rows:
         return
     table = untyped(enrollments)
-    conn.execute(
+    _executemany(
+        conn,
         table.update()
         .where(table.c.id == sa.bindparam("_id"))
         .values(
@@ -236,6 +237,20 @@ def save_bookmarks(
 
 def _db_time(conn: Connection, moment: datetime | None) -> Any:
     return None if moment is None else to_db(conn.dialect, moment)
+
+
+def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """An executemany handed straight to the driver: compiled once for this database,
+    with no per-row work by SQLAlchemy. For untyped statements whose values are
+    already in the database's own form (the send loop writes two per message)."""
+    compiled = statement.compile(dialect=conn.dialect)
+    fixed = compiled.params  # values written into the statement, same for every row
+    if compiled.positional:
+        names = compiled.positiontup or []
+        parameters: list[Any] = [tuple({**fixed, **row}[n] for n in names) for row in rows]
+    else:
+        parameters = [{**fixed, **row} for row in rows]
+    conn.exec_driver_sql(compiled.string, parameters)
 
 
 def claim(
@@ -380,7 +395,8 @@ def record(
         return
     table = untyped(deliveries)  # values below are already in the database's own form
     db_now = to_db(conn.dialect, now)
-    conn.execute(
+    _executemany(
+        conn,
         table.update()
         .where(table.c.id == sa.bindparam("_id"), table.c.claim_token == token)
         .values(
