@@ -128,12 +128,12 @@ def _print_plan(
 
 
 def status_command(state: State, *, now: datetime, series: str | None) -> None:
-    from .send import _load
+    from .send import load_selected
     from .status import PART_COLUMNS, series_status
     from .store import open_store
 
     config = state.config
-    series_list = _load(config, series)
+    series_list = load_selected(config, series)
     with open_store(config.root) as store:
         report = series_status(store, series_list, now)
     for index, status in enumerate(report):

@@ -121,7 +121,7 @@ class RateLimiter:
 
 def send_due(config: Config, store: Store, provider: Provider, options: SendOptions) -> SendReport:
     """Send every part that is due (or, with ``dry_run``, say what would be sent)."""
-    series_list = _load(config, options.only)
+    series_list = load_selected(config, options.only)
     report = SendReport()
     run = _Run(config, store, provider, options, report)
     if not options.dry_run:
@@ -154,7 +154,8 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     return report
 
 
-def _load(config: Config, only: str | None) -> list[Series]:
+def load_selected(config: Config, only: str | None) -> list[Series]:
+    """The workspace's series (or just ONLY), stopping on any content error."""
     series_list, problems = load_series(config)
     if any(p.is_error for p in problems):
         raise ContentError(problems)
