@@ -132,8 +132,6 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         # The compiled emails live for the whole run: keep the cycle collector from
         # walking them, and forked workers from copying their pages by touching them.
         gc.freeze()
-        if options.on_total:
-            options.on_total(run.work)  # enrollments to look at: an upper bound on sends
         run.plan_and_deliver_in_parallel(series_list, workers)
         return report
     due: list[tuple[Series, Due, Step]] = []
@@ -197,7 +195,6 @@ class _Run:
         self.report = report
         self.token = uuid.uuid4().hex
         self.renderer: Renderer | None = None
-        self.work = 0
         self.compiled: dict[tuple[str, int, int], CompiledEmail] = {}
         self.series: dict[str, Series] = {}
         self.versions: dict[str, str] = {}
@@ -277,15 +274,15 @@ class _Run:
             return 1
         if not hasattr(os, "fork"):
             return 1
+        enough = 2 * options.workers * self.provider.batch_size
         with self.store.connect() as conn:
             work = sum(
                 ledger.count_to_plan(
-                    conn, s.slug, now=options.now, everything=self.needs_full_plan(s)
+                    conn, s.slug, now=options.now, everything=self.needs_full_plan(s), cap=enough
                 )
                 for s in series_list
             )
         batches = -(-work // self.provider.batch_size)
-        self.work = work
         return max(1, min(options.workers, batches // 2))
 
     def prepare_rendering(self, series_list: Sequence[Series]) -> None:
@@ -363,6 +360,8 @@ class _Run:
             child.start()
         failure: tuple[Any, ...] | None = None
         finished = 0
+        planned: list[int] = []  # due deliveries per worker, once each has planned
+        sent_early = 0  # progress reported before every worker had planned
         while finished < workers:
             try:
                 event = events.get(timeout=1)
@@ -371,8 +370,18 @@ class _Run:
                     failure = failure or ("failed", False, "a worker process died")
                     break  # killed: its claims expire and the next run settles them
                 continue
+            if event[0] == "planned":
+                planned.append(event[1])
+                if len(planned) == workers:
+                    if self.options.on_total:
+                        self.options.on_total(sum(planned))
+                    if self.options.on_progress and sent_early:
+                        self.options.on_progress(sent_early)
+                continue
             if event[0] == "progress":
-                if self.options.on_progress:
+                if len(planned) < workers:
+                    sent_early += event[1]
+                elif self.options.on_progress:
                     self.options.on_progress(event[1])
                 continue
             finished += 1
@@ -408,6 +417,7 @@ class _Run:
             for series in series_list:
                 due += self.plan(series, shard)
             due.sort(key=lambda item: item[2].due_at or self.options.now)
+            events.put(("planned", len(due)))
             gc.freeze()
             self.deliver(due)
             events.put(("done", self.report))
