@@ -37,7 +37,9 @@ PERSONAL_FIELDS = ("name", "email", "unsubscribe_url")
 _SENTINEL = "%%series:{}%%"
 _SENTINEL_RE = re.compile(r"%%series:(" + "|".join(PERSONAL_FIELDS) + r")%%")
 # Bumped when our compile step changes in a way the MJML source does not show.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
+_PREFORMATTED = re.compile(r"(<(pre|textarea)\b.*?</\2>)", re.DOTALL | re.IGNORECASE)
+_INDENT = re.compile(r"\n[ \t]+")
 
 
 @dataclass(frozen=True)
@@ -263,12 +265,32 @@ class Renderer:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        html = compile_mjml(
-            source, template=f"templates/{HTML_TEMPLATE}", template_dir=self.config.templates_dir
+        html = compact(
+            compile_mjml(
+                source,
+                template=f"templates/{HTML_TEMPLATE}",
+                template_dir=self.config.templates_dir,
+            )
         )
         if self.cache is not None:
             self.cache.put(key, html)
         return html
+
+
+def compact(html: str) -> str:
+    """Drop the indentation MJML writes on every line (about a sixth of an email), but
+    never inside <pre> or <textarea>, where spaces are content. Smaller emails stay
+    under Gmail's clipping size longer and cost less to send."""
+    parts = _PREFORMATTED.split(html)
+    # split() yields: text, whole element, tag name, text, …; only text is touched.
+    out = []
+    for index, part in enumerate(parts):
+        kind = index % 3
+        if kind == 0:
+            out.append(_INDENT.sub("\n", part))
+        elif kind == 1:
+            out.append(part)
+    return "".join(out)
 
 
 def compile_mjml(source: str, *, template: str, template_dir: Path) -> str:

@@ -240,3 +240,28 @@ def test_personalising_does_not_recompile(example: tuple[Config, Series]) -> Non
 def test_fixture_dir_exists() -> None:
     """The bad-template fixtures used above are present (guards against a silent rename)."""
     assert (FIXTURES / "templates" / "template_with_syntax_error.mjml.j2").is_file()
+
+
+def test_compact_html_keeps_preformatted_text() -> None:
+    """Indentation goes from the compiled HTML, but code in <pre> keeps its spaces."""
+    from pipeline.render import compact
+
+    html = "<div>\n    <p>a</p>\n  <pre><code>def f():\n    return 1\n</code></pre>\n    <b>x</b>"
+    assert compact(html) == (
+        "<div>\n<p>a</p>\n<pre><code>def f():\n    return 1\n</code></pre>\n<b>x</b>"
+    )
+
+
+def test_code_block_survives_rendering(workspace: BuildWorkspace) -> None:
+    """An indented code block in an article reaches the email with its indentation."""
+    root = workspace()
+    article = root / "series/demo/01-valid.md"
+    article.write_text(
+        article.read_text() + "\n```\nfor part in series:\n    send(part)\n```\n",
+        encoding="utf-8",
+    )
+    config = load_config(root)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=EXAMPLE_NOW, use_cache=False)
+    html = renderer.compile(series, series.articles[0]).personalise(renderer.sample()).html
+    assert "for part in series:\n    send(part)" in html
