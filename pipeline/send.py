@@ -408,6 +408,11 @@ class _Run:
         events: multiprocessing.queues.Queue[tuple[Any, ...]],
     ) -> None:
         random.seed()  # each worker its own retry jitter
+        if self.config.rate_limit:
+            # The configured rate is for the whole run: each worker takes its share.
+            self.limiter = RateLimiter(
+                self.config.rate_limit / shard[1], self.options.monotonic, self.options.sleep
+            )
         try:
             self.store = open_store(self.config.root, self.store.url, migrate=False)
             self.provider = get_provider(self.options.provider_name, self.config)
