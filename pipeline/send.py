@@ -167,15 +167,23 @@ def load_selected(config: Config, only: str | None) -> list[Series]:
 
 
 def _compile_all(
-    renderer: Renderer, series_list: Sequence[Series], now: datetime
+    renderer: Renderer,
+    series_list: Sequence[Series],
+    now: datetime,
+    start_parts: dict[str, set[int]],
 ) -> dict[tuple[str, int, int], CompiledEmail]:
-    """Every part that can go out now, rendered once per template version."""
+    """Every part that can go out now, for every starting part readers have (what they
+    have received differs), rendered once per template version."""
     compiled = {}
     for series in series_list:
-        for article in series.articles:
-            if article.is_published(now):
-                first = series.articles[0].part
-                compiled[(series.slug, article.part, first)] = renderer.compile(series, article)
+        first_part = series.articles[0].part
+        for start in {first_part} | {max(p, first_part) for p in start_parts.get(series.slug, ())}:
+            for article in series.articles:
+                if article.part >= start and article.is_published(now):
+                    received = [a.part for a in series.articles if start <= a.part < article.part]
+                    compiled[(series.slug, article.part, start)] = renderer.compile(
+                        series, article, received=received
+                    )
     return compiled
 
 
@@ -200,12 +208,19 @@ class _Run:
         self.versions: dict[str, str] = {}
         self.limiter = RateLimiter(config.rate_limit, options.monotonic, options.sleep)
         self._signer: Signer | None = None
+        self.started = options.monotonic()
+
+    def clock(self) -> datetime:
+        """The run's current time: `now` as given, plus the time the run has taken.
+        Leases and ledger times use it, so a long run's later claims are not born
+        expired; with --now, time still moves on from the moment asked for."""
+        return self.options.now + timedelta(seconds=self.options.monotonic() - self.started)
 
     # -- reconciliation ----------------------------------------------------
 
     def reconcile(self, series: Sequence[str]) -> None:
         """Settle deliveries left unknown by a crash or a timeout before planning."""
-        now = self.options.now
+        now = self.clock()
         with self.store.begin() as conn:
             ledger.expire_claims(conn, now)
             unknown = ledger.unknown_deliveries(conn, series)
@@ -257,8 +272,9 @@ class _Run:
                     self._note(series, enrollment, step)
                 if step.is_due and step.part is not None:
                     due.append((series, Due(enrollment, step.part), step))
-                else:
-                    bookmarks.append(_bookmark(enrollment, step, version, now))
+                # Due ones too: if this run never gets to them (--limit, a crash, a
+                # refused token), their wake-up time has come and the next run sees them.
+                bookmarks.append(_bookmark(enrollment, step, version, now))
             if not self.options.dry_run:
                 with self.store.begin() as conn:
                     ledger.save_bookmarks(conn, bookmarks)
@@ -291,7 +307,9 @@ class _Run:
         from .render import Renderer  # only now: a quiet run never needs it
 
         self.renderer = Renderer(self.config, now=self.options.now)
-        self.compiled.update(_compile_all(self.renderer, series_list, self.options.now))
+        with self.store.connect() as conn:
+            starts = {s.slug: ledger.start_parts(conn, s.slug) for s in series_list}
+        self.compiled.update(_compile_all(self.renderer, series_list, self.options.now, starts))
 
     def _note(self, series: Series, enrollment: Enrollment, step: Step) -> None:
         if step.kind == "complete":
@@ -436,7 +454,7 @@ class _Run:
             self.store.close()
 
     def _prepare(self, series: Series, items: Sequence[Due]) -> tuple[list[Claim], list[Message]]:
-        now = self.options.now
+        now = self.clock()
         with self.store.begin() as conn:
             claims = ledger.claim(conn, items, token=self.token, until=now + LEASE, now=now)
         self.report.skipped += len(items) - len(claims)
@@ -479,7 +497,10 @@ class _Run:
     def _record(
         self, series: Series, claims: Sequence[Claim], results: Sequence[SendResult]
     ) -> None:
+        # Sends count from the run's time, the same for every reader of the run (so a
+        # part due "4 days later" is due at the same hour); the ledger's clock moves on.
         now = self.options.now
+        clock = self.clock()
         outcome = {r.key: r for r in results}
         version = self.versions[series.slug]
         rows = []
@@ -514,7 +535,7 @@ class _Run:
                 )
                 updated = _with_entry(claim.enrollment, claim.part, entry)
                 bookmarks.append(_bookmark(updated, next_step(series, updated, now), version, now))
-            ledger.record(conn, rows, token=self.token, now=now)
+            ledger.record(conn, rows, token=self.token, now=clock, sent_at=now)
             ledger.save_bookmarks(conn, bookmarks)
 
     def _message(self, series: Series, claim: Claim) -> Message:

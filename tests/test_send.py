@@ -323,3 +323,36 @@ def test_dry_run_before_any_state_creates_nothing(example_copy: Path) -> None:
     assert (code, out) == (0, "")
     assert err == "dry run: no subscribers yet (nothing to plan); nothing was written\n"
     assert not (example_copy / "subscribers" / "state.db").exists()
+
+
+def test_readers_held_back_by_limit_are_not_forgotten(enrolled: Path) -> None:
+    """After a part is published, a run cut short by --limit leaves the rest due: the next
+    runs send to them (the full re-plan's bookmarks include the due ones)."""
+    day = MONDAY
+    for _ in range(14):
+        send(enrolled, day)
+        day += timedelta(days=1)
+    draft = enrolled / "series/attachment/04-avoidant.md"
+    draft.write_text(
+        draft.read_text().replace("draft: true", "published: 2026-12-01"), encoding="utf-8"
+    )
+    assert send(enrolled, day, "--limit", "1")[1].startswith("sent 1,")
+    assert send(enrolled, day + timedelta(hours=1))[1].startswith("sent 5,")
+    assert all(parts[-1] == 4 for parts in received(enrolled).values())
+
+
+def test_template_error_in_a_later_starting_readers_email_stops_everything(
+    enrolled: Path,
+) -> None:
+    """A template error that shows only for readers who started at part 2 still stops the
+    run before anyone's email goes out."""
+    template = enrolled / "templates" / "partials" / "continue.mjml.j2"
+    template.write_text(
+        '{% if continue.toc[0].state == "available" %}{{ missing_variable }}{% endif %}\n'
+        + template.read_text(),
+        encoding="utf-8",
+    )
+    code, _, err = send(enrolled, MONDAY)
+    assert code == 1
+    assert "missing_variable" in err
+    assert not (enrolled / "outbox").exists()

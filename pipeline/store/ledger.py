@@ -84,6 +84,15 @@ def _active(series: str, shard: tuple[int, int] | None) -> list[Any]:
     return conditions
 
 
+def start_parts(conn: Connection, series: str) -> set[int]:
+    """The parts readers of a series started at (their emails differ in what they have)."""
+    return set(
+        conn.scalars(
+            sa.select(enrollments.c.start_part).where(enrollments.c.series == series).distinct()
+        )
+    )
+
+
 def count_to_plan(
     conn: Connection, series: str, *, now: datetime, everything: bool, cap: int
 ) -> int:
@@ -397,12 +406,15 @@ def record(
     *,
     token: str,
     now: datetime,
+    sent_at: datetime,
 ) -> None:
-    """(claim, state, provider message id, error) for each delivery of a batch."""
+    """(claim, state, provider message id, error) for each delivery of a batch.
+    ``sent_at`` is the run's time, which the schedule counts from; ``now`` the clock."""
     if not outcomes:
         return
     table = untyped(deliveries)  # values below are already in the database's own form
     db_now = to_db(conn.dialect, now)
+    db_sent = to_db(conn.dialect, sent_at)
     _executemany(
         conn,
         table.update()
@@ -422,7 +434,7 @@ def record(
                 "_state": state,
                 "_message_id": message_id,
                 "_error": error,
-                "_sent_at": db_now if state == "sent" else None,
+                "_sent_at": db_sent if state == "sent" else None,
             }
             for c, state, message_id, error in outcomes
         ],
@@ -468,11 +480,13 @@ def record_status(
 
 
 def expire_claims(conn: Connection, now: datetime) -> int:
-    """Claims whose lease ended belong to runs that stopped: their outcome is unknown."""
+    """Claims whose lease ended belong to runs that stopped: their outcome is unknown.
+    Their time is set to now, so that "not found at the provider" is only believed
+    once the provider has had time to list anything sent just before the stop."""
     result = conn.execute(
         deliveries.update()
         .where(OPEN, deliveries.c.state == "claimed", deliveries.c.claimed_until < now)
-        .values(state="unknown", claim_token=None, claimed_until=None)
+        .values(state="unknown", claim_token=None, claimed_until=None, updated_at=now)
     )
     return int(result.rowcount or 0)
 
