@@ -134,21 +134,27 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         gc.freeze()
         run.plan_and_deliver_in_parallel(series_list, workers)
         return report
+    full = [s for s in series_list if run.needs_full_plan(s)]
     due: list[tuple[Series, Due, Step]] = []
     for series in series_list:
         due += run.plan(series)
     due.sort(key=lambda item: item[2].due_at or options.now)
     if options.limit is not None:
         report.skipped += max(0, len(due) - options.limit)
+        run.hold_back(due[options.limit :])
         due = due[: options.limit]
     if due or options.dry_run:
         run.prepare_rendering(series_list)
-    if options.dry_run or not due:
+    if options.dry_run:
         return report
-    if options.on_total:
-        options.on_total(len(due))
-    gc.freeze()  # the plan lives to the end of the run; see above
-    run.deliver(due)
+    if due:
+        if options.on_total:
+            options.on_total(len(due))
+        gc.freeze()  # the plan lives to the end of the run; see above
+        run.deliver(due)
+    # Only once every due delivery was handled may later runs skip the full plan:
+    # a run cut short leaves the marker, and the next run plans everyone again.
+    run.mark_planned(full)
     return report
 
 
@@ -272,16 +278,32 @@ class _Run:
                     self._note(series, enrollment, step)
                 if step.is_due and step.part is not None:
                     due.append((series, Due(enrollment, step.part), step))
-                # Due ones too: if this run never gets to them (--limit, a crash, a
-                # refused token), their wake-up time has come and the next run sees them.
-                bookmarks.append(_bookmark(enrollment, step, version, now))
+                else:
+                    bookmarks.append(_bookmark(enrollment, step, version, now))
             if not self.options.dry_run:
                 with self.store.begin() as conn:
                     ledger.save_bookmarks(conn, bookmarks)
-        if everything and not self.options.dry_run and shard is None:
-            with self.store.begin() as conn:
-                ledger.set_plan_marker(conn, series.slug, version)
         return due
+
+    def hold_back(self, items: Sequence[tuple[Series, Due, Step]]) -> None:
+        """Deliveries this run leaves for the next (--limit): their wake-up time has come."""
+        if self.options.dry_run:
+            return
+        with self.store.begin() as conn:
+            ledger.save_bookmarks(
+                conn,
+                [
+                    _bookmark(d.enrollment, step, self.versions[series.slug], self.options.now)
+                    for series, d, step in items
+                ],
+            )
+
+    def mark_planned(self, full: Sequence[Series]) -> None:
+        """Every enrollment of these series now has a bookmark for their content."""
+        if full and not self.options.dry_run:
+            with self.store.begin() as conn:
+                for series in full:
+                    ledger.set_plan_marker(conn, series.slug, fingerprint(series))
 
     def workers_for(self, series_list: Sequence[Series]) -> int:
         """Worker processes for this run: several only for a large, unlimited real send."""
@@ -414,10 +436,8 @@ class _Run:
             if auth:
                 raise ProviderError(message, auth=True)
             raise SeriesError(f"a sending process failed: {message}")
-        # Only now, with every share planned, may later runs skip the full plan.
-        with self.store.begin() as conn:
-            for series in full:
-                ledger.set_plan_marker(conn, series.slug, fingerprint(series))
+        # Only now, with every share planned and sent, may later runs skip the full plan.
+        self.mark_planned(full)
 
     def _worker(
         self,
