@@ -175,9 +175,9 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        # 64 MB of page cache (the default is 2 MB): the ledger's indexes of a large
+        # 16 MB of page cache (the default is 2 MB): the ledger's indexes of a large
         # list stay in memory while a run writes to them.
-        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute("PRAGMA cache_size=-16384")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
