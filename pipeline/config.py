@@ -24,6 +24,7 @@ from .errors import ConfigError, Problem
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UTM_KEYS = ("source", "medium", "campaign", "term", "content")
+UNSUBSCRIBE_MODES = ("self-hosted", "provider")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class Config:
     postmark_stream: str = "broadcast"
     postmark_batch_size: int = 500
     unsubscribe_url: str = ""  # with {token}; default: {site_url}/unsubscribe/{token}
+    # "self-hosted": links to `series serve` (unsubscribe_url); "provider": the
+    # provider's own unsubscribe link and headers.
+    unsubscribe: str = "self-hosted"
+    resend_batch_size: int = 100
+    sendgrid_region: str = "global"  # or "eu"
+    sendgrid_batch_size: int = 1000
+    mailgun_domain: str = ""
+    mailgun_region: str = "us"  # or "eu"
+    mailgun_batch_size: int = 1000
 
     @property
     def series_dir(self) -> Path:
@@ -171,7 +181,11 @@ class _Validator:
         "rate_limit",
         "workers",
         "postmark",
+        "resend",
+        "sendgrid",
+        "mailgun",
         "unsubscribe_url",
+        "unsubscribe",
     )
 
     def __init__(self, root: Path, source: Path, prefix: str) -> None:
@@ -268,7 +282,65 @@ class _Validator:
             postmark_stream=self.postmark(data.get("postmark")),
             postmark_batch_size=self.postmark_batch_size(data.get("postmark")),
             unsubscribe_url=self.unsubscribe_url(data, site_url.rstrip("/")),
+            unsubscribe=self.choice(data, "unsubscribe", UNSUBSCRIBE_MODES),
+            resend_batch_size=self.batch_size(self.table(data, "resend", ()), "resend", 100),
+            sendgrid_region=self.choice(
+                self.table(data, "sendgrid", ("region",)), "region", ("global", "eu"), "sendgrid"
+            ),
+            sendgrid_batch_size=self.batch_size(data.get("sendgrid") or {}, "sendgrid", 1000),
+            mailgun_domain=self.mailgun_domain(self.table(data, "mailgun", ("domain", "region"))),
+            mailgun_region=self.choice(
+                data.get("mailgun") or {}, "region", ("us", "eu"), "mailgun"
+            ),
+            mailgun_batch_size=self.batch_size(data.get("mailgun") or {}, "mailgun", 1000),
         )
+
+    def table(self, data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+        """A provider's own table, e.g. ``[tool.series.mailgun]``; every one may set
+        ``batch_size``."""
+        value = data.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            header = ".".join(part for part in (self.prefix, name) if part)
+            raise self.fail(name, f"'{name}' must be a table: [{header}]")
+        self.check_keys(value, (*keys, "batch_size"), name)
+        return value
+
+    def choice(
+        self, data: Mapping[str, Any], key: str, allowed: tuple[str, ...], where: str = ""
+    ) -> str:
+        """One of ``allowed``; the first is the default."""
+        name = f"{where}.{key}" if where else key
+        value = self.typed(data, key, str, where)
+        if value is None:
+            return allowed[0]
+        if value not in allowed:
+            options = " or ".join(f'"{a}"' for a in allowed)
+            raise self.fail(name, f"'{name}' must be {options}, got {value!r}")
+        return str(value)
+
+    def batch_size(self, table: Mapping[str, Any], where: str, most: int) -> int:
+        size = self.typed(table, "batch_size", int, where)
+        if size is None:
+            return most
+        if isinstance(size, bool) or not 1 <= size <= most:
+            raise self.fail(
+                f"{where}.batch_size", f"'{where}.batch_size' must be 1 to {most}, got {size!r}"
+            )
+        return int(size)
+
+    def mailgun_domain(self, table: Mapping[str, Any]) -> str:
+        domain = self.typed(table, "domain", str, "mailgun")
+        if domain is None:
+            return ""
+        if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}", domain):
+            raise self.fail(
+                "mailgun.domain",
+                f"'mailgun.domain' must be your sending domain (e.g. mg.example.com), "
+                f"got {domain!r}",
+            )
+        return str(domain).lower()
 
     def rate_limit(self, value: Any) -> float | None:
         if value is None:

@@ -8,6 +8,7 @@ leaves claims that the next run resolves (DESIGN §7).
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -16,7 +17,7 @@ import queue
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,15 @@ from .config import Address, Config
 from .content import Article, Series, load_series
 from .errors import ContentError, SeriesError
 from .plan import Enrollment, LedgerEntry, Step, fingerprint, next_step
-from .providers import Message, Provider, ProviderError, SendResult, get_provider
+from .providers import (
+    Merge,
+    Message,
+    Pending,
+    Provider,
+    ProviderError,
+    SendResult,
+    get_provider,
+)
 from .store import Store, ledger, open_store
 from .store.ledger import Claim, Due
 from .tokens import Signer
@@ -125,7 +134,7 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     report = SendReport()
     run = _Run(config, store, provider, options, report)
     if not options.dry_run:
-        run.reconcile([s.slug for s in series_list])
+        run.reconcile(series_list)
     workers = run.workers_for(series_list)
     if workers > 1:
         run.prepare_rendering(series_list)
@@ -224,16 +233,24 @@ class _Run:
 
     # -- reconciliation ----------------------------------------------------
 
-    def reconcile(self, series: Sequence[str]) -> None:
-        """Settle deliveries left unknown by a crash or a timeout before planning."""
+    def reconcile(self, series_list: Sequence[Series]) -> None:
+        """Settle deliveries left unknown by a crash or a timeout before planning: repeat
+        their request under the same idempotency key where the provider has them, else
+        look them up; whatever cannot be settled stays unknown and is reported."""
         now = self.clock()
         with self.store.begin() as conn:
             ledger.expire_claims(conn, now)
-            unknown = ledger.unknown_deliveries(conn, series)
+            unknown = ledger.unknown_deliveries(conn, [s.slug for s in series_list])
+        if unknown and self.provider.idempotent:
+            unknown = self.replay(series_list, unknown)
         if not unknown:
             return
+        pending = [
+            Pending(row.delivery_key, row.email, row.attempted_at or row.updated_at - LEASE)
+            for row in unknown
+        ]
         try:
-            found = self.provider.lookup([row.delivery_key for row in unknown])
+            found = self.provider.lookup(pending)
         except ProviderError as exc:
             if exc.auth:
                 raise
@@ -248,6 +265,75 @@ class _Run:
                     continue
                 ledger.resolve_unknown(conn, row.id, message_id=message_id, sent_at=row.updated_at)
                 self.report.resolved += 1
+
+    def replay(self, series_list: Sequence[Series], unknown: Sequence[Any]) -> list[Any]:
+        """Repeat each interrupted request whole, with the same messages under the same
+        idempotency key: if the provider took it the first time, it answers from that
+        (nothing is sent twice); if not, it sends now. Returns the rows this cannot
+        settle: the key has expired, or a recipient has left since (the first request
+        may never have arrived, and must not be sent to them now)."""
+        by_slug = {s.slug: s for s in series_list}
+        now = self.clock()
+        window = timedelta(seconds=self.provider.idempotency_window) - SETTLE
+        groups: dict[str, list[Any]] = {}
+        left: list[Any] = []
+        for row in unknown:
+            if row.batch is None or row.attempted_at is None:
+                left.append(row)
+            else:
+                groups.setdefault(row.batch, []).append(row)
+        for batch, rows in groups.items():
+            if rows[0].attempted_at < now - window:
+                left += rows  # the provider no longer knows the key
+                continue
+            gone = [r for r in rows if r.status != "active" or r.unsubscribed_at is not None]
+            if gone:
+                self.report.problems.append(
+                    f"{len(rows)} deliveries of an interrupted request stay unknown: "
+                    f"{gone[0].email} has left since, so it cannot be repeated"
+                )
+                left += rows
+                continue
+            series = by_slug[rows[0].series]
+            if self.renderer is None:
+                self.prepare_rendering(series_list)
+            with self.store.begin() as conn:
+                claimed = ledger.claim_unknown(
+                    conn, [r.id for r in rows], batch, token=self.token, until=now + LEASE, now=now
+                )
+            if not claimed:
+                continue  # another run is repeating it
+            messages = [
+                self._build(
+                    series, r.part, r.start_part, r.subscriber_id, r.email, r.name, r.delivery_key
+                )
+                for r in rows
+            ]
+            results = self._send(messages, batch_key(r.delivery_key for r in rows))
+            outcome = {r.key: r for r in results}
+            with self.store.begin() as conn:
+                ledger.record_replay(
+                    conn,
+                    [
+                        (r.id, outcome[r.delivery_key].outcome, outcome[r.delivery_key])
+                        for r in rows
+                    ],
+                    token=self.token,
+                    now=now,
+                    sent_at=rows[0].attempted_at,
+                )
+            for r in rows:
+                result = outcome[r.delivery_key]
+                if result.outcome == "sent":
+                    self.report.resolved += 1
+                elif result.outcome == "unknown":
+                    self.report.unknown += 1
+                else:
+                    self.report.failed += 1
+                    self.report.problems.append(
+                        f"{r.email}: part {r.part} of {r.series} failed: {result.error}"
+                    )
+        return left
 
     # -- planning ----------------------------------------------------------
 
@@ -354,13 +440,20 @@ class _Run:
     def deliver(self, due: Sequence[tuple[Series, Due, Step]]) -> None:
         """Claim, render and send in batches, one batch in flight while the next is
         prepared and the last recorded: the provider's time overlaps with ours."""
-        by_series: dict[str, list[Due]] = {}
+        # A batch never mixes series; for a provider that personalises on its side (one
+        # body per request), it never mixes parts or reader variants either.
+        by_email: dict[tuple[str, int, int], list[Due]] = {}
         for series, item, _ in due:
-            by_series.setdefault(series.slug, []).append(item)
+            if self.provider.shared_body:
+                variant = max(series.articles[0].part, item.enrollment.start_part)
+                group = (series.slug, item.part, variant)
+            else:
+                group = (series.slug, 0, 0)
+            by_email.setdefault(group, []).append(item)
         size = self.provider.batch_size
         batches = [
             (self.series[slug], items[start : start + size])
-            for slug, items in by_series.items()
+            for (slug, _, _), items in by_email.items()
             for start in range(0, len(items), size)
         ]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send") as sender:
@@ -373,7 +466,10 @@ class _Run:
                         self._finish(finished, also_release=claims)
                     if claims:
                         self.limiter.wait(len(messages))
-                        in_flight = _InFlight(series, claims, sender.submit(self._send, messages))
+                        key = batch_key(c.key for c in claims)
+                        in_flight = _InFlight(
+                            series, claims, sender.submit(self._send, messages, key)
+                        )
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
                     self._finish(finished, also_release=[])
@@ -493,15 +589,17 @@ class _Run:
         if self.options.on_progress:
             self.options.on_progress(len(batch.claims))
 
-    def _send(self, messages: Sequence[Message]) -> list[SendResult]:
-        """One batch, retried on transient errors with backoff (Retry-After first)."""
+    def _send(self, messages: Sequence[Message], key: str) -> list[SendResult]:
+        """One batch, retried on transient errors with backoff (Retry-After first). An
+        answer lost on the way back is retried only under an idempotency key; without
+        one, the batch's outcome is unknown (never re-sent blindly)."""
         for attempt in range(RETRIES + 1):
             try:
-                return self.provider.send(messages)
+                return self.provider.send(messages, batch_key=key)
             except ProviderError as exc:
                 if exc.auth:
                     raise
-                if exc.maybe_sent:
+                if exc.maybe_sent and (not self.provider.idempotent or attempt == RETRIES):
                     return [SendResult(m.key, "unknown", error=str(exc)) for m in messages]
                 if not exc.retryable or attempt == RETRIES:
                     return [SendResult(m.key, "failed", error=str(exc)) for m in messages]
@@ -559,29 +657,49 @@ class _Run:
             ledger.save_bookmarks(conn, bookmarks)
 
     def _message(self, series: Series, claim: Claim) -> Message:
-        enrollment = claim.enrollment
-        article = series.part(claim.part)
+        e = claim.enrollment
+        return self._build(
+            series, claim.part, e.start_part, e.subscriber_id, e.email, e.name, claim.key
+        )
+
+    def _build(
+        self,
+        series: Series,
+        part: int,
+        start_part: int,
+        subscriber_id: int,
+        email: str,
+        name: str,
+        key: str,
+    ) -> Message:
+        article = series.part(part)
         assert article is not None  # the planner only proposes existing parts
-        compiled = self._compiled(series, article, enrollment.start_part)
-        url = self.config.unsubscribe_url.replace(
-            "{token}", self.signer.token(enrollment.subscriber_id, series.slug)
-        )
-        email = compiled.personalise(
-            _personal(enrollment.name, enrollment.email, url), self.config.default_name
-        )
-        return Message(
-            key=claim.key,
-            sender=series.sender,
-            to=Address(enrollment.email, enrollment.name),
-            subject=email.subject,
-            html=email.html,
-            text=email.text,
-            reply_to=self.config.reply_to,
-            headers={
+        compiled = self._compiled(series, article, start_part)
+        headers: dict[str, str] = {}
+        url = self.provider.managed_unsubscribe
+        if url is None:
+            token = self.signer.token(subscriber_id, series.slug, issued=self.options.now)
+            url = self.config.unsubscribe_url.replace("{token}", token)
+            headers = {
                 "List-Unsubscribe": f"<{url}>",
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            },
-            tag=f"{series.slug}-part{claim.part}",
+            }
+        personal = _personal(name, email, url)
+        rendered = compiled.personalise(personal, self.config.default_name)
+        return Message(
+            key=key,
+            sender=series.sender,
+            to=Address(email, name),
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            reply_to=self.config.reply_to,
+            headers=headers,
+            tag=f"{series.slug}-part{part}",
+            merge=Merge(
+                compiled,
+                {"name": name or self.config.default_name, "email": email, "unsubscribe_url": url},
+            ),
         )
 
     def _compiled(self, series: Series, article: Article, start_part: int) -> CompiledEmail:
@@ -599,6 +717,13 @@ class _Run:
             with self.store.connect() as conn:
                 self._signer = Signer.from_environment(ledger.setting(conn, "link_signing_key"))
         return self._signer
+
+
+def batch_key(delivery_keys: Iterable[str]) -> str:
+    """A request's idempotency key, from the deliveries in it: the same deliveries
+    always give the same key, any other set another one."""
+    digest = hashlib.sha256("\n".join(sorted(delivery_keys)).encode()).hexdigest()
+    return f"series-{digest[:48]}"
 
 
 def _personal(name: str, email: str, unsubscribe_url: str) -> Any:

@@ -2,7 +2,8 @@
 
 HMAC-SHA256 with SERIES_SECRET_KEY when it is set, else with a random key kept in
 the state database (so the default workspace needs no secret). Compared in
-constant time.
+constant time. A token also carries when its email was made, so a link from before
+a person subscribed again no longer unsubscribes them.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 SECRET_ENV = "SERIES_SECRET_KEY"
-_VERSION = "1"
+_VERSION = "2"
+# The subscriber id of links in test sends (`series test-send`): nobody to unsubscribe.
+TEST_SUBSCRIBER = 0
 
 
 @dataclass(frozen=True)
 class TokenSubject:
     subscriber_id: int
     series: str | None  # None: every series
+    issued: datetime  # when the email carrying the token was made
 
 
 class Signer:
@@ -32,8 +37,9 @@ class Signer:
         secret = os.environ.get(SECRET_ENV, "")
         return cls(secret.encode("utf-8") if secret else bytes.fromhex(stored_key))
 
-    def token(self, subscriber_id: int, series: str | None) -> str:
-        payload = f"{_VERSION}.{subscriber_id}.{series or ''}".encode()
+    def token(self, subscriber_id: int, series: str | None, *, issued: datetime) -> str:
+        stamp = int(issued.timestamp())
+        payload = f"{_VERSION}.{subscriber_id}.{stamp}.{series or ''}".encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def verify(self, token: str) -> TokenSubject | None:
@@ -46,10 +52,15 @@ class Signer:
             return None
         if not hmac.compare_digest(mac, self._mac(payload)):
             return None
-        version, subscriber, series = payload.decode().split(".", 2)
-        if version != _VERSION or not subscriber.isdigit():
+        try:
+            version, subscriber, stamp, series = payload.decode().split(".", 3)
+        except ValueError:
             return None
-        return TokenSubject(int(subscriber), series or None)
+        if version != _VERSION or not subscriber.isdigit() or not stamp.isdigit():
+            return None
+        return TokenSubject(
+            int(subscriber), series or None, datetime.fromtimestamp(int(stamp), UTC)
+        )
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:18]

@@ -6,13 +6,14 @@ import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import Address, load_config
 from pipeline.providers import PROVIDER_URL_ENV, get_provider
-from pipeline.providers.base import Message, ProviderError
+from pipeline.providers.base import Message, Pending, ProviderError
 from pipeline.providers.http import retry_after
 from pipeline.providers.postmark import TOKEN_ENV, PostmarkProvider
 
@@ -47,6 +48,10 @@ def provider(fake: FakePostmark) -> Iterator[PostmarkProvider]:
     provider.close()
 
 
+def pending(key: str) -> Pending:
+    return Pending(key, "ann@example.com", datetime(2026, 1, 1, tzinfo=UTC))
+
+
 def message(key: str = "key-1", to: str = "ann@example.com", name: str = "Ann Reader") -> Message:
     return Message(
         key=key,
@@ -66,7 +71,7 @@ def message(key: str = "key-1", to: str = "ann@example.com", name: str = "Ann Re
 
 def send_error(provider: PostmarkProvider, messages: list[Message] | None = None) -> ProviderError:
     with pytest.raises(ProviderError) as caught:
-        provider.send(messages or [message()])
+        provider.send(messages or [message()], batch_key="b")
     return caught.value
 
 
@@ -81,7 +86,7 @@ def closed_port() -> int:
 
 def test_batch_request_has_postmark_shape(fake: FakePostmark, provider: PostmarkProvider) -> None:
     """One batch is one POST /email/batch with the token, JSON headers and Postmark's fields."""
-    provider.send([message()])
+    provider.send([message()], batch_key="b")
 
     [request] = fake.requests
     assert (request.method, request.path) == ("POST", BATCH_PATH)
@@ -118,7 +123,7 @@ def test_provider_url_override_reaches_the_fake(
 
     provider = get_provider("postmark", load_config(tmp_path))
     try:
-        [result] = provider.send([message()])
+        [result] = provider.send([message()], batch_key="b")
     finally:
         provider.close()
 
@@ -133,7 +138,8 @@ def test_provider_url_override_reaches_the_fake(
 def test_batch_results_follow_request_order(fake: FakePostmark, provider: PostmarkProvider) -> None:
     """Accepted, 406 and 300 items get their own results in request order; one is recorded."""
     results = provider.send(
-        [message("k-ok"), message("k-inactive", to=INACTIVE), message("k-invalid", to=INVALID)]
+        [message("k-ok"), message("k-inactive", to=INACTIVE), message("k-invalid", to=INVALID)],
+        batch_key="b",
     )
 
     assert [r.key for r in results] == ["k-ok", "k-inactive", "k-invalid"]
@@ -149,7 +155,7 @@ def test_batch_results_follow_request_order(fake: FakePostmark, provider: Postma
 
 def test_inactive_recipient_is_a_bounce_not_a_complaint(provider: PostmarkProvider) -> None:
     """406 is a bounce: its text always mentions "a spam complaint", so it proves none."""
-    [result] = provider.send([message(to=INACTIVE)])
+    [result] = provider.send([message(to=INACTIVE)], batch_key="b")
 
     assert "spam complaint" in (result.error or "")  # the real wording reached the adapter
     assert result.subscriber_status == "bounced"
@@ -161,7 +167,7 @@ def test_invalid_request_not_about_the_recipient_keeps_the_subscriber(
     """A 300 that blames the sender, not the To address, does not bounce the subscriber."""
     no_sender = replace(message(), sender=Address(""))
 
-    [result] = provider.send([no_sender])
+    [result] = provider.send([no_sender], batch_key="b")
 
     assert (result.outcome, result.subscriber_status) == ("failed", None)
     assert result.error is not None and "'From'" in result.error
@@ -295,7 +301,7 @@ def test_provider_recovers_after_a_drop(fake: FakePostmark, provider: PostmarkPr
     fake.fail_next("drop-after")
     send_error(provider)
 
-    [result] = provider.send([message("key-2")])
+    [result] = provider.send([message("key-2")], batch_key="b")
 
     assert result.outcome == "sent"
 
@@ -311,7 +317,7 @@ def test_lookup_finds_messages_by_delivery_key(
     send_error(provider, [message("k-lost")])
     [record] = fake.accepted
 
-    found = provider.lookup(["k-lost", "k-never"])
+    found = provider.lookup([pending("k-lost"), pending("k-never")])
 
     assert found == {"k-lost": record["message_id"], "k-never": None}
     searches = [r for r in fake.requests if r.path == SEARCH_PATH]
@@ -327,12 +333,12 @@ def test_lookup_failures_are_reported(fake: FakePostmark, provider: PostmarkProv
     """A failing search raises ProviderError: retryable for 503, auth for 401."""
     fake.fail_next("503", path=SEARCH_PATH)
     with pytest.raises(ProviderError) as caught:
-        provider.lookup(["k"])
+        provider.lookup([pending("k")])
     assert caught.value.retryable
 
     fake.token = "some-other-token"
     with pytest.raises(ProviderError) as caught:
-        provider.lookup(["k"])
+        provider.lookup([pending("k")])
     assert caught.value.auth
 
 
@@ -360,8 +366,8 @@ def test_fake_in_its_own_process_records_to_a_file(tmp_path: Path) -> None:
         provider = PostmarkProvider(base_url=server.url, message_stream="broadcast", timeout=10)
         try:
             send_error(provider, [message("k-1")])
-            [result] = provider.send([message("k-2")])
-            found = provider.lookup(["k-1", "k-2"])
+            [result] = provider.send([message("k-2")], batch_key="b")
+            found = provider.lookup([pending("k-1"), pending("k-2")])
         finally:
             provider.close()
         stats = server.stats()

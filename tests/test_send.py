@@ -245,7 +245,8 @@ def test_unknown_provider_is_one_line(enrolled: Path) -> None:
     code, _, err = send(enrolled, MONDAY, "--provider", "carrier-pigeon")
     assert (code, err) == (
         1,
-        "Error: unknown provider 'carrier-pigeon' (one of: outbox, postmark)\n",
+        "Error: unknown provider 'carrier-pigeon' "
+        "(one of: mailgun, outbox, postmark, resend, sendgrid)\n",
     )
 
 

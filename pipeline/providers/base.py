@@ -8,14 +8,46 @@ adapter, decides about retries.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from markupsafe import escape
 
 from ..config import Address
 from ..errors import SeriesError
 
+if TYPE_CHECKING:
+    from ..render import CompiledEmail
+
 Outcome = Literal["sent", "failed", "unknown"]
+# What a provider's suppression list makes of a subscriber.
+SuppressedAs = Literal["bounced", "complained", "unsubscribed"]
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A message before personalisation, for providers that fill in each recipient's
+    fields themselves (one body per request plus per-recipient variables, as Mailgun's
+    ``recipient-variables``). Messages built from the same part for the same kind of
+    reader share ``template`` (the same object); the send loop never mixes two
+    templates in one batch."""
+
+    template: CompiledEmail
+    values: dict[str, str]  # this recipient's fields: name, email, unsubscribe_url
+
+    def body(self, placeholder: Callable[[str, bool], str]) -> tuple[str, str]:
+        """(html, text) with ``placeholder(field, in_html)`` in place of each field."""
+        fields = self.values.keys()
+        html = self.template.html.fill({f: placeholder(f, True) for f in fields})
+        text = self.template.text.fill({f: placeholder(f, False) for f in fields})
+        return html, text
+
+    def value(self, name: str, *, in_html: bool) -> str:
+        """One field's value as the HTML part needs it (escaped) or the text part."""
+        raw = self.values[name]
+        return str(escape(raw)) if in_html else raw
 
 
 @dataclass(frozen=True)
@@ -31,6 +63,7 @@ class Message:
     reply_to: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     tag: str = ""
+    merge: Merge | None = None  # the same email before personalisation
 
 
 @dataclass(frozen=True)
@@ -42,6 +75,24 @@ class SendResult:
     # For a failure about the recipient (invalid, inactive, suppressed): the status
     # the subscriber now has. Such failures are never retried.
     subscriber_status: str | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A delivery whose outcome is unknown, to look up at the provider."""
+
+    key: str  # the delivery key the message carried
+    email: str  # its recipient
+    since: datetime  # it was handed to the provider no earlier than this
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """One entry of a provider's suppression list."""
+
+    email: str
+    status: SuppressedAs
+    reason: str  # the provider's own words, for the audit trail
 
 
 class ProviderError(SeriesError):
@@ -67,15 +118,34 @@ class ProviderError(SeriesError):
 class Provider(ABC):
     name: ClassVar[str]
     batch_size: int = 1  # messages per request; an instance may lower it
+    # True when a request repeated with the same ``batch_key`` is answered from the
+    # first one without sending again (an idempotency key), for how long it is kept.
+    idempotent: ClassVar[bool] = False
+    idempotency_window: ClassVar[float] = 0.0  # seconds
+    # True when one request carries one body for all its recipients (personalised by the
+    # provider from Message.merge): the send loop then batches only messages of the
+    # same template together.
+    shared_body: ClassVar[bool] = False
+    # Where the provider manages unsubscribes (config ``unsubscribe = "provider"``):
+    # the placeholder it replaces with each recipient's own unsubscribe URL. The
+    # adapter then adds whatever the provider needs for its List-Unsubscribe headers.
+    managed_unsubscribe: str | None = None
 
     @abstractmethod
-    def send(self, messages: Sequence[Message]) -> list[SendResult]:
-        """Send up to ``batch_size`` messages; one result per message, in order."""
+    def send(self, messages: Sequence[Message], *, batch_key: str) -> list[SendResult]:
+        """Send up to ``batch_size`` messages; one result per message, in order.
+        ``batch_key`` names this batch: the same messages always get the same key."""
 
-    def lookup(self, keys: Sequence[str]) -> dict[str, str | None]:
+    def lookup(self, pending: Sequence[Pending]) -> dict[str, str | None]:
         """For deliveries whose outcome is unknown: the provider's message id of each one
-        it has (None where it has none). Raises ProviderError when it cannot tell."""
+        it has, by delivery key (None where it has none). Raises ProviderError when it
+        cannot tell."""
         raise ProviderError(f"{self.name} cannot look up sent messages")
+
+    def suppressions(self) -> Iterator[Suppression]:
+        """Every address the provider refuses to send to, all pages of it. Raises
+        ProviderError when the list cannot be had."""
+        return iter(())
 
     def close(self) -> None:  # noqa: B027  (optional hook: most providers hold nothing)
         """Release connections."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..message import build_message
 from ..render import RenderedEmail
-from .base import Message, Provider, SendResult
+from .base import Message, Pending, Provider, SendResult
 
 
 class OutboxProvider(Provider):
@@ -26,7 +26,7 @@ class OutboxProvider(Provider):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def send(self, messages: Sequence[Message]) -> list[SendResult]:
+    def send(self, messages: Sequence[Message], *, batch_key: str) -> list[SendResult]:
         self.directory.mkdir(parents=True, exist_ok=True)
         results = []
         for message in messages:
@@ -52,10 +52,10 @@ class OutboxProvider(Provider):
             results.append(SendResult(message.key, "sent", message_id=path.name))
         return results
 
-    def lookup(self, keys: Sequence[str]) -> dict[str, str | None]:
-        found: dict[str, str | None] = dict.fromkeys(keys)
+    def lookup(self, pending: Sequence[Pending]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {p.key: None for p in pending}
         if self.directory.is_dir():
-            wanted = set(keys)
+            wanted = set(found)
             for path in self.directory.glob("*.eml"):
                 key = path.stem.rsplit("-", 1)[-1]
                 if key in wanted:

@@ -12,15 +12,24 @@ no idempotency keys, so each message carries its delivery key in Metadata and
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import requests
 
 from ..config import Address
-from .base import Message, Provider, ProviderError, SendResult
+from .base import (
+    Message,
+    Pending,
+    Provider,
+    ProviderError,
+    SendResult,
+    SuppressedAs,
+    Suppression,
+)
 from .http import HttpClient
 
 TOKEN_ENV = "POSTMARK_SERVER_TOKEN"
@@ -35,6 +44,13 @@ DEFAULT_URL = "https://api.postmarkapp.com"
 INACTIVE_RECIPIENT = 406
 INVALID_REQUEST = 300
 RECIPIENT_FIELD = "'to'"
+MANAGED_UNSUBSCRIBE = "{{{ pm:unsubscribe }}}"
+# SuppressionReason in a stream's suppression dump → the subscriber's status.
+SUPPRESSION_STATUS: dict[str, SuppressedAs] = {
+    "HardBounce": "bounced",
+    "SpamComplaint": "complained",
+    "ManualSuppression": "unsubscribed",
+}
 
 
 class PostmarkProvider(Provider):
@@ -47,6 +63,7 @@ class PostmarkProvider(Provider):
         base_url: str | None,
         message_stream: str,
         batch_size: int = 500,
+        manage_unsubscribes: bool = False,
         timeout: float = 30,
     ) -> None:
         token = os.environ.get(TOKEN_ENV, "").strip()
@@ -57,6 +74,10 @@ class PostmarkProvider(Provider):
                 auth=True,
             )
         self.stream = message_stream
+        if manage_unsubscribes:
+            # Broadcast streams: Postmark puts each recipient's link in place of this
+            # and adds its own List-Unsubscribe and List-Unsubscribe-Post headers.
+            self.managed_unsubscribe = MANAGED_UNSUBSCRIBE
         # Postmark takes at most 500 messages and 50 MB per batch; long emails need fewer.
         self.batch_size = min(batch_size, 500)
         self.http = HttpClient(
@@ -71,7 +92,7 @@ class PostmarkProvider(Provider):
             name="Postmark",
         )
 
-    def send(self, messages: Sequence[Message]) -> list[SendResult]:
+    def send(self, messages: Sequence[Message], *, batch_key: str) -> list[SendResult]:
         body = [self._payload(m) for m in messages]
         # orjson: a batch is up to 500 full emails (~10 MB); the stdlib encoder takes
         # longer over that than everything else the send loop does per message.
@@ -102,9 +123,9 @@ class PostmarkProvider(Provider):
             )
         return [self._result(m, item) for m, item in zip(messages, items, strict=True)]
 
-    def lookup(self, keys: Sequence[str]) -> dict[str, str | None]:
+    def lookup(self, pending: Sequence[Pending]) -> dict[str, str | None]:
         found: dict[str, str | None] = {}
-        for key in keys:
+        for key in (p.key for p in pending):
             response = self.http.request(
                 "GET",
                 "/messages/outbound",
@@ -119,6 +140,28 @@ class PostmarkProvider(Provider):
                 raise ProviderError(f"Postmark's message search answered {response.status_code}")
             found[key] = str(messages[0].get("MessageID")) if messages else None
         return found
+
+    def suppressions(self) -> Iterator[Suppression]:
+        """The stream's suppression dump (one reply holds all of it)."""
+        path = f"/message-streams/{quote(self.stream, safe='')}/suppressions/dump"
+        response = self.http.request("GET", path)
+        if response.status_code == 401:
+            raise ProviderError(f"Postmark refused the server token (401); check {TOKEN_ENV}")
+        self.http.raise_for_transient(response)
+        data = _json(response)
+        entries = data.get("Suppressions") if isinstance(data, dict) else None
+        if response.status_code != 200 or not isinstance(entries, list):
+            message = data.get("Message", "") if isinstance(data, dict) else ""
+            raise ProviderError(
+                f"Postmark's suppression list answered {response.status_code} {message}".rstrip()
+            )
+        for entry in entries:
+            reason = str(entry.get("SuppressionReason", ""))
+            status = SUPPRESSION_STATUS.get(reason)
+            email = entry.get("EmailAddress")
+            if status and isinstance(email, str):
+                origin = entry.get("Origin") or "unknown origin"
+                yield Suppression(email, status, f"Postmark {reason} ({origin})")
 
     def close(self) -> None:
         self.http.close()

@@ -273,9 +273,11 @@ def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -
 def claim(
     conn: Connection, due: Sequence[Due], *, token: str, until: datetime, now: datetime
 ) -> list[Claim]:
-    """Claim these deliveries for this run; returns the ones it got."""
+    """Claim these deliveries for this run, as one provider request (they share a
+    batch tag); returns the ones it got."""
     if not due:
         return []
+    batch = uuid.uuid4().hex
     series = due[0].enrollment.series
     active = set(
         conn.scalars(
@@ -324,6 +326,8 @@ def claim(
                     "claimed_until": db_until,
                     "created_at": db_now,
                     "updated_at": db_now,
+                    "batch": batch,
+                    "attempted_at": db_now,
                 }
                 for d in fresh
             ],
@@ -346,6 +350,8 @@ def claim(
                 claimed_until=until,
                 attempts=deliveries.c.attempts + 1,
                 updated_at=now,
+                batch=batch,
+                attempted_at=now,
             ),
             [{"_sid": d.enrollment.subscriber_id, "_part": d.part} for d in retry],
         )
@@ -492,15 +498,36 @@ def expire_claims(conn: Connection, now: datetime) -> int:
 
 
 def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
+    """Deliveries whose outcome is unknown, with what it takes to look them up or to
+    repeat their request: recipient, part, batch tag, when they were handed over."""
     return list(
         conn.execute(
             sa.select(
                 deliveries.c.id,
                 deliveries.c.delivery_key,
                 deliveries.c.updated_at,
+                deliveries.c.attempted_at,
+                deliveries.c.batch,
                 deliveries.c.subscriber_id,
                 deliveries.c.series,
-            ).where(OPEN, deliveries.c.state == "unknown", deliveries.c.series.in_(series))
+                deliveries.c.part,
+                subscribers.c.email,
+                subscribers.c.name,
+                subscribers.c.status,
+                enrollments.c.start_part,
+                enrollments.c.paused,
+                enrollments.c.unsubscribed_at,
+            )
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .join(
+                enrollments,
+                sa.and_(
+                    enrollments.c.subscriber_id == deliveries.c.subscriber_id,
+                    enrollments.c.series == deliveries.c.series,
+                ),
+            )
+            .where(OPEN, deliveries.c.state == "unknown", deliveries.c.series.in_(series))
+            .order_by(deliveries.c.id)
         )
     )
 
@@ -537,3 +564,61 @@ def resolve_unknown(
         )
         .values(plan_version=None)
     )
+
+
+def claim_unknown(
+    conn: Connection, ids: Sequence[int], batch: str, *, token: str, until: datetime, now: datetime
+) -> bool:
+    """Claim every delivery of one interrupted request to repeat it; all or nothing
+    (False: another run has some of them)."""
+    taken = conn.execute(
+        deliveries.update()
+        .where(
+            deliveries.c.id.in_(ids), deliveries.c.state == "unknown", deliveries.c.batch == batch
+        )
+        .values(state="claimed", claim_token=token, claimed_until=until, updated_at=now)
+    ).rowcount
+    if taken == len(ids):
+        return True
+    conn.execute(
+        deliveries.update()
+        .where(deliveries.c.id.in_(ids), deliveries.c.claim_token == token)
+        .values(state="unknown", claim_token=None, claimed_until=None)
+    )
+    return False
+
+
+def record_replay(
+    conn: Connection,
+    outcomes: Sequence[tuple[int, str, Any]],
+    *,
+    token: str,
+    now: datetime,
+    sent_at: datetime,
+) -> None:
+    """(delivery id, state, SendResult) for a repeated request. The enrollments are
+    planned afresh next time, as after any lookup."""
+    for delivery_id, state, result in outcomes:
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == delivery_id, deliveries.c.claim_token == token)
+            .values(
+                state=state,
+                provider_message_id=result.message_id,
+                last_error=result.error,
+                sent_at=sent_at if state == "sent" else None,
+                claim_token=None,
+                claimed_until=None,
+                updated_at=now,
+            )
+        )
+    ids = [delivery_id for delivery_id, _, _ in outcomes]
+    owners = sa.select(deliveries.c.subscriber_id, deliveries.c.series).where(
+        deliveries.c.id.in_(ids)
+    )
+    for subscriber_id, series in conn.execute(owners).all():
+        conn.execute(
+            enrollments.update()
+            .where(enrollments.c.subscriber_id == subscriber_id, enrollments.c.series == series)
+            .values(plan_version=None)
+        )

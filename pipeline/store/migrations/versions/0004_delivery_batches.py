@@ -1,0 +1,31 @@
+"""Which request each delivery went out in, and when it was handed to the provider.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # The deliveries of one provider request share a batch tag: with a provider that
+    # has idempotency keys, an interrupted request is repeated whole, under the same
+    # key, so the provider answers from the first one instead of sending again.
+    op.add_column("deliveries", sa.Column("batch", sa.String(32)))
+    # When this attempt was handed to the provider: a lookup searches from there,
+    # and an idempotency key is only trusted while the provider still keeps it.
+    op.add_column("deliveries", sa.Column("attempted_at", sa.DateTime(timezone=True)))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("deliveries") as batch:
+        batch.drop_column("attempted_at")
+        batch.drop_column("batch")
