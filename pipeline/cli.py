@@ -180,7 +180,9 @@ cli.add_command(db_group)
 @click.option("--limit", type=click.IntRange(min=0), help="Send at most N emails in this run.")
 @now_option
 @click.option(
-    "--provider", "provider_name", help="Override the configured provider (outbox, postmark)."
+    "--provider",
+    "provider_name",
+    help="Override the configured provider (outbox, postmark, resend, sendgrid, mailgun).",
 )
 @click.option(
     "--format",
@@ -227,6 +229,20 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
     """
     config = state.config
     status_command(state, now=resolve_now(config, now), series=series)
+
+
+@cli.command(name="serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.pass_obj
+def serve_cmd(state: State, host: str, port: int) -> None:
+    """Serve the self-hosted unsubscribe pages (GET and one-click POST on /u/<token>).
+
+    Example: series serve --host 0.0.0.0 --port 8080
+    """
+    from .cli_serve import serve_command
+
+    serve_command(state, host=host, port=port)
 
 
 def _plural(count: int, word: str) -> str:

@@ -599,7 +599,8 @@ class _Run:
             except ProviderError as exc:
                 if exc.auth:
                     raise
-                if exc.maybe_sent and (not self.provider.idempotent or attempt == RETRIES):
+                lost = exc.maybe_sent and (not exc.retryable or not self.provider.idempotent)
+                if lost or (exc.maybe_sent and attempt == RETRIES):
                     return [SendResult(m.key, "unknown", error=str(exc)) for m in messages]
                 if not exc.retryable or attempt == RETRIES:
                     return [SendResult(m.key, "failed", error=str(exc)) for m in messages]

@@ -96,8 +96,10 @@ class Suppression:
 
 
 class ProviderError(SeriesError):
-    """A whole request failed. ``retryable``: try again later; ``auth``: stop the run;
-    ``maybe_sent``: the provider may have accepted it (the outcome is unknown)."""
+    """A whole request failed. ``retryable``: try again later; ``auth``: stop the run,
+    nothing more can be sent (bad credentials, an exhausted quota); ``maybe_sent``: the
+    provider may have accepted it (the outcome is unknown, unless repeating the request
+    under its idempotency key settles it)."""
 
     def __init__(
         self,
