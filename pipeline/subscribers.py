@@ -219,8 +219,12 @@ def enroll(
     now: datetime,
     *,
     resubscribe: bool = False,
+    actor: str = "cli",
 ) -> bool:
-    """Enroll once; an existing enrollment keeps its progress. True if anything changed."""
+    """Enroll once; an existing enrollment keeps its progress. True if anything changed.
+
+    Re-enrolling after a per-series unsubscribe is audited as a change to "active" for
+    that series: links in emails made before it must not unsubscribe the person again."""
     existing = conn.execute(
         sa.select(enrollments).where(
             enrollments.c.subscriber_id == subscriber_id, enrollments.c.series == series
@@ -242,6 +246,9 @@ def enroll(
             enrollments.update()
             .where(enrollments.c.id == existing.id)
             .values(unsubscribed_at=None, plan_version=None)
+        )
+        record_status(
+            conn, subscriber_id, "unsubscribed", "active", actor=actor, now=now, series=series
         )
         return True
     return False
