@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import click
+
 from .errors import SeriesError
 
 if TYPE_CHECKING:
@@ -11,4 +13,26 @@ if TYPE_CHECKING:
 
 
 def serve_command(state: State, *, host: str, port: int) -> None:
-    raise SeriesError("series serve is being built")
+    """Serve until Ctrl-C, with waitress; one line says where."""
+    import waitress
+
+    from .store import open_store
+    from .web import make_app
+
+    config = state.config
+    with open_store(config.root) as store:
+        app = make_app(config, store)
+        try:
+            server = waitress.create_server(app, host=host, port=port, ident="series")
+        except OSError as exc:
+            raise SeriesError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        shown = f"[{host}]" if ":" in host else host
+        # A name such as localhost may give one socket per address: no single port then.
+        bound = getattr(server, "effective_port", port)
+        click.echo(f"Serving unsubscribe pages on http://{shown}:{bound}/ (Ctrl-C to stop)")
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            click.echo("Stopped.")
+        finally:
+            server.close()

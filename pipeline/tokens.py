@@ -56,11 +56,13 @@ class Signer:
             version, subscriber, stamp, series = payload.decode().split(".", 3)
         except ValueError:
             return None
-        if version != _VERSION or not subscriber.isdigit() or not stamp.isdigit():
+        if version != _VERSION or not _is_number(subscriber) or not _is_number(stamp):
             return None
-        return TokenSubject(
-            int(subscriber), series or None, datetime.fromtimestamp(int(stamp), UTC)
-        )
+        try:
+            issued = datetime.fromtimestamp(int(stamp), UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+        return TokenSubject(int(subscriber), series or None, issued)
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:18]
@@ -71,7 +73,16 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Strict: the decoder skips characters outside the alphabet and ignores a final
+    character's spare bits, so only the one canonical spelling of a value is taken."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise ValueError("not base64") from exc
+    if _b64(data) != text:
+        raise ValueError("not canonical base64")
+    return data
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
