@@ -192,6 +192,11 @@ cli.add_command(db_group)
     show_default=True,
     help="Output of --dry-run.",
 )
+@click.option(
+    "--skip-sync",
+    is_flag=True,
+    help="Send without first reading the provider's bounce, complaint and unsubscribe lists.",
+)
 @click.pass_obj
 def send_cmd(
     state: State,
@@ -201,6 +206,7 @@ def send_cmd(
     now: datetime | None,
     provider_name: str | None,
     output_format: str,
+    skip_sync: bool,
 ) -> None:
     """Send every part that is due, one per reader; --dry-run shows who would get what and why.
 
@@ -215,6 +221,7 @@ def send_cmd(
         series=series,
         provider_name=provider_name,
         output_format=output_format,
+        skip_sync=skip_sync,
     )
 
 

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .errors import SeriesError
 from .output import format_table
 
 if TYPE_CHECKING:
     from .cli import State
+    from .providers import Provider
     from .send import Planned, SendReport
+    from .store import Store
 
 
 def _when(moment: datetime | None) -> str:
@@ -30,6 +33,7 @@ def send_command(
     series: str | None,
     provider_name: str | None,
     output_format: str,
+    skip_sync: bool = False,
 ) -> None:
     from .providers import get_provider
     from .send import SendOptions, dry_run_rows, send_due
@@ -58,6 +62,10 @@ def send_command(
             _print_plan(dry_run_rows(report), output_format, limit, report)
             return
         assert provider is not None
+        if skip_sync:
+            click.echo("suppression sync skipped (--skip-sync)", err=True)
+        elif provider.keeps_suppressions:
+            _sync(store, provider, now)
         bar = None
         if sys.stdout.isatty():
 
@@ -81,6 +89,22 @@ def send_command(
         click.echo(f"resolved {report.resolved} delivery(ies) left unknown by an earlier run")
     if report.failed:
         sys.exit(1)
+
+
+def _sync(store: Store, provider: Provider, now: datetime) -> None:
+    """Bring the provider's bounces, complaints and unsubscribes in before planning."""
+    from .sync import SyncError, sync_suppressions
+
+    try:
+        report = sync_suppressions(store, provider, now=now)
+    except SeriesError as exc:
+        provider.close()
+        if not isinstance(exc, SyncError):
+            raise
+        raise SeriesError(
+            f"{exc}; nothing was sent (run again later, or pass --skip-sync to send anyway)"
+        ) from None
+    click.echo(report.summary(), err=True)
 
 
 def _print_plan(

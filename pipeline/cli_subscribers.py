@@ -182,6 +182,27 @@ def unsubscribe_command(state: State, email: str, series: str | None) -> None:
         click.echo(unsubscribe(store, email, now=_now(), series=series))
 
 
+@subscribers_group.command(name="sync")
+@click.option("--provider", "provider_name", help="Override the configured provider.")
+@click.pass_obj
+def sync_command(state: State, provider_name: str | None) -> None:
+    """Mark subscribers the provider lists as bounced, complained or unsubscribed.
+
+    Example: series subscribers sync
+    """
+    from .providers import get_provider
+    from .sync import sync_suppressions
+
+    config = state.config
+    provider = get_provider(provider_name or config.provider, config)
+    try:
+        with _store(state) as store:
+            report = sync_suppressions(store, provider, now=_now())
+    finally:
+        provider.close()
+    click.echo(report.summary())
+
+
 @subscribers_group.command(name="remove")
 @click.argument("email")
 @click.pass_obj

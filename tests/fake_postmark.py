@@ -43,6 +43,7 @@ import argparse
 import gc
 import json
 import random
+import re
 import selectors
 import signal
 import subprocess
@@ -67,6 +68,7 @@ import orjson
 HOST: Final = "127.0.0.1"
 BATCH_PATH: Final = "/email/batch"
 SEARCH_PATH: Final = "/messages/outbound"
+SUPPRESSIONS_PATH: Final = re.compile(r"/message-streams/([^/]+)/suppressions/dump")
 BATCH_LIMIT: Final = 500
 URL_PREFIX: Final = "FAKE_POSTMARK_URL="
 DEFAULT_TOKEN: Final = "fake-postmark-token"
@@ -207,6 +209,7 @@ class FakePostmark:
         token: str = DEFAULT_TOKEN,
         inactive: Iterable[str] = (),
         invalid: Iterable[str] = (),
+        suppressed: Mapping[str, str] | None = None,
         streams: Iterable[str] = DEFAULT_STREAMS,
         state_file: Path | None = None,
         request_log: Path | None = None,
@@ -214,7 +217,11 @@ class FakePostmark:
         port: int = 0,
     ) -> None:
         self.token = token
-        self.inactive = {a.lower() for a in inactive}
+        # address → SuppressionReason (HardBounce, SpamComplaint, ManualSuppression): on
+        # the stream's suppression dump, and inactive when sent to.
+        self.suppressed = {a.lower(): r for a, r in (suppressed or {}).items()}
+        self.suppressed.update({a.lower(): "HardBounce" for a in inactive})
+        self.inactive = set(self.suppressed)
         self.invalid = {a.lower() for a in invalid}
         self.streams = set(streams)
         self.keep_in_memory = keep_in_memory
@@ -373,7 +380,8 @@ class FakePostmark:
         body: Any,
     ) -> tuple[Reply | None, Fault | None]:
         known = {(BATCH_PATH, "POST"), (SEARCH_PATH, "GET")}
-        if (path, method) not in known:
+        dump = SUPPRESSIONS_PATH.fullmatch(path)
+        if (path, method) not in known and not (dump and method == "GET"):
             return Reply(404, {"ErrorCode": 404, "Message": f"No route for {method} {path}"}), None
         denied = self._check_token(headers)
         if denied is not None:
@@ -381,6 +389,8 @@ class FakePostmark:
         fault = self._take_fault(path)
         if fault is not None and fault.kind not in ("drop-after", "slow"):
             return _fault_reply(fault), fault
+        if dump is not None:
+            return self._suppressions(dump.group(1)), fault
         if path == BATCH_PATH:
             content_type = _header(headers, "Content-Type") or ""
             if "application/json" not in content_type:
@@ -542,6 +552,23 @@ class FakePostmark:
         page = matches[offset : offset + count]
         return Reply(200, {"TotalCount": len(matches), "Messages": [s.summary() for s in page]})
 
+    def _suppressions(self, stream: str) -> Reply:
+        if stream not in self.streams:
+            return Reply(
+                422, {"ErrorCode": 1235, "Message": f"The message stream '{stream}' was not found."}
+            )
+        with self._lock:
+            entries = [
+                {
+                    "EmailAddress": address,
+                    "SuppressionReason": reason,
+                    "Origin": "Recipient" if reason != "HardBounce" else "Customer",
+                    "CreatedAt": "2026-11-01T10:00:00-05:00",
+                }
+                for address, reason in sorted(self.suppressed.items())
+            ]
+        return Reply(200, {"Suppressions": entries})
+
     def _control(self, method: str, path: str, body: Any) -> Reply:
         options = body if isinstance(body, dict) else {}
         if (method, path) == ("GET", "/_fake/stats"):
@@ -560,7 +587,9 @@ class FakePostmark:
                 return Reply(400, {"Message": str(exc)})
             return Reply(200, {"Message": "OK"})
         if (method, path) == ("POST", "/_fake/recipients"):
-            self.inactive |= {a.lower() for a in options.get("inactive", [])}
+            added = {a.lower() for a in options.get("inactive", [])}
+            self.inactive |= added
+            self.suppressed.update(dict.fromkeys(added, "HardBounce"))
             self.invalid |= {a.lower() for a in options.get("invalid", [])}
             return Reply(200, {"Message": "OK"})
         return Reply(404, {"Message": f"No control endpoint {method} {path}"})

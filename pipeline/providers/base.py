@@ -128,6 +128,8 @@ class Provider(ABC):
     # provider from Message.merge): the send loop then batches only messages of the
     # same template together.
     shared_body: ClassVar[bool] = False
+    # False for a provider that keeps no suppression lists (the outbox): nothing to sync.
+    keeps_suppressions: ClassVar[bool] = True
     # Where the provider manages unsubscribes (config ``unsubscribe = "provider"``):
     # the placeholder it replaces with each recipient's own unsubscribe URL. The
     # adapter then adds whatever the provider needs for its List-Unsubscribe headers.

@@ -22,6 +22,7 @@ from .base import Message, Pending, Provider, SendResult
 class OutboxProvider(Provider):
     name = "outbox"
     batch_size = 500
+    keeps_suppressions = False
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -146,7 +146,9 @@ class PostmarkProvider(Provider):
         path = f"/message-streams/{quote(self.stream, safe='')}/suppressions/dump"
         response = self.http.request("GET", path)
         if response.status_code == 401:
-            raise ProviderError(f"Postmark refused the server token (401); check {TOKEN_ENV}")
+            raise ProviderError(
+                f"Postmark refused the server token (401); check {TOKEN_ENV}", auth=True
+            )
         self.http.raise_for_transient(response)
         data = _json(response)
         entries = data.get("Suppressions") if isinstance(data, dict) else None
