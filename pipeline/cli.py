@@ -238,6 +238,61 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
     status_command(state, now=resolve_now(config, now), series=series)
 
 
+@cli.command(name="test-send")
+@click.argument("target", metavar="SERIES/PART")
+@click.option("--to", "to", required=True, help="The editor's address that gets the test.")
+@click.option(
+    "--progress",
+    type=click.IntRange(min=0),
+    help="Show the series block as seen by a reader who has received this many parts.",
+)
+@click.option("--provider", "provider_name", help="Override the configured provider.")
+@now_option
+@click.pass_obj
+def test_send_cmd(
+    state: State,
+    target: str,
+    to: str,
+    progress: int | None,
+    provider_name: str | None,
+    now: datetime | None,
+) -> None:
+    """Send one part to an editor, "[TEST]" in the subject; no subscriber or ledger changes.
+
+    Example: series test-send attachment/2 --to editor@example.com --progress 1
+    """
+    from .preview import select_parts
+    from .providers import get_provider
+    from .testsend import send_test
+
+    config = state.config
+    series_list, problems = load_series(config)
+    if any(p.is_error for p in problems):
+        raise ContentError(problems)
+    if "/" not in target:
+        raise SeriesError(f"name one part as SERIES/PART, e.g. {target}/1")
+    [(series, article)] = select_parts(series_list, target)
+    provider = get_provider(provider_name or config.provider, config)
+    try:
+        sent = send_test(
+            config,
+            provider,
+            series,
+            article,
+            to,
+            now=resolve_now(config, now),
+            progress=progress,
+        )
+    finally:
+        provider.close()
+    draft = " (a draft)" if article.draft else ""
+    message_id = f", message id {sent.message_id}" if sent.message_id else ""
+    click.echo(
+        f"sent a test of {series.slug}/{article.part} “{article.title}”{draft} to {sent.to} "
+        f"through {provider.name}{message_id}"
+    )
+
+
 @cli.command(name="serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
