@@ -75,7 +75,7 @@ class Config:
     workers: int = 1  # sending processes for large runs
     postmark_stream: str = "broadcast"
     postmark_batch_size: int = 500
-    unsubscribe_url: str = ""  # with {token}; default: {site_url}/unsubscribe/{token}
+    unsubscribe_url: str = ""  # with {token}; default: {site_url}/u/{token} (series serve)
     # "self-hosted": links to `series serve` (unsubscribe_url); "provider": the
     # provider's own unsubscribe link and headers.
     unsubscribe: str = "self-hosted"
@@ -383,7 +383,7 @@ class _Validator:
     def unsubscribe_url(self, data: Mapping[str, Any], site_url: str) -> str:
         template = self.typed(data, "unsubscribe_url", str)
         if template is None:
-            return f"{site_url}/unsubscribe/{{token}}"
+            return f"{site_url}/u/{{token}}"
         if "{token}" not in template or not is_web_url(template.replace("{token}", "t")):
             raise self.fail(
                 "unsubscribe_url",

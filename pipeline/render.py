@@ -139,7 +139,7 @@ class Renderer:
         return Personal(
             name="Sample Reader",
             email="reader@example.com",
-            unsubscribe_url=f"{self.config.site_url}/unsubscribe/sample",
+            unsubscribe_url=f"{self.config.site_url}/u/sample",
         )
 
     # -- context -------------------------------------------------------------

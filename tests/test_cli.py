@@ -112,7 +112,7 @@ def test_preview_writes_html_text_and_eml(tmp_path: Path) -> None:
     assert message.get_content_type() == "multipart/alternative"
     assert message["Subject"] == "Secure attachment (Attachment Styles, part 2 of 5)"
     assert message["From"] == "Maya at Steady Ground <maya@steadyground.example>"
-    assert message["List-Unsubscribe"] == "<https://steadyground.example/unsubscribe/sample>"
+    assert message["List-Unsubscribe"] == "<https://steadyground.example/u/sample>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))

@@ -139,7 +139,7 @@ def test_utm_only_on_site_links(example: tuple[Config, Series]) -> None:
     ) in html
     external = re.findall(r'href="(https://(?!steadyground)[^"]+)"', render(config, series, 5)[0])
     assert external == ["https://www.psychologytoday.com/us/therapists"]
-    assert "Unsubscribe: https://steadyground.example/unsubscribe/sample\n" in text
+    assert "Unsubscribe: https://steadyground.example/u/sample\n" in text
 
 
 def test_text_part_is_readable(example: tuple[Config, Series]) -> None:

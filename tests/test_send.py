@@ -82,7 +82,7 @@ def test_first_run_sends_part_one_to_everyone(enrolled: Path) -> None:
     assert str(asa["To"]) == "Åsa Berg <asa.berg@example.com>"
     assert asa["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     unsubscribe = asa["List-Unsubscribe"].strip("<>")
-    assert unsubscribe.startswith("https://steadyground.example/unsubscribe/")
+    assert unsubscribe.startswith("https://steadyground.example/u/")
     html = asa.get_body(preferencelist=("html",))
     assert html is not None
     assert f'href="{unsubscribe}"' in html.get_content()
