@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .cli_send import send_command, status_command
+from .cli_send import resolve_command, send_command, status_command
 from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
@@ -236,6 +236,25 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
     """
     config = state.config
     status_command(state, now=resolve_now(config, now), series=series)
+
+
+@cli.command(name="resolve")
+@click.argument("target", metavar="SERIES/PART")
+@click.argument("email")
+@click.option(
+    "--sent/--not-sent",
+    "sent",
+    required=True,
+    default=None,
+    help="The reader has it (never send it again), or does not (a later run sends it).",
+)
+@click.pass_obj
+def resolve_cmd(state: State, target: str, email: str, sent: bool) -> None:
+    """Decide a delivery whose outcome is unknown, after checking the provider's log.
+
+    Example: series resolve attachment/2 ann@example.com --sent
+    """
+    resolve_command(state, target=target, email=email, sent=sent, now=datetime.now(UTC))
 
 
 @cli.command(name="test-send")

@@ -187,9 +187,40 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                 ("PART", "TITLE", "STATE", *(c.upper() for c in PART_COLUMNS), "NEXT DUE"), rows
             )
         )
+        if status.unknown:
+            click.echo(
+                f"{len(status.unknown)} delivery(ies) with an unknown outcome: the provider may "
+                "or may not have sent them. Check its activity log, then decide each with "
+                f"`series resolve {status.series.slug}/PART EMAIL --sent` (the reader has it) "
+                "or `--not-sent` (a later run sends it):"
+            )
+            click.echo(
+                format_table(
+                    ("EMAIL", "PART", "SINCE", "LAST ERROR"),
+                    ((u.email, str(u.part), _when(u.since), u.error[:80]) for u in status.unknown),
+                )
+            )
         e = status.enrollments
         click.echo(
             f"enrollments: {e['active']} active, {e['completed']} completed, "
             f"{e['paused']} paused, {e['unsubscribed']} unsubscribed, "
             f"{e['bounced'] + e['complained']} bounced or complained"
         )
+
+
+def resolve_command(state: State, *, target: str, email: str, sent: bool, now: datetime) -> None:
+    from .status import settle_unknown
+    from .store import open_store
+    from .subscribers import normalise_email
+
+    slug, _, part = target.partition("/")
+    if not part.isdigit():
+        raise SeriesError(f"name the delivery as SERIES/PART, e.g. {slug or 'attachment'}/2")
+    try:
+        address = normalise_email(email)
+    except ValueError as exc:
+        raise SeriesError(str(exc)) from None
+    with open_store(state.config.root) as store:
+        settle_unknown(store, slug, int(part), address, sent=sent, now=now)
+    what = "sent (it will not be sent again)" if sent else "not sent (a later run sends it)"
+    click.echo(f"{slug}/{part} to {address}: marked {what}")

@@ -9,11 +9,22 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from .content import Series
+from .errors import SeriesError
 from .plan import next_step
 from .store import Store, ledger
 from .store.schema import deliveries, enrollments, subscribers
 
 PART_COLUMNS = ("sent", "due now", "scheduled", "waiting", "failed", "unknown")
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A delivery whose outcome nobody knows: the provider may or may not have it."""
+
+    email: str
+    part: int
+    since: datetime
+    error: str
 
 
 @dataclass
@@ -22,6 +33,7 @@ class SeriesStatus:
     parts: dict[int, Counter[str]] = field(default_factory=dict)
     next_due: dict[int, datetime] = field(default_factory=dict)
     enrollments: Counter[str] = field(default_factory=Counter)
+    unknown: list[Unknown] = field(default_factory=list)
 
 
 def series_status(store: Store, series_list: list[Series], now: datetime) -> list[SeriesStatus]:
@@ -38,6 +50,7 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
                 column = {"claimed": "unknown"}.get(state, state)
                 status.parts.setdefault(part, Counter())[column] += count
             status.enrollments.update(_enrollment_counts(conn, series.slug))
+            status.unknown = _unknown(conn, series.slug)
         # Due, scheduled and waiting come from the planner itself, so status and send agree.
         for chunk in ledger.iter_enrollments(store, series.slug, now=now, everything=True):
             for enrollment in chunk:
@@ -59,6 +72,68 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
                         status.next_due[step.part] = step.due_at
         report.append(status)
     return report
+
+
+def _unknown(conn: sa.Connection, series: str) -> list[Unknown]:
+    rows = conn.execute(
+        sa.select(
+            subscribers.c.email,
+            deliveries.c.part,
+            deliveries.c.attempted_at,
+            deliveries.c.updated_at,
+            deliveries.c.last_error,
+        )
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(deliveries.c.series == series, deliveries.c.state == "unknown")
+        .order_by(deliveries.c.part, subscribers.c.email)
+    ).all()
+    return [
+        Unknown(r.email, r.part, r.attempted_at or r.updated_at, r.last_error or "") for r in rows
+    ]
+
+
+def settle_unknown(
+    store: Store, series: str, part: int, email: str, *, sent: bool, now: datetime
+) -> None:
+    """A person decided an unknown delivery: the reader has it (``sent``), or not (a
+    later run sends it). Anything but an unknown delivery is refused."""
+    with store.begin() as conn:
+        row = conn.execute(
+            sa.select(deliveries.c.id, deliveries.c.state, deliveries.c.attempted_at)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(
+                deliveries.c.series == series,
+                deliveries.c.part == part,
+                subscribers.c.email == email,
+            )
+        ).first()
+        if row is None:
+            raise SeriesError(f"no delivery of {series}/{part} to {email}")
+        if row.state != "unknown":
+            raise SeriesError(
+                f"{series}/{part} to {email} is {row.state}, not unknown: nothing to decide"
+            )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == row.id, deliveries.c.state == "unknown")
+            .values(
+                state="sent" if sent else "failed",
+                sent_at=(row.attempted_at or now) if sent else None,
+                last_error="marked sent by hand" if sent else "marked not sent by hand",
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            enrollments.update()
+            .where(
+                enrollments.c.series == series,
+                enrollments.c.subscriber_id
+                == sa.select(subscribers.c.id)
+                .where(subscribers.c.email == email)
+                .scalar_subquery(),
+            )
+            .values(plan_version=None)
+        )
 
 
 def _enrollment_counts(conn: sa.Connection, series: str) -> Counter[str]:
