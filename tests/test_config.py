@@ -100,3 +100,60 @@ def test_example_workspace_config() -> None:
     config = load_config(ROOT)
     assert config.footer == ("author-bio", "related-post", "affiliate-disclosure", "subscribe")
     assert config.utm.enabled
+
+
+PROVIDER_CASES = [
+    (
+        'unsubscribe = "maybe"\n',
+        "series.toml:3: 'unsubscribe' must be \"self-hosted\" or \"provider\", got 'maybe'",
+    ),
+    (
+        '[mailgun]\ndomain = "mg.blog.example"\nregion = "asia"\n',
+        "series.toml:5: 'mailgun.region' must be \"us\" or \"eu\", got 'asia'",
+    ),
+    (
+        '[mailgun]\ndomain = "not a domain"\n',
+        "series.toml:4: 'mailgun.domain' must be your sending domain (e.g. mg.example.com), "
+        "got 'not a domain'",
+    ),
+    (
+        "[resend]\nbatch_size = 101\n",
+        "series.toml:4: 'resend.batch_size' must be 1 to 100, got 101",
+    ),
+    (
+        '[sendgrid]\nregion = "eu"\nbatch = 5\n',
+        "series.toml:5: unknown key 'sendgrid.batch' (did you mean 'sendgrid.batch_size'?)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), PROVIDER_CASES)
+def test_bad_provider_settings_are_one_clear_line(
+    tmp_path: Path, extra: str, expected: str
+) -> None:
+    """Provider tables and the unsubscribe mode are checked like every other key."""
+    (tmp_path / "series.toml").write_text(
+        'site_url = "https://blog.example"\nfrom = { email = "a@blog.example" }\n' + extra,
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == expected
+
+
+def test_provider_settings_are_read(tmp_path: Path) -> None:
+    """Mailgun EU with its domain, SendGrid EU, provider-managed unsubscribes."""
+    (tmp_path / "series.toml").write_text(
+        'site_url = "https://blog.example"\nfrom = { email = "a@blog.example" }\n'
+        'unsubscribe = "provider"\n[mailgun]\ndomain = "MG.Blog.Example"\nregion = "eu"\n'
+        '[sendgrid]\nregion = "eu"\nbatch_size = 250\n',
+        encoding="utf-8",
+    )
+    config = load_config(tmp_path)
+    assert (config.unsubscribe, config.mailgun_domain, config.mailgun_region) == (
+        "provider",
+        "mg.blog.example",
+        "eu",
+    )
+    assert (config.sendgrid_region, config.sendgrid_batch_size) == ("eu", 250)
+    assert config.unsubscribe_url == "https://blog.example/u/{token}"

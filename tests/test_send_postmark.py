@@ -237,3 +237,50 @@ def test_two_runs_at_once_through_postmark(
     assert len(keys) == 400 and max(keys.values()) == 1
     assert len(recipients) == 400 and max(recipients.values()) == 1
     assert sum(int(out.split(",")[0].split()[1]) for out in outputs) == 400
+
+
+def test_provider_managed_unsubscribes_use_postmarks_placeholder(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """unsubscribe = "provider": the body links to {{{ pm:unsubscribe }}} and the messages
+    carry no List-Unsubscribe of ours (Postmark adds its own on broadcast streams)."""
+    config_file = workspace / "pyproject.toml"
+    config_file.write_text(
+        config_file.read_text().replace(
+            'provider = "postmark"', 'provider = "postmark"\nunsubscribe = "provider"'
+        ),
+        encoding="utf-8",
+    )
+
+    assert send(workspace, MONDAY)[1] == "sent 6, failed 0, retried 0, unknown 0, skipped 0\n"
+
+    [request] = postmark.batch_requests()
+    for message in request.body:
+        assert message["MessageStream"] == "broadcast"
+        assert message["Headers"] == []
+        assert 'href="{{{ pm:unsubscribe }}}"' in message["HtmlBody"]
+        assert "Unsubscribe: {{{ pm:unsubscribe }}}\n" in message["TextBody"]
+        assert "steadyground.example/u/" not in message["HtmlBody"] + message["TextBody"]
+
+
+def test_provider_managed_unsubscribes_need_a_provider_that_offers_them(
+    workspace: Path,
+) -> None:
+    """unsubscribe = "provider" with the outbox: one line naming the fix; nothing sent."""
+    config_file = workspace / "pyproject.toml"
+    config_file.write_text(
+        config_file.read_text().replace(
+            'provider = "postmark"', 'provider = "outbox"\nunsubscribe = "provider"'
+        ),
+        encoding="utf-8",
+    )
+
+    code, out, err = send(workspace, MONDAY)
+
+    assert (code, out) == (1, "")
+    assert err == (
+        'Error: pyproject.toml: unsubscribe = "provider", but outbox does not manage '
+        'unsubscribes for series\' emails; use unsubscribe = "self-hosted" and run '
+        "`series serve`\n"
+    )
+    assert not (workspace / "outbox").exists()
