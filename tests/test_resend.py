@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -344,7 +345,7 @@ def test_same_key_while_in_progress_is_retryable(fake: FakeResend) -> None:
                 break
             except ProviderError as exc:
                 assert "concurrent_idempotent_requests" in str(exc)
-                fake._wait(0.1)
+                time.sleep(0.1)
     finally:
         provider.close()
 

@@ -226,8 +226,8 @@ class ResendProvider(Provider):
 
     def _note_rate_limit(self, response: requests.Response) -> None:
         """At 0 requests left in the window, hold the next one until the window resets."""
-        remaining = response.headers.get("ratelimit-remaining", "").strip()
-        if remaining != "0" or response.status_code == 429:
+        remaining = _seconds(response.headers.get("ratelimit-remaining"))
+        if remaining is None or remaining > 0 or response.status_code == 429:
             return  # a 429's own wait goes to the send loop as retry_after
         reset = _seconds(response.headers.get("ratelimit-reset"))
         if reset is not None:
@@ -311,7 +311,7 @@ def _suppression(entry: Any) -> Suppression | None:
 
 
 def _seconds(value: str | None) -> float | None:
-    """A non-negative number of seconds from a header, or None."""
+    """A non-negative number (of seconds, or of requests) from a header, or None."""
     try:
         seconds = float((value or "").strip())
     except ValueError:
