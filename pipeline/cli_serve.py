@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 import click
@@ -9,6 +10,8 @@ import click
 from .errors import SeriesError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from .cli import State
 
 
@@ -30,9 +33,16 @@ def serve_command(state: State, *, host: str, port: int) -> None:
         # A name such as localhost may give one socket per address: no single port then.
         bound = getattr(server, "effective_port", port)
         click.echo(f"Serving unsubscribe pages on http://{shown}:{bound}/ (Ctrl-C to stop)")
+        # waitress ends its loop quietly on Ctrl-C; a service manager's SIGTERM is
+        # made to do the same, so both stop the server cleanly.
+        previous = signal.signal(signal.SIGTERM, _stop)
         try:
             server.run()
-        except KeyboardInterrupt:
-            click.echo("Stopped.")
         finally:
+            signal.signal(signal.SIGTERM, previous)
             server.close()
+        click.echo("Stopped.")
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

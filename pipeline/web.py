@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import sqlalchemy as sa
@@ -361,16 +361,10 @@ def _is_one_click(request: Request) -> bool:
     return value is not None and value.strip().lower() == "one-click"
 
 
-def _to_second(moment: Any) -> datetime | None:
+def _to_second(moment: datetime | None) -> datetime | None:
     """Token times are whole seconds: an email made in the same second as a
     resubscription counts as made after it, so its link still works."""
-    if moment is None:
-        return None
-    if isinstance(moment, str):  # SQLite's MAX() returns the stored text
-        moment = datetime.fromisoformat(moment)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(microsecond=0)  # type: ignore[no-any-return]
+    return None if moment is None else moment.replace(microsecond=0)
 
 
 PAGE_CSS = """
