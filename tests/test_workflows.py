@@ -92,11 +92,17 @@ def test_send_is_never_cancelled_by_the_next_run(send: dict[Any, Any]) -> None:
 
 
 def test_send_takes_credentials_from_secrets(send: dict[Any, Any]) -> None:
-    """The database URL and the Postmark token come from repository secrets, nowhere else."""
+    """The database URL and every provider's key come from repository secrets, nowhere else."""
     envs = [send.get("env", {})]
     for job in send["jobs"].values():
         envs += [job.get("env", {}), *(step.get("env", {}) for step in job["steps"])]
-    for name in ("SERIES_DATABASE_URL", "POSTMARK_SERVER_TOKEN"):
+    for name in (
+        "SERIES_DATABASE_URL",
+        "POSTMARK_SERVER_TOKEN",
+        "RESEND_API_KEY",
+        "SENDGRID_API_KEY",
+        "MAILGUN_API_KEY",
+    ):
         values = [env[name] for env in envs if name in env]
         assert values, f"{name} is never set"
         assert all(v == f"${{{{ secrets.{name} }}}}" for v in values), values
