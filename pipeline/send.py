@@ -305,7 +305,14 @@ class _Run:
                 continue  # another run is repeating it
             messages = [
                 self._build(
-                    series, r.part, r.start_part, r.subscriber_id, r.email, r.name, r.delivery_key
+                    series,
+                    r.part,
+                    r.start_part,
+                    r.subscriber_id,
+                    r.email,
+                    r.name,
+                    r.delivery_key,
+                    issued=r.attempted_at,
                 )
                 for r in rows
             ]
@@ -574,7 +581,7 @@ class _Run:
         with self.store.begin() as conn:
             claims = ledger.claim(conn, items, token=self.token, until=now + LEASE, now=now)
         self.report.skipped += len(items) - len(claims)
-        return claims, [self._message(series, claim) for claim in claims]
+        return claims, [self._message(series, claim, now) for claim in claims]
 
     def _finish(self, batch: _InFlight, *, also_release: Sequence[Claim]) -> None:
         try:
@@ -657,10 +664,17 @@ class _Run:
             ledger.record(conn, rows, token=self.token, now=clock, sent_at=now)
             ledger.save_bookmarks(conn, bookmarks)
 
-    def _message(self, series: Series, claim: Claim) -> Message:
+    def _message(self, series: Series, claim: Claim, issued: datetime) -> Message:
         e = claim.enrollment
         return self._build(
-            series, claim.part, e.start_part, e.subscriber_id, e.email, e.name, claim.key
+            series,
+            claim.part,
+            e.start_part,
+            e.subscriber_id,
+            e.email,
+            e.name,
+            claim.key,
+            issued=issued,
         )
 
     def _build(
@@ -672,6 +686,8 @@ class _Run:
         email: str,
         name: str,
         key: str,
+        *,
+        issued: datetime,
     ) -> Message:
         article = series.part(part)
         assert article is not None  # the planner only proposes existing parts
@@ -679,7 +695,7 @@ class _Run:
         headers: dict[str, str] = {}
         url = self.provider.managed_unsubscribe
         if url is None:
-            token = self.signer.token(subscriber_id, series.slug, issued=self.options.now)
+            token = self.signer.token(subscriber_id, series.slug, issued=issued)
             url = self.config.unsubscribe_url.replace("{token}", token)
             headers = {
                 "List-Unsubscribe": f"<{url}>",

@@ -672,11 +672,6 @@ def test_crash_between_accepted_and_recorded_never_duplicates(
     assert {state for state, _ in ledger(example)} <= {"sent", "unknown"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send.py's replay signs unsubscribe links with the new run's time, so the repeated "
-    "body differs and Resend answers 409 invalid_idempotent_request (reported to the lead)",
-)
 def test_crash_between_accepted_and_recorded_is_settled_by_the_next_run(
     example: Path, resend: FakeResend
 ) -> None:
