@@ -257,14 +257,25 @@ class _Run:
             self.report.problems.append(f"could not check {len(unknown)} unknown deliveries: {exc}")
             self.report.unknown += len(unknown)
             return
+        forgotten = 0
         with self.store.begin() as conn:
             for row in unknown:
                 message_id = found.get(row.delivery_key)
                 if message_id is None and row.updated_at > now - SETTLE:
                     self.report.unknown += 1  # too recent to conclude anything
                     continue
+                if message_id is None and _forgotten(self.provider, row, now):
+                    # Older than the provider's memory: "not found" proves nothing.
+                    self.report.unknown += 1
+                    forgotten += 1
+                    continue
                 ledger.resolve_unknown(conn, row.id, message_id=message_id, sent_at=row.updated_at)
                 self.report.resolved += 1
+        if forgotten:
+            self.report.problems.append(
+                f"{forgotten} unknown deliveries are older than {self.provider.name} keeps its "
+                "log: decide them with `series resolve` (see `series status`)"
+            )
 
     def replay(self, series_list: Sequence[Series], unknown: Sequence[Any]) -> list[Any]:
         """Repeat each interrupted request whole, with the same messages under the same
@@ -734,6 +745,14 @@ class _Run:
             with self.store.connect() as conn:
                 self._signer = Signer.from_environment(ledger.setting(conn, "link_signing_key"))
         return self._signer
+
+
+def _forgotten(provider: Provider, row: Any, now: datetime) -> bool:
+    """Whether the provider no longer keeps a log that far back (None: it always does)."""
+    if provider.lookup_window is None:
+        return False
+    since = row.attempted_at or row.updated_at
+    return bool(since < now - timedelta(seconds=provider.lookup_window))
 
 
 def batch_key(delivery_keys: Iterable[str]) -> str:

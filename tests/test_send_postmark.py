@@ -162,6 +162,22 @@ def test_batch_lost_before_acceptance_is_sent_again(
     assert len(postmark.accepted) == 6
 
 
+def test_not_found_after_postmarks_memory_proves_nothing(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """Unknown for over a week: Postmark may have forgotten the message, so a search that
+    finds nothing leaves it unknown for a person to decide; nothing is sent again."""
+    postmark.fail_next("drop-before", times=1)
+    send(workspace, MONDAY)
+
+    code, out, err = send(workspace, MONDAY + timedelta(days=8))
+
+    assert out.startswith("sent 0, failed 0, retried 0, unknown 6")
+    assert "6 unknown deliveries are older than postmark keeps its log" in err
+    assert ledger_states(workspace) == Counter({"unknown": 6})
+    assert postmark.accepted == []
+
+
 def test_rate_limit_paces_batches(workspace: Path, postmark: FakePostmark) -> None:
     """With rate_limit = 2 and batches of 2, six messages take at least two seconds."""
     config_file = workspace / "pyproject.toml"

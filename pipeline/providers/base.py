@@ -124,6 +124,9 @@ class Provider(ABC):
     # first one without sending again (an idempotency key), for how long it is kept.
     idempotent: ClassVar[bool] = False
     idempotency_window: ClassVar[float] = 0.0  # seconds
+    # How far back ``lookup`` can see (seconds; None: as far as we need). Past it, a
+    # delivery the provider does not find may still have been sent.
+    lookup_window: ClassVar[float | None] = None
     # True when one request carries one body for all its recipients (personalised by the
     # provider from Message.merge): the send loop then batches only messages of the
     # same template together.

@@ -63,6 +63,8 @@ ADDRESS = re.compile(r"[^\s'\"<>(),;:\[\]]+@[^\s'\"<>(),;:\[\]]+")
 
 class MailgunProvider(Provider):
     name = "mailgun"
+    # Mailgun keeps events for 1 to 30 days by plan: trust a search only for the shortest.
+    lookup_window = 24 * 3600.0
     batch_size = MAX_RECIPIENTS
     shared_body = True
 

@@ -55,6 +55,9 @@ SUPPRESSION_STATUS: dict[str, SuppressedAs] = {
 
 class PostmarkProvider(Provider):
     name = "postmark"
+    # Postmark keeps sent messages 45 days by default and accounts can shorten that:
+    # trust "not found" for a week only.
+    lookup_window = 7 * 24 * 3600.0
     batch_size = 500
 
     def __init__(

@@ -65,6 +65,8 @@ def substitution_tag(field: str, in_html: bool) -> str:
 
 class SendGridProvider(Provider):
     name = "sendgrid"
+    # Email Activity covers the last 30 days.
+    lookup_window = 30 * 24 * 3600.0
     batch_size = MAX_PERSONALIZATIONS
     shared_body = True
 
