@@ -322,6 +322,7 @@ def _groups(messages: Sequence[Message]) -> list[list[Message]]:
     """The requests a batch needs: messages sharing one body (the same template, sender,
     subject, reply-to, tag and header names), each address once, at most 1000."""
     groups: dict[tuple[Any, ...], list[list[Message]]] = {}
+    addresses: dict[int, set[str]] = {}  # id(chunk) → the addresses in it
     for position, message in enumerate(messages):
         template = id(message.merge.template) if message.merge is not None else ("own", position)
         shape = (
@@ -334,11 +335,14 @@ def _groups(messages: Sequence[Message]) -> list[list[Message]]:
         )
         chunks = groups.setdefault(shape, [[]])
         last = chunks[-1]
+        seen = addresses.setdefault(id(last), set())
         address = message.to.email.lower()
-        if len(last) >= MAX_RECIPIENTS or any(m.to.email.lower() == address for m in last):
+        if len(last) >= MAX_RECIPIENTS or address in seen:
             last = []
             chunks.append(last)
+            seen = addresses.setdefault(id(last), set())
         last.append(message)
+        seen.add(address)
     return [chunk for chunks in groups.values() for chunk in chunks if chunk]
 
 
