@@ -205,7 +205,7 @@ def add_subscriber(
                 replan(conn, [row.id])
             outcome = "updated" if changes else "unchanged"
         if series is not None and enroll(
-            conn, subscriber_id, series, start_part or 1, now, resubscribe=resubscribe
+            conn, subscriber_id, series, start_part or 1, now, resubscribe=resubscribe, actor=actor
         ):
             outcome = "updated" if outcome == "unchanged" else outcome
     return outcome

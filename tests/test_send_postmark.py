@@ -170,7 +170,7 @@ def test_not_found_after_postmarks_memory_proves_nothing(
     postmark.fail_next("drop-before", times=1)
     send(workspace, MONDAY)
 
-    code, out, err = send(workspace, MONDAY + timedelta(days=8))
+    _, out, err = send(workspace, MONDAY + timedelta(days=8))
 
     assert out.startswith("sent 0, failed 0, retried 0, unknown 6")
     assert "6 unknown deliveries are older than postmark keeps its log" in err
