@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from .fake_postmark import FakePostmark
+from .helpers import configure, enroll_examples
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # The moment the golden files and example tests are rendered at: parts 1–3 are
@@ -102,3 +105,22 @@ def example_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy(ROOT / "subscribers" / "example.csv", root / "subscribers" / "example.csv")
     monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
     return root
+
+
+POSTMARK_TOKEN = "server-token-for-tests"
+
+
+@pytest.fixture
+def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
+    """The fake Postmark on 127.0.0.1, with the token and its URL in the environment."""
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        yield fake
+
+
+@pytest.fixture
+def postmark_example(example_copy: Path) -> Path:
+    """The example workspace sending through Postmark, with the six example subscribers."""
+    configure(example_copy, 'provider = "postmark"')
+    return enroll_examples(example_copy)

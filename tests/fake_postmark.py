@@ -317,6 +317,14 @@ class FakePostmark:
             self._rates = faults
             self._rng = random.Random(seed)
 
+    def suppress(self, reasons: Mapping[str, str]) -> None:
+        """Put addresses on the stream's suppression list (address → SuppressionReason);
+        they are inactive from now on."""
+        with self._lock:
+            for address, reason in reasons.items():
+                self.suppressed[address.lower()] = reason
+                self.inactive.add(address.lower())
+
     def clear_faults(self) -> None:
         with self._lock:
             self._queue.clear()

@@ -6,16 +6,9 @@ import csv
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from pipeline.cli import cli
 
 from .conftest import FIXTURES
-
-
-def run(root: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--workspace", str(root), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
+from .helpers import run
 
 
 def test_import_example_then_list(example_copy: Path) -> None:

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.config import Address, load_config
 from pipeline.providers import PROVIDER_URL_ENV, get_provider
 from pipeline.providers.base import Merge, Message, Pending, ProviderError, Suppression
@@ -28,6 +26,7 @@ from pipeline.store.schema import deliveries
 from .conftest import FIXTURES
 from .fake_http import DROP_AFTER, DROP_BEFORE, Reply
 from .fake_mailgun import FakeMailgun, server_error, too_many
+from .helpers import configure, enroll_examples, send_at
 
 KEY = "key-3f9c1a7e5b-not-a-real-one"
 DOMAIN = "mg.example.com"
@@ -564,24 +563,12 @@ def mailgun(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeMailgun]:
 @pytest.fixture
 def workspace(example_copy: Path) -> Path:
     """The example workspace with a Mailgun domain and the six example subscribers."""
-    config = example_copy / "pyproject.toml"
-    config.write_text(
-        config.read_text() + f'\n[tool.series.mailgun]\ndomain = "{DOMAIN}"\n', encoding="utf-8"
-    )
-    result = CliRunner().invoke(
-        cli, ["--workspace", str(example_copy), "subscribers", "import", "subscribers/example.csv"]
-    )
-    assert result.exit_code == 0, result.output
-    return example_copy
+    configure(example_copy, 'provider = "mailgun"', f'[tool.series.mailgun]\ndomain = "{DOMAIN}"')
+    return enroll_examples(example_copy)
 
 
 def send(root: Path, when: datetime) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        cli,
-        ["--workspace", str(root), "send", "--provider", "mailgun", "--now", when.isoformat()],
-        catch_exceptions=False,
-    )
-    return result.exit_code, result.stdout, result.stderr
+    return send_at(root, when)
 
 
 def ledger_states(root: Path) -> Counter[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from pipeline.providers.postmark import TOKEN_ENV, PostmarkProvider
 
 from .conftest import FIXTURES
 from .fake_postmark import BATCH_PATH, SEARCH_PATH, FakePostmark, FakePostmarkProcess
+from .helpers import closed_port
 
 TOKEN = "server-token-4f1c9a7e-not-a-real-one"
 SENDER = Address("editor@blog.example", "Demo Editor")
@@ -73,12 +73,6 @@ def send_error(provider: PostmarkProvider, messages: list[Message] | None = None
     with pytest.raises(ProviderError) as caught:
         provider.send(messages or [message()], batch_key="b")
     return caught.value
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- the request --------------------------------------------------------------

@@ -5,7 +5,6 @@ suppression paging), then `series send` through it end to end."""
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.config import Address, load_config
 from pipeline.providers import PROVIDER_URL_ENV, get_provider
 from pipeline.providers.base import Message, Pending, ProviderError
@@ -38,6 +35,7 @@ from .fake_resend import (
     FakeResend,
     error,
 )
+from .helpers import closed_port, enroll_examples, flags, run
 
 KEY = "re_4f1c9a7e_not_a_real_key"
 SENDER = Address("editor@blog.example", "Demo Editor")
@@ -90,16 +88,6 @@ def send_error(
     with pytest.raises(ProviderError) as caught:
         provider.send(messages or [message()], batch_key=key)
     return caught.value
-
-
-def flags(error: ProviderError) -> tuple[bool, bool, bool]:
-    return error.retryable, error.maybe_sent, error.auth
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- the request --------------------------------------------------------------
@@ -574,13 +562,7 @@ def resend(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResend]:
 @pytest.fixture
 def example(example_copy: Path) -> Path:
     """The example workspace with its six subscribers imported."""
-    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
-    return example_copy
-
-
-def run(root: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--workspace", str(root), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
+    return enroll_examples(example_copy)
 
 
 def send(root: Path, when: datetime) -> tuple[int, str, str]:

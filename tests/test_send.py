@@ -16,27 +16,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries, subscribers
 
 from .conftest import FIXTURES, ROOT
+from .helpers import run, send_at
 
 # A Monday; the example's parts 1–3 are out, 4 is a draft, 5 is dated 2027-03-15.
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
 
-def run(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        cli, ["--workspace", str(root), *args], env=env, catch_exceptions=False
-    )
-    return result.exit_code, result.stdout, result.stderr
-
-
-def send(root: Path, when: datetime, *args: str) -> tuple[int, str, str]:
-    return run(root, "send", "--now", when.isoformat(), *args)
+send = send_at
 
 
 def outbox(root: Path) -> list[EmailMessage]:

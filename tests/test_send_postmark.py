@@ -10,53 +10,28 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.providers import get_provider
 from pipeline.send import SendOptions, send_due
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries, status_changes, subscribers
 
+from .conftest import POSTMARK_TOKEN as TOKEN
 from .fake_postmark import FakePostmark, FakePostmarkProcess
+from .helpers import run
 
-TOKEN = "server-token-for-tests"
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
-    with FakePostmark(token=TOKEN) as fake:
-        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
-        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        yield fake
-
-
-@pytest.fixture
-def workspace(example_copy: Path) -> Path:
-    """The example workspace sending through Postmark, with the six example subscribers."""
-    config = example_copy / "pyproject.toml"
-    config.write_text(
-        config.read_text().replace(
-            'site_url = "https://steadyground.example"',
-            'site_url = "https://steadyground.example"\nprovider = "postmark"',
-        ),
-        encoding="utf-8",
-    )
-    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
-    return example_copy
-
-
-def run(root: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--workspace", str(root), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
+def workspace(postmark_example: Path) -> Path:
+    return postmark_example
 
 
 def send(root: Path, when: datetime) -> tuple[int, str, str]:

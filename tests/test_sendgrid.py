@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.config import Address, load_config
 from pipeline.providers import PROVIDER_URL_ENV, get_provider
 from pipeline.providers.base import Merge, Message, Pending, ProviderError
@@ -44,6 +41,7 @@ from .fake_sendgrid import (
     server_error,
     too_large,
 )
+from .helpers import closed_port, enroll_examples, run
 
 KEY = "SG.test-key-7d2e91.not-a-real-one"
 SENDER = Address("editor@blog.example", "Demo Editor")
@@ -125,12 +123,6 @@ def send_error(provider: SendGridProvider, messages: list[Message] | None = None
 
 def pending(key: str) -> Pending:
     return Pending(key, "ann@example.com", datetime(2026, 1, 1, tzinfo=UTC))
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- the request --------------------------------------------------------------
@@ -677,13 +669,7 @@ def sendgrid(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSendGrid]:
 @pytest.fixture
 def example(example_copy: Path) -> Path:
     """The example workspace with its six subscribers imported."""
-    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
-    return example_copy
-
-
-def run(root: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--workspace", str(root), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
+    return enroll_examples(example_copy)
 
 
 def send(root: Path, when: datetime) -> tuple[int, str, str]:

@@ -6,7 +6,6 @@ whose answer to the batch is lost after it accepted it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,36 +16,19 @@ from pipeline.store import open_store
 from pipeline.store.schema import deliveries, subscribers
 
 from .fake_postmark import SEARCH_PATH, FakePostmark
-from .test_send_postmark import TOKEN, run
+from .helpers import run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 ANN = "asa.berg@example.com"
 
 
 @pytest.fixture
-def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
-    with FakePostmark(token=TOKEN) as fake:
-        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
-        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        yield fake
-
-
-@pytest.fixture
-def unknown(example_copy: Path, postmark: FakePostmark) -> Path:
+def unknown(postmark_example: Path, postmark: FakePostmark) -> Path:
     """Six part-1 deliveries whose outcome is unknown (the batch's answer was lost)."""
-    config = example_copy / "pyproject.toml"
-    config.write_text(
-        config.read_text().replace(
-            'site_url = "https://steadyground.example"',
-            'site_url = "https://steadyground.example"\nprovider = "postmark"',
-        ),
-        encoding="utf-8",
-    )
-    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
     postmark.fail_next("drop-after")
-    _, out, _ = run(example_copy, "send", "--now", MONDAY.isoformat())
+    _, out, _ = run(postmark_example, "send", "--now", MONDAY.isoformat())
     assert out == "sent 0, failed 0, retried 0, unknown 6, skipped 0\n"
-    return example_copy
+    return postmark_example
 
 
 def state_of(root: Path, email: str, part: int) -> str | None:

@@ -6,7 +6,6 @@ suppression dump has Postmark's documented shape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import sqlalchemy as sa
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries, status_changes, subscribers
 
+from .conftest import POSTMARK_TOKEN as TOKEN
 from .fake_postmark import FakePostmark
-from .test_send_postmark import TOKEN, run
+from .helpers import run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 DUMP = "/message-streams/broadcast/suppressions/dump"
@@ -30,25 +30,15 @@ SUPPRESSED = {
 
 
 @pytest.fixture
-def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
-    with FakePostmark(token=TOKEN, suppressed=SUPPRESSED) as fake:
-        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
-        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        yield fake
+def postmark(postmark: FakePostmark) -> FakePostmark:
+    """The fake Postmark, with four addresses on its suppression list."""
+    postmark.suppress(SUPPRESSED)
+    return postmark
 
 
 @pytest.fixture
-def workspace(example_copy: Path) -> Path:
-    config = example_copy / "pyproject.toml"
-    config.write_text(
-        config.read_text().replace(
-            'site_url = "https://steadyground.example"',
-            'site_url = "https://steadyground.example"\nprovider = "postmark"',
-        ),
-        encoding="utf-8",
-    )
-    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
-    return example_copy
+def workspace(postmark_example: Path) -> Path:
+    return postmark_example
 
 
 def statuses(root: Path) -> dict[str, str]:

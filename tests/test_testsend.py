@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,18 +14,10 @@ from pipeline.store import open_store
 from pipeline.store.schema import deliveries, enrollments, status_changes, subscribers
 
 from .fake_postmark import FakePostmark
-from .test_send_postmark import TOKEN, run
+from .helpers import run
 
 NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 EDITOR = "maya.editor@example.com"
-
-
-@pytest.fixture
-def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
-    with FakePostmark(token=TOKEN) as fake:
-        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
-        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        yield fake
 
 
 def try_send(root: Path, *args: str) -> tuple[int, str, str]:

@@ -1,0 +1,56 @@
+"""What many test files share: running the real CLI, preparing the example workspace."""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.providers import ProviderError
+
+SITE_LINE = 'site_url = "https://steadyground.example"'
+
+
+def run(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`series --workspace ROOT ARGS…` in this process: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(
+        cli, ["--workspace", str(root), *args], env=env, catch_exceptions=False
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def send_at(root: Path, when: datetime, *args: str) -> tuple[int, str, str]:
+    """`series send --now WHEN ARGS…`."""
+    return run(root, "send", "--now", when.isoformat(), *args)
+
+
+def enroll_examples(root: Path) -> Path:
+    """Import the six example subscribers into the workspace at ROOT."""
+    code, out, err = run(root, "subscribers", "import", "subscribers/example.csv")
+    assert code == 0, out + err
+    return root
+
+
+def configure(root: Path, settings: str, tables: str = "") -> None:
+    """Add top-level ``[tool.series]`` settings (e.g. ``provider = "postmark"``) and
+    whole tables (``[tool.series.mailgun]`` …) to the example's pyproject.toml."""
+    config = root / "pyproject.toml"
+    text = config.read_text(encoding="utf-8")
+    assert SITE_LINE in text
+    text = text.replace(SITE_LINE, f"{SITE_LINE}\n{settings.strip()}")
+    config.write_text(text + (f"\n{tables.strip()}\n" if tables else ""), encoding="utf-8")
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def flags(error: ProviderError) -> tuple[bool, bool, bool]:
+    """(retryable, maybe_sent, auth) of a provider error."""
+    return error.retryable, error.maybe_sent, error.auth
