@@ -7,6 +7,7 @@ after the request went out may have been processed, so it is ``maybe_sent``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -16,6 +17,18 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from .base import ProviderError
+
+
+def api_key(variable: str, provider: str) -> str:
+    """The provider's key from the environment (and only from there); without one the
+    run stops before anything is claimed."""
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise ProviderError(
+            f"the {provider} provider needs an API key: set the {variable} environment variable",
+            auth=True,
+        )
+    return key
 
 
 class HttpClient:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -38,7 +37,7 @@ from .base import (
     SuppressedAs,
     Suppression,
 )
-from .http import HttpClient
+from .http import HttpClient, api_key
 
 KEY_ENV = "MAILGUN_API_KEY"
 BASE_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
@@ -78,12 +77,7 @@ class MailgunProvider(Provider):
         manage_unsubscribes: bool = False,
         timeout: float = 30,
     ) -> None:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key:
-            raise ProviderError(
-                f"the mailgun provider needs an API key: set the {KEY_ENV} environment variable",
-                auth=True,
-            )
+        key = api_key(KEY_ENV, "mailgun")
         if not domain:
             raise ProviderError(
                 "the mailgun provider needs your sending domain: set domain = "

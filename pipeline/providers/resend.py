@@ -25,7 +25,6 @@ validation modes, suppressions):
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,7 @@ import requests
 
 from ..config import Address
 from .base import Message, Provider, ProviderError, SendResult, SuppressedAs, Suppression
-from .http import HttpClient, retry_after
+from .http import HttpClient, api_key, retry_after
 
 KEY_ENV = "RESEND_API_KEY"
 DEFAULT_URL = "https://api.resend.com"
@@ -79,12 +78,7 @@ class ResendProvider(Provider):
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key:
-            raise ProviderError(
-                f"the resend provider needs an API key: set the {KEY_ENV} environment variable",
-                auth=True,
-            )
+        key = api_key(KEY_ENV, "resend")
         self.key = key
         self.batch_size = max(1, min(batch_size, BATCH_LIMIT))
         self.sleep = sleep

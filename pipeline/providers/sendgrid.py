@@ -14,7 +14,6 @@ SendGrid has no idempotency keys: each personalization carries its delivery key 
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ from .base import (
     SuppressedAs,
     Suppression,
 )
-from .http import HttpClient
+from .http import HttpClient, api_key
 
 KEY_ENV = "SENDGRID_API_KEY"
 REGION_URLS = {"global": "https://api.sendgrid.com", "eu": "https://api.eu.sendgrid.com"}
@@ -79,12 +78,7 @@ class SendGridProvider(Provider):
         manage_unsubscribes: bool = False,
         timeout: float = 30,
     ) -> None:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key:
-            raise ProviderError(
-                f"the sendgrid provider needs an API key: set the {KEY_ENV} environment variable",
-                auth=True,
-            )
+        key = api_key(KEY_ENV, "sendgrid")
         if base_url is None and region not in REGION_URLS:
             raise ProviderError(
                 f"unknown SendGrid region '{region}' (one of: {', '.join(REGION_URLS)})"
