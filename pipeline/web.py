@@ -216,11 +216,7 @@ class UnsubscribeApp:
         """The page a GET shows: the choices still open to this person."""
         site = self.config.site_name
         if reader.status != "active":
-            return Answer(
-                200,
-                "You are already unsubscribed",
-                f"You will not get any more emails from {site}.",
-            )
+            return self.already_out()
         if subject.series is None:
             return Answer(
                 200,
@@ -242,6 +238,13 @@ class UnsubscribeApp:
             f"Unsubscribe from {title}?",
             f"Stop only {title}, or every series from {site}.",
             (("series", f"Unsubscribe from {title}"), self.everything()),
+        )
+
+    def already_out(self) -> Answer:
+        return Answer(
+            200,
+            "You are already unsubscribed",
+            f"You will not get any more emails from {self.config.site_name}.",
         )
 
     def everything(self) -> tuple[str, str]:
@@ -271,11 +274,7 @@ class UnsubscribeApp:
         site = self.config.site_name
         # Bounced or complained addresses get nothing already; that status is kept.
         if reader.status != "active":
-            return Answer(
-                200,
-                "You are already unsubscribed",
-                f"You will not get any more emails from {site}.",
-            )
+            return self.already_out()
         if not self.unsubscribe(reader, None, actor):
             return self.gone()
         return Answer(
