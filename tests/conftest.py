@@ -110,6 +110,14 @@ def example_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 POSTMARK_TOKEN = "server-token-for-tests"
 
 
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy configured on the machine must not intercept requests meant for the fakes
+    and servers the tests start on 127.0.0.1."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
 @pytest.fixture
 def postmark(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePostmark]:
     """The fake Postmark on 127.0.0.1, with the token and its URL in the environment."""

@@ -51,8 +51,6 @@ MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(name, "127.0.0.1,localhost")
 
 
 @pytest.fixture

@@ -30,9 +30,6 @@ INVALID = "broken@example.com"
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    # A proxy configured on the machine must not intercept requests meant for the fake.
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(name, "127.0.0.1,localhost")
 
 
 @pytest.fixture

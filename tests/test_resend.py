@@ -47,9 +47,6 @@ MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-    # A proxy configured on the machine must not intercept requests meant for the fake.
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(name, "127.0.0.1,localhost")
 
 
 @pytest.fixture

@@ -57,9 +57,6 @@ TEXT = "Hello %%series:name%%,\nUnsubscribe: %%series:unsubscribe_url%%\n"
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-    # A proxy configured on the machine must not intercept requests meant for the fake.
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(name, "127.0.0.1,localhost")
 
 
 @pytest.fixture
