@@ -59,6 +59,17 @@ def check_workspace(config: Config, *, now: datetime) -> CheckReport:
                     )
                 )
     problems += sorted(template_problems, key=lambda p: (p.path, p.line or 0))
+    if config.unsubscribe == "self-hosted" and not config.unsubscribe_url.startswith("https://"):
+        problems.append(
+            Problem(
+                config.rel(config.source),
+                None,
+                f"unsubscribe links would be {config.unsubscribe_url.split('{')[0]}…: Gmail and "
+                "Yahoo require an https:// one-click link; set unsubscribe_url or an https "
+                "site_url",
+                "warning",
+            )
+        )
     return CheckReport(series_list, problems)
 
 

@@ -384,7 +384,8 @@ class _Validator:
         template = self.typed(data, "unsubscribe_url", str)
         if template is None:
             return f"{site_url}/u/{{token}}"
-        if "{token}" not in template or not is_web_url(template.replace("{token}", "t")):
+        example = template.replace("{token}", "t")
+        if "{token}" not in template or not is_web_url(example) or not example.startswith("https"):
             raise self.fail(
                 "unsubscribe_url",
                 f"'unsubscribe_url' must be an https:// URL containing {{token}}, got {template!r}",

@@ -58,6 +58,24 @@ def test_check_warnings_fail_only_when_strict(workspace: BuildWorkspace) -> None
     assert run("--workspace", str(root), "check", "--strict")[0] == 1
 
 
+def test_check_warns_about_plain_http_unsubscribe_links(workspace: BuildWorkspace) -> None:
+    """A site on plain http gives unsubscribe links mailbox providers will not one-click."""
+    root = workspace()
+    config = root / "series.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("https://", "http://"), encoding="utf-8"
+    )
+
+    code, out, _ = run("--workspace", str(root), "check")
+
+    assert code == 0
+    assert (
+        "series.toml: warning: unsubscribe links would be http://blog.example/u/…: Gmail and "
+        "Yahoo require an https:// one-click link; set unsubscribe_url or an https site_url\n"
+    ) in out
+    assert run("--workspace", str(root), "check", "--strict")[0] == 1
+
+
 def test_template_error_stops_check_once(workspace: BuildWorkspace) -> None:
     """A broken template is reported once, naming it, even with several parts."""
     root = workspace(

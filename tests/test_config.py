@@ -117,6 +117,11 @@ PROVIDER_CASES = [
         "got 'not a domain'",
     ),
     (
+        'unsubscribe_url = "http://blog.example/u/{token}"\n',
+        "series.toml:3: 'unsubscribe_url' must be an https:// URL containing {token}, "
+        "got 'http://blog.example/u/{token}'",
+    ),
+    (
         "[resend]\nbatch_size = 101\n",
         "series.toml:4: 'resend.batch_size' must be 1 to 100, got 101",
     ),
