@@ -6,7 +6,8 @@ required fields, 400 ``{"errors": [{"message", "field", "help"}]}`` naming the f
 answered 202 with an empty body and ``X-Message-Id``; the four suppression lists
 ``GET /v3/suppression/{bounces,invalid_emails,spam_reports,unsubscribes}`` paged by
 ``limit``/``offset``; the Email Activity search ``GET /v3/messages?query=…&limit=…``
-(403 when the account lacks the paid add-on). Every request needs
+(403 when the account lacks the paid add-on; with ``activity_limit``, 429 for a search
+beyond that many a minute, as SendGrid allows 6). Every request needs
 ``Authorization: Bearer <key>`` (401 with SendGrid's body otherwise).
 
 Each accepted personalization becomes one ``Delivered`` with the body its reader would
@@ -26,7 +27,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -39,6 +40,7 @@ SUPPRESSION_PREFIX: Final = "/v3/suppression/"
 LISTS: Final = ("bounces", "invalid_emails", "spam_reports", "unsubscribes")
 MAX_PERSONALIZATIONS: Final = 1000
 MAX_PAGE: Final = 500
+ACTIVITY_WINDOW: Final = 60.0  # seconds: Email Activity allows so many searches a minute
 HELP: Final = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
 UNSUBSCRIBE_BASE: Final = "https://u.sendgrid.example/unsubscribe/"
 # SendGrid's own wording for the whole-request errors.
@@ -84,7 +86,8 @@ class Delivered:
 
 class FakeSendGrid(FakeServer):
     """``invalid``: addresses refused with a 400 naming their field; ``activity``: the
-    Email Activity add-on is there; ``lists``: the suppression lists' entries;
+    Email Activity add-on is there; ``activity_limit``: searches it answers a minute of
+    ``clock`` (SendGrid: 6; None: no limit); ``lists``: the suppression lists' entries;
     ``max_bytes``: a larger request gets 413."""
 
     name = "fake-sendgrid"
@@ -97,11 +100,16 @@ class FakeSendGrid(FakeServer):
         activity: bool = True,
         lists: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
         max_bytes: int = 30 * 1024 * 1024,
+        activity_limit: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.key = key
         self.invalid = {a.lower() for a in invalid}
         self.activity = activity
+        self.activity_limit = activity_limit
+        self.clock = clock
+        self._searches: list[float] = []  # when the searches of the last minute came
         self.lists: dict[str, list[dict[str, Any]]] = {
             name: [dict(e) for e in (lists or {}).get(name, ())] for name in LISTS
         }
@@ -158,6 +166,9 @@ class FakeSendGrid(FakeServer):
     def _search(self, request: Request) -> Reply:
         if not self.activity:
             return _errors(403, [(FORBIDDEN_TEXT, None)])
+        wait = self._activity_wait()
+        if wait is not None:
+            return rate_limited(reset_in=wait, limit=self.activity_limit or 0)
         query = (request.query.get("query") or [""])[0]
         try:
             limit = int((request.query.get("limit") or ["10"])[0])
@@ -171,6 +182,18 @@ class FakeSendGrid(FakeServer):
         with self.lock:
             found = [d for d in self.delivered if all(_matches(d, c) for c in conditions)]
         return Reply(200, {"messages": [d.summary() for d in found[:limit]]})
+
+    def _activity_wait(self) -> float | None:
+        """Seconds until another search is allowed, or None when this one is (and counts)."""
+        if self.activity_limit is None:
+            return None
+        now = self.clock()
+        with self.lock:
+            self._searches = [t for t in self._searches if t > now - ACTIVITY_WINDOW]
+            if len(self._searches) >= self.activity_limit:
+                return self._searches[0] + ACTIVITY_WINDOW - now
+            self._searches.append(now)
+        return None
 
     def _list(self, name: str, request: Request) -> Reply:
         if name not in LISTS:
