@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_options import now_option, resolve_now
 from .cli_send import resolve_command, send_command, status_command
 from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
@@ -20,7 +20,6 @@ from .errors import ContentError, SeriesError
 if TYPE_CHECKING:
     from .subscribers import Catalog
 
-F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
@@ -43,20 +42,6 @@ class State:
         return Catalog.of(series_list)
 
 
-class Moment(click.ParamType):  # type: ignore[type-arg]
-    """An ISO-8601 time; without an offset it is in the workspace's timezone."""
-
-    name = "ISO-8601"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, datetime):
-            return value
-        try:
-            return datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO-8601 time such as 2026-12-01T09:00", param, ctx)
-
-
 class SeriesGroup(click.Group):
     """Turns every expected error into one line and exit code 1 (the one place that does)."""
 
@@ -71,20 +56,6 @@ class SeriesGroup(click.Group):
         except SeriesError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
-
-
-def now_option(func: F) -> F:
-    return click.option(
-        "--now",
-        type=Moment(),
-        help="Pretend it is this time (ISO-8601), e.g. to see a part once it is published.",
-    )(func)
-
-
-def resolve_now(config: Config, now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    return now if now.tzinfo else now.replace(tzinfo=config.timezone)
 
 
 @click.group(cls=SeriesGroup, context_settings=CONTEXT)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .cli_options import Moment, resolve_now
 from .output import format_table
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def subscribers_group() -> None:
 @click.option(
     "--resubscribe", is_flag=True, help="Reactivate someone who unsubscribed and asked to return."
 )
+@click.option("--now", type=Moment(), help="Record the change as made at this time (ISO-8601).")
 @click.pass_obj
 def add_command(
     state: State,
@@ -58,6 +60,7 @@ def add_command(
     start_part: int | None,
     timezone: str | None,
     resubscribe: bool,
+    now: datetime | None,
 ) -> None:
     """Add or update one subscriber, optionally enrolling them in a series.
 
@@ -70,7 +73,7 @@ def add_command(
             store,
             state.catalog(),
             email,
-            now=_now(),
+            now=resolve_now(state.config, now),
             name=name,
             series=series,
             start_part=start_part,
@@ -83,8 +86,13 @@ def add_command(
 @subscribers_group.command(name="import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--series", "series", help="Enroll every row without a series column in this one.")
+@click.option(
+    "--now",
+    type=Moment(),
+    help="Enroll as of this time (ISO-8601) rows without a subscribed_at column.",
+)
 @click.pass_obj
-def import_command(state: State, file: Path, series: str | None) -> None:
+def import_command(state: State, file: Path, series: str | None, now: datetime | None) -> None:
     """Import subscribers from a CSV with a header row (email required).
 
     Columns: email, name, timezone, series, start_part, subscribed_at; any other
@@ -100,7 +108,7 @@ def import_command(state: State, file: Path, series: str | None) -> None:
             store,
             file,
             state.catalog(),
-            now=_now(),
+            now=resolve_now(config, now),
             zone=config.timezone,
             series=series,
             display=str(file),

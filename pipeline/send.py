@@ -258,9 +258,18 @@ class _Run:
             self.report.unknown += len(unknown)
             return
         forgotten = 0
+        unchecked = [row for row in unknown if row.delivery_key not in found]
+        if unchecked:
+            self.report.unknown += len(unchecked)
+            self.report.problems.append(
+                f"{self.provider.name} checked {len(unknown) - len(unchecked)} of "
+                f"{len(unknown)} unknown deliveries; the rest wait for a later run"
+            )
         with self.store.begin() as conn:
             for row in unknown:
-                message_id = found.get(row.delivery_key)
+                if row.delivery_key not in found:
+                    continue
+                message_id = found[row.delivery_key]
                 if message_id is None and row.updated_at > now - SETTLE:
                     self.report.unknown += 1  # too recent to conclude anything
                     continue

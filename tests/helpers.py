@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,23 @@ from pipeline.cli import cli
 from pipeline.providers import ProviderError
 
 SITE_LINE = 'site_url = "https://steadyground.example"'
+# When test subscribers enroll: before the fixed moments the tests send at (a Monday,
+# 2026-11-30), whatever the real date is when the tests run.
+ENROLLED_AT = "2026-11-28T12:00:00+00:00"
+
+
+def import_command(csv: Path | str) -> list[str]:
+    """`series subscribers import CSV` as a subprocess command, enrolling at ENROLLED_AT."""
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "subscribers",
+        "import",
+        str(csv),
+        "--now",
+        ENROLLED_AT,
+    ]
 
 
 def run(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -29,7 +47,9 @@ def send_at(root: Path, when: datetime, *args: str) -> tuple[int, str, str]:
 
 def enroll_examples(root: Path) -> Path:
     """Import the six example subscribers into the workspace at ROOT."""
-    code, out, err = run(root, "subscribers", "import", "subscribers/example.csv")
+    code, out, err = run(
+        root, "subscribers", "import", "subscribers/example.csv", "--now", ENROLLED_AT
+    )
     assert code == 0, out + err
     return root
 

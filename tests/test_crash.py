@@ -24,6 +24,7 @@ from pipeline.store import open_store
 from pipeline.store.schema import deliveries
 
 from .fake_postmark import FakePostmarkProcess
+from .helpers import import_command
 
 TOKEN = "crash-test-token"
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -57,7 +58,7 @@ def test_kill_9_at_random_moments(example_copy: Path, tmp_path: Path) -> None:
         }
         env.pop("SERIES_DATABASE_URL", None)
         subprocess.run(
-            [sys.executable, "-m", "pipeline", "subscribers", "import", str(readers)],
+            import_command(str(readers)),
             env=env,
             check=True,
             capture_output=True,

@@ -21,7 +21,7 @@ from pipeline.store import open_store
 from pipeline.store.schema import deliveries, subscribers
 
 from .conftest import FIXTURES, ROOT
-from .helpers import run, send_at
+from .helpers import enroll_examples, import_command, run, send_at
 
 # A Monday; the example's parts 1–3 are out, 4 is a draft, 5 is dated 2027-03-15.
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -57,8 +57,7 @@ def received(root: Path) -> dict[str, list[int]]:
 @pytest.fixture
 def enrolled(example_copy: Path) -> Path:
     """The example workspace with its six example subscribers imported."""
-    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
-    return example_copy
+    return enroll_examples(example_copy)
 
 
 def test_first_run_sends_part_one_to_everyone(enrolled: Path) -> None:
@@ -264,7 +263,7 @@ def test_two_runs_at_once_send_each_part_once(
     """Two `series send` processes started together deliver every due part exactly once."""
     env = {**os.environ, "SERIES_DATABASE_URL": database_url, "SERIES_WORKSPACE": str(enrolled)}
     subprocess.run(
-        [sys.executable, "-m", "pipeline", "subscribers", "import", "subscribers/example.csv"],
+        import_command("subscribers/example.csv"),
         env=env,
         check=True,
         capture_output=True,
@@ -275,7 +274,7 @@ def test_two_runs_at_once_send_each_part_once(
         encoding="utf-8",
     )
     subprocess.run(
-        [sys.executable, "-m", "pipeline", "subscribers", "import", str(more)],
+        import_command(str(more)),
         env=env,
         check=True,
         capture_output=True,

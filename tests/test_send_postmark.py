@@ -24,7 +24,7 @@ from pipeline.store.schema import deliveries, status_changes, subscribers
 
 from .conftest import POSTMARK_TOKEN as TOKEN
 from .fake_postmark import FakePostmark, FakePostmarkProcess
-from .helpers import run
+from .helpers import import_command, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
@@ -201,7 +201,7 @@ def test_two_runs_at_once_through_postmark(
             "POSTMARK_SERVER_TOKEN": TOKEN,
         }
         subprocess.run(
-            [sys.executable, "-m", "pipeline", "subscribers", "import", str(readers)],
+            import_command(str(readers)),
             env=env,
             check=True,
             capture_output=True,

@@ -145,8 +145,9 @@ class Provider(ABC):
 
     def lookup(self, pending: Sequence[Pending]) -> dict[str, str | None]:
         """For deliveries whose outcome is unknown: the provider's message id of each one
-        it has, by delivery key (None where it has none). Raises ProviderError when it
-        cannot tell."""
+        it has, by delivery key (None where it has none). A key left out was not checked
+        (a rate limit cut the search short) and stays unknown. Raises ProviderError when
+        it cannot tell anything."""
         raise ProviderError(f"{self.name} cannot look up sent messages")
 
     def suppressions(self) -> Iterator[Suppression]:

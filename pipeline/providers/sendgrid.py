@@ -248,6 +248,8 @@ class SendGridProvider(Provider):
                     f"and the key in {KEY_ENV} needs Email Activity access; until then "
                     "unknown deliveries cannot be checked (see `series status`)"
                 )
+            if status == 429 and found:
+                return found  # the rest are checked by a later run, a few a minute
             if status == 429:
                 raise ProviderError(
                     "SendGrid's Email Activity API is rate limited (429; about 6 requests "
