@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,13 +219,16 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
     default=None,
     help="The reader has it (never send it again), or does not (a later run sends it).",
 )
+@now_option
 @click.pass_obj
-def resolve_cmd(state: State, target: str, email: str, sent: bool) -> None:
+def resolve_cmd(state: State, target: str, email: str, sent: bool, now: datetime | None) -> None:
     """Decide a delivery whose outcome is unknown, after checking the provider's log.
 
     Example: series resolve attachment/2 ann@example.com --sent
     """
-    resolve_command(state, target=target, email=email, sent=sent, now=datetime.now(UTC))
+    resolve_command(
+        state, target=target, email=email, sent=sent, now=resolve_now(state.config, now)
+    )
 
 
 @cli.command(name="test-send")

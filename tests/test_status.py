@@ -69,7 +69,9 @@ def test_resolve_sent_is_never_sent_again(unknown: Path, postmark: FakePostmark)
 
 def test_resolve_not_sent_is_sent_by_a_later_run(unknown: Path, postmark: FakePostmark) -> None:
     """--not-sent: the delivery becomes failed, and the next run sends it."""
-    code, out, _ = run(unknown, "resolve", "attachment/1", ANN.upper(), "--not-sent")
+    code, out, _ = run(
+        unknown, "resolve", "attachment/1", ANN.upper(), "--not-sent", "--now", MONDAY.isoformat()
+    )
 
     assert (code, out) == (0, f"attachment/1 to {ANN}: marked not sent (a later run sends it)\n")
     assert state_of(unknown, ANN, 1) == "failed"
