@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from pathlib import Path
-from socketserver import StreamRequestHandler
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -100,15 +99,6 @@ class Paced(FakeServer):
 
     latency = 0.0
     together: Rendezvous | None = None
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # An answer leaves in two writes (head, then body): under Nagle's algorithm the
-        # body waits for the client's delayed ACK, some 40 ms for every lookup.
-        handler = cast(type[StreamRequestHandler], self._server.RequestHandlerClass)
-        self._server.RequestHandlerClass = type(
-            "NoDelay", (handler,), {"disable_nagle_algorithm": True}
-        )
 
     def handle(self, request: Request) -> Reply:
         if request.method != "POST":
