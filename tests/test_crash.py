@@ -69,7 +69,7 @@ def test_kill_9_at_random_moments(example_copy: Path, tmp_path: Path) -> None:
             for attempt in range(KILLS_PER_DAY):
                 # Each retry is 20 minutes later, so the killed run's 15-minute leases end.
                 moment = when + timedelta(minutes=20 * attempt)
-                kills += _run_and_kill(env, moment, rng.uniform(0.3, 2.5))
+                kills += _run_and_kill(env, moment, fake, rng)
             _run_until_quiet(env, when + timedelta(minutes=20 * KILLS_PER_DAY))
         fake.set_faults(clear=True)
         _run_until_quiet(env, MONDAY + timedelta(days=30))
@@ -89,17 +89,28 @@ def test_kill_9_at_random_moments(example_copy: Path, tmp_path: Path) -> None:
     assert {message_id for _, message_id in rows} == {m["message_id"] for m in accepted}
 
 
-def _run_and_kill(env: dict[str, str], when: datetime, after: float) -> int:
-    """Start a send and SIGKILL it after ``after`` seconds; 1 if it was still running."""
+def _run_and_kill(
+    env: dict[str, str], when: datetime, fake: FakePostmarkProcess, rng: random.Random
+) -> int:
+    """Start a send and SIGKILL it, workers and all, a moment after its k-th request
+    reached Postmark (k random from 1 to 4); 1 if it was still running then."""
+    target = fake.stats().get("requests", 0) + rng.randint(1, 4)
+    pause = rng.uniform(0, 0.05)
     process = subprocess.Popen(
-        _send(when), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _send(when),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the workers die with it
     )
-    deadline = time.monotonic() + after
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and fake.stats().get("requests", 0) < target:
+        assert time.monotonic() < deadline, "a run hung"
+        time.sleep(0.005)
+    time.sleep(pause)
     if process.poll() is not None:
         return 0
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     return 1
 
