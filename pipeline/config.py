@@ -25,6 +25,8 @@ from .errors import ConfigError, Problem
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UTM_KEYS = ("source", "medium", "campaign", "term", "content")
 UNSUBSCRIBE_MODES = ("self-hosted", "provider")
+# Providers with no unsubscribe handling of their own for series' emails.
+SELF_HOSTED_ONLY = ("outbox", "resend")
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ class _Validator:
             postmark_stream=self.postmark(data.get("postmark")),
             postmark_batch_size=self.postmark_batch_size(data.get("postmark")),
             unsubscribe_url=self.unsubscribe_url(data, site_url.rstrip("/")),
-            unsubscribe=self.choice(data, "unsubscribe", UNSUBSCRIBE_MODES),
+            unsubscribe=self.unsubscribe_mode(data),
             resend_batch_size=self.batch_size(self.table(data, "resend", ()), "resend", 100),
             sendgrid_region=self.choice(
                 self.table(data, "sendgrid", ("region",)), "region", ("global", "eu"), "sendgrid"
@@ -306,6 +308,18 @@ class _Validator:
             raise self.fail(name, f"'{name}' must be a table: [{header}]")
         self.check_keys(value, (*keys, "batch_size"), name)
         return value
+
+    def unsubscribe_mode(self, data: Mapping[str, Any]) -> str:
+        mode = self.choice(data, "unsubscribe", UNSUBSCRIBE_MODES)
+        provider = self.typed(data, "provider", str) or "outbox"
+        if mode == "provider" and provider in SELF_HOSTED_ONLY:
+            raise self.fail(
+                "unsubscribe",
+                f'unsubscribe = "provider", but {provider} does not manage unsubscribes; '
+                'use "self-hosted" (and run `series serve`) or a provider that does '
+                "(postmark, sendgrid, mailgun)",
+            )
+        return mode
 
     def choice(
         self, data: Mapping[str, Any], key: str, allowed: tuple[str, ...], where: str = ""

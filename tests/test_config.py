@@ -122,6 +122,12 @@ PROVIDER_CASES = [
         "got 'http://blog.example/u/{token}'",
     ),
     (
+        'provider = "resend"\nunsubscribe = "provider"\n',
+        'series.toml:4: unsubscribe = "provider", but resend does not manage unsubscribes; '
+        'use "self-hosted" (and run `series serve`) or a provider that does '
+        "(postmark, sendgrid, mailgun)",
+    ),
+    (
         "[resend]\nbatch_size = 101\n",
         "series.toml:4: 'resend.batch_size' must be 1 to 100, got 101",
     ),
@@ -150,7 +156,8 @@ def test_provider_settings_are_read(tmp_path: Path) -> None:
     """Mailgun EU with its domain, SendGrid EU, provider-managed unsubscribes."""
     (tmp_path / "series.toml").write_text(
         'site_url = "https://blog.example"\nfrom = { email = "a@blog.example" }\n'
-        'unsubscribe = "provider"\n[mailgun]\ndomain = "MG.Blog.Example"\nregion = "eu"\n'
+        'provider = "mailgun"\nunsubscribe = "provider"\n'
+        '[mailgun]\ndomain = "MG.Blog.Example"\nregion = "eu"\n'
         '[sendgrid]\nregion = "eu"\nbatch_size = 250\n',
         encoding="utf-8",
     )

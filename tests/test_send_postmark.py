@@ -255,18 +255,19 @@ def test_provider_managed_unsubscribes_use_postmarks_placeholder(
 
 
 def test_provider_managed_unsubscribes_need_a_provider_that_offers_them(
-    workspace: Path,
+    workspace: Path, postmark: FakePostmark
 ) -> None:
-    """unsubscribe = "provider" with the outbox: one line naming the fix; nothing sent."""
+    """unsubscribe = "provider" and --provider outbox: one line naming the fix; nothing sent.
+    (With provider = "outbox" in the config itself, loading the config already says so.)"""
     config_file = workspace / "pyproject.toml"
     config_file.write_text(
         config_file.read_text().replace(
-            'provider = "postmark"', 'provider = "outbox"\nunsubscribe = "provider"'
+            'provider = "postmark"', 'provider = "postmark"\nunsubscribe = "provider"'
         ),
         encoding="utf-8",
     )
 
-    code, out, err = send(workspace, MONDAY)
+    code, out, err = run(workspace, "send", "--now", MONDAY.isoformat(), "--provider", "outbox")
 
     assert (code, out) == (1, "")
     assert err == (
@@ -274,4 +275,5 @@ def test_provider_managed_unsubscribes_need_a_provider_that_offers_them(
         'unsubscribes for series\' emails; use unsubscribe = "self-hosted" and run '
         "`series serve`\n"
     )
+    assert postmark.requests == []
     assert not (workspace / "outbox").exists()
