@@ -8,7 +8,6 @@ leaves claims that the next run resolves (DESIGN §7).
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -17,7 +16,7 @@ import queue
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,9 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=15)
-# An unknown delivery the provider does not know yet may still be on its way in:
-# only after this long is "not found" taken to mean "never sent".
-SETTLE = timedelta(minutes=10)
 RETRIES = 4
 FIRST_BACKOFF = 1.0
 LONGEST_BACKOFF = 60.0
@@ -223,6 +219,9 @@ class _Run:
         self.versions: dict[str, str] = {}
         self.limiter = RateLimiter(config.rate_limit, options.monotonic, options.sleep)
         self._signer: Signer | None = None
+        # Set when the provider stopped the run after a request that may have gone
+        # through: that batch is recorded unknown first, then the run stops.
+        self.halt: ProviderError | None = None
         self.started = options.monotonic()
 
     def clock(self) -> datetime:
@@ -270,7 +269,8 @@ class _Run:
                 if row.delivery_key not in found:
                     continue
                 message_id = found[row.delivery_key]
-                if message_id is None and row.updated_at > now - SETTLE:
+                settle = timedelta(seconds=self.provider.settle_time)
+                if message_id is None and row.updated_at > now - settle:
                     self.report.unknown += 1  # too recent to conclude anything
                     continue
                 if message_id is None and _forgotten(self.provider, row, now):
@@ -278,7 +278,12 @@ class _Run:
                     self.report.unknown += 1
                     forgotten += 1
                     continue
-                ledger.resolve_unknown(conn, row.id, message_id=message_id, sent_at=row.updated_at)
+                ledger.resolve_unknown(
+                    conn,
+                    row.id,
+                    message_id=message_id,
+                    sent_at=row.attempted_at or row.updated_at,
+                )
                 self.report.resolved += 1
         if forgotten:
             self.report.problems.append(
@@ -294,7 +299,7 @@ class _Run:
         may never have arrived, and must not be sent to them now)."""
         by_slug = {s.slug: s for s in series_list}
         now = self.clock()
-        window = timedelta(seconds=self.provider.idempotency_window) - SETTLE
+        window = timedelta(seconds=self.provider.idempotency_window - self.provider.settle_time)
         groups: dict[str, list[Any]] = {}
         left: list[Any] = []
         for row in unknown:
@@ -306,15 +311,25 @@ class _Run:
             if rows[0].attempted_at < now - window:
                 left += rows  # the provider no longer knows the key
                 continue
-            gone = [r for r in rows if r.status != "active" or r.unsubscribed_at is not None]
+            gone = [
+                r for r in rows if r.status != "active" or r.unsubscribed_at is not None or r.paused
+            ]
             if gone:
                 self.report.problems.append(
                     f"{len(rows)} deliveries of an interrupted request stay unknown: "
-                    f"{gone[0].email} has left since, so it cannot be repeated"
+                    f"{gone[0].email} has left or paused since, so it cannot be repeated"
                 )
                 left += rows
                 continue
             series = by_slug[rows[0].series]
+            missing = sorted({r.part for r in rows if series.part(r.part) is None})
+            if missing:
+                self.report.problems.append(
+                    f"{len(rows)} deliveries of an interrupted request stay unknown: part "
+                    f"{missing[0]} of {series.slug} is no longer in the workspace"
+                )
+                left += rows
+                continue
             if self.renderer is None:
                 self.prepare_rendering(series_list)
             with self.store.begin() as conn:
@@ -322,7 +337,7 @@ class _Run:
                     conn, [r.id for r in rows], batch, token=self.token, until=now + LEASE, now=now
                 )
             if not claimed:
-                continue  # another run is repeating it
+                continue  # another run is repeating it, or a recipient left just now
             messages = [
                 self._build(
                     series,
@@ -336,7 +351,10 @@ class _Run:
                 )
                 for r in rows
             ]
-            results = self._send(messages, batch_key(r.delivery_key for r in rows))
+            # The key the request went out under, as recorded then: a request that
+            # lost a member since has another body, which the provider refuses (409)
+            # rather than sending again.
+            results = self._send(messages, batch)
             outcome = {r.key: r for r in results}
             with self.store.begin() as conn:
                 ledger.record_replay(
@@ -349,6 +367,7 @@ class _Run:
                     now=now,
                     sent_at=rows[0].attempted_at,
                 )
+            self._stop_if_halted()
             for r in rows:
                 result = outcome[r.delivery_key]
                 if result.outcome == "sent":
@@ -361,6 +380,10 @@ class _Run:
                         f"{r.email}: part {r.part} of {r.series} failed: {result.error}"
                     )
         return left
+
+    def _stop_if_halted(self) -> None:
+        if self.halt is not None:
+            raise self.halt
 
     # -- planning ----------------------------------------------------------
 
@@ -493,7 +516,7 @@ class _Run:
                         self._finish(finished, also_release=claims)
                     if claims:
                         self.limiter.wait(len(messages))
-                        key = batch_key(c.key for c in claims)
+                        key = ledger.batch_key(c.key for c in claims)
                         in_flight = _InFlight(
                             series, claims, sender.submit(self._send, messages, key)
                         )
@@ -615,17 +638,28 @@ class _Run:
         self._record(batch.series, batch.claims, results)
         if self.options.on_progress:
             self.options.on_progress(len(batch.claims))
+        if self.halt is not None:
+            with self.store.begin() as conn:
+                ledger.release(conn, also_release, token=self.token)
+            self._stop_if_halted()
 
     def _send(self, messages: Sequence[Message], key: str) -> list[SendResult]:
         """One batch, retried on transient errors with backoff (Retry-After first). An
         answer lost on the way back is retried only under an idempotency key; without
-        one, the batch's outcome is unknown (never re-sent blindly)."""
+        one, the batch's outcome is unknown (never re-sent blindly). A refusal that stops
+        the run (credentials, quota) after an attempt that may have gone through leaves
+        the batch unknown and the run stops once it is recorded."""
+        maybe_sent = False
         for attempt in range(RETRIES + 1):
             try:
                 return self.provider.send(messages, batch_key=key)
             except ProviderError as exc:
+                if exc.auth and maybe_sent:
+                    self.halt = exc
+                    return [SendResult(m.key, "unknown", error=str(exc)) for m in messages]
                 if exc.auth:
                     raise
+                maybe_sent = maybe_sent or exc.maybe_sent
                 lost = exc.maybe_sent and (not exc.retryable or not self.provider.idempotent)
                 if lost or (exc.maybe_sent and attempt == RETRIES):
                     return [SendResult(m.key, "unknown", error=str(exc)) for m in messages]
@@ -762,13 +796,6 @@ def _forgotten(provider: Provider, row: Any, now: datetime) -> bool:
         return False
     since = row.attempted_at or row.updated_at
     return bool(since < now - timedelta(seconds=provider.lookup_window))
-
-
-def batch_key(delivery_keys: Iterable[str]) -> str:
-    """A request's idempotency key, from the deliveries in it: the same deliveries
-    always give the same key, any other set another one."""
-    digest = hashlib.sha256("\n".join(sorted(delivery_keys)).encode()).hexdigest()
-    return f"series-{digest[:48]}"
 
 
 def _personal(name: str, email: str, unsubscribe_url: str) -> Any:

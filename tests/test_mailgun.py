@@ -416,6 +416,18 @@ def test_transient_statuses_are_retryable(
     assert str(reply.status) in str(error)
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_errors_leave_the_outcome_unknown(
+    fake: FakeMailgun, provider: MailgunProvider, status: int
+) -> None:
+    """Behind a gateway's 502/504 Mailgun may have queued the message: maybe sent."""
+    fake.fail_next(MESSAGES, server_error(status))
+
+    error = send_error(provider)
+
+    assert (error.retryable, error.maybe_sent) == (True, True)
+
+
 @pytest.mark.parametrize(("fault", "copies"), [(DROP_BEFORE, 0), (DROP_AFTER, 2)])
 def test_dropped_connection_leaves_the_outcome_unknown(
     fake: FakeMailgun, provider: MailgunProvider, fault: str, copies: int

@@ -377,14 +377,15 @@ def test_used_up_quota_stops_the_run(
     assert str(error_).startswith(f"Resend's {period} sending quota is used up (429 {name}: ")
 
 
-@pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.parametrize(("status", "maybe_sent"), [(500, False), (502, True), (503, False)])
 def test_server_errors_are_retryable(
-    fake: FakeResend, provider: ResendProvider, status: int
+    fake: FakeResend, provider: ResendProvider, status: int, maybe_sent: bool
 ) -> None:
-    """5xx is retryable and sent nothing."""
+    """5xx is retryable; a gateway's 502 may hide a request Resend took (so it is retried
+    under the same key, never as a new request)."""
     fake.fail_next(BATCH_PATH, error(status, "application_error", SERVER_TEXT))
 
-    assert flags(send_error(provider)) == (True, False, False)
+    assert flags(send_error(provider)) == (True, maybe_sent, False)
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -665,3 +666,83 @@ def test_crash_between_accepted_and_recorded_is_settled_by_the_next_run(
     assert len({r.header("Idempotency-Key") for r in resend.batch_requests()}) == 1
     assert len(resend.accepted) == 6 and set(recipients(resend).values()) == {1}
     assert sorted(ledger(example)) == sorted(("sent", e["id"]) for e in resend.accepted)
+
+
+def test_an_erased_member_never_makes_the_others_a_new_request(
+    example: Path, resend: FakeResend
+) -> None:
+    """One reader of an interrupted batch is erased: the other five are repeated under the
+    recorded key, whose body no longer matches (409), so they stay unknown: never a second
+    copy under a new key."""
+    lose_every_answer(example, resend)
+    assert run(example, "subscribers", "remove", "daniel.okafor@example.com")[0] == 0
+
+    _, out, _ = send(example, MONDAY + timedelta(minutes=20))
+
+    assert out.startswith("sent 0, failed 0, retried 0, unknown 5,")
+    with open_store(example) as store, store.connect() as conn:
+        errors = conn.scalars(sa.select(deliveries.c.last_error)).all()
+    assert len(errors) == 5 and all("invalid_idempotent_request" in (e or "") for e in errors)
+    assert len({r.header("Idempotency-Key") for r in resend.batch_requests()}) == 1
+    assert len(resend.accepted) == 6 and set(recipients(resend).values()) == {1}
+    assert [state for state, _ in ledger(example)] == ["unknown"] * 5
+
+
+def test_a_reader_who_left_keeps_the_batch_from_being_repeated(
+    example: Path, resend: FakeResend
+) -> None:
+    """One reader of an interrupted batch unsubscribes: the batch is not repeated (it may
+    never have arrived, and must not reach them now); one line says so."""
+    lose_every_answer(example, resend)
+    run(example, "subscribers", "unsubscribe", "daniel.okafor@example.com")
+    requests_before = len(resend.batch_requests())
+
+    _, out, err = send(example, MONDAY + timedelta(minutes=20))
+
+    assert out.startswith("sent 0, failed 0, retried 0, unknown 6,")
+    assert (
+        "6 deliveries of an interrupted request stay unknown: daniel.okafor@example.com has "
+        "left or paused since, so it cannot be repeated"
+    ) in err
+    assert len(resend.batch_requests()) == requests_before
+
+
+def test_a_quota_after_a_lost_answer_leaves_the_batch_unknown(
+    example: Path, resend: FakeResend
+) -> None:
+    """The answer to an accepted batch is lost, then the retry meets an exhausted quota: the
+    run stops, but the batch is recorded unknown (never given back to be sent under a new
+    key), and the next day's run settles it without a second copy."""
+    resend.fail_next(BATCH_PATH, "drop-after")
+    resend.fail_next(BATCH_PATH, error(429, "daily_quota_exceeded", QUOTA_TEXT))
+
+    code, out, err = send(example, MONDAY)
+
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1].startswith("Error: Resend's daily sending quota is used up")
+    assert [state for state, _ in ledger(example)] == ["unknown"] * 6
+
+    code, out, _ = send(example, MONDAY + timedelta(hours=20))
+
+    assert code == 0 and "resolved 6 delivery(ies)" in out
+    assert len({r.header("Idempotency-Key") for r in resend.batch_requests()}) == 1
+    assert len(resend.accepted) == 6 and set(recipients(resend).values()) == {1}
+
+
+def test_a_part_gone_from_the_workspace_is_one_line_not_a_crash(
+    example: Path, resend: FakeResend
+) -> None:
+    """The part of an interrupted batch was renumbered away: its deliveries stay unknown with
+    one line naming the part, and the run goes on without a traceback."""
+    lose_every_answer(example, resend)
+    (example / "series" / "attachment" / "01-attachment-theory.md").unlink()
+
+    _, out, err = send(example, MONDAY + timedelta(minutes=20))
+
+    assert "Traceback" not in err
+    assert (
+        "6 deliveries of an interrupted request stay unknown: part 1 of attachment is no "
+        "longer in the workspace"
+    ) in err
+    assert ", unknown 6," in out
+    assert len({r.header("Idempotency-Key") for r in resend.batch_requests()}) == 2

@@ -127,6 +127,9 @@ class Provider(ABC):
     # How far back ``lookup`` can see (seconds; None: as far as we need). Past it, a
     # delivery the provider does not find may still have been sent.
     lookup_window: ClassVar[float | None] = None
+    # How long after an interrupted send "not found" by ``lookup`` can be believed:
+    # a search may not list what was accepted just before (seconds).
+    settle_time: ClassVar[float] = 600.0
     # True when one request carries one body for all its recipients (personalised by the
     # provider from Message.merge): the send loop then batches only messages of the
     # same template together.

@@ -31,6 +31,11 @@ def api_key(variable: str, provider: str) -> str:
     return key
 
 
+# A gateway in front of the provider gave up waiting (502, 504): the provider behind it
+# may still have taken the request, so a send answered so has an unknown outcome.
+GATEWAY_ERRORS = frozenset({502, 504})
+
+
 class HttpClient:
     def __init__(
         self,
@@ -77,10 +82,12 @@ class HttpClient:
 
     def raise_for_transient(self, response: requests.Response) -> None:
         """429 and 5xx: retry later, after Retry-After when the provider gives one."""
-        if response.status_code == 429 or response.status_code >= 500:
+        status = response.status_code
+        if status == 429 or status >= 500:
             raise ProviderError(
-                self._say(f"answered {response.status_code}; will retry"),
+                self._say(f"answered {status}; will retry"),
                 retryable=True,
+                maybe_sent=status in GATEWAY_ERRORS,
                 retry_after=retry_after(response.headers.get("Retry-After")),
             )
 
@@ -88,10 +95,13 @@ class HttpClient:
         self.session.close()
 
     def _say(self, what: str) -> str:
-        message = f"{self.name}: {what}"
+        return self.scrub(f"{self.name}: {what}")
+
+    def scrub(self, text: str) -> str:
+        """Text that may echo a request (a provider's error body) with the secrets blanked."""
         for secret in self.secrets:
-            message = message.replace(secret, "***")
-        return message
+            text = text.replace(secret, "***")
+        return text
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:

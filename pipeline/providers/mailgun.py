@@ -64,6 +64,9 @@ class MailgunProvider(Provider):
     name = "mailgun"
     # Mailgun keeps events for 1 to 30 days by plan: trust a search only for the shortest.
     lookup_window = 24 * 3600.0
+    # Events can arrive late and out of order: Mailgun's advice is to trust a page
+    # only once its events are half an hour old.
+    settle_time = 1800.0
     batch_size = MAX_RECIPIENTS
     shared_body = True
 
@@ -294,8 +297,11 @@ class MailgunProvider(Provider):
             return
         if status in (401, 403):
             raise ProviderError(
-                f"Mailgun refused the API key ({status} {_detail(response)}); check {KEY_ENV}, "
-                f'and that region = "{self.region}" is where {self.domain} was created',
+                self._clean(
+                    f"Mailgun refused the API key ({status} {_detail(response)}); check "
+                    f'{KEY_ENV}, and that region = "{self.region}" is where {self.domain} '
+                    "was created"
+                ),
                 auth=True,
             )
         self.http.raise_for_transient(response)
@@ -304,9 +310,7 @@ class MailgunProvider(Provider):
         )
 
     def _clean(self, text: str) -> str:
-        for secret in self.http.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self.http.scrub(text)
 
     def close(self) -> None:
         self.http.close()

@@ -158,7 +158,9 @@ class PostmarkProvider(Provider):
         if response.status_code != 200 or not isinstance(entries, list):
             message = data.get("Message", "") if isinstance(data, dict) else ""
             raise ProviderError(
-                f"Postmark's suppression list answered {response.status_code} {message}".rstrip()
+                self.http.scrub(
+                    f"Postmark's suppression list answered {response.status_code} {message}"
+                ).rstrip()
             )
         for entry in entries:
             reason = str(entry.get("SuppressionReason", ""))

@@ -36,7 +36,7 @@ import requests
 
 from ..config import Address
 from .base import Message, Provider, ProviderError, SendResult, SuppressedAs, Suppression
-from .http import HttpClient, api_key, retry_after
+from .http import GATEWAY_ERRORS, HttpClient, api_key, retry_after
 
 KEY_ENV = "RESEND_API_KEY"
 DEFAULT_URL = "https://api.resend.com"
@@ -279,6 +279,7 @@ class ResendProvider(Provider):
             return ProviderError(
                 f"Resend failed on {what} ({said}); will retry",
                 retryable=True,
+                maybe_sent=status in GATEWAY_ERRORS,
                 retry_after=retry_after(response.headers.get("retry-after")),
             )
         return ProviderError(f"Resend rejected {what} ({said})")

@@ -32,7 +32,7 @@ from .base import (
     SuppressedAs,
     Suppression,
 )
-from .http import HttpClient, api_key
+from .http import GATEWAY_ERRORS, HttpClient, api_key
 
 KEY_ENV = "SENDGRID_API_KEY"
 REGION_URLS = {"global": "https://api.sendgrid.com", "eu": "https://api.eu.sendgrid.com"}
@@ -66,6 +66,8 @@ class SendGridProvider(Provider):
     name = "sendgrid"
     # Email Activity covers the last 30 days.
     lookup_window = 30 * 24 * 3600.0
+    # Email Activity is indexed with a delay: give it half an hour too.
+    settle_time = 1800.0
     batch_size = MAX_PERSONALIZATIONS
     shared_body = True
 
@@ -318,7 +320,11 @@ class SendGridProvider(Provider):
                 retry_after=_reset_in(response),
             )
         if status >= 500:
-            raise ProviderError(f"SendGrid answered {status} to {path}; will retry", retryable=True)
+            raise ProviderError(
+                f"SendGrid answered {status} to {path}; will retry",
+                retryable=True,
+                maybe_sent=status in GATEWAY_ERRORS,
+            )
         raise self._error(f"SendGrid answered {status} to {path}: {detail}")
 
     def _error(self, message: str, *, auth: bool = False) -> ProviderError:

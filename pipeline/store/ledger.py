@@ -10,8 +10,9 @@ provider before anything is sent again.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -273,11 +274,11 @@ def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -
 def claim(
     conn: Connection, due: Sequence[Due], *, token: str, until: datetime, now: datetime
 ) -> list[Claim]:
-    """Claim these deliveries for this run, as one provider request (they share a
-    batch tag); returns the ones it got."""
+    """Claim these deliveries for this run, as one provider request: each claimed row
+    records that request's key (``batch_key`` of the claimed delivery keys). Returns
+    the ones it got."""
     if not due:
         return []
-    batch = uuid.uuid4().hex
     series = due[0].enrollment.series
     active = set(
         conn.scalars(
@@ -326,7 +327,6 @@ def claim(
                     "claimed_until": db_until,
                     "created_at": db_now,
                     "updated_at": db_now,
-                    "batch": batch,
                     "attempted_at": db_now,
                 }
                 for d in fresh
@@ -350,7 +350,6 @@ def claim(
                 claimed_until=until,
                 attempts=deliveries.c.attempts + 1,
                 updated_at=now,
-                batch=batch,
                 attempted_at=now,
             ),
             [{"_sid": d.enrollment.subscriber_id, "_part": d.part} for d in retry],
@@ -374,7 +373,20 @@ def claim(
             claims.append(
                 Claim(row.id, row.delivery_key, d.enrollment, row.part, row.attempts, False)
             )
+    if claims:
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_([c.id for c in claims]))
+            .values(batch=batch_key(c.key for c in claims))
+        )
     return claims
+
+
+def batch_key(delivery_keys: Iterable[str]) -> str:
+    """A request's idempotency key, from the deliveries in it: the same deliveries
+    always give the same key, any other set another one."""
+    digest = hashlib.sha256("\n".join(sorted(delivery_keys)).encode()).hexdigest()
+    return f"series-{digest[:48]}"
 
 
 def _insert_ignoring_duplicates(conn: Connection) -> Any:
@@ -570,7 +582,28 @@ def claim_unknown(
     conn: Connection, ids: Sequence[int], batch: str, *, token: str, until: datetime, now: datetime
 ) -> bool:
     """Claim every delivery of one interrupted request to repeat it; all or nothing
-    (False: another run has some of them)."""
+    (False: another run has some of them, or a recipient can no longer be written to:
+    left, paused or bounced since the request was read)."""
+    writable = conn.scalar(
+        sa.select(sa.func.count())
+        .select_from(deliveries)
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .join(
+            enrollments,
+            sa.and_(
+                enrollments.c.subscriber_id == deliveries.c.subscriber_id,
+                enrollments.c.series == deliveries.c.series,
+            ),
+        )
+        .where(
+            deliveries.c.id.in_(ids),
+            subscribers.c.status == "active",
+            enrollments.c.paused.is_(False),
+            enrollments.c.unsubscribed_at.is_(None),
+        )
+    )
+    if writable != len(ids):
+        return False
     taken = conn.execute(
         deliveries.update()
         .where(

@@ -131,8 +131,8 @@ deliveries = sa.Table(
     # Random and sent to the provider, so that a delivery can be found there again.
     sa.Column("delivery_key", sa.String(64)),
     sa.Column("claim_token", sa.String(64)),
-    # One tag per provider request, and when the attempt was handed over (0004).
-    sa.Column("batch", sa.String(32)),
+    # The key of the provider request, and when the attempt was handed over (0004).
+    sa.Column("batch", sa.String(64)),
     sa.Column("attempted_at", UTCDateTime),
     sa.UniqueConstraint("subscriber_id", "series", "part", name="deliveries_once"),
     sa.CheckConstraint(f"state IN {DELIVERY_STATES}", name="deliveries_state"),

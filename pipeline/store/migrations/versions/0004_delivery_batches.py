@@ -16,10 +16,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # The deliveries of one provider request share a batch tag: with a provider that
-    # has idempotency keys, an interrupted request is repeated whole, under the same
-    # key, so the provider answers from the first one instead of sending again.
-    op.add_column("deliveries", sa.Column("batch", sa.String(32)))
+    # The key of the provider request a delivery went out in (derived from the
+    # request's delivery keys): with a provider that has idempotency keys, an
+    # interrupted request is repeated under exactly this key, so the provider answers
+    # from the first one instead of sending again.
+    op.add_column("deliveries", sa.Column("batch", sa.String(64)))
     # When this attempt was handed to the provider: a lookup searches from there,
     # and an idempotency key is only trusted while the provider still keeps it.
     op.add_column("deliveries", sa.Column("attempted_at", sa.DateTime(timezone=True)))
