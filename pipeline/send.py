@@ -257,6 +257,7 @@ class _Run:
             self.report.unknown += len(unknown)
             return
         forgotten = 0
+        settle = timedelta(seconds=self.provider.settle_time)
         unchecked = [row for row in unknown if row.delivery_key not in found]
         if unchecked:
             self.report.unknown += len(unchecked)
@@ -269,7 +270,6 @@ class _Run:
                 if row.delivery_key not in found:
                     continue
                 message_id = found[row.delivery_key]
-                settle = timedelta(seconds=self.provider.settle_time)
                 if message_id is None and row.updated_at > now - settle:
                     self.report.unknown += 1  # too recent to conclude anything
                     continue
@@ -745,32 +745,15 @@ class _Run:
     ) -> Message:
         article = series.part(part)
         assert article is not None  # the planner only proposes existing parts
-        compiled = self._compiled(series, article, start_part)
-        headers: dict[str, str] = {}
-        url = self.provider.managed_unsubscribe
-        if url is None:
-            token = self.signer.token(subscriber_id, series.slug, issued=issued)
-            url = self.config.unsubscribe_url.replace("{token}", token)
-            headers = {
-                "List-Unsubscribe": f"<{url}>",
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            }
-        personal = _personal(name, email, url)
-        rendered = compiled.personalise(personal, self.config.default_name)
-        return Message(
+        return personal_message(
+            self.config,
+            self.provider,
+            self._compiled(series, article, start_part),
             key=key,
             sender=series.sender,
             to=Address(email, name),
-            subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
-            reply_to=self.config.reply_to,
-            headers=headers,
             tag=f"{series.slug}-part{part}",
-            merge=Merge(
-                compiled,
-                {"name": name or self.config.default_name, "email": email, "unsubscribe_url": url},
-            ),
+            token=lambda: self.signer.token(subscriber_id, series.slug, issued=issued),
         )
 
     def _compiled(self, series: Series, article: Article, start_part: int) -> CompiledEmail:
@@ -786,7 +769,7 @@ class _Run:
     def signer(self) -> Signer:
         if self._signer is None:
             with self.store.connect() as conn:
-                self._signer = Signer.from_environment(ledger.setting(conn, "link_signing_key"))
+                self._signer = ledger.link_signer(conn)
         return self._signer
 
 
@@ -798,10 +781,46 @@ def _forgotten(provider: Provider, row: Any, now: datetime) -> bool:
     return bool(since < now - timedelta(seconds=provider.lookup_window))
 
 
-def _personal(name: str, email: str, unsubscribe_url: str) -> Any:
+def personal_message(
+    config: Config,
+    provider: Provider,
+    compiled: CompiledEmail,
+    *,
+    key: str,
+    sender: Address,
+    to: Address,
+    tag: str,
+    token: Callable[[], str],
+) -> Message:
+    """One reader's email: their name and address filled in, and their unsubscribe link
+    (a signed ``token`` in ``unsubscribe_url``, with the RFC 8058 headers) or the
+    provider's own placeholder where it manages unsubscribes."""
     from .render import Personal
 
-    return Personal(name, email, unsubscribe_url)
+    headers: dict[str, str] = {}
+    url = provider.managed_unsubscribe
+    if url is None:
+        url = config.unsubscribe_url.replace("{token}", token())
+        headers = {
+            "List-Unsubscribe": f"<{url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+    rendered = compiled.personalise(Personal(to.name, to.email, url), config.default_name)
+    return Message(
+        key=key,
+        sender=sender,
+        to=to,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        reply_to=config.reply_to,
+        headers=headers,
+        tag=tag,
+        merge=Merge(
+            compiled,
+            {"name": to.name or config.default_name, "email": to.email, "unsubscribe_url": url},
+        ),
+    )
 
 
 @dataclass

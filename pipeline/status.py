@@ -113,26 +113,13 @@ def settle_unknown(
             raise SeriesError(
                 f"{series}/{part} to {email} is {row.state}, not unknown: nothing to decide"
             )
-        conn.execute(
-            deliveries.update()
-            .where(deliveries.c.id == row.id, deliveries.c.state == "unknown")
-            .values(
-                state="sent" if sent else "failed",
-                sent_at=(row.attempted_at or now) if sent else None,
-                last_error="marked sent by hand" if sent else "marked not sent by hand",
-                updated_at=now,
-            )
-        )
-        conn.execute(
-            enrollments.update()
-            .where(
-                enrollments.c.series == series,
-                enrollments.c.subscriber_id
-                == sa.select(subscribers.c.id)
-                .where(subscribers.c.email == email)
-                .scalar_subquery(),
-            )
-            .values(plan_version=None)
+        ledger.decide_unknown(
+            conn,
+            row.id,
+            sent=sent,
+            sent_at=row.attempted_at or now,
+            error="marked sent by hand" if sent else "marked not sent by hand",
+            now=now,
         )
 
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from .errors import SeriesError
 from .providers import Provider, ProviderError, Suppression
 from .store import Store
-from .store.ledger import record_status
+from .store.ledger import mark_subscriber
 from .store.schema import subscribers
 from .subscribers import normalise_email
 
@@ -87,21 +87,15 @@ def sync_suppressions(
             ).all()
             for row in rows:
                 entry = entries[row.email]
-                conn.execute(
-                    subscribers.update()
-                    .where(subscribers.c.id == row.id, subscribers.c.status == "active")
-                    .values(status=entry.status, updated_at=now)
-                )
-                record_status(
+                if mark_subscriber(
                     conn,
                     row.id,
-                    "active",
                     entry.status,
                     actor=f"provider:{provider.name}",
                     reason=entry.reason,
                     now=now,
-                )
-                report.marked[entry.status] += 1
+                ):
+                    report.marked[entry.status] += 1
     return report
 
 

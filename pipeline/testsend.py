@@ -15,8 +15,9 @@ from datetime import datetime
 from .config import Address, Config
 from .content import Article, Series
 from .errors import SeriesError
-from .providers import Merge, Message, Provider, ProviderError
-from .render import Personal, Renderer
+from .providers import Provider, ProviderError
+from .render import Renderer
+from .send import personal_message
 from .subscribers import normalise_email
 from .tokens import SECRET_ENV, TEST_SUBSCRIBER, Signer
 
@@ -52,29 +53,16 @@ def send_test(
         received = [a.part for a in series.articles[:progress]]
     compiled = Renderer(config, now=now).compile(series, article, received=received)
     compiled = replace(compiled, subject=SUBJECT_MARK + compiled.subject)
-    headers: dict[str, str] = {}
-    url = provider.managed_unsubscribe
-    if url is None:
-        token = _signer(config).token(TEST_SUBSCRIBER, series.slug, issued=now)
-        url = config.unsubscribe_url.replace("{token}", token)
-        headers = {
-            "List-Unsubscribe": f"<{url}>",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        }
-    name = config.default_name
-    email = compiled.personalise(Personal(name, address, url), config.default_name)
     key = f"test-{uuid.uuid4().hex}"
-    message = Message(
+    message = personal_message(
+        config,
+        provider,
+        compiled,
         key=key,
         sender=series.sender,
         to=Address(address, ""),
-        subject=email.subject,
-        html=email.html,
-        text=email.text,
-        reply_to=config.reply_to,
-        headers=headers,
         tag=f"{series.slug}-part{article.part}-test",
-        merge=Merge(compiled, {"name": name, "email": address, "unsubscribe_url": url}),
+        token=lambda: _signer(config).token(TEST_SUBSCRIBER, series.slug, issued=now),
     )
     try:
         [result] = provider.send([message], batch_key=f"series-{key}")
@@ -95,11 +83,11 @@ def _signer(config: Config) -> Signer:
     import os
 
     from .store import open_store, state_exists
-    from .store.ledger import setting
+    from .store.ledger import link_signer
 
     if os.environ.get(SECRET_ENV) or not state_exists(config.root):
         # Without a state database there is no stored key: a throwaway one still
         # gives the email a well-formed link (the page will call it not valid).
         return Signer.from_environment(secrets.token_hex(32))
     with open_store(config.root, migrate=False) as store, store.connect() as conn:
-        return Signer.from_environment(setting(conn, "link_signing_key"))
+        return link_signer(conn)

@@ -34,7 +34,7 @@ from werkzeug.wrappers import Request, Response
 from .errors import SeriesError
 from .pages import Answer, render_page
 from .store import Store, open_store
-from .store.ledger import setting
+from .store.ledger import link_signer
 from .store.schema import enrollments, status_changes, subscribers
 from .subscribers import SubscriberError, unsubscribe
 from .tokens import TEST_SUBSCRIBER, Signer, TokenSubject
@@ -367,7 +367,7 @@ def make_app(
 
     series_list, _ = load_series(config)  # content problems are for `series check`
     with store.connect() as conn:
-        signer = Signer.from_environment(setting(conn, "link_signing_key"))
+        signer = link_signer(conn)
     titles = {series.slug: series.title for series in series_list}
     return UnsubscribeApp(config, store, signer, titles=titles, clock=clock)
 

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..plan import Enrollment, LedgerEntry
+from ..tokens import Signer
 from . import Store
 from .schema import (
     UTCDateTime,
@@ -461,15 +462,18 @@ def record(
 
 def mark_subscriber(
     conn: Connection, subscriber_id: int, status: str, *, actor: str, reason: str, now: datetime
-) -> None:
-    """A provider said the address is invalid or inactive: stop writing to it."""
+) -> bool:
+    """A provider said the address is invalid, inactive or suppressed: stop writing to
+    it. Only an active subscriber changes (audited); True if this one did."""
     changed = conn.execute(
         subscribers.update()
         .where(subscribers.c.id == subscriber_id, subscribers.c.status == "active")
         .values(status=status, updated_at=now)
     )
-    if changed.rowcount:
-        record_status(conn, subscriber_id, "active", status, actor=actor, now=now, reason=reason)
+    if not changed.rowcount:
+        return False
+    record_status(conn, subscriber_id, "active", status, actor=actor, now=now, reason=reason)
+    return True
 
 
 def record_status(
@@ -548,34 +552,60 @@ def resolve_unknown(
     conn: Connection, delivery_id: int, *, message_id: str | None, sent_at: datetime | None
 ) -> None:
     """A lookup settled it: sent (with the provider's id), or not there (retry later)."""
+    decide_unknown(
+        conn,
+        delivery_id,
+        sent=message_id is not None,
+        message_id=message_id,
+        sent_at=sent_at,
+        error=None
+        if message_id is not None
+        else "not found at the provider after an interrupted send",
+    )
+
+
+def decide_unknown(
+    conn: Connection,
+    delivery_id: int,
+    *,
+    sent: bool,
+    sent_at: datetime | None,
+    message_id: str | None = None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Settle one unknown delivery as sent or failed (a later run sends it again)."""
     values: dict[str, Any] = (
         {"state": "sent", "provider_message_id": message_id, "sent_at": sent_at}
-        if message_id is not None
-        else {
-            "state": "failed",
-            "last_error": "not found at the provider after an interrupted send",
-        }
+        if sent
+        else {"state": "failed", "sent_at": None}
     )
+    if error is not None:
+        values["last_error"] = error
+    if now is not None:
+        values["updated_at"] = now
     conn.execute(
         deliveries.update()
         .where(deliveries.c.id == delivery_id, deliveries.c.state == "unknown")
         .values(**values)
     )
-    # The enrollment's next step changed: plan it afresh.
-    conn.execute(
-        enrollments.update()
-        .where(
-            enrollments.c.subscriber_id
-            == sa.select(deliveries.c.subscriber_id)
-            .where(deliveries.c.id == delivery_id)
-            .scalar_subquery(),
-            enrollments.c.series
-            == sa.select(deliveries.c.series)
-            .where(deliveries.c.id == delivery_id)
-            .scalar_subquery(),
-        )
-        .values(plan_version=None)
+    replan_deliveries(conn, [delivery_id])
+
+
+def replan_deliveries(conn: Connection, delivery_ids: Sequence[int]) -> None:
+    """The enrollments these deliveries belong to have a new next step: plan them
+    afresh on the next run."""
+    owner = sa.select(deliveries.c.id).where(
+        deliveries.c.id.in_(delivery_ids),
+        deliveries.c.subscriber_id == enrollments.c.subscriber_id,
+        deliveries.c.series == enrollments.c.series,
     )
+    conn.execute(enrollments.update().where(owner.exists()).values(plan_version=None))
+
+
+def link_signer(conn: Connection) -> Signer:
+    """What signs unsubscribe links: SERIES_SECRET_KEY, else the key kept here."""
+    return Signer.from_environment(setting(conn, "link_signing_key"))
 
 
 def claim_unknown(
@@ -645,13 +675,4 @@ def record_replay(
                 updated_at=now,
             )
         )
-    ids = [delivery_id for delivery_id, _, _ in outcomes]
-    owners = sa.select(deliveries.c.subscriber_id, deliveries.c.series).where(
-        deliveries.c.id.in_(ids)
-    )
-    for subscriber_id, series in conn.execute(owners).all():
-        conn.execute(
-            enrollments.update()
-            .where(enrollments.c.subscriber_id == subscriber_id, enrollments.c.series == series)
-            .values(plan_version=None)
-        )
+    replan_deliveries(conn, [delivery_id for delivery_id, _, _ in outcomes])
