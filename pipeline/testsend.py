@@ -17,7 +17,7 @@ from .content import Article, Series
 from .errors import SeriesError
 from .providers import Provider, ProviderError
 from .render import Renderer
-from .send import personal_message
+from .send.compose import personal_message
 from .subscribers import normalise_email
 from .tokens import SECRET_ENV, TEST_SUBSCRIBER, Signer
 

@@ -1,0 +1,99 @@
+"""`series send`: plan → claim → render → provider → record, in batches.
+
+Nothing is held only in memory: a delivery is claimed in the database before it
+is sent and its outcome recorded right after, so a run killed at any moment
+leaves claims that the next run resolves (DESIGN §7).
+
+The stages, one module each: `reconcile` (deliveries an earlier run left unknown),
+`planning` (who is due), `compose` (rendering and each reader's message),
+`deliver` (claims, provider requests, retries, outcomes) and `workers` (the same,
+shared out to processes for large runs); `run` holds what they share.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from ..config import Config
+from ..content import Series, load_series
+from ..errors import ContentError, SeriesError
+from ..plan import Step
+from ..providers import Provider
+from ..store import Store
+from ..store.ledger import Due
+from .compose import personal_message
+from .deliver import RETRIES, deliver
+from .planning import dry_run_rows, hold_back, mark_planned, needs_full_plan, plan
+from .reconcile import reconcile
+from .run import LEASE, Planned, Run, SendOptions, SendReport
+from .workers import plan_and_deliver_in_parallel, workers_for
+
+__all__ = [
+    "LEASE",
+    "RETRIES",
+    "Planned",
+    "SendOptions",
+    "SendReport",
+    "dry_run_rows",
+    "load_selected",
+    "personal_message",
+    "send_due",
+]
+
+
+def send_due(config: Config, store: Store, provider: Provider, options: SendOptions) -> SendReport:
+    """Send every part that is due (or, with ``dry_run``, say what would be sent).
+
+    Raises ContentError when the content has errors (before anything is sent),
+    ProviderError when the provider refuses the run (credentials, quota), and
+    SeriesError for other problems that stop the run."""
+    series_list = load_selected(config, options.only)
+    report = SendReport()
+    run = Run(config, store, provider, options, report)
+    if not options.dry_run:
+        reconcile(run, series_list)
+    workers = workers_for(run, series_list)
+    if workers > 1:
+        run.composer.prepare(series_list)
+        # The compiled emails live for the whole run: keep the cycle collector from
+        # walking them, and forked workers from copying their pages by touching them.
+        gc.freeze()
+        plan_and_deliver_in_parallel(run, series_list, workers)
+        return report
+    full = [s for s in series_list if needs_full_plan(run, s)]
+    due: list[tuple[Series, Due, Step]] = []
+    for series in series_list:
+        due += plan(run, series)
+    due.sort(key=lambda item: item[2].due_at or options.now)
+    if options.limit is not None:
+        report.skipped += max(0, len(due) - options.limit)
+        hold_back(run, due[options.limit :])
+        due = due[: options.limit]
+    if due or options.dry_run:
+        run.composer.prepare(series_list)
+    if options.dry_run:
+        return report
+    if due:
+        if options.on_total:
+            options.on_total(len(due))
+        gc.freeze()  # the plan lives to the end of the run; see above
+        deliver(run, due)
+    # Only once every due delivery was handled may later runs skip the full plan:
+    # a run cut short leaves the marker, and the next run plans everyone again.
+    mark_planned(run, full)
+    return report
+
+
+def load_selected(config: Config, only: str | None) -> list[Series]:
+    """The workspace's series (or just ONLY), stopping on any content error.
+    Raises ContentError (every problem, `path:line: message`) or SeriesError."""
+    series_list, problems = load_series(config)
+    if any(p.is_error for p in problems):
+        raise ContentError(problems)
+    if only is not None:
+        chosen = [s for s in series_list if s.slug == only]
+        if not chosen:
+            names = ", ".join(s.slug for s in series_list) or "none"
+            raise SeriesError(f"unknown series '{only}' (series in this workspace: {names})")
+        return chosen
+    return series_list

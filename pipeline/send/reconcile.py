@@ -1,0 +1,175 @@
+"""Before planning: settle the deliveries that an earlier run left unknown (a crash,
+a lost answer, a lease that ran out). Where the provider honours idempotency keys
+the interrupted request is repeated whole under its key; otherwise each delivery is
+looked up at the provider. What cannot be settled stays unknown and is reported,
+never sent again blindly (DESIGN §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..content import Series
+from ..providers import Pending, Provider, ProviderError
+from ..store import ledger
+from .deliver import send_batch
+from .run import LEASE, Run
+
+
+def reconcile(run: Run, series_list: Sequence[Series]) -> None:
+    """Settle deliveries left unknown by a crash or a timeout before planning: repeat
+    their request under the same idempotency key where the provider has them, else
+    look them up; whatever cannot be settled stays unknown and is reported."""
+    now = run.clock()
+    report = run.report
+    with run.store.begin() as conn:
+        ledger.expire_claims(conn, now)
+        unknown = ledger.unknown_deliveries(conn, [s.slug for s in series_list])
+    if unknown and run.provider.idempotent:
+        unknown = replay(run, series_list, unknown)
+    if not unknown:
+        return
+    pending = [
+        Pending(row.delivery_key, row.email, row.attempted_at or row.updated_at - LEASE)
+        for row in unknown
+    ]
+    try:
+        found = run.provider.lookup(pending)
+    except ProviderError as exc:
+        if exc.auth:
+            raise
+        report.problems.append(f"could not check {len(unknown)} unknown deliveries: {exc}")
+        report.unknown += len(unknown)
+        return
+    forgotten = 0
+    settle = timedelta(seconds=run.provider.settle_time)
+    unchecked = [row for row in unknown if row.delivery_key not in found]
+    if unchecked:
+        report.unknown += len(unchecked)
+        report.problems.append(
+            f"{run.provider.name} checked {len(unknown) - len(unchecked)} of "
+            f"{len(unknown)} unknown deliveries; the rest wait for a later run"
+        )
+    with run.store.begin() as conn:
+        for row in unknown:
+            if row.delivery_key not in found:
+                continue
+            message_id = found[row.delivery_key]
+            if message_id is None and row.updated_at > now - settle:
+                report.unknown += 1  # too recent to conclude anything
+                continue
+            if message_id is None and _forgotten(run.provider, row, now):
+                # Older than the provider's memory: "not found" proves nothing.
+                report.unknown += 1
+                forgotten += 1
+                continue
+            ledger.resolve_unknown(
+                conn,
+                row.id,
+                message_id=message_id,
+                sent_at=row.attempted_at or row.updated_at,
+            )
+            report.resolved += 1
+    if forgotten:
+        report.problems.append(
+            f"{forgotten} unknown deliveries are older than {run.provider.name} keeps its "
+            "log: decide them with `series resolve` (see `series status`)"
+        )
+
+
+def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> list[Any]:
+    """Repeat each interrupted request whole, with the same messages under the same
+    idempotency key: if the provider took it the first time, it answers from that
+    (nothing is sent twice); if not, it sends now. Returns the rows this cannot
+    settle: the key has expired, or a recipient has left since (the first request
+    may never have arrived, and must not be sent to them now)."""
+    by_slug = {s.slug: s for s in series_list}
+    report = run.report
+    now = run.clock()
+    window = timedelta(seconds=run.provider.idempotency_window - run.provider.settle_time)
+    groups: dict[str, list[Any]] = {}
+    left: list[Any] = []
+    for row in unknown:
+        if row.batch is None or row.attempted_at is None:
+            left.append(row)
+        else:
+            groups.setdefault(row.batch, []).append(row)
+    for batch, rows in groups.items():
+        if rows[0].attempted_at < now - window:
+            left += rows  # the provider no longer knows the key
+            continue
+        gone = [
+            r for r in rows if r.status != "active" or r.unsubscribed_at is not None or r.paused
+        ]
+        if gone:
+            report.problems.append(
+                f"{len(rows)} deliveries of an interrupted request stay unknown: "
+                f"{gone[0].email} has left or paused since, so it cannot be repeated"
+            )
+            left += rows
+            continue
+        series = by_slug[rows[0].series]
+        missing = sorted({r.part for r in rows if series.part(r.part) is None})
+        if missing:
+            report.problems.append(
+                f"{len(rows)} deliveries of an interrupted request stay unknown: part "
+                f"{missing[0]} of {series.slug} is no longer in the workspace"
+            )
+            left += rows
+            continue
+        if run.composer.renderer is None:
+            run.composer.prepare(series_list)
+        with run.store.begin() as conn:
+            claimed = ledger.claim_unknown(
+                conn, [r.id for r in rows], batch, token=run.token, until=now + LEASE, now=now
+            )
+        if not claimed:
+            continue  # another run is repeating it, or a recipient left just now
+        messages = [
+            run.composer.build(
+                series,
+                r.part,
+                r.start_part,
+                r.subscriber_id,
+                r.email,
+                r.name,
+                r.delivery_key,
+                issued=r.attempted_at,
+            )
+            for r in rows
+        ]
+        # The key the request went out under, as recorded then: a request that
+        # lost a member since has another body, which the provider refuses (409)
+        # rather than sending again.
+        results = send_batch(run, messages, batch)
+        outcome = {r.key: r for r in results}
+        with run.store.begin() as conn:
+            ledger.record_replay(
+                conn,
+                [(r.id, outcome[r.delivery_key].outcome, outcome[r.delivery_key]) for r in rows],
+                token=run.token,
+                now=now,
+                sent_at=rows[0].attempted_at,
+            )
+        run.stop_if_halted()
+        for r in rows:
+            result = outcome[r.delivery_key]
+            if result.outcome == "sent":
+                report.resolved += 1
+            elif result.outcome == "unknown":
+                report.unknown += 1
+            else:
+                report.failed += 1
+                report.problems.append(
+                    f"{r.email}: part {r.part} of {r.series} failed: {result.error}"
+                )
+    return left
+
+
+def _forgotten(provider: Provider, row: Any, now: datetime) -> bool:
+    """Whether the provider no longer keeps a log that far back (None: it always does)."""
+    if provider.lookup_window is None:
+        return False
+    since = row.attempted_at or row.updated_at
+    return bool(since < now - timedelta(seconds=provider.lookup_window))

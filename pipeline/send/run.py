@@ -1,0 +1,129 @@
+"""What every stage of a run shares: its options, its report, its clock and its state.
+
+A run goes plan → claim → render → provider → record; each stage is its own module
+in this package and works on one `Run`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ..config import Config
+from ..content import Series
+from ..providers import Provider, ProviderError
+from ..store import Store, ledger
+from ..tokens import Signer
+
+if TYPE_CHECKING:
+    from .compose import Composer
+    from .deliver import RateLimiter
+
+LEASE = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One line of the plan: who gets (or waits for) which part, when and why."""
+
+    email: str
+    series: str
+    part: int | None
+    title: str
+    due_at: datetime | None
+    kind: str
+    reason: str
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    resolved: int = 0
+    planned: list[Planned] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def merge(self, other: SendReport) -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retried += other.retried
+        self.unknown += other.unknown
+        self.skipped += other.skipped
+        self.problems += other.problems
+
+    def summary(self) -> str:
+        return (
+            f"sent {self.sent}, failed {self.failed}, retried {self.retried}, "
+            f"unknown {self.unknown}, skipped {self.skipped}"
+        )
+
+
+@dataclass
+class SendOptions:
+    now: datetime
+    dry_run: bool = False
+    limit: int | None = None
+    only: str | None = None
+    provider_name: str = "outbox"  # to make a fresh provider in each worker process
+    workers: int = 1  # processes sending in parallel (each its own share of batches)
+    on_progress: Callable[[int], None] | None = None
+    on_total: Callable[[int], None] | None = None
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class Run:
+    """One `series send`: the store and provider it uses, what it has learnt so far
+    (the series it planned and their fingerprints), and what it reports."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        provider: Provider,
+        options: SendOptions,
+        report: SendReport,
+    ) -> None:
+        from .compose import Composer
+        from .deliver import RateLimiter
+
+        self.config = config
+        self.store = store
+        self.provider = provider
+        self.options = options
+        self.report = report
+        self.token = uuid.uuid4().hex  # marks this run's claims in the ledger
+        self.series: dict[str, Series] = {}
+        self.versions: dict[str, str] = {}  # series slug → the fingerprint planned with
+        self.composer: Composer = Composer(self)
+        self.limiter: RateLimiter = RateLimiter(config.rate_limit, options.monotonic, options.sleep)
+        # Set when the provider stopped the run after a request that may have gone
+        # through: that batch is recorded unknown first, then the run stops.
+        self.halt: ProviderError | None = None
+        self.started = options.monotonic()
+        self._signer: Signer | None = None
+
+    def clock(self) -> datetime:
+        """The run's current time: `now` as given, plus the time the run has taken.
+        Leases and ledger times use it, so a long run's later claims are not born
+        expired; with --now, time still moves on from the moment asked for."""
+        return self.options.now + timedelta(seconds=self.options.monotonic() - self.started)
+
+    def stop_if_halted(self) -> None:
+        if self.halt is not None:
+            raise self.halt
+
+    @property
+    def signer(self) -> Signer:
+        """What signs this run's unsubscribe links (read from the store once)."""
+        if self._signer is None:
+            with self.store.connect() as conn:
+                self._signer = ledger.link_signer(conn)
+        return self._signer

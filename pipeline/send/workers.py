@@ -1,0 +1,138 @@
+"""Large runs: the enrollments are shared out to worker processes by id, each
+planning and sending its own share on its own core. The claim protocol already
+makes concurrent senders safe; the parent adds up what the workers report."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from ..content import Series
+from ..errors import SeriesError
+from ..plan import Step
+from ..providers import ProviderError, get_provider
+from ..store import ledger, open_store
+from ..store.ledger import Due
+from .deliver import RateLimiter, deliver
+from .planning import mark_planned, needs_full_plan, plan
+from .run import Run, SendReport
+
+
+def workers_for(run: Run, series_list: Sequence[Series]) -> int:
+    """Worker processes for this run: several only for a large, unlimited real send."""
+    options = run.options
+    if options.workers < 2 or options.dry_run or options.limit is not None:
+        return 1
+    if not hasattr(os, "fork"):
+        return 1
+    batch_size = run.provider.batch_size
+    enough = 2 * options.workers * batch_size
+    with run.store.connect() as conn:
+        work = sum(
+            ledger.count_to_plan(
+                conn, s.slug, now=options.now, everything=needs_full_plan(run, s), cap=enough
+            )
+            for s in series_list
+        )
+    batches = -(-work // batch_size)
+    return max(1, min(options.workers, batches // 2))
+
+
+def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], workers: int) -> None:
+    """Share the enrollments out to worker processes by id, each planning and sending
+    its own share, and add up what they report. Raises what a worker's failure means:
+    ProviderError (auth) or SeriesError."""
+    options = run.options
+    full = [s for s in series_list if needs_full_plan(run, s)]
+    context = multiprocessing.get_context("fork")
+    events: multiprocessing.queues.Queue[tuple[Any, ...]] = context.Queue()
+    run.store.engine.dispose()  # no connection may be shared across a fork
+    children = [
+        context.Process(target=_worker, args=(run, series_list, (k, workers), events), daemon=True)
+        for k in range(workers)
+    ]
+    for child in children:
+        child.start()
+    failure: tuple[Any, ...] | None = None
+    finished = 0
+    planned: list[int] = []  # due deliveries per worker, once each has planned
+    sent_early = 0  # progress reported before every worker had planned
+    while finished < workers:
+        try:
+            event = events.get(timeout=1)
+        except queue.Empty:
+            if all(not child.is_alive() for child in children) and events.empty():
+                failure = failure or ("failed", False, "a worker process died")
+                break  # killed: its claims expire and the next run settles them
+            continue
+        if event[0] == "planned":
+            planned.append(event[1])
+            if len(planned) == workers:
+                if options.on_total:
+                    options.on_total(sum(planned))
+                if options.on_progress and sent_early:
+                    options.on_progress(sent_early)
+            continue
+        if event[0] == "progress":
+            if len(planned) < workers:
+                sent_early += event[1]
+            elif options.on_progress:
+                options.on_progress(event[1])
+            continue
+        finished += 1
+        if event[0] == "done":
+            run.report.merge(event[1])
+        else:
+            failure = failure or event
+    for child in children:
+        child.join()
+    if failure is not None:
+        _, auth, message = failure
+        if auth:
+            raise ProviderError(message, auth=True)
+        raise SeriesError(f"a sending process failed: {message}")
+    # Only now, with every share planned and sent, may later runs skip the full plan.
+    mark_planned(run, full)
+
+
+def _worker(
+    run: Run,
+    series_list: Sequence[Series],
+    shard: tuple[int, int],
+    events: multiprocessing.queues.Queue[tuple[Any, ...]],
+) -> None:
+    """One worker process (forked): its own store connection and provider session."""
+    random.seed()  # each worker its own retry jitter
+    options = run.options
+    if run.config.rate_limit:
+        # The configured rate is for the whole run: each worker takes its share.
+        run.limiter = RateLimiter(
+            run.config.rate_limit / shard[1], options.monotonic, options.sleep
+        )
+    try:
+        run.store = open_store(run.config.root, run.store.url, migrate=False)
+        run.provider = get_provider(options.provider_name, run.config)
+        run.report = SendReport()
+        options.on_progress = lambda count: events.put(("progress", count))
+        due: list[tuple[Series, Due, Step]] = []
+        for series in series_list:
+            due += plan(run, series, shard)
+        due.sort(key=lambda item: item[2].due_at or options.now)
+        events.put(("planned", len(due)))
+        gc.freeze()
+        deliver(run, due)
+        events.put(("done", run.report))
+    except ProviderError as exc:
+        events.put(("failed", exc.auth, str(exc)))
+    except BaseException as exc:
+        events.put(("failed", False, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        run.provider.close()
+        run.store.close()
