@@ -10,6 +10,10 @@ Targets (issue 4, this 2-core machine): >= 5,000 messages/s; <= 1 s for the
 nothing-due run; peak RSS <= 300 MB at 1,000,000 subscribers.
 
     python bench/send.py [--subscribers 100000] [--idle 1000000] [--runs 3]
+
+With ``--against REV`` the same runs are made, alternating, with the code of git
+revision REV (exported to a temporary folder), and both medians are printed: the
+machine's noise then weighs on both sides alike.
 """
 
 from __future__ import annotations
@@ -34,15 +38,17 @@ from tests.fake_postmark import FakePostmarkProcess  # noqa: E402
 TOKEN = "bench-token"
 
 
-def make_workspace(directory: Path, workers: int | None = None) -> Path:
+def make_workspace(directory: Path, workers: int | None = None, code: Path = ROOT) -> Path:
+    """The example workspace (content, templates and config of the tree at CODE)."""
     root = directory / "workspace"
     root.mkdir()
-    config = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    config = (code / "pyproject.toml").read_text(encoding="utf-8")
     if workers is not None:
         config = config.replace("[tool.series]\n", f"[tool.series]\nworkers = {workers}\n", 1)
     (root / "pyproject.toml").write_text(config, encoding="utf-8")
     for name in ("series", "templates"):
-        shutil.copytree(ROOT / name, root / name)
+        if (code / name).is_dir():
+            shutil.copytree(code / name, root / name)
     return root
 
 
@@ -53,12 +59,18 @@ def write_csv(path: Path, count: int) -> None:
             fh.write(f"reader{i:07d}@example.com,Reader {i},attachment\n")
 
 
-def series(workspace: Path, *args: str, env: dict[str, str]) -> tuple[float, float, str]:
-    """Run `series ARGS` in the workspace: (seconds, peak RSS of its process tree in MB,
-    stdout). The tree matters: a large send forks worker processes."""
+def series(
+    workspace: Path, *args: str, env: dict[str, str], code: Path = ROOT
+) -> tuple[float, float, str]:
+    """Run `series ARGS` in the workspace with the package of the tree at CODE: (seconds,
+    peak RSS of its process tree in MB, stdout). The tree matters: a large send forks
+    worker processes."""
     command = [sys.executable, "-m", "pipeline", "--workspace", str(workspace), *args]
+    env = {**env, "PYTHONPATH": str(code)}
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     peak = 0
     stop = threading.Event()
 
@@ -95,41 +107,51 @@ def _tree_rss_kb(root: int) -> int:
     return total
 
 
-def bench_send(count: int, runs: int, workers: int | None) -> None:
-    results = []
+def send_once(count: int, workers: int | None, code: Path) -> tuple[float, float]:
+    """One full send of COUNT due messages with the code at CODE: (seconds, peak MB)."""
+    with tempfile.TemporaryDirectory(prefix="series-bench-send-") as tmp:
+        workspace = make_workspace(Path(tmp), workers, code)
+        env = {**os.environ, "POSTMARK_SERVER_TOKEN": TOKEN}
+        env.pop("SERIES_DATABASE_URL", None)
+        readers = Path(tmp) / "readers.csv"
+        write_csv(readers, count)
+        series(workspace, "subscribers", "import", str(readers), env=env, code=code)
+        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
+            env["SERIES_PROVIDER_URL"] = fake.url
+            seconds, peak, out = series(
+                workspace, "send", "--provider", "postmark", env=env, code=code
+            )
+            accepted = len(fake.accepted)
+        if not out.startswith(f"sent {count}, failed 0") or accepted != count:
+            sys.exit(f"expected {count} messages, got: {out.strip()} ({accepted} accepted)")
+        return seconds, peak
+
+
+def bench_send(count: int, runs: int, workers: int | None, against: dict[str, Path]) -> None:
+    trees = {"this tree": ROOT, **against}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
     for _ in range(runs):
-        with tempfile.TemporaryDirectory(prefix="series-bench-send-") as tmp:
-            workspace = make_workspace(Path(tmp), workers)
-            env = {**os.environ, "POSTMARK_SERVER_TOKEN": TOKEN}
-            env.pop("SERIES_DATABASE_URL", None)
-            readers = Path(tmp) / "readers.csv"
-            write_csv(readers, count)
-            series(workspace, "subscribers", "import", str(readers), env=env)
-            with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
-                env["SERIES_PROVIDER_URL"] = fake.url
-                seconds, peak, out = series(workspace, "send", "--provider", "postmark", env=env)
-                accepted = len(fake.accepted)
-            if not out.startswith(f"sent {count}, failed 0") or accepted != count:
-                sys.exit(f"expected {count} messages, got: {out.strip()} ({accepted} accepted)")
-            results.append((seconds, peak))
-    seconds = statistics.median(r[0] for r in results)
-    print(f"send: {count:,} messages, {runs} run(s), median {seconds:.1f} s")
-    print(f"  messages/s end to end: {count / seconds:,.0f}   (target >= 5,000)")
-    print(f"  peak RSS of series send (all its processes): {max(r[1] for r in results):.0f} MB")
+        for name, code in trees.items():  # alternating, so noise hits both alike
+            results[name].append(send_once(count, workers, code))
+    for name, timings in results.items():
+        seconds = statistics.median(r[0] for r in timings)
+        print(f"send ({name}): {count:,} messages, {runs} run(s), median {seconds:.1f} s")
+        print(f"  messages/s end to end: {count / seconds:,.0f}   (target >= 5,000)")
+        print(f"  peak RSS of series send (all its processes): {max(r[1] for r in timings):.0f} MB")
 
 
-def bench_idle(count: int, runs: int) -> None:
+def bench_idle(count: int, runs: int, name: str = "this tree", code: Path = ROOT) -> None:
     with tempfile.TemporaryDirectory(prefix="series-bench-idle-") as tmp:
-        workspace = make_workspace(Path(tmp))
+        workspace = make_workspace(Path(tmp), code=code)
         env = {**os.environ}
         env.pop("SERIES_DATABASE_URL", None)
         readers = Path(tmp) / "readers.csv"
         write_csv(readers, count)
-        seconds, _, _ = series(workspace, "subscribers", "import", str(readers), env=env)
-        print(f"idle: imported {count:,} subscribers in {seconds:.1f} s")
+        seconds, _, _ = series(workspace, "subscribers", "import", str(readers), env=env, code=code)
+        print(f"idle ({name}): imported {count:,} subscribers in {seconds:.1f} s")
         # Before anyone enrolled: part 1 is not due yet for anybody.
         before = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        seconds, peak, out = series(workspace, "send", "--now", before, env=env)
+        seconds, peak, out = series(workspace, "send", "--now", before, env=env, code=code)
         assert out.startswith("sent 0,"), out
         print(
             f"  first run plans all {count:,}: {seconds:.1f} s, peak RSS {peak:.0f} MB"
@@ -137,7 +159,7 @@ def bench_idle(count: int, runs: int) -> None:
         )
         timings = []
         for _ in range(runs):
-            seconds, peak, out = series(workspace, "send", "--now", before, env=env)
+            seconds, peak, out = series(workspace, "send", "--now", before, env=env, code=code)
             assert out.startswith("sent 0,"), out
             timings.append((seconds, peak))
         median = statistics.median(t[0] for t in timings)
@@ -155,11 +177,30 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, help="sending processes (default: the config's)")
+    parser.add_argument("--against", metavar="REV", help="also measure git revision REV")
     args = parser.parse_args()
-    if args.subscribers:
-        bench_send(args.subscribers, args.runs, args.workers)
-    if args.idle:
-        bench_idle(args.idle, args.runs)
+    with tempfile.TemporaryDirectory(prefix="series-bench-rev-") as tmp:
+        against = {}
+        if args.against:
+            against[args.against] = export_revision(args.against, Path(tmp))
+        if args.subscribers:
+            bench_send(args.subscribers, args.runs, args.workers, against)
+        if args.idle:
+            for name, code in {"this tree": ROOT, **against}.items():
+                bench_idle(args.idle, args.runs, name, code)
+
+
+def export_revision(revision: str, directory: Path) -> Path:
+    """The files of git REVISION of this repository, in a new folder under DIRECTORY."""
+    target = directory / "tree"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 if __name__ == "__main__":
