@@ -22,6 +22,7 @@ _EXPORTS = {
     "ContentError": "errors",
     "Problem": "errors",
     "RenderError": "errors",
+    "MessageBuildError": "errors",
     "SeriesError": "errors",
     "UsageError": "errors",
     "CompiledEmail": "render",

@@ -14,13 +14,13 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import time
-from email.utils import formataddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, Problem
+from .headers import format_address, line_problem, smtputf8_problem
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UTM_KEYS = ("source", "medium", "campaign", "term", "content")
@@ -35,7 +35,10 @@ class Address:
     name: str = ""
 
     def formatted(self) -> str:
-        return formataddr((self.name, self.email)) if self.name else self.email
+        """The mailbox as a header carries it (see headers.format_address): ASCII, the
+        name one quoted or encoded phrase. Raises MessageBuildError when the address
+        cannot be sent."""
+        return format_address(self.email, self.name)
 
 
 @dataclass(frozen=True)
@@ -407,12 +410,12 @@ class _Validator:
         return str(template)
 
     def email(self, value: str, where: str) -> str:
-        from email_validator import EmailNotValidError, validate_email
+        problem = sender_problem(value)
+        if problem is not None:
+            raise self.fail(where, f"'{where}' {problem}")
+        from email_validator import validate_email
 
-        try:
-            return validate_email(value, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            raise self.fail(where, f"'{where}' is not a valid address: {exc}") from None
+        return validate_email(value, check_deliverability=False).normalized
 
     def address(self, value: Any, where: str) -> Address | None:
         if value is None:
@@ -425,9 +428,10 @@ class _Validator:
         email = self.typed(value, "email", str, where)
         if email is None:
             raise self.fail(where, f"'{where}.email' is required")
-        return Address(
-            self.email(email, f"{where}.email"), self.typed(value, "name", str, where) or ""
-        )
+        name = self.typed(value, "name", str, where) or ""
+        if (problem := line_problem(name)) is not None:
+            raise self.fail(f"{where}.name", f"'{where}.name' {problem}")
+        return Address(self.email(email, f"{where}.email"), name)
 
     def zone(self, name: str, where: str) -> ZoneInfo:
         return parse_zone(name, lambda message: self.fail(where, message))
@@ -459,6 +463,20 @@ class _Validator:
                     ) from None
                 params.append((f"utm_{key}", template))
         return Utm(enabled is not False, tuple(params))
+
+
+def sender_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a sender or reply-to address (in words that follow its
+    key's name), or None when it can: it must be a valid address series can send from
+    (an ASCII local part; an IDN domain goes out in ASCII)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"is not a valid address: {exc}"
+    problem = smtputf8_problem(value)
+    return None if problem is None else f"cannot be used: {problem}"
 
 
 def parse_zone(name: str, fail: Callable[[str], Exception]) -> ZoneInfo:

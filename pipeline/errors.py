@@ -59,3 +59,11 @@ class RenderError(SeriesError):
 
 class UsageError(SeriesError):
     """The command was called with arguments that name nothing in the workspace."""
+
+
+class MessageBuildError(SeriesError):
+    """One reader's message cannot be built: an address no provider can take (a non-ASCII
+    local part, a domain that is not valid IDNA), or a header that cannot be written as
+    one RFC 5322 field. Raised by pipeline/headers.py and pipeline/message.py; it is about
+    that reader only, so whoever sends marks that delivery failed with ``str(exc)`` and
+    goes on with the others."""

@@ -1,13 +1,32 @@
-"""A rendered email → a complete MIME message (multipart/alternative, all headers)."""
+"""A rendered email → the complete raw message (multipart/alternative, all headers).
+
+The header block is written here, line by line, from pipeline/headers.py; only the
+MIME body (the text and HTML parts) comes from the email package. Its default policy
+is kept away from our header values on purpose: it decodes encoded-words it finds in
+a value and writes the result back raw, and it turns a long List-Unsubscribe into
+encoded-words that mailbox providers cannot read.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from .config import Address
+from .headers import (
+    ascii_email,
+    encode_text,
+    format_address,
+    header_line,
+    list_unsubscribe,
+)
 from .render import RenderedEmail
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+LINESEP = "\n"
 
 
 def build_message(
@@ -18,21 +37,36 @@ def build_message(
     unsubscribe_url: str,
     date: datetime,
     reply_to: str | None = None,
-    extra_headers: dict[str, str] | None = None,
-) -> EmailMessage:
-    """Headers include RFC 8058 one-click unsubscribe; text first, HTML preferred."""
-    message = EmailMessage()
-    message["From"] = sender.formatted()
-    message["To"] = to.formatted()
-    if reply_to:
-        message["Reply-To"] = reply_to
-    message["Subject"] = email.subject
-    message["Date"] = format_datetime(date)
-    message["Message-ID"] = make_msgid(domain=sender.email.rsplit("@", 1)[-1])
-    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    for name, value in (extra_headers or {}).items():
-        message[name] = value
-    message.set_content(email.text)
-    message.add_alternative(email.html, subtype="html")
-    return message
+    extra_headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The message as RFC 5322 bytes, ready for an ``.eml`` file or a relay, with LF
+    line ends as local files have them (whatever hands it to SMTP makes them CRLF).
+    Headers: From, To, Reply-To, Subject, Date, Message-ID, RFC 8058 one-click
+    unsubscribe (``List-Unsubscribe: <https://…>``, never encoded, and
+    ``List-Unsubscribe-Post``), then ``extra_headers``. Body: the text part first,
+    the HTML part preferred (multipart/alternative).
+
+    Raises MessageBuildError when this reader's message cannot be built (an address
+    that cannot be sent, a header that cannot be one field)."""
+    domain = ascii_email(sender.email).rpartition("@")[2]
+    fields = [
+        ("From", sender.formatted()),
+        ("To", to.formatted()),
+        ("Reply-To", format_address(reply_to) if reply_to else None),
+        ("Subject", encode_text(email.subject)),
+        ("Date", format_datetime(date)),
+        ("Message-ID", make_msgid(domain=domain)),
+        ("List-Unsubscribe", list_unsubscribe(f"<{unsubscribe_url}>")),
+        ("List-Unsubscribe-Post", ONE_CLICK),
+        *(extra_headers or {}).items(),
+    ]
+    head = "".join(header_line(name, value, LINESEP) for name, value in fields if value is not None)
+    return head.encode("ascii") + _body(email.text, email.html)
+
+
+def _body(text: str, html: str) -> bytes:
+    """The MIME-Version and Content-Type fields and the multipart/alternative body."""
+    body = EmailMessage(policy=policy.default)
+    body.set_content(text)
+    body.add_alternative(html, subtype="html")
+    return body.as_bytes()

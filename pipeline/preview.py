@@ -68,7 +68,7 @@ def write_previews(
         files = {
             stem.with_suffix(".html"): email.html.encode("utf-8"),
             stem.with_suffix(".txt"): email.text.encode("utf-8"),
-            stem.with_suffix(".eml"): message.as_bytes(),
+            stem.with_suffix(".eml"): message,
         }
         for path, data in files.items():
             path.write_bytes(data)

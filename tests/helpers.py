@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from datetime import datetime
+from email.header import decode_header, make_header
+from email.utils import unquote
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -74,3 +77,22 @@ def closed_port() -> int:
 def flags(error: ProviderError) -> tuple[bool, bool, bool]:
     """(retryable, maybe_sent, auth) of a provider error."""
     return error.retryable, error.maybe_sent, error.auth
+
+
+def raw_fields(message: bytes) -> list[tuple[str, str]]:
+    """A raw message's header block as written, nothing decoded: (name, value unfolded)
+    per field. Fails unless the block is ASCII with lines of at most 998 octets."""
+    head = message.split(b"\n\n", 1)[0]
+    assert head.isascii(), head
+    assert all(len(line) <= 998 for line in head.split(b"\n"))
+    fields = re.split(r"\n(?=[^ \t])", head.decode("ascii"))
+    return [(f.split(":", 1)[0], f.split(":", 1)[1].replace("\n", "")) for f in fields]
+
+
+def display_text(mailbox: str) -> str:
+    """The display name of a raw ``phrase <address>`` as RFC 5322 and RFC 2047 read it
+    (Python's address parser keeps the space between two encoded-words: not used)."""
+    phrase = mailbox.rpartition("<")[0].strip() if "<" in mailbox else ""
+    if phrase.startswith('"'):
+        return unquote(phrase)
+    return str(make_header(decode_header(phrase))) if phrase else ""

@@ -69,7 +69,7 @@ def test_valid_config_values(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "config" / "config_valid.toml", tmp_path / "series.toml")
     config = load_config(tmp_path)
     assert config.site_url == "https://blog.example"
-    assert config.sender.formatted() == "Demo Editor <editor@blog.example>"
+    assert config.sender.formatted() == '"Demo Editor" <editor@blog.example>'
     assert str(config.timezone) == "Europe/Stockholm"
     assert config.send_window.days == frozenset({0, 1, 2, 3, 4})
     assert (config.send_window.start, config.send_window.end) == (time(9), time(17))

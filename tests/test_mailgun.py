@@ -122,8 +122,8 @@ def test_one_request_carries_the_batch_in_mailguns_shape(
     credentials = base64.b64encode(f"api:{KEY}".encode()).decode()
     assert request.header("Authorization") == f"Basic {credentials}"
     form = request.form
-    assert form["from"] == ["Demo Editor <editor@blog.example>"]
-    assert form["to"] == ['"Ann <&> O\'Neil" <ann@example.com>', "Bob <bob@example.com>"]
+    assert form["from"] == ['"Demo Editor" <editor@blog.example>']
+    assert form["to"] == ['"Ann <&> O\'Neil" <ann@example.com>', '"Bob" <bob@example.com>']
     assert form["subject"] == ["Part 1: Getting started"]
     assert form["html"] == [
         '<p>Hello %recipient.name_html%</p><a href="%recipient.unsubscribe_url_html%">'
@@ -320,11 +320,25 @@ def test_a_request_error_not_about_recipients_is_final(
     fake: FakeMailgun, provider: MailgunProvider
 ) -> None:
     """Any other 400 fails the request, not retryable, nobody bounced, Mailgun's words shown."""
-    error = send_error(provider, [replace(ANN, sender=Address(""))])
+    fake.fail_next(MESSAGES, Reply(400, {"message": "from parameter is missing"}))
+
+    error = send_error(provider, [ANN])
 
     assert not (error.retryable or error.auth or error.maybe_sent)
     assert str(error) == "Mailgun rejected the request (400): from parameter is missing"
     assert fake.delivered == []
+
+
+def test_a_sender_that_cannot_be_sent_from_fails_each_message_before_any_request(
+    fake: FakeMailgun, provider: MailgunProvider
+) -> None:
+    """A sender address series cannot send from fails its messages locally, nobody bounced."""
+    results = provider.send([replace(ANN, sender=Address(""))], batch_key="b")
+
+    assert [(r.outcome, r.subscriber_status, r.error) for r in results] == [
+        ("failed", None, "not sent: '' is not an email address")
+    ]
+    assert fake.requests == []
 
 
 def test_more_than_a_thousand_recipients_take_two_requests(
@@ -493,6 +507,25 @@ def test_lookup_pages_through_accepted_events() -> None:
     }
     assert all(r.path.startswith(f"{EVENTS}/") for r in searches[1:3])
     assert len(searches) == 3 + 4  # k-3 on the third page; k-9 reads to the empty fourth
+
+
+def test_an_idn_reader_is_sent_and_looked_up_in_ascii(
+    fake: FakeMailgun, provider: MailgunProvider
+) -> None:
+    """The stored address anna@bücher.example goes out as anna@xn--bcher-kva.example (its
+    recipient variables keyed so), and the events search asks for that form."""
+    anna = message("k-anna", "anna@bücher.example", "Anna")
+
+    [result] = provider.send([anna], batch_key="b")
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    found = provider.lookup([Pending("k-anna", "anna@bücher.example", since)])
+
+    [request] = fake.message_requests()
+    assert request.form["to"] == ['"Anna" <anna@xn--bcher-kva.example>']
+    assert set(json.loads(request.form["recipient-variables"][0])) == {"anna@xn--bcher-kva.example"}
+    assert found == {"k-anna": result.message_id}
+    [search] = [r for r in fake.requests if r.path == EVENTS]
+    assert search.query["recipient"] == ["anna@xn--bcher-kva.example"]
 
 
 def test_lookup_failures_are_provider_errors(fake: FakeMailgun, provider: MailgunProvider) -> None:

@@ -86,8 +86,8 @@ def test_batch_request_has_postmark_shape(fake: FakePostmark, provider: Postmark
     assert request.header("Content-Type") == "application/json"
     assert request.body == [
         {
-            "From": "Demo Editor <editor@blog.example>",
-            "To": "Ann Reader <ann@example.com>",
+            "From": '"Demo Editor" <editor@blog.example>',
+            "To": '"Ann Reader" <ann@example.com>',
             "Subject": "Part 1: Getting started",
             "HtmlBody": "<p>Hello Ann</p>",
             "TextBody": "Hello Ann",
@@ -155,14 +155,15 @@ def test_inactive_recipient_is_a_bounce_not_a_complaint(provider: PostmarkProvid
 def test_invalid_request_not_about_the_recipient_keeps_the_subscriber(
     fake: FakePostmark, provider: PostmarkProvider
 ) -> None:
-    """A 300 that blames the sender, not the To address, does not bounce the subscriber."""
+    """A sender that cannot be sent from fails the message before any request, without
+    bouncing the subscriber."""
     no_sender = replace(message(), sender=Address(""))
 
     [result] = provider.send([no_sender], batch_key="b")
 
     assert (result.outcome, result.subscriber_status) == ("failed", None)
-    assert result.error is not None and "'From'" in result.error
-    assert fake.accepted == []
+    assert result.error == "not sent: '' is not an email address"
+    assert fake.batch_requests() == []
 
 
 # -- whole-request failures ---------------------------------------------------

@@ -102,8 +102,8 @@ def test_batch_request_has_resend_shape(fake: FakeResend, provider: ResendProvid
     assert request.header("Content-Type") == "application/json"
     assert request.json == [
         {
-            "from": "Demo Editor <editor@blog.example>",
-            "to": ["Ann Reader <ann@example.com>"],
+            "from": '"Demo Editor" <editor@blog.example>',
+            "to": ['"Ann Reader" <ann@example.com>'],
             "subject": "Part 1: Getting started",
             "html": "<p>Hello Ann</p>",
             "text": "Hello Ann",
@@ -189,7 +189,7 @@ def test_ids_map_to_messages_in_order(fake: FakeResend, provider: ResendProvider
     assert [(r.key, r.outcome) for r in results] == [(f"k{i}", "sent") for i in range(3)]
     assert [r.message_id for r in results] == [e["id"] for e in fake.accepted]
     assert [e["to"] for e in fake.accepted] == [
-        [f"Ann Reader <r{i}@example.com>"] for i in range(3)
+        [f'"Ann Reader" <r{i}@example.com>'] for i in range(3)
     ]
 
 
@@ -212,12 +212,13 @@ def test_invalid_recipient_fails_alone_and_bounces(
 def test_item_error_about_the_sender_keeps_the_subscriber(
     fake: FakeResend, provider: ResendProvider
 ) -> None:
-    """An invalid reply_to fails the message without blaming the recipient."""
+    """An invalid reply_to fails the message before any request, without blaming the
+    recipient."""
     [result] = provider.send([replace(message(), reply_to="not an address")], batch_key="b")
 
     assert (result.outcome, result.subscriber_status) == ("failed", None)
-    assert result.error is not None and "reply_to" in result.error
-    assert fake.accepted == []
+    assert result.error == "not sent: 'not an address' is not an email address"
+    assert fake.batch_requests() == []
 
 
 def test_reply_that_does_not_match_is_unknown(fake: FakeResend, provider: ResendProvider) -> None:

@@ -323,18 +323,32 @@ def test_refused_address_bounces_and_the_rest_is_sent_once(
 def test_invalid_request_fails_whole_and_is_not_retried(
     fake: FakeSendGrid, provider: SendGridProvider
 ) -> None:
-    """A 400 about the request itself (the sender) fails it all, naming the field, and
+    """A 400 about the request itself (its content) fails it all, naming the field, and
     marks no reader."""
-    bad_sender = Message(**{**message().__dict__, "sender": Address("not-an-address")})
+    empty = Message(**{**message().__dict__, "merge": None, "html": "", "text": ""})
 
-    error = send_error(provider, [bad_sender])
+    error = send_error(provider, [empty])
 
     assert not (error.retryable or error.maybe_sent or error.auth)
     assert str(error) == (
-        "SendGrid rejected the request (400): The from email does not contain a valid "
-        "address. (field from.email)"
+        "SendGrid rejected the request (400): The content value must be a string at least "
+        "one character in length. (field content.0.value); The content value must be a "
+        "string at least one character in length. (field content.1.value)"
     )
     assert fake.delivered == []
+
+
+def test_a_sender_that_cannot_be_sent_from_fails_before_any_request(
+    fake: FakeSendGrid, provider: SendGridProvider
+) -> None:
+    """A sender address series cannot send from fails the message locally, nobody bounced."""
+    bad_sender = Message(**{**message().__dict__, "sender": Address("not-an-address")})
+
+    [result] = provider.send([bad_sender], batch_key="b")
+
+    assert (result.outcome, result.subscriber_status) == ("failed", None)
+    assert result.error == "not sent: 'not-an-address' is not an email address"
+    assert fake.sends() == []
 
 
 def test_bad_key_stops_the_run_and_hides_the_key(

@@ -8,15 +8,23 @@ adapter, decides about retries.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from markupsafe import escape
 
 from ..config import Address
-from ..errors import SeriesError
+from ..errors import MessageBuildError, SeriesError
+from ..headers import (
+    ascii_email,
+    clean_name,
+    encode_text,
+    header_line,
+    list_unsubscribe,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from ..render import CompiledEmail
@@ -160,3 +168,51 @@ class Provider(ABC):
 
     def close(self) -> None:  # noqa: B027  (optional hook: most providers hold nothing)
         """Release connections."""
+
+
+def sendable(messages: Sequence[Message]) -> tuple[list[Message], list[SendResult]]:
+    """Split a batch into the messages as they go on the wire and failed results for
+    those that cannot (``MessageBuildError``'s reason): one reader's odd data never
+    sinks the batch. Every adapter calls this first and sends only the first list.
+
+    A wire message has ASCII addresses (IDN domains in A-labels, RFC 5890), a name
+    and subject on one line, and header values that are one RFC 5322 field each; it
+    has been formatted once as the outbox would write it, so building its request
+    cannot fail."""
+    ready: list[Message] = []
+    refused: list[SendResult] = []
+    for message in messages:
+        try:
+            ready.append(_on_the_wire(message))
+        except MessageBuildError as exc:
+            refused.append(SendResult(message.key, "failed", error=f"not sent: {exc}"))
+    return ready, refused
+
+
+def in_order(messages: Sequence[Message], *results: Iterable[SendResult]) -> list[SendResult]:
+    """One result per message, in the messages' order, from results in any order."""
+    by_key = {result.key: result for group in results for result in group}
+    return [by_key[message.key] for message in messages]
+
+
+def _on_the_wire(message: Message) -> Message:
+    sender = Address(ascii_email(message.sender.email), clean_name(message.sender.name))
+    to = Address(ascii_email(message.to.email), clean_name(message.to.name))
+    reply_to = ascii_email(message.reply_to) if message.reply_to else None
+    headers = {
+        name: list_unsubscribe(value) if name == "List-Unsubscribe" else value
+        for name, value in message.headers.items()
+    }
+    header_line("From", sender.formatted())
+    header_line("To", to.formatted())
+    header_line("Subject", encode_text(message.subject))
+    for name, value in headers.items():
+        header_line(name, value)
+    return replace(
+        message,
+        sender=sender,
+        to=to,
+        reply_to=reply_to,
+        subject=one_line(message.subject),
+        headers=headers,
+    )

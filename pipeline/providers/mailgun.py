@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from ..errors import MessageBuildError
+from ..headers import ascii_email
 from .base import (
     Message,
     Outcome,
@@ -36,6 +38,8 @@ from .base import (
     SendResult,
     SuppressedAs,
     Suppression,
+    in_order,
+    sendable,
 )
 from .http import HttpClient, api_key
 
@@ -116,8 +120,9 @@ class MailgunProvider(Provider):
         the send loop would take the whole batch back and send the accepted messages
         again. The rest then get their own results instead (unknown when the request
         may have gone through, failed otherwise, for a later run to retry)."""
+        ready, refused = sendable(messages)
         results: dict[str, SendResult] = {}
-        queue = _groups(messages)
+        queue = _groups(ready)
         while queue:
             group = queue.pop(0)
             try:
@@ -144,7 +149,7 @@ class MailgunProvider(Provider):
                         subscriber_status="bounced",
                     )
             queue[:0] = again
-        return [results[m.key] for m in messages]
+        return in_order(messages, results.values(), refused)
 
     def _post(self, group: list[Message]) -> tuple[str | None, dict[str, str], list[list[Message]]]:
         """Send one group: (its message id | None, rejected key → error, groups to send
@@ -241,7 +246,7 @@ class MailgunProvider(Provider):
             found[item.key] = None
             params = {
                 "event": "accepted",
-                "recipient": item.email,
+                "recipient": _as_sent(item.email),
                 "begin": f"{(item.since - CLOCK_SKEW).timestamp():.0f}",
                 "ascending": "yes",
                 "limit": str(EVENTS_PAGE),
@@ -342,6 +347,15 @@ def _groups(messages: Sequence[Message]) -> list[list[Message]]:
         last.append(message)
         seen.add(address)
     return [chunk for chunks in groups.values() for chunk in chunks if chunk]
+
+
+def _as_sent(email: str) -> str:
+    """The address as its message went out (an IDN domain in ASCII), which is how
+    Mailgun's events name the recipient."""
+    try:
+        return ascii_email(email)
+    except MessageBuildError:
+        return email  # never sent: the search finds nothing, as it should
 
 
 def _var(field: str, in_html: bool) -> str:

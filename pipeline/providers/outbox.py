@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..errors import MessageBuildError
 from ..message import build_message
 from ..render import RenderedEmail
 from .base import Message, Pending, Provider, SendResult
@@ -32,23 +33,28 @@ class OutboxProvider(Provider):
         results = []
         for message in messages:
             path = self.directory / _file_name(message)
-            mime = build_message(
-                RenderedEmail(message.subject, "", message.html, message.text),
-                sender=message.sender,
-                to=message.to,
-                unsubscribe_url=message.headers.get("List-Unsubscribe", "").strip("<>"),
-                date=datetime.now(UTC),
-                reply_to=message.reply_to,
-                extra_headers={
-                    name: value
-                    for name, value in message.headers.items()
-                    if name not in ("List-Unsubscribe", "List-Unsubscribe-Post")
-                }
-                | {"X-Series-Delivery": message.key},
-            )
+            try:
+                raw = build_message(
+                    RenderedEmail(message.subject, "", message.html, message.text),
+                    sender=message.sender,
+                    to=message.to,
+                    unsubscribe_url=message.headers.get("List-Unsubscribe", "").strip("<>"),
+                    date=datetime.now(UTC),
+                    reply_to=message.reply_to,
+                    extra_headers={
+                        name: value
+                        for name, value in message.headers.items()
+                        if name not in ("List-Unsubscribe", "List-Unsubscribe-Post")
+                    }
+                    | {"X-Series-Delivery": message.key},
+                )
+            except MessageBuildError as exc:
+                # This reader only: the others' files are written all the same.
+                results.append(SendResult(message.key, "failed", error=f"not sent: {exc}"))
+                continue
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                fh.write(mime.as_bytes())
+                fh.write(raw)
             os.replace(tmp, path)
             results.append(SendResult(message.key, "sent", message_id=path.name))
         return results

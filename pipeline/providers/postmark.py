@@ -29,6 +29,8 @@ from .base import (
     SendResult,
     SuppressedAs,
     Suppression,
+    in_order,
+    sendable,
 )
 from .http import HttpClient
 
@@ -96,6 +98,11 @@ class PostmarkProvider(Provider):
         )
 
     def send(self, messages: Sequence[Message], *, batch_key: str) -> list[SendResult]:
+        ready, refused = sendable(messages)
+        results = self._send(ready) if ready else []
+        return in_order(messages, results, refused)
+
+    def _send(self, messages: Sequence[Message]) -> list[SendResult]:
         body = [self._payload(m) for m in messages]
         # orjson: a batch is up to 500 full emails (~10 MB); the stdlib encoder takes
         # longer over that than everything else the send loop does per message.

@@ -35,7 +35,16 @@ import orjson
 import requests
 
 from ..config import Address
-from .base import Message, Provider, ProviderError, SendResult, SuppressedAs, Suppression
+from .base import (
+    Message,
+    Provider,
+    ProviderError,
+    SendResult,
+    SuppressedAs,
+    Suppression,
+    in_order,
+    sendable,
+)
 from .http import GATEWAY_ERRORS, HttpClient, api_key, retry_after
 
 KEY_ENV = "RESEND_API_KEY"
@@ -99,7 +108,12 @@ class ResendProvider(Provider):
     # -- sending -----------------------------------------------------------
 
     def send(self, messages: Sequence[Message], *, batch_key: str) -> list[SendResult]:
-        body = [self._payload(m) for m in messages]
+        # A message that cannot be built fails the same way every time, so a repeat
+        # under the same key carries the same body.
+        ready, refused = sendable(messages)
+        if not ready:
+            return in_order(messages, refused)
+        body = [self._payload(m) for m in ready]
         response = self._request(
             "POST",
             BATCH_PATH,
@@ -108,7 +122,7 @@ class ResendProvider(Provider):
         )
         if response.status_code != 200:
             raise self._error(response, "the batch")
-        return self._results(messages, _json(response))
+        return in_order(messages, self._results(ready, _json(response)), refused)
 
     def _payload(self, message: Message) -> dict[str, Any]:
         payload: dict[str, Any] = {

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import orjson
 import requests
 
+from ..headers import recipient_name
 from .base import (
     Message,
     Outcome,
@@ -31,6 +32,8 @@ from .base import (
     SendResult,
     SuppressedAs,
     Suppression,
+    in_order,
+    sendable,
 )
 from .http import GATEWAY_ERRORS, HttpClient, api_key
 
@@ -103,10 +106,11 @@ class SendGridProvider(Provider):
     # -- sending -------------------------------------------------------------
 
     def send(self, messages: Sequence[Message], *, batch_key: str) -> list[SendResult]:
+        ready, refused = sendable(messages)
         # The send loop never mixes templates in a batch, but a request can only carry
         # one body, sender and category set: split defensively if it ever does.
         groups: dict[tuple[Any, ...], list[Message]] = {}
-        for message in messages:
+        for message in ready:
             body = id(message.merge.template) if message.merge else id(message)
             key = (body, message.sender, message.reply_to, message.tag)
             groups.setdefault(key, []).append(message)
@@ -115,8 +119,7 @@ class SendGridProvider(Provider):
             for group in groups.values()
             for start in range(0, len(group), MAX_PERSONALIZATIONS)
         ]
-        outcome = {r.key: r for r in self._each(requests_)}
-        return [outcome[m.key] for m in messages]
+        return in_order(messages, self._each(requests_), refused)
 
     def _each(self, requests_: Sequence[Sequence[Message]]) -> list[SendResult]:
         """Send several requests in turn. Once one was accepted, a later failure must not
@@ -217,7 +220,7 @@ class SendGridProvider(Provider):
 
     def _personalization(self, message: Message) -> dict[str, Any]:
         item: dict[str, Any] = {
-            "to": [_address(message.to.email, message.to.name)],
+            "to": [_address(message.to.email, recipient_name(message.to.name))],
             "subject": message.subject,
             "custom_args": {"delivery_key": message.key},
         }
