@@ -18,8 +18,17 @@ from zoneinfo import ZoneInfo
 import yaml
 from frontmatter.default_handlers import YAMLHandler
 
-from .config import Address, Config, SendWindow, is_web_url, parse_send_window, parse_zone
+from .config import (
+    Address,
+    Config,
+    SendWindow,
+    is_web_url,
+    parse_send_window,
+    parse_zone,
+    sender_problem,
+)
 from .errors import Problem
+from .headers import line_problem
 
 ARTICLE_NAME = re.compile(r"(?P<number>\d+)-(?P<slug>[^/]+)\.md")
 
@@ -140,7 +149,7 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
         return None
     report = _Reporter(source, lines, problems)
     report.unknown_keys(data, SERIES_KEYS)
-    title = report.string(data, "title", required=True)
+    title = report.line(data, "title", required=True)
     cadence = report.number(data, "cadence_days")
     timezone = config.timezone
     if "timezone" in data:
@@ -182,12 +191,23 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
 
 
 def _series_sender(value: Any, default: Address, report: _Reporter) -> Address:
+    """The series' own ``from``: checked as the workspace's is (a valid address series
+    can send from; a name on one line), since it goes into every From header."""
     if isinstance(value, str):
-        return Address(value, default.name)
-    if isinstance(value, dict) and set(value) <= {"name", "email"} and "email" in value:
-        return Address(str(value["email"]), str(value.get("name", default.name)))
-    report.add("from", "'from' must be an address or { name, email }")
-    return default
+        email, name = value, default.name
+    elif isinstance(value, dict) and set(value) <= {"name", "email"} and "email" in value:
+        email, name = str(value["email"]), str(value.get("name", default.name))
+    else:
+        report.add("from", "'from' must be an address or { name, email }")
+        return default
+    problem = sender_problem(email)
+    if problem is not None:
+        report.add("from", f"'from' email {problem}")
+        return default
+    if (problem := line_problem(name)) is not None:
+        report.add("from", f"'from' name {problem}")
+        return default
+    return Address(email.strip(), name)
 
 
 class _At(Exception):
@@ -227,7 +247,7 @@ def _load_article(
     body_line = text[:body_start].count("\n") + 1
     report = _Reporter(source, lines, problems, default_line=front_offset)
     report.unknown_keys(data, ARTICLE_KEYS)
-    title = report.string(data, "title", required=True)
+    title = report.line(data, "title", required=True)
     part = report.integer(data, "part", required=True)
     if part is not None and part < 1:
         report.add("part", f"'part' must be 1 or more, got {part}")
@@ -254,9 +274,9 @@ def _load_article(
         part=part,
         title=title,
         slug=slug,
-        subject=report.string(data, "subject"),
-        preheader=report.string(data, "preheader") or "",
-        summary=report.string(data, "summary") or "",
+        subject=report.line(data, "subject"),
+        preheader=report.line(data, "preheader") or "",
+        summary=report.line(data, "summary") or "",
         url=report.url(data, "url"),
         published=published,
         draft=bool(draft),
@@ -356,6 +376,15 @@ class _Reporter:
         text = str(value).strip()
         if not text:
             self.add(key, f"'{key}' must not be empty")
+            return None
+        return text
+
+    def line(self, data: Mapping[str, Any], key: str, required: bool = False) -> str | None:
+        """Text for a one-line field (a subject, or text a subject is made from): no
+        line breaks or other control characters, not even inside an encoded-word."""
+        text = self.string(data, key, required)
+        if text is not None and (problem := line_problem(text)) is not None:
+            self.add(key, f"'{key}' {problem}")
             return None
         return text
 
