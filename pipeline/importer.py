@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .errors import Problem
+from .headers import clean_name, control_character
 from .store import Store
 from .store.schema import (
     STATUSES,
@@ -37,9 +38,9 @@ from .subscribers import (
     SubscriberError,
     check_timezone,
     iter_subscribers,
-    normalise_email,
     progress_text,
     replan,
+    sendable_email,
 )
 
 KNOWN_COLUMNS = ("email", "name", "timezone", "series", "start_part", "subscribed_at", "status")
@@ -76,6 +77,7 @@ class Row:
     subscribed_at: datetime | None
     status: str | None
     attributes: dict[str, str]
+    notes: tuple[str, ...] = ()  # warnings about the row, which is imported all the same
 
 
 def import_csv(
@@ -120,6 +122,8 @@ def import_csv(
                 report.rejected += 1
                 problem(line, str(exc))
                 continue
+            for note in row.notes:
+                problem(line, note, "warning")
             if row.email in seen:
                 report.rejected += 1
                 problem(line, f"{row.email} is a duplicate of line {seen[row.email]}")
@@ -162,7 +166,7 @@ def _parse_row(
     cells = {k: (v or "").strip() for k, v in raw.items()}
     if not cells.get("email"):
         raise ValueError("no email address")
-    email = normalise_email(cells["email"])
+    email = sendable_email(cells["email"])
     timezone = cells.get("timezone") or None
     if timezone:
         check_timezone(timezone)
@@ -201,16 +205,22 @@ def _parse_row(
         and key
         and value
     }
+    name = clean_name(cells.get("name") or "") or None
+    notes: tuple[str, ...] = ()
+    if name != (cells.get("name") or None):
+        found = control_character(cells.get("name") or "")
+        notes = (f"the name had {found}; stored as {name or ''!r}",)
     return Row(
         line=line,
         email=email,
-        name=cells.get("name") or None,
+        name=name,
         timezone=timezone,
         series=series,
         start_part=start_part,
         subscribed_at=subscribed_at,
         status=status,
         attributes=attributes,
+        notes=notes,
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from .config import parse_zone
 from .content import Series
 from .errors import SeriesError
+from .headers import clean_name, smtputf8_problem
 from .store import Store
 from .store.ledger import record_status
 from .store.schema import (
@@ -109,6 +110,18 @@ def normalise_email(raw: str) -> str:
         raise ValueError(f"invalid email {raw.strip()!r}: {exc}") from None
 
 
+def sendable_email(raw: str) -> str:
+    """A new address, as ``normalise_email`` gives it, that series can also send to: the
+    one rule for ``subscribers add``, import and ``test-send --to``. An IDN domain is
+    fine (it goes out in ASCII); a non-ASCII local part is refused, since it would need
+    SMTPUTF8 (RFC 6531). ValueError says why."""
+    address = normalise_email(raw)
+    problem = smtputf8_problem(address)
+    if problem is not None:
+        raise ValueError(f"{address}: {problem}")
+    return address
+
+
 @lru_cache(maxsize=4096)
 def _normal_domain(domain: str) -> str | None:
     """email-validator's verdict on a domain: its normalised form, or None if invalid."""
@@ -145,9 +158,12 @@ def add_subscriber(
     resubscribe: bool = False,
     actor: str = "cli",
 ) -> Outcome:
-    """Create or update one subscriber and, with ``series``, enroll them."""
+    """Create or update one subscriber and, with ``series``, enroll them. The name is
+    stored cleaned (``clean_name``); an address series cannot send to is refused."""
+    if name is not None:
+        name = clean_name(name)
     try:
-        address = normalise_email(email)
+        address = sendable_email(email)
         if timezone is not None:
             check_timezone(timezone)
     except ValueError as exc:

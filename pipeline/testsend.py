@@ -18,7 +18,7 @@ from .errors import SeriesError
 from .providers import Provider, ProviderError
 from .render import Renderer
 from .send.compose import personal_message
-from .subscribers import normalise_email
+from .subscribers import sendable_email
 from .tokens import SECRET_ENV, TEST_SUBSCRIBER, Signer
 
 SUBJECT_MARK = "[TEST] "
@@ -45,7 +45,7 @@ def send_test(
     """Render ``article`` as a reader who has received ``progress`` parts sees it
     (default: every earlier part) and send it to ``to``."""
     try:
-        address = normalise_email(to)
+        address = sendable_email(to)
     except ValueError as exc:
         raise SeriesError(f"--to: {exc}") from None
     received = None
