@@ -152,6 +152,7 @@ def _print_plan(
 
 
 def status_command(state: State, *, now: datetime, series: str | None) -> None:
+    from .plan import MAX_ATTEMPTS
     from .send import load_selected
     from .status import PART_COLUMNS, series_status
     from .store import open_store
@@ -198,6 +199,18 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                 format_table(
                     ("EMAIL", "PART", "SINCE", "LAST ERROR"),
                     ((u.email, str(u.part), _when(u.since), u.error[:80]) for u in status.unknown),
+                )
+            )
+        if status.failed:
+            click.echo(
+                f"{len(status.failed)} failed delivery(ies): a later run tries each again "
+                f"until it has failed {MAX_ATTEMPTS} times; fix what the error names (a "
+                "subscriber's address: `series subscribers remove EMAIL`, then add it again):"
+            )
+            click.echo(
+                format_table(
+                    ("EMAIL", "PART", "ATTEMPTS", "LAST ERROR"),
+                    ((f.email, str(f.part), str(f.attempts), f.error[:80]) for f in status.failed),
                 )
             )
         e = status.enrollments

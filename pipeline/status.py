@@ -18,13 +18,15 @@ PART_COLUMNS = ("sent", "due now", "scheduled", "waiting", "failed", "unknown")
 
 
 @dataclass(frozen=True)
-class Unknown:
-    """A delivery whose outcome nobody knows: the provider may or may not have it."""
+class Stuck:
+    """A delivery a person may want to look at: its outcome is unknown (the provider
+    may or may not have it), or it failed (a later run tries again)."""
 
     email: str
     part: int
     since: datetime
     error: str
+    attempts: int = 0
 
 
 @dataclass
@@ -33,7 +35,8 @@ class SeriesStatus:
     parts: dict[int, Counter[str]] = field(default_factory=dict)
     next_due: dict[int, datetime] = field(default_factory=dict)
     enrollments: Counter[str] = field(default_factory=Counter)
-    unknown: list[Unknown] = field(default_factory=list)
+    unknown: list[Stuck] = field(default_factory=list)
+    failed: list[Stuck] = field(default_factory=list)
 
 
 def series_status(store: Store, series_list: list[Series], now: datetime) -> list[SeriesStatus]:
@@ -50,7 +53,8 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
                 column = {"claimed": "unknown"}.get(state, state)
                 status.parts.setdefault(part, Counter())[column] += count
             status.enrollments.update(_enrollment_counts(conn, series.slug))
-            status.unknown = _unknown(conn, series.slug)
+            status.unknown = _stuck(conn, series.slug, "unknown")
+            status.failed = _stuck(conn, series.slug, "failed")
         # Due, scheduled and waiting come from the planner itself, so status and send agree.
         for chunk in ledger.iter_enrollments(store, series.slug, now=now, everything=True):
             for enrollment in chunk:
@@ -74,7 +78,7 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
     return report
 
 
-def _unknown(conn: sa.Connection, series: str) -> list[Unknown]:
+def _stuck(conn: sa.Connection, series: str, state: str) -> list[Stuck]:
     rows = conn.execute(
         sa.select(
             subscribers.c.email,
@@ -82,13 +86,15 @@ def _unknown(conn: sa.Connection, series: str) -> list[Unknown]:
             deliveries.c.attempted_at,
             deliveries.c.updated_at,
             deliveries.c.last_error,
+            deliveries.c.attempts,
         )
         .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-        .where(deliveries.c.series == series, deliveries.c.state == "unknown")
+        .where(deliveries.c.series == series, deliveries.c.state == state)
         .order_by(deliveries.c.part, subscribers.c.email)
     ).all()
     return [
-        Unknown(r.email, r.part, r.attempted_at or r.updated_at, r.last_error or "") for r in rows
+        Stuck(r.email, r.part, r.attempted_at or r.updated_at, r.last_error or "", r.attempts)
+        for r in rows
     ]
 
 
