@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .cli import State
     from .providers import Provider
     from .send import Planned, SendReport
+    from .status import Stuck
     from .store import Store
 
 
@@ -189,29 +190,21 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
             )
         )
         if status.unknown:
-            click.echo(
+            _listing(
                 f"{len(status.unknown)} delivery(ies) with an unknown outcome: the provider may "
                 "or may not have sent them. Check its activity log, then decide each with "
                 f"`series resolve {status.series.slug}/PART EMAIL --sent` (the reader has it) "
-                "or `--not-sent` (a later run sends it):"
-            )
-            click.echo(
-                format_table(
-                    ("EMAIL", "PART", "SINCE", "LAST ERROR"),
-                    ((u.email, str(u.part), _when(u.since), u.error[:80]) for u in status.unknown),
-                )
+                "or `--not-sent` (a later run sends it):",
+                "SINCE",
+                [(u, _when(u.since)) for u in status.unknown],
             )
         if status.failed:
-            click.echo(
+            _listing(
                 f"{len(status.failed)} failed delivery(ies): a later run tries each again "
-                f"until it has failed {MAX_ATTEMPTS} times; fix what the error names (a "
-                "subscriber's address: `series subscribers remove EMAIL`, then add it again):"
-            )
-            click.echo(
-                format_table(
-                    ("EMAIL", "PART", "ATTEMPTS", "LAST ERROR"),
-                    ((f.email, str(f.part), str(f.attempts), f.error[:80]) for f in status.failed),
-                )
+                f"until it has failed {MAX_ATTEMPTS} times. Fix what the error names; for an "
+                "address series cannot send to, `series subscribers unsubscribe EMAIL`:",
+                "ATTEMPTS",
+                [(f, str(f.attempts)) for f in status.failed],
             )
         e = status.enrollments
         click.echo(
@@ -219,6 +212,17 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
             f"{e['paused']} paused, {e['unsubscribed']} unsubscribed, "
             f"{e['bounced'] + e['complained']} bounced or complained"
         )
+
+
+def _listing(intro: str, column: str, rows: list[tuple[Stuck, str]]) -> None:
+    """Deliveries one by one after what to do about them: email, part, COLUMN, error."""
+    click.echo(intro)
+    click.echo(
+        format_table(
+            ("EMAIL", "PART", column, "LAST ERROR"),
+            ((d.email, str(d.part), value, d.error[:80]) for d, value in rows),
+        )
+    )
 
 
 def resolve_command(state: State, *, target: str, email: str, sent: bool, now: datetime) -> None:

@@ -79,6 +79,22 @@ def flags(error: ProviderError) -> tuple[bool, bool, bool]:
     return error.retryable, error.maybe_sent, error.auth
 
 
+# The fields of an outbox or preview .eml file, in the order they are written.
+EML_FIELDS = [
+    "From",
+    "To",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "X-Series-Delivery",
+    "MIME-Version",
+    "Content-Type",
+]
+
+
 def raw_fields(message: bytes) -> list[tuple[str, str]]:
     """A raw message's header block as written, nothing decoded: (name, value unfolded)
     per field. Fails unless the block is ASCII with lines of at most 998 octets."""

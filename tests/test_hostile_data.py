@@ -31,7 +31,7 @@ from .fake_mailgun import FakeMailgun
 from .fake_postmark import FakePostmark
 from .fake_resend import FakeResend
 from .fake_sendgrid import FakeSendGrid
-from .helpers import ENROLLED_AT, configure, display_text, raw_fields, run
+from .helpers import EML_FIELDS, ENROLLED_AT, configure, display_text, raw_fields, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 # An encoded-word that, decoded and written back raw, adds a recipient.
@@ -63,19 +63,6 @@ REFUSED = (
     "the @ is not ASCII; mail with such an address needs SMTPUTF8 (RFC 6531), which series "
     "does not use"
 )
-OUTBOX_FIELDS = [
-    "From",
-    "To",
-    "Reply-To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "X-Series-Delivery",
-    "MIME-Version",
-    "Content-Type",
-]
 KEYS = {
     "RESEND_API_KEY": "re_hostile_test_key",
     "SENDGRID_API_KEY": "SG.hostile-test-key",
@@ -125,7 +112,7 @@ def outbox_wire(root: Path, _: Any) -> list[tuple[str, str]]:
     wire = []
     for path in sorted((root / "outbox").glob("*.eml")):
         fields = raw_fields(path.read_bytes())
-        assert [name for name, _ in fields] == OUTBOX_FIELDS
+        assert [name for name, _ in fields] == EML_FIELDS
         values = dict(fields)
         assert re.fullmatch(
             r" <https://steadyground\.example/u/[^\s<>]+>", values["List-Unsubscribe"]

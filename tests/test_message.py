@@ -19,25 +19,12 @@ from pipeline.headers import clean_name, one_line
 from pipeline.message import build_message
 from pipeline.render import RenderedEmail
 
-from .helpers import display_text, raw_fields
+from .helpers import EML_FIELDS, display_text, raw_fields
 
 SENDER = Address("maya@steadyground.example", "Maya at Steady Ground")
 READER = "reader@bücher.example"
 ON_THE_WIRE = "reader@xn--bcher-kva.example"
 URL = "https://steadyground.example/u/" + "t" * 120
-FIELDS = [
-    "From",
-    "To",
-    "Reply-To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "X-Series-Delivery",
-    "MIME-Version",
-    "Content-Type",
-]
 
 
 def build(name: str, subject: str, to: str = READER) -> bytes:
@@ -67,7 +54,7 @@ def test_any_name_and_subject_give_one_recipient_and_no_extra_field(
     raw = build(name, subject)
 
     fields = raw_fields(raw)
-    assert [field for field, _ in fields] == FIELDS
+    assert [field for field, _ in fields] == EML_FIELDS
     values = dict(fields)
     assert [address for _, address in getaddresses([values["To"]])] == [ON_THE_WIRE]
     assert values["List-Unsubscribe"] == f" <{URL}>"
