@@ -69,6 +69,16 @@ KEYS = {
     "MAILGUN_API_KEY": "key-hostile-test",
     "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
 }
+ARTICLE = "series/attachment/01-attachment-theory.md"
+MANIFEST = "series/attachment/series.yml"
+
+
+def edit(root: Path, path: str, old: str, new: str) -> None:
+    """Replace the first OLD in the workspace file PATH with NEW."""
+    file = root / path
+    text = file.read_text(encoding="utf-8")
+    assert old in text
+    file.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def store_hostile_readers(root: Path) -> None:
@@ -105,10 +115,14 @@ def header_safe(*values: str) -> None:
         assert not CONTROL.search(value), value
 
 
-# -- what each provider received, as (raw To, raw From) per message --------------
+# -- what each provider received: (raw To, raw From, subject) per message --------
+
+Wire = tuple[str, str, str]
+# A subject that only looks like an encoded-word: it must arrive as typed.
+LITERAL_SUBJECT = "About =?utf-8?q?Bcc=3A_x=40evil=2Eexample?= headers"
 
 
-def outbox_wire(root: Path, _: Any) -> list[tuple[str, str]]:
+def outbox_wire(root: Path, _: Any) -> list[Wire]:
     wire = []
     for path in sorted((root / "outbox").glob("*.eml")):
         fields = raw_fields(path.read_bytes())
@@ -117,32 +131,33 @@ def outbox_wire(root: Path, _: Any) -> list[tuple[str, str]]:
         assert re.fullmatch(
             r" <https://steadyground\.example/u/[^\s<>]+>", values["List-Unsubscribe"]
         )
-        wire.append((values["To"], values["From"]))  # ASCII: raw_fields checked it
+        subject = str(make_header(decode_header(values["Subject"][1:])))
+        wire.append((values["To"], values["From"], subject))  # ASCII: raw_fields checked it
     return wire
 
 
-def postmark_wire(_: Path, fake: FakePostmark) -> list[tuple[str, str]]:
+def postmark_wire(_: Path, fake: FakePostmark) -> list[Wire]:
     wire = []
     for request in fake.batch_requests():
         for item in request.body:
             header_safe(item["Subject"], *(h["Value"] for h in item["Headers"]))
             assert item["To"].isascii() and item["From"].isascii()
-            wire.append((item["To"], item["From"]))
+            wire.append((item["To"], item["From"], item["Subject"]))
     return wire
 
 
-def resend_wire(_: Path, fake: FakeResend) -> list[tuple[str, str]]:
+def resend_wire(_: Path, fake: FakeResend) -> list[Wire]:
     wire = []
     for request in fake.batch_requests():
         for item in json.loads(request.raw):
             header_safe(item["subject"], *item["headers"].values())
             [to] = item["to"]
             assert to.isascii() and item["from"].isascii()
-            wire.append((to, item["from"]))
+            wire.append((to, item["from"], item["subject"]))
     return wire
 
 
-def sendgrid_wire(_: Path, fake: FakeSendGrid) -> list[tuple[str, str]]:
+def sendgrid_wire(_: Path, fake: FakeSendGrid) -> list[Wire]:
     """SendGrid writes ``name <email>`` into the To header as it is given (encoding a
     non-ASCII name itself): the pair, so joined, must still be one recipient."""
     wire = []
@@ -154,11 +169,11 @@ def sendgrid_wire(_: Path, fake: FakeSendGrid) -> list[tuple[str, str]]:
             [to] = item["to"]
             header_safe(to.get("name", ""), *item.get("headers", {}).values())
             mailbox = f"{to['name']} <{to['email']}>" if to.get("name") else to["email"]
-            wire.append((mailbox, sender["email"]))
+            wire.append((mailbox, sender["email"], item["subject"]))
     return wire
 
 
-def mailgun_wire(_: Path, fake: FakeMailgun) -> list[tuple[str, str]]:
+def mailgun_wire(_: Path, fake: FakeMailgun) -> list[Wire]:
     wire = []
     for request in fake.message_requests():
         form = request.form
@@ -169,7 +184,7 @@ def mailgun_wire(_: Path, fake: FakeMailgun) -> list[tuple[str, str]]:
         for to in form["to"]:
             assert to.isascii() and form["from"][0].isascii()
             assert one_recipient(to) in variables  # each copy finds its own link and key
-            wire.append((to, form["from"][0]))
+            wire.append((to, form["from"][0], form["subject"][0]))
     return wire
 
 
@@ -211,8 +226,10 @@ def test_odd_readers_get_one_clean_message_and_the_unsendable_one_fails_alone(
     """Names with line breaks, tabs, NUL, DEL, NEL, U+2028 or encoded-words, and an IDN
     domain, each give exactly one message to that reader's ASCII address, with one
     recipient in every raw To; the reader whose address needs SMTPUTF8 fails alone, with
-    the reason, and the run goes on to exit 1; `series status` lists that failure."""
+    the reason, and the run goes on to exit 1; `series status` lists that failure. A
+    subject that looks like an encoded-word arrives as the text typed."""
     configure(example_copy, "", '[tool.series.mailgun]\ndomain = "mg.example.com"')
+    edit(example_copy, ARTICLE, "part: 1\n", f'part: 1\nsubject: "{LITERAL_SUBJECT}"\n')
     store_hostile_readers(example_copy)
     fake = provider_fakes[provider]
     if fake is not None:
@@ -223,8 +240,9 @@ def test_odd_readers_get_one_clean_message_and_the_unsendable_one_fails_alone(
     assert (code, out) == (1, f"sent {len(HOSTILE)}, failed 1, retried 0, unknown 0, skipped 0\n")
     assert REFUSED in err.splitlines()
     wire = WIRES[provider](example_copy, fake)
-    assert Counter(one_recipient(to) for to, _ in wire) == Counter(WIRE.values())
-    assert {one_recipient(sender) for _, sender in wire} == {"maya@steadyground.example"}
+    assert Counter(one_recipient(to) for to, _, _ in wire) == Counter(WIRE.values())
+    assert {one_recipient(sender) for _, sender, _ in wire} == {"maya@steadyground.example"}
+    assert {subject for _, _, subject in wire} == {LITERAL_SUBJECT}
     with open_store(example_copy) as store, store.connect() as conn:
         states = dict(
             conn.execute(
@@ -366,16 +384,6 @@ def test_test_send_through_the_outbox_writes_raw_readable_headers(example_copy: 
 
 # -- content: subjects and the text they are made of ----------------------------------
 
-ARTICLE = "series/attachment/01-attachment-theory.md"
-MANIFEST = "series/attachment/series.yml"
-
-
-def edit(root: Path, path: str, old: str, new: str) -> None:
-    file = root / path
-    text = file.read_text(encoding="utf-8")
-    assert old in text
-    file.write_text(text.replace(old, new, 1), encoding="utf-8")
-
 
 @pytest.mark.parametrize(
     ("path", "old", "new", "problem"),
@@ -482,7 +490,7 @@ def test_a_multi_line_subject_stops_preview_send_and_test_send(
 def test_a_subject_that_only_looks_encoded_arrives_as_typed(example_copy: Path) -> None:
     """A literal `=?…?=` in a subject passes `series check` and is encoded in the raw
     preview, so a mail program shows that text and no decoder finds a field in it."""
-    subject = "About =?utf-8?q?Bcc=3A_x=40evil=2Eexample?= headers"
+    subject = LITERAL_SUBJECT
     edit(example_copy, ARTICLE, "part: 1\n", f'part: 1\nsubject: "{subject}"\n')
     assert run(example_copy, "check", "--now", MONDAY.isoformat())[0] == 0
 
