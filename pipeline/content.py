@@ -54,6 +54,8 @@ ARTICLE_KEYS = (
     "delay_days",
 )
 DEFAULT_CADENCE_DAYS = 7
+# The longest slug the delivery ledger can record (deliveries.article).
+SLUG_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,15 @@ class Series:
                 return article
         return None
 
+    def article(self, slug: str) -> Article | None:
+        """The article with this identity (its slug), wherever it now stands."""
+        return next((a for a in self.articles if a.slug == slug), None)
+
     def find(self, ref: str) -> Article | None:
         """A part by number or slug, as editors type it on the command line."""
         if ref.isdigit():
             return self.part(int(ref))
-        return next((a for a in self.articles if a.slug == ref), None)
+        return self.article(ref)
 
     def delay(self, article: Article) -> timedelta:
         days = self.cadence_days if article.delay_days is None else article.delay_days
@@ -184,6 +190,7 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
         if article is not None:
             articles.append(article)
     _check_parts(articles, problems)
+    _check_slugs(articles, problems)
     articles.sort(key=lambda a: (a.part, a.source))
     if not articles_found:
         problems.append(Problem(series.source, None, "series has no articles (NN-<slug>.md)"))
@@ -300,6 +307,34 @@ def _check_parts(articles: list[Article], problems: list[Problem]) -> None:
             )
         else:
             seen[article.part] = article
+
+
+def _check_slugs(articles: list[Article], problems: list[Problem]) -> None:
+    """A slug is an article's identity in the delivery ledger: two articles sharing one
+    would count as one article received, so each slug must be unique in its series."""
+    seen: dict[str, Article] = {}
+    for article in sorted(articles, key=lambda a: a.source):
+        line = _key_line(article.path, "slug") or 1
+        if len(article.slug) > SLUG_LENGTH:
+            problems.append(
+                Problem(
+                    article.source,
+                    line,
+                    f"slug is {len(article.slug)} characters long; at most {SLUG_LENGTH}",
+                )
+            )
+        first = seen.get(article.slug)
+        if first is not None:
+            problems.append(
+                Problem(
+                    article.source,
+                    line,
+                    f"slug '{article.slug}' is also {first.source}'s; each article needs its "
+                    "own slug (set 'slug:' to tell them apart)",
+                )
+            )
+        else:
+            seen[article.slug] = article
 
 
 def _key_line(path: Path, key: str) -> int | None:

@@ -67,6 +67,16 @@ def test_duplicate_part_is_an_error(workspace: BuildWorkspace) -> None:
     ) in problems
 
 
+def test_duplicate_slug_is_an_error(workspace: BuildWorkspace) -> None:
+    """Two articles with one slug (an article's identity in the ledger) are an error at the
+    second file's `slug` line, with the fix."""
+    root = workspace({"01-valid.md": "valid_article", "02-same.md": "article_with_duplicate_slug"})
+    assert problems_of(root) == [
+        "series/demo/02-same.md:4: slug 'valid' is also series/demo/01-valid.md's; each "
+        "article needs its own slug (set 'slug:' to tell them apart)"
+    ]
+
+
 def test_link_to_draft_part_warns(workspace: BuildWorkspace) -> None:
     """A link to a draft part's URL is a warning at the line of the link."""
     root = workspace({"01-link.md": "article_linking_to_draft", "02-draft.md": "draft_article"})
