@@ -210,7 +210,7 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
 
 
 @cli.command(name="resolve")
-@click.argument("target", metavar="SERIES/PART")
+@click.argument("target", metavar="SERIES/PART|SERIES/ARTICLE")
 @click.argument("email")
 @click.option(
     "--sent/--not-sent",
@@ -223,6 +223,7 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
 @click.pass_obj
 def resolve_cmd(state: State, target: str, email: str, sent: bool, now: datetime | None) -> None:
     """Decide a delivery whose outcome is unknown, after checking the provider's log.
+    Name the article by part number or by slug (also one no longer in the series).
 
     Example: series resolve attachment/2 ann@example.com --sent
     """
@@ -232,7 +233,7 @@ def resolve_cmd(state: State, target: str, email: str, sent: bool, now: datetime
 
 
 @cli.command(name="test-send")
-@click.argument("target", metavar="SERIES/PART")
+@click.argument("target", metavar="SERIES/PART|SERIES/ARTICLE")
 @click.option("--to", "to", required=True, help="The editor's address that gets the test.")
 @click.option(
     "--progress",

@@ -169,7 +169,7 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
         click.echo(f"{status.series.title} ({status.series.slug}), {total} part(s)")
         rows = []
         for article in status.series.articles:
-            counts = status.parts.get(article.part) or Counter()
+            counts = status.articles.get(article.slug) or Counter()
             state_note = (
                 "draft"
                 if article.draft
@@ -178,23 +178,47 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
             rows.append(
                 (
                     str(article.part),
+                    article.slug,
                     article.title,
                     state_note,
                     *(str(counts.get(column, 0)) for column in PART_COLUMNS),
-                    _when(status.next_due.get(article.part)),
+                    _when(status.next_due.get(article.slug)),
                 )
             )
         click.echo(
             format_table(
-                ("PART", "TITLE", "STATE", *(c.upper() for c in PART_COLUMNS), "NEXT DUE"), rows
+                (
+                    "PART",
+                    "ARTICLE",
+                    "TITLE",
+                    "STATE",
+                    *(c.upper() for c in PART_COLUMNS),
+                    "NEXT DUE",
+                ),
+                rows,
             )
         )
+        if status.gone:
+            click.echo(
+                "no longer in the series (renamed? give the new file the old `slug:`; "
+                "removed: never sent again):"
+            )
+            click.echo(
+                format_table(
+                    ("ARTICLE", "SENT", "FAILED", "UNKNOWN"),
+                    (
+                        (slug, *(str(counts.get(c, 0)) for c in ("sent", "failed", "unknown")))
+                        for slug, counts in status.gone.items()
+                    ),
+                )
+            )
         if status.unknown:
             _listing(
                 f"{len(status.unknown)} delivery(ies) with an unknown outcome: the provider may "
                 "or may not have sent them. Check its activity log, then decide each with "
                 f"`series resolve {status.series.slug}/PART EMAIL --sent` (the reader has it) "
-                "or `--not-sent` (a later run sends it):",
+                "or `--not-sent` (a later run sends it); an article no longer in the series "
+                "is named by its slug:",
                 "SINCE",
                 [(u, _when(u.since)) for u in status.unknown],
             )
@@ -215,12 +239,16 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
 
 
 def _listing(intro: str, column: str, rows: list[tuple[Stuck, str]]) -> None:
-    """Deliveries one by one after what to do about them: email, part, COLUMN, error."""
+    """Deliveries one by one after what to do about them: email, part today ("-" for an
+    article no longer in the series), article slug, COLUMN, error."""
     click.echo(intro)
     click.echo(
         format_table(
-            ("EMAIL", "PART", column, "LAST ERROR"),
-            ((d.email, str(d.part), value, d.error[:80]) for d, value in rows),
+            ("EMAIL", "PART", "ARTICLE", column, "LAST ERROR"),
+            (
+                (d.email, "-" if d.part is None else str(d.part), d.article, value, d.error[:80])
+                for d, value in rows
+            ),
         )
     )
 
@@ -230,14 +258,36 @@ def resolve_command(state: State, *, target: str, email: str, sent: bool, now: d
     from .store import open_store
     from .subscribers import normalise_email
 
-    slug, _, part = target.partition("/")
-    if not part.isdigit():
-        raise SeriesError(f"name the delivery as SERIES/PART, e.g. {slug or 'attachment'}/2")
+    slug, _, ref = target.partition("/")
+    if not slug or not ref:
+        raise SeriesError(
+            f"name the delivery as SERIES/PART or SERIES/ARTICLE, e.g. {slug or 'attachment'}/2"
+        )
     try:
         address = normalise_email(email)
     except ValueError as exc:
         raise SeriesError(str(exc)) from None
+    article = _article_of(state, slug, ref)
     with open_store(state.config.root) as store:
-        settle_unknown(store, slug, int(part), address, sent=sent, now=now)
+        settle_unknown(store, slug, article, address, sent=sent, now=now, label=ref)
     what = "sent (it will not be sent again)" if sent else "not sent (a later run sends it)"
-    click.echo(f"{slug}/{part} to {address}: marked {what}")
+    click.echo(f"{slug}/{ref} to {address}: marked {what}")
+
+
+def _article_of(state: State, series: str, ref: str) -> str:
+    """The slug a delivery is recorded under: REF itself, or for a part number the
+    slug of the article that has it today (articles gone from the series, and
+    placeholders like part-7, are named by slug)."""
+    if not ref.isdigit():
+        return ref
+    from .content import load_series
+
+    found, _ = load_series(state.config)
+    chosen = next((s for s in found if s.slug == series), None)
+    article = chosen.part(int(ref)) if chosen is not None else None
+    if article is None:
+        raise SeriesError(
+            f"{series} has no part {ref} today; name the article by its slug "
+            "(`series status` lists unknown deliveries with theirs)"
+        )
+    return article.slug

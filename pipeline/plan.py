@@ -1,12 +1,32 @@
 """The drip planner: (series content, enrollment, its ledger, now) → the next step.
 
-Pure: no clock, database or network; ``now`` is an argument. The rules (DESIGN §6):
-parts go out in order and none is skipped; the first part is due when the reader
-enrolled; each next part its delay after the previous one was sent; a part that is
-a draft or not yet published holds the reader there, and once out it is due at
-the later of its normal time and its publish time; due times move into the next
-send window in the reader's timezone; one part per enrollment per run; readers who
-finished get parts published later; inactive readers get nothing.
+Pure: no clock, database or network; ``now`` is an argument.
+
+An article is identified by its slug; its part number is only where it stands in
+the series today. The ledger records which articles a reader received, and the
+rules below hold however an editor inserts, renumbers, renames (keeping ``slug:``)
+or removes parts after readers started (DESIGN §6, README "Editing a series after
+readers started"):
+
+- A reader never receives the same article twice: an article their ledger holds
+  is never proposed again, in any state.
+- The reader's position is the last article they received, in the current order.
+  Their next article is the first one after it. Before they received anything, it
+  is the first article whose part number is at least their start part (the
+  position they enrolled at; it means nothing once they received an article).
+- An article inserted before a reader's position is skipped, as Kit does; so is
+  one moved from after their position to before it. A removed article is skipped.
+- The next article holds the reader while it is a draft or not yet published:
+  nothing after it is sent before it (a part is never skipped on the way forward);
+  once out, it is due at the later of its normal time and its publish time.
+- The first article is due when the reader enrolled; each next one its delay after
+  the reader's latest delivery was sent. Due times move into the next send window
+  in the reader's timezone; one article per enrollment per run.
+- While any delivery of the reader's is being sent by a run, or its outcome is
+  unknown, nothing else is sent to them (for an article no longer in the series,
+  only while a run is sending it); a failed one is retried with backoff.
+- Readers who finished get articles added after their position later; the store
+  hands the planner active readers only.
 """
 
 from __future__ import annotations
@@ -40,7 +60,8 @@ class LedgerEntry:
 
 @dataclass(frozen=True)
 class Enrollment:
-    """One reader in one series, with what the ledger says about each part."""
+    """One reader in one series, with what the ledger says about each article
+    (keyed by article slug; slugs of articles no longer in the series included)."""
 
     id: int
     subscriber_id: int
@@ -50,12 +71,17 @@ class Enrollment:
     series: str
     enrolled_at: datetime
     start_part: int
-    ledger: Mapping[int, LedgerEntry]
+    ledger: Mapping[str, LedgerEntry]
+
+    def received(self) -> frozenset[str]:
+        """The slugs of the articles this reader has received (state ``sent``)."""
+        return frozenset(slug for slug, entry in self.ledger.items() if entry.state == "sent")
 
 
 @dataclass(frozen=True)
 class Step:
-    """What happens next for an enrollment, and why."""
+    """What happens next for an enrollment, and why. ``article`` is the slug of the
+    article concerned; ``part`` its part number today (None: no longer in the series)."""
 
     kind: StepKind
     reason: str
@@ -63,6 +89,7 @@ class Step:
     due_at: datetime | None = None  # when the part is (or was) due, after the send window
     wake_at: datetime | None = None  # earliest time anything can change without new content
     attempt: int = 1
+    article: str | None = None
 
     @property
     def is_due(self) -> bool:
@@ -70,55 +97,96 @@ class Step:
 
 
 def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
-    """The next thing to do for one active enrollment."""
-    parts = [a for a in series.articles if a.part >= enrollment.start_part]
-    previous: Article | None = None
-    previous_sent: datetime | None = None
-    for article in parts:
-        entry = enrollment.ledger.get(article.part)
+    """The next thing to do for one active enrollment (the rules: module docstring)."""
+    ledger = enrollment.ledger
+    if not ledger:  # most readers before their first email: no history to place
+        first = next((a for a in series.articles if a.part >= enrollment.start_part), None)
+        if first is None:
+            return Step("complete", "completed: every part sent")
+        return _step_for(series, enrollment, first, None, None, None, now)
+    open_step = _open_delivery(series, ledger, now)
+    if open_step is not None:
+        return open_step
+    position = -1
+    for index, article in enumerate(series.articles):
+        entry = ledger.get(article.slug)
         if entry is not None and entry.state == "sent":
-            previous, previous_sent = article, entry.sent_at or entry.updated_at
-            continue
-        return _step_for(series, enrollment, article, previous, previous_sent, entry, now)
+            position = index
+    if position >= 0:
+        following = series.articles[position + 1 :]
+    else:  # nothing they received is still in the series: they start where they enrolled
+        following = tuple(a for a in series.articles if a.part >= enrollment.start_part)
+    # The drip counts from the reader's latest email, whichever article it was.
+    latest: tuple[datetime, str] | None = None
+    for slug, entry in ledger.items():
+        if entry.state == "sent":
+            moment = entry.sent_at or entry.updated_at
+            if latest is None or moment > latest[0]:
+                latest = (moment, slug)
+    for article in following:
+        entry = ledger.get(article.slug)
+        if entry is not None and entry.state == "sent":
+            continue  # only possible before a start position; never twice
+        if latest is None:
+            return _step_for(series, enrollment, article, None, None, entry, now)
+        previous = series.article(latest[1])
+        after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
+        return _step_for(series, enrollment, article, after, latest[0], entry, now)
     return Step("complete", "completed: every part sent")
+
+
+def _open_delivery(series: Series, ledger: Mapping[str, LedgerEntry], now: datetime) -> Step | None:
+    """A delivery being sent or of unknown outcome holds the reader, whichever article
+    (after an edit it need not be their next one): it is settled first. One of an article
+    no longer in the series holds them only while a run is sending it: it can never be
+    sent again, so its outcome changes nothing about what comes next."""
+    found: tuple[str, LedgerEntry] | None = None
+    for slug, entry in ledger.items():
+        if entry.state not in ("claimed", "unknown") or (found is not None and slug > found[0]):
+            continue
+        sending = entry.state == "claimed" and (entry.claimed_until or now) > now
+        if sending or series.article(slug) is not None:
+            found = (slug, entry)
+    if found is None:
+        return None
+    slug, entry = found
+    article = series.article(slug)
+    part = article.part if article is not None else None
+    name = f"part {part}" if part is not None else f"'{slug}' (no longer in the series)"
+    if entry.state == "claimed" and entry.claimed_until is not None and entry.claimed_until > now:
+        return Step(
+            "in_flight",
+            f"{name} is being sent by another run",
+            part,
+            wake_at=entry.claimed_until,
+            article=slug,
+        )
+    why = "a run stopped while sending it" if entry.state == "claimed" else "delivery unknown"
+    return Step(
+        "unknown",
+        f"{name}: {why}; checking with the provider before sending again",
+        part,
+        wake_at=now,
+        article=slug,
+    )
 
 
 def _step_for(
     series: Series,
     enrollment: Enrollment,
     article: Article,
-    previous: Article | None,
+    previous: str | None,
     previous_sent: datetime | None,
     entry: LedgerEntry | None,
     now: datetime,
 ) -> Step:
-    part = article.part
-    if entry is not None and entry.state == "claimed":
-        if entry.claimed_until is not None and entry.claimed_until > now:
-            return Step(
-                "in_flight",
-                f"part {part} is being sent by another run",
-                part,
-                wake_at=entry.claimed_until,
-            )
-        return Step(
-            "unknown",
-            f"part {part}: a run stopped while sending it; checking with "
-            "the provider before sending again",
-            part,
-            wake_at=now,
-        )
-    if entry is not None and entry.state == "unknown":
-        return Step(
-            "unknown",
-            f"part {part}: delivery unknown; checking with the provider before sending again",
-            part,
-            wake_at=now,
-        )
+    """The step for ``article``, the reader's next; ``previous`` names their latest
+    delivery (sent at ``previous_sent``), None before their first."""
+    part, slug = article.part, article.slug
     if article.draft:
-        return Step("waiting", f"waiting: part {part} is a draft", part)
+        return Step("waiting", f"waiting: part {part} is a draft", part, article=slug)
     if article.published is None:
-        return Step("waiting", f"waiting: part {part} not published", part)
+        return Step("waiting", f"waiting: part {part} not published", part, article=slug)
 
     zone = _zone(enrollment.timezone, series.timezone)
     if previous is None or previous_sent is None:
@@ -129,14 +197,19 @@ def _step_for(
         # Wall-clock arithmetic in the reader's zone: "7 days later" is the same local
         # time a week later, even across a daylight-saving change.
         base = (previous_sent.astimezone(zone) + series.delay(article)).astimezone(UTC)
-        reason = f"{_duration(series.delay(article))} after part {previous.part}"
+        reason = f"{_duration(series.delay(article))} after {previous}"
     if article.published > base:
         base = article.published
         reason = f"part {part} published on {article.published.date().isoformat()}"
     attempt = 1
     if entry is not None and entry.state == "failed":
         if entry.attempts >= MAX_ATTEMPTS:
-            return Step("gave_up", f"part {part} failed {entry.attempts} times; not retried", part)
+            return Step(
+                "gave_up",
+                f"part {part} failed {entry.attempts} times; not retried",
+                part,
+                article=slug,
+            )
         retry_at = entry.updated_at + min(FIRST_RETRY * 2 ** (entry.attempts - 1), LONGEST_RETRY)
         base = max(base, retry_at)
         attempt = entry.attempts + 1
@@ -154,10 +227,10 @@ def _step_for(
             due,
             wake_at=due,
             attempt=attempt,
+            article=slug,
         )
-    if due <= now:
-        return Step("due", reason, part, due, wake_at=due, attempt=attempt)
-    return Step("scheduled", reason, part, due, wake_at=due, attempt=attempt)
+    kind: StepKind = "due" if due <= now else "scheduled"
+    return Step(kind, reason, part, due, wake_at=due, attempt=attempt, article=slug)
 
 
 def into_window(moment: datetime, window: SendWindow, zone: ZoneInfo) -> datetime:
@@ -205,13 +278,15 @@ def _duration(delay: timedelta) -> str:
 def fingerprint(series: Series) -> str:
     """Everything about a series that the schedule depends on, as one short hash.
 
-    When it changes (a part is published, a delay edited, the window moved), every
-    enrollment of the series is planned again; otherwise only those whose wake-up
-    time has come are looked at.
+    When it changes (a part is published, a delay edited, the window moved, parts
+    inserted, renumbered, reordered, renamed or removed), every enrollment of the
+    series is planned again; otherwise only those whose wake-up time has come are
+    looked at.
     """
     window = series.send_window
     parts = [
         (
+            a.slug,
             a.part,
             a.draft,
             a.published.isoformat() if a.published else None,

@@ -53,7 +53,7 @@ def write_previews(
     for series, article in chosen:
         received = None
         if progress is not None:
-            received = [a.part for a in series.articles[:progress]]
+            received = [a.slug for a in series.articles[:progress]]
         email = renderer.compile(series, article, received=received).personalise(reader)
         stem = out / series.slug / article.path.stem
         stem.parent.mkdir(parents=True, exist_ok=True)

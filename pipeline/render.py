@@ -116,11 +116,14 @@ class Renderer:
         self._footer_sources: dict[str, str] = {}
 
     def compile(
-        self, series: Series, article: Article, *, received: Collection[int] | None = None
+        self, series: Series, article: Article, *, received: Collection[str] | None = None
     ) -> CompiledEmail:
-        """Render one part; ``received``: parts the reader already has (default: earlier ones)."""
+        """Render one article for readers who have received ``received`` (article slugs;
+        default: every article before this one). Part numbers and "part k of n" are
+        today's; the table of contents marks what those readers have.
+        Raises RenderError for a template that fails to render or compile."""
         if received is None:
-            received = [a.part for a in series.articles if a.part < article.part]
+            received = [a.slug for a in series.articles if a.part < article.part]
         context = self.context(series, article, frozenset(received))
         mjml_source = self._render(self.html_env, HTML_TEMPLATE, context)
         html = self._compile_mjml(mjml_source).rstrip("\n") + "\n"
@@ -144,7 +147,7 @@ class Renderer:
 
     # -- context -------------------------------------------------------------
 
-    def context(self, series: Series, article: Article, received: frozenset[int]) -> dict[str, Any]:
+    def context(self, series: Series, article: Article, received: frozenset[str]) -> dict[str, Any]:
         link = _Linker(self.config, series, article)
         body = Document(article.body, allow_html=self.config.raw_html)
         body.rewrite_links(link)
@@ -176,14 +179,14 @@ class Renderer:
         }
 
     def _continue(
-        self, series: Series, article: Article, received: frozenset[int], link: _Linker
+        self, series: Series, article: Article, received: frozenset[str], link: _Linker
     ) -> dict[str, Any]:
         toc = []
         for entry in series.articles:
             out = entry.is_published(self.now)
             if entry is article:
                 state = "current"
-            elif entry.part in received:
+            elif entry.slug in received:
                 state = "received"
             elif out:
                 state = "available"
@@ -201,7 +204,7 @@ class Renderer:
         following = series.following(article)
         upcoming = None
         if following is not None:
-            if following.part in received:
+            if following.slug in received:
                 when = "already in your inbox"
             elif following.is_published(self.now):
                 when = _arrives(series.delay(following).total_seconds())

@@ -50,7 +50,7 @@ def send_test(
         raise SeriesError(f"--to: {exc}") from None
     received = None
     if progress is not None:
-        received = [a.part for a in series.articles[:progress]]
+        received = [a.slug for a in series.articles[:progress]]
     compiled = Renderer(config, now=now).compile(series, article, received=received)
     compiled = replace(compiled, subject=SUBJECT_MARK + compiled.subject)
     key = f"test-{uuid.uuid4().hex}"

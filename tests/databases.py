@@ -16,9 +16,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from pipeline.store.migrate import upgrade
 
 URL_ENV = "SERIES_TEST_DATABASE_URL"
 HOW_TO = (
@@ -113,3 +116,51 @@ def fresh_database(admin_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+MADE_AT = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+def database_at_0004(database_url: str) -> None:
+    """A database made by migrations 0001–0004 holding a ledger keyed by part number:
+    ann had parts 1 and 2 and part 3 is unknown; bo had part 1 and a part 7 that no
+    article has; cy, enrolled at part 3, had nothing yet."""
+    engine = sa.create_engine(database_url)
+    assert upgrade(engine, "0004") == (None, "0004")
+    rows = {
+        "ann@example.com": {1: "sent", 2: "sent", 3: "unknown"},
+        "bo@example.com": {1: "sent", 7: "sent"},
+        "cy@example.com": {},
+    }
+    with engine.begin() as conn:
+        for number, (email, parts) in enumerate(rows.items(), start=1):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO subscribers (id, email, name, status, created_at, updated_at, "
+                    "source, attributes) VALUES (:id, :email, '', 'active', :t, :t, 'v4', '{}')"
+                ),
+                {"id": number, "email": email, "t": MADE_AT},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO enrollments (subscriber_id, series, enrolled_at, start_part, "
+                    "paused) VALUES (:id, 'attachment', :t, :start, false)"
+                ),
+                {"id": number, "t": MADE_AT, "start": 3 if not parts else 1},
+            )
+            for part, state in parts.items():
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO deliveries (subscriber_id, series, part, state, attempts, "
+                        "created_at, updated_at, delivery_key) "
+                        "VALUES (:id, 'attachment', :part, :state, 1, :t, :t, :key)"
+                    ),
+                    {
+                        "id": number,
+                        "part": part,
+                        "state": state,
+                        "t": MADE_AT,
+                        "key": f"k{number}{part}",
+                    },
+                )
+    engine.dispose()

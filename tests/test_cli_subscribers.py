@@ -116,7 +116,7 @@ def test_db_upgrade(example_copy: Path) -> None:
     """`series db upgrade` creates the schema and says which revision it is at."""
     code, out, _ = run(example_copy, "db", "upgrade")
     assert code == 0
-    assert out.startswith("database sqlite:///") and out.endswith("is at schema revision 0004\n")
+    assert out.startswith("database sqlite:///") and out.endswith("is at schema revision 0005\n")
 
 
 def test_database_url_password_not_printed(

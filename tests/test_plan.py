@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -31,14 +32,16 @@ def part(
     published: datetime | None = T0 - timedelta(days=30),
     draft: bool = False,
     delay: float | None = None,
+    slug: str | None = None,
 ) -> Article:
+    slug = slug or f"p{number}"
     return Article(
         series="demo",
-        path=Path(f"series/demo/{number:02d}-p{number}.md"),
-        source=f"series/demo/{number:02d}-p{number}.md",
+        path=Path(f"series/demo/{number:02d}-{slug}.md"),
+        source=f"series/demo/{number:02d}-{slug}.md",
         part=number,
         title=f"Part {number}",
-        slug=f"p{number}",
+        slug=slug,
         subject=None,
         preheader="",
         summary="",
@@ -73,7 +76,7 @@ def series(
 
 
 def enrollment(
-    ledger: dict[int, LedgerEntry] | None = None,
+    ledger: dict[str, LedgerEntry] | None = None,
     *,
     enrolled_at: datetime = T0,
     start_part: int = 1,
@@ -102,7 +105,7 @@ def simulate(
     skip: tuple[datetime, datetime] | None = None,
 ) -> list[tuple[int, datetime]]:
     """Run the planner like an hourly job; each due part is sent at that run's time."""
-    ledger: dict[int, LedgerEntry] = dict(e.ledger)
+    ledger: dict[str, LedgerEntry] = dict(e.ledger)
     sent: list[tuple[int, datetime]] = []
     now = start
     while now < start + timedelta(days=days):
@@ -110,8 +113,8 @@ def simulate(
             current = Enrollment(**{**e.__dict__, "ledger": dict(ledger)})
             step = next_step(s, current, now)
             if step.is_due:
-                assert step.part is not None
-                ledger[step.part] = LedgerEntry("sent", 1, now, now)
+                assert step.part is not None and step.article is not None
+                ledger[step.article] = LedgerEntry("sent", 1, now, now)
                 sent.append((step.part, now))
         now += every
     return sent
@@ -138,7 +141,7 @@ def test_draft_part_holds_the_reader_and_never_skips() -> None:
     """A draft part stops the sequence there: the parts after it are not sent either."""
     s = series(part(1), part(2, draft=True), part(3))
     assert simulate(s, enrollment()) == [(1, at(5))]
-    step = next_step(s, enrollment({1: LedgerEntry("sent", 1, at(5), at(5))}), at(20))
+    step = next_step(s, enrollment({"p1": LedgerEntry("sent", 1, at(5), at(5))}), at(20))
     assert (step.kind, step.part, step.reason) == ("waiting", 2, "waiting: part 2 is a draft")
 
 
@@ -152,7 +155,7 @@ def test_unpublished_part_is_due_at_its_publish_time() -> None:
 def test_part_without_publish_date_waits() -> None:
     """A part with no `published` waits, with the reason an editor reads in the dry run."""
     s = series(part(1), part(2, published=None))
-    step = next_step(s, enrollment({1: LedgerEntry("sent", 1, at(5), at(5))}), at(30))
+    step = next_step(s, enrollment({"p1": LedgerEntry("sent", 1, at(5), at(5))}), at(30))
     assert (step.kind, step.reason, step.wake_at) == (
         "waiting",
         "waiting: part 2 not published",
@@ -163,7 +166,7 @@ def test_part_without_publish_date_waits() -> None:
 def test_future_part_wakes_at_publish_time() -> None:
     """A part dated in the future says so and tells the store when to look again."""
     s = series(part(1), part(2, published=at(20, 9)), cadence=2)
-    step = next_step(s, enrollment({1: LedgerEntry("sent", 1, at(5), at(5))}), at(10))
+    step = next_step(s, enrollment({"p1": LedgerEntry("sent", 1, at(5), at(5))}), at(10))
     assert step.kind == "waiting"
     assert step.reason == "waiting: part 2 not published until 2026-01-20"
     assert step.wake_at == at(20, 9)
@@ -172,7 +175,7 @@ def test_future_part_wakes_at_publish_time() -> None:
 def test_published_reason_names_the_date() -> None:
     """Once out, a late-published part's reason says when it was published."""
     s = series(part(1), part(2, published=at(20, 9)), cadence=2)
-    step = next_step(s, enrollment({1: LedgerEntry("sent", 1, at(5), at(5))}), at(21))
+    step = next_step(s, enrollment({"p1": LedgerEntry("sent", 1, at(5), at(5))}), at(21))
     assert (step.kind, step.reason) == ("due", "part 2 published on 2026-01-20")
 
 
@@ -187,13 +190,16 @@ def test_a_job_down_for_weeks_sends_one_part_per_run() -> None:
 def test_at_most_one_part_per_run_even_when_all_are_late() -> None:
     """With every part overdue, one run proposes exactly one part: the next in order."""
     s = series(part(1), part(2), part(3), cadence=1)
-    step = next_step(s, enrollment({1: LedgerEntry("sent", 1, at(5), at(5))}), at(28))
+    step = next_step(s, enrollment({"p1": LedgerEntry("sent", 1, at(5), at(5))}), at(28))
     assert (step.kind, step.part, step.reason) == ("due", 2, "1 day after part 1")
 
 
 def test_completed_enrollment_receives_a_new_part() -> None:
     """A reader who finished gets a part published later, after its delay or at publication."""
-    done = {1: LedgerEntry("sent", 1, at(5), at(5)), 2: LedgerEntry("sent", 1, at(12), at(12))}
+    done = {
+        "p1": LedgerEntry("sent", 1, at(5), at(5)),
+        "p2": LedgerEntry("sent", 1, at(12), at(12)),
+    }
     before = series(part(1), part(2))
     assert next_step(before, enrollment(done), at(20)).kind == "complete"
     after = series(part(1), part(2), part(3, published=at(25, 12)))
@@ -288,7 +294,7 @@ def test_readers_timezone_beats_series_timezone() -> None:
 def test_part_in_progress_blocks_the_next(entry: LedgerEntry, kind: str, reason: str) -> None:
     """A claimed, unknown or abandoned part is never sent again blindly, nor overtaken."""
     s = series(part(1), part(2), part(3), cadence=0)
-    ledger = {1: LedgerEntry("sent", 1, at(1), at(1)), 2: entry}
+    ledger = {"p1": LedgerEntry("sent", 1, at(1), at(1)), "p2": entry}
     step = next_step(s, enrollment(ledger), at(5, 6, 45))
     assert (step.kind, step.part, step.reason) == (kind, 2, reason)
 
@@ -296,10 +302,10 @@ def test_part_in_progress_blocks_the_next(entry: LedgerEntry, kind: str, reason:
 def test_failed_part_retries_with_backoff() -> None:
     """A transient failure is retried after 15 minutes, then 30, 60…: attempt counted."""
     s = series(part(1), part(2), cadence=0)
-    sent = {1: LedgerEntry("sent", 1, at(1), at(1))}
-    first = next_step(s, enrollment({**sent, 2: LedgerEntry("failed", 1, at(5))}), at(5, 6, 10))
+    sent = {"p1": LedgerEntry("sent", 1, at(1), at(1))}
+    first = next_step(s, enrollment({**sent, "p2": LedgerEntry("failed", 1, at(5))}), at(5, 6, 10))
     assert (first.kind, first.due_at) == ("scheduled", at(5, 6, 15))
-    third = next_step(s, enrollment({**sent, 2: LedgerEntry("failed", 3, at(5))}), at(5, 7, 1))
+    third = next_step(s, enrollment({**sent, "p2": LedgerEntry("failed", 3, at(5))}), at(5, 7, 1))
     assert (third.kind, third.due_at, third.attempt) == ("due", at(5, 7), 4)
     assert third.reason == f"retry after a failed attempt (attempt 4 of {MAX_ATTEMPTS})"
 
@@ -307,8 +313,8 @@ def test_failed_part_retries_with_backoff() -> None:
 def test_wake_at_is_the_due_time() -> None:
     """A scheduled step tells the store when to look again: its due time."""
     s = series(part(1), part(2), cadence=3)
-    step = next_step(s, enrollment({1: LedgerEntry("sent", 1, at(5), at(5))}), at(6))
-    assert step == Step("scheduled", "3 days after part 1", 2, at(8), wake_at=at(8))
+    step = next_step(s, enrollment({"p1": LedgerEntry("sent", 1, at(5), at(5))}), at(6))
+    assert step == Step("scheduled", "3 days after part 1", 2, at(8), wake_at=at(8), article="p2")
 
 
 def test_fingerprint_changes_with_schedule_not_with_prose() -> None:
@@ -320,3 +326,140 @@ def test_fingerprint_changes_with_schedule_not_with_prose() -> None:
     assert fingerprint(base) != fingerprint(published)
     assert fingerprint(base) != fingerprint(delayed)
     assert fingerprint(base) == fingerprint(retitled)
+
+
+def sent(*slugs: str, day: int = 5) -> dict[str, LedgerEntry]:
+    """A ledger of articles received one a day, from ``day`` on, in the order given."""
+    return {slug: LedgerEntry("sent", 1, at(day + i), at(day + i)) for i, slug in enumerate(slugs)}
+
+
+def renumbered(*slugs: str, **options: object) -> Series:
+    """The series with these articles (by slug) as parts 1, 2, 3… in this order."""
+    return series(*(part(i, slug=slug) for i, slug in enumerate(slugs, start=1)), **options)  # type: ignore[arg-type]
+
+
+def test_article_inserted_before_the_readers_position_is_skipped() -> None:
+    """The issue's case: a reader has parts 1 and 2; a new part 2 is inserted and the rest
+    renumbered. Their next is the old part 3 (now 4), never the old part 2 again."""
+    s = renumbered("p1", "new", "p2", "p3", "p4", "p5", cadence=1)
+    step = next_step(s, enrollment(sent("p1", "p2")), at(20))
+    assert (step.kind, step.article, step.part) == ("due", "p3", 4)
+    assert step.reason == "1 day after part 3"  # their latest, p2, is part 3 now
+
+
+def test_reader_before_the_insertion_gets_the_new_article() -> None:
+    """A reader whose position is before the inserted article gets it next."""
+    s = renumbered("p1", "new", "p2", "p3", cadence=1)
+    step = next_step(s, enrollment(sent("p1")), at(20))
+    assert (step.kind, step.article, step.part) == ("due", "new", 2)
+
+
+def test_removed_article_is_skipped_and_the_drip_counts_from_it() -> None:
+    """A removed article is skipped; the delay counts from the reader's latest email even
+    when that article is the one removed."""
+    s = renumbered("p1", "p2", "p4", cadence=3)
+    step = next_step(s, enrollment(sent("p1", "p2", "p3")), at(7))
+    assert (step.kind, step.article, step.part, step.due_at) == ("scheduled", "p4", 3, at(10))
+    assert step.reason == "3 days after 'p3'"
+
+
+def test_swapped_parts_skip_the_one_moved_behind() -> None:
+    """Parts 2 and 3 swapped: a reader who had 1 and the old 2 (now 3) goes on with 4 and
+    skips the old 3, now behind them; a reader who had only 1 gets the new order."""
+    s = renumbered("p1", "p3", "p2", "p4")
+    assert next_step(s, enrollment(sent("p1", "p2")), at(30)).article == "p4"
+    assert next_step(s, enrollment(sent("p1")), at(30)).article == "p3"
+
+
+def test_draft_after_the_position_still_holds_the_reader() -> None:
+    """After a renumbering, a draft that comes next still holds the reader: the published
+    parts after it wait."""
+    s = series(part(1, slug="p1"), part(2, slug="new", draft=True), part(3, slug="p2"))
+    step = next_step(s, enrollment(sent("p1")), at(30))
+    assert (step.kind, step.article, step.reason) == (
+        "waiting",
+        "new",
+        "waiting: part 2 is a draft",
+    )
+
+
+def test_a_delivery_in_doubt_holds_the_reader_whatever_comes_next() -> None:
+    """An unknown delivery holds the reader even when an edit put another article before
+    it. One of an article since removed holds them only while a run is sending it: it
+    can never be sent again, whatever its outcome."""
+    s = renumbered("p1", "new", "p2", "p3")
+    ledger = {**sent("p1"), "p2": LedgerEntry("unknown", 1, at(6))}
+    step = next_step(s, enrollment(ledger), at(30))
+    assert (step.kind, step.article, step.part) == ("unknown", "p2", 3)
+    removed = renumbered("p1", "p3")
+    assert next_step(removed, enrollment(ledger), at(30)).article == "p3"
+    sending = {**sent("p1"), "p2": LedgerEntry("claimed", 1, at(30), claimed_until=at(30, 7))}
+    held = next_step(removed, enrollment(sending), at(30))
+    assert (held.kind, held.article, held.part) == ("in_flight", "p2", None)
+    assert held.reason == "'p2' (no longer in the series) is being sent by another run"
+
+
+def test_start_part_is_a_position_until_the_first_article() -> None:
+    """A reader who received nothing starts at the article that has their start part today;
+    once they received one, their start part no longer matters."""
+    s = renumbered("p1", "new", "p2", "p3")
+    assert next_step(s, enrollment(start_part=3), at(5)).article == "p2"
+    assert next_step(s, enrollment(sent("p2"), start_part=3), at(30)).article == "p3"
+    # Everything they received was removed since: they start from their start part again.
+    assert (
+        next_step(
+            renumbered("p1", "p3", "p4"), enrollment(sent("p2"), start_part=2), at(30)
+        ).article
+        == "p3"
+    )
+
+
+def test_completed_reader_skips_an_article_inserted_before_the_end() -> None:
+    """A reader who finished is not sent an article inserted in the middle, only one added
+    after their last."""
+    done = enrollment(sent("p1", "p2", "p3"))
+    assert next_step(renumbered("p1", "new", "p2", "p3"), done, at(30)).kind == "complete"
+    assert next_step(renumbered("p1", "p2", "p3", "new"), done, at(30)).article == "new"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_never_the_same_article_twice_whatever_the_editing(seed: int) -> None:
+    """Months of daily runs while an editor inserts, removes, swaps and renumbers parts at
+    random between runs: no article is ever sent twice, and each one sent comes after the
+    reader's previous one in the order of the day it was sent."""
+    rng = random.Random(seed)
+    slugs = [f"p{i}" for i in range(1, 6)]
+    fresh = iter(f"n{i}" for i in range(1000))
+    ledger: dict[str, LedgerEntry] = {}
+    history: list[str] = []
+    now = T0
+    for _ in range(120):
+        edit = rng.choice(["none", "none", "insert", "remove", "swap"])
+        if edit == "insert":
+            slugs.insert(rng.randrange(len(slugs) + 1), next(fresh))
+        elif edit == "remove" and len(slugs) > 1:
+            slugs.pop(rng.randrange(len(slugs)))
+        elif edit == "swap" and len(slugs) > 1:
+            i = rng.randrange(len(slugs) - 1)
+            slugs[i], slugs[i + 1] = slugs[i + 1], slugs[i]
+        s = renumbered(*slugs, cadence=1)
+        step = next_step(s, enrollment(dict(ledger)), now)
+        if step.is_due:
+            assert step.article is not None
+            assert step.article not in ledger, f"{step.article} sent twice"
+            received_here = [slug for slug in slugs if slug in ledger]
+            if received_here:
+                assert slugs.index(step.article) > slugs.index(received_here[-1])
+            ledger[step.article] = LedgerEntry("sent", 1, now, now)
+            history.append(step.article)
+        now += timedelta(days=1)
+    assert len(history) == len(set(history)) > 5
+
+
+def test_fingerprint_changes_with_order_and_identity() -> None:
+    """Renumbering, reordering or renaming an article re-plans every enrollment."""
+    base = renumbered("p1", "p2", "p3")
+    assert fingerprint(base) != fingerprint(renumbered("p1", "new", "p2", "p3"))
+    assert fingerprint(base) != fingerprint(renumbered("p1", "p3", "p2"))
+    assert fingerprint(base) != fingerprint(renumbered("p1", "p2", "third"))
+    assert fingerprint(base) == fingerprint(renumbered("p1", "p2", "p3"))

@@ -733,8 +733,8 @@ def test_a_quota_after_a_lost_answer_leaves_the_batch_unknown(
 def test_a_part_gone_from_the_workspace_is_one_line_not_a_crash(
     example: Path, resend: FakeResend
 ) -> None:
-    """The part of an interrupted batch was renumbered away: its deliveries stay unknown with
-    one line naming the part, and the run goes on without a traceback."""
+    """The article of an interrupted batch was removed: its deliveries stay unknown with
+    one line naming it, and the run goes on without a traceback."""
     lose_every_answer(example, resend)
     (example / "series" / "attachment" / "01-attachment-theory.md").unlink()
 
@@ -742,8 +742,8 @@ def test_a_part_gone_from_the_workspace_is_one_line_not_a_crash(
 
     assert "Traceback" not in err
     assert (
-        "6 deliveries of an interrupted request stay unknown: part 1 of attachment is no "
-        "longer in the workspace"
+        "6 deliveries of an interrupted request stay unknown: 'attachment-theory' (sent as "
+        "part 1) of attachment is no longer in the workspace"
     ) in err
     assert ", unknown 6," in out
     assert len({r.header("Idempotency-Key") for r in resend.batch_requests()}) == 2

@@ -220,7 +220,7 @@ def test_status_table(enrolled: Path) -> None:
     lines = out.splitlines()
     assert lines[0] == "Attachment Styles (attachment), 5 part(s)"
     header = lines[1].split()
-    assert header[:3] == ["PART", "TITLE", "STATE"]
+    assert header[:4] == ["PART", "ARTICLE", "TITLE", "STATE"]
     part1 = lines[3].split()
     assert part1[0] == "1" and part1[-7:-1] == ["5", "0", "0", "0", "0", "0"]
     part2 = lines[4]

@@ -88,7 +88,7 @@ def test_resolve_not_sent_is_sent_by_a_later_run(unknown: Path, postmark: FakePo
         (("attachment/2", ANN, "--sent"), f"Error: no delivery of attachment/2 to {ANN}\n"),
         (
             ("attachment", ANN, "--sent"),
-            "Error: name the delivery as SERIES/PART, e.g. attachment/2\n",
+            "Error: name the delivery as SERIES/PART or SERIES/ARTICLE, e.g. attachment/2\n",
         ),
         (("attachment/1", "nobody", "--sent"), "Error: invalid email 'nobody': "),
     ],

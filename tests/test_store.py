@@ -36,6 +36,7 @@ from pipeline.subscribers import (
 )
 
 from .conftest import FIXTURES
+from .databases import database_at_0004
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5), "boundaries": (1, 2, 3)})
@@ -90,22 +91,25 @@ def test_add_rejects_bad_values(store: Store, kwargs: dict[str, object], message
     assert list(iter_subscribers(store)) == []
 
 
-def test_ledger_row_is_unique_per_subscriber_series_part(store: Store) -> None:
-    """The database itself refuses a second ledger row for the same subscriber, series, part."""
+def test_ledger_row_is_unique_per_subscriber_series_article(store: Store) -> None:
+    """The database itself refuses a second ledger row for the same subscriber, series and
+    article, even at another part number; another article at the same part is a new row."""
     add_subscriber(store, CATALOG, "ann@example.com", now=NOW, series="attachment")
     subscriber = find(store, "ann@example.com")
     row = {
         "subscriber_id": subscriber.id,
         "series": "attachment",
-        "part": 1,
+        "article": "secure",
+        "part": 2,
         "state": "sent",
         "created_at": NOW,
         "updated_at": NOW,
     }
     with store.begin() as conn:
         conn.execute(deliveries.insert().values(row))
+        conn.execute(deliveries.insert().values({**row, "article": "new-part-two"}))
     with pytest.raises(IntegrityError), store.begin() as conn:
-        conn.execute(deliveries.insert().values(row))
+        conn.execute(deliveries.insert().values({**row, "part": 3}))
 
 
 def test_import_with_bom(store: Store) -> None:
@@ -169,6 +173,7 @@ def test_import_never_resets_progress(store: Store) -> None:
             deliveries.insert().values(
                 subscriber_id=subscriber.id,
                 series="attachment",
+                article="secure",
                 part=2,
                 state="sent",
                 created_at=NOW,
@@ -324,6 +329,92 @@ def test_migration_from_first_revision_keeps_data(database_url: str, tmp_path: P
             assert (
                 conn.execute(sa.select(sa.func.count()).select_from(status_changes)).scalar() == 1
             )
+
+
+def test_migration_0005_gives_each_delivery_its_article(
+    database_url: str, example_copy: Path
+) -> None:
+    """Upgrading a 0004 database with real rows: each recorded part becomes the article
+    that has that part number in the workspace now, a part no article has becomes the
+    placeholder part-7, the part stays as history, start parts are kept, and the new
+    constraint is per article."""
+    database_at_0004(database_url)
+    store = open_store(example_copy, database_url)
+    with store.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                deliveries.c.subscriber_id,
+                deliveries.c.article,
+                deliveries.c.part,
+                deliveries.c.state,
+                deliveries.c.delivery_key,
+            ).order_by(deliveries.c.subscriber_id, deliveries.c.part)
+        ).all()
+        starts = conn.execute(
+            sa.select(enrollments.c.subscriber_id, enrollments.c.start_part).order_by(
+                enrollments.c.subscriber_id
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (1, "attachment-theory", 1, "sent", "k11"),
+        (1, "secure", 2, "sent", "k12"),
+        (1, "anxious", 3, "unknown", "k13"),
+        (2, "attachment-theory", 1, "sent", "k21"),
+        (2, "part-7", 7, "sent", "k27"),
+    ]
+    assert [tuple(r) for r in starts] == [(1, 1), (2, 1), (3, 3)]
+    row = {
+        "subscriber_id": 1,
+        "series": "attachment",
+        "state": "sent",
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    with store.begin() as conn:  # another article at a part already used: fine
+        conn.execute(deliveries.insert().values({**row, "article": "new-part-two", "part": 2}))
+    with pytest.raises(IntegrityError), store.begin() as conn:  # an article twice: never
+        conn.execute(deliveries.insert().values({**row, "article": "secure", "part": 3}))
+    with store.begin() as conn:  # the foreign key still cascades
+        conn.execute(sa.text("DELETE FROM subscribers WHERE id = 2"))
+        assert (
+            conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(deliveries)
+                .where(deliveries.c.subscriber_id == 2)
+            )
+            == 0
+        )
+    if store.dialect == "sqlite":
+        with store.connect() as conn:
+            index = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'deliveries_open'"
+            ).scalar()
+            table = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'deliveries'"
+            ).scalar()
+        assert "WHERE state IN ('claimed', 'unknown')" in index
+        assert "CHECK (state IN ('claimed', 'sent', 'failed', 'unknown'))" in table
+        assert "ON DELETE CASCADE" in table
+    store.close()
+
+
+def test_migration_0005_refuses_content_with_errors(database_url: str, example_copy: Path) -> None:
+    """A series whose articles do not all load cannot be matched (a reader would get the
+    broken one again once fixed): the upgrade stops with the problem, changing nothing."""
+    database_at_0004(database_url)
+    anxious = example_copy / "series" / "attachment" / "03-anxious.md"
+    anxious.write_text(anxious.read_text().replace("title:", "titel:", 1), encoding="utf-8")
+    with pytest.raises(
+        SeriesError,
+        match=r"cannot upgrade the database to schema 0005 while series 'attachment' has content "
+        r"errors \(series/attachment/03-anxious.md:2: unknown key 'titel'",
+    ):
+        open_store(example_copy, database_url)
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
+        assert "article" not in {c["name"] for c in sa.inspect(conn).get_columns("deliveries")}
+    engine.dispose()
 
 
 def test_newer_schema_is_a_clear_error(database_url: str, tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         hold_back(run, due[options.limit :])
         due = due[: options.limit]
     if due or options.dry_run:
-        run.composer.prepare(series_list)
+        run.composer.prepare(series_list, due)
     if options.dry_run:
         return report
     if due:

@@ -59,13 +59,13 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     provider = run.provider
     # A batch never mixes series; for a provider that personalises on its side (one
     # body per request), it never mixes parts or reader variants either.
-    by_email: dict[tuple[str, int, int], list[Due]] = {}
+    by_email: dict[tuple[str, str, frozenset[str]], list[Due]] = {}
+    everything: frozenset[str] = frozenset()
     for series, item, _ in due:
         if provider.shared_body:
-            variant = max(series.articles[0].part, item.enrollment.start_part)
-            group = (series.slug, item.part, variant)
+            group = run.composer.variant(series, item.article, item.enrollment.received())
         else:
-            group = (series.slug, 0, 0)
+            group = (series.slug, "", everything)
         by_email.setdefault(group, []).append(item)
     size = provider.batch_size
     batches = [
@@ -193,13 +193,13 @@ def _record(
             entry = LedgerEntry(
                 result.outcome, claim.attempts, now, now if result.outcome == "sent" else None
             )
-            updated = _with_entry(claim.enrollment, claim.part, entry)
+            updated = _with_entry(claim.enrollment, claim.article, entry)
             bookmarks.append(bookmark(updated, next_step(series, updated, now), version, now))
         ledger.record(conn, rows, token=run.token, now=clock, sent_at=now)
         ledger.save_bookmarks(conn, bookmarks)
 
 
-def _with_entry(enrollment: Enrollment, part: int, entry: LedgerEntry) -> Enrollment:
+def _with_entry(enrollment: Enrollment, article: str, entry: LedgerEntry) -> Enrollment:
     ledger_map = dict(enrollment.ledger)
-    ledger_map[part] = entry
+    ledger_map[article] = entry
     return Enrollment(**{**enrollment.__dict__, "ledger": ledger_map})

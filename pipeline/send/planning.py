@@ -42,8 +42,8 @@ def plan(
             step = next_step(series, enrollment, now)
             if dry_run:
                 _note(run.report, series, enrollment, step)
-            if step.is_due and step.part is not None:
-                due.append((series, Due(enrollment, step.part), step))
+            if step.is_due and step.article is not None and step.part is not None:
+                due.append((series, Due(enrollment, step.article, step.part), step))
             else:
                 bookmarks.append(bookmark(enrollment, step, version, now))
         if not dry_run:
@@ -83,7 +83,7 @@ def bookmark(enrollment: Enrollment, step: Step, version: str, now: datetime) ->
 def _note(report: SendReport, series: Series, enrollment: Enrollment, step: Step) -> None:
     if step.kind == "complete":
         return
-    article = series.part(step.part) if step.part is not None else None
+    article = series.article(step.article) if step.article is not None else None
     report.planned.append(
         Planned(
             email=enrollment.email,

@@ -110,11 +110,12 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
             left += rows
             continue
         series = by_slug[rows[0].series]
-        missing = sorted({r.part for r in rows if series.part(r.part) is None})
+        missing = sorted((r.article, r.part) for r in rows if series.article(r.article) is None)
         if missing:
+            slug, part = missing[0]
             report.problems.append(
-                f"{len(rows)} deliveries of an interrupted request stay unknown: part "
-                f"{missing[0]} of {series.slug} is no longer in the workspace"
+                f"{len(rows)} deliveries of an interrupted request stay unknown: '{slug}' "
+                f"(sent as part {part}) of {series.slug} is no longer in the workspace"
             )
             left += rows
             continue
@@ -126,11 +127,14 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
             )
         if not claimed:
             continue  # another run is repeating it, or a recipient left just now
+        with run.store.connect() as conn:
+            # What each reader had then: nothing else reaches them while this is unknown.
+            history = ledger.received_articles(conn, series.slug, [r.subscriber_id for r in rows])
         messages = [
             run.composer.build(
                 series,
-                r.part,
-                r.start_part,
+                r.article,
+                history.get(r.subscriber_id, frozenset()),
                 r.subscriber_id,
                 r.email,
                 r.name,

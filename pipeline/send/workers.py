@@ -124,6 +124,9 @@ def _worker(
         for series in series_list:
             due += plan(run, series, shard)
         due.sort(key=lambda item: item[2].due_at or options.now)
+        # Histories an edit made unusual need their own emails, rendered before this
+        # worker sends anything (the parent rendered the in-order ones).
+        run.composer.prepare_due(due)
         events.put(("planned", len(due)))
         gc.freeze()
         deliver(run, due)

@@ -128,13 +128,18 @@ def state_exists(workspace: Path, url: str | None = None) -> bool:
 
 
 def open_store(workspace: Path, url: str | None = None, *, migrate: bool = True) -> Store:
-    """Connect, and bring the schema up to date unless ``migrate`` is false."""
+    """Connect, and bring the schema up to date unless ``migrate`` is false (a migration
+    may read the workspace's content: 0005 matches recorded parts to its articles)."""
     url = url or database_url(workspace)
     engine = _engine(url)
     store = Store(engine, url)
     if migrate:
-        with store._translate():
-            upgrade(engine)
+        try:
+            with store._translate():
+                upgrade(engine, workspace=workspace)
+        except BaseException:
+            engine.dispose()
+            raise
     return store
 
 

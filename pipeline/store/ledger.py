@@ -1,6 +1,6 @@
 """Queries of the drip engine: enrollments to plan, claims on ledger rows, outcomes.
 
-The claim protocol: a run inserts the (subscriber, series, part) row in state
+The claim protocol: a run inserts the (subscriber, series, article) row in state
 ``claimed`` with its own token and a lease, or takes a ``failed`` row back the
 same way; the unique constraint lets exactly one run own each delivery. After
 sending it records ``sent``, ``failed`` or ``unknown``. A claim whose lease ended
@@ -42,15 +42,21 @@ OPEN = sa.text("state IN ('claimed', 'unknown')")
 
 @dataclass(frozen=True)
 class Due:
+    """A delivery the planner found due: ``article`` (its slug) at part ``part`` today."""
+
     enrollment: Enrollment
+    article: str
     part: int
 
 
 @dataclass(frozen=True)
 class Claim:
+    """A delivery this run owns: ledger row ``id``, sent with delivery key ``key``."""
+
     id: int
     key: str
     enrollment: Enrollment
+    article: str
     part: int
     attempts: int
     new: bool  # the row did not exist before this claim
@@ -93,6 +99,24 @@ def start_parts(conn: Connection, series: str) -> set[int]:
             sa.select(enrollments.c.start_part).where(enrollments.c.series == series).distinct()
         )
     )
+
+
+def received_articles(
+    conn: Connection, series: str, subscriber_ids: Sequence[int]
+) -> dict[int, frozenset[str]]:
+    """The slugs of the articles each of these readers has received in a series (a
+    reader with none is left out)."""
+    found: dict[int, set[str]] = {}
+    rows = conn.execute(
+        sa.select(deliveries.c.subscriber_id, deliveries.c.article).where(
+            deliveries.c.series == series,
+            deliveries.c.subscriber_id.in_(subscriber_ids),
+            deliveries.c.state == "sent",
+        )
+    )
+    for subscriber_id, article in rows:
+        found.setdefault(subscriber_id, set()).add(article)
+    return {subscriber_id: frozenset(slugs) for subscriber_id, slugs in found.items()}
 
 
 def count_to_plan(
@@ -193,10 +217,10 @@ def iter_enrollments(
 
 
 def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enrollment]:
-    ledgers: dict[int, dict[int, LedgerEntry]] = {}
+    ledgers: dict[int, dict[str, LedgerEntry]] = {}
     query = sa.select(
         deliveries.c.subscriber_id,
-        deliveries.c.part,
+        deliveries.c.article,
         deliveries.c.state,
         deliveries.c.attempts,
         deliveries.c.updated_at,
@@ -207,7 +231,7 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
         deliveries.c.subscriber_id.in_([r.subscriber_id for r in rows]),
     )
     for d in conn.execute(query):
-        ledgers.setdefault(d.subscriber_id, {})[d.part] = LedgerEntry(
+        ledgers.setdefault(d.subscriber_id, {})[d.article] = LedgerEntry(
             d.state, d.attempts, d.updated_at, d.sent_at, d.claimed_until
         )
     return [
@@ -298,20 +322,20 @@ def claim(
     # What the planner saw decides between inserting and taking back a failed row. If
     # another run got there since, the insert conflicts, or the failed row is no
     # longer failed, and this run simply does not get that delivery.
-    fresh = [d for d in wanted if d.part not in d.enrollment.ledger]
+    fresh = [d for d in wanted if d.article not in d.enrollment.ledger]
     retry = [
         d
         for d in wanted
-        if (seen := d.enrollment.ledger.get(d.part)) is not None and seen.state == "failed"
+        if (seen := d.enrollment.ledger.get(d.article)) is not None and seen.state == "failed"
     ]
-    by_key = {(d.enrollment.subscriber_id, d.part): d for d in wanted}
+    by_key = {(d.enrollment.subscriber_id, d.article): d for d in wanted}
     claims: list[Claim] = []
     if fresh:
         table = untyped(deliveries)
         insert = (
             _insert_ignoring_duplicates(conn)
-            .on_conflict_do_nothing(index_elements=["subscriber_id", "series", "part"])
-            .returning(table.c.id, table.c.subscriber_id, table.c.part, table.c.delivery_key)
+            .on_conflict_do_nothing(index_elements=["subscriber_id", "series", "article"])
+            .returning(table.c.id, table.c.subscriber_id, table.c.article, table.c.delivery_key)
         )
         db_now, db_until = to_db(conn.dialect, now), to_db(conn.dialect, until)
         inserted = conn.execute(
@@ -320,6 +344,7 @@ def claim(
                 {
                     "subscriber_id": d.enrollment.subscriber_id,
                     "series": series,
+                    "article": d.article,
                     "part": d.part,
                     "state": "claimed",
                     "attempts": 1,
@@ -334,18 +359,19 @@ def claim(
             ],
         ).all()
         for row in inserted:
-            d = by_key[(row.subscriber_id, row.part)]
-            claims.append(Claim(row.id, row.delivery_key, d.enrollment, row.part, 1, True))
+            d = by_key[(row.subscriber_id, row.article)]
+            claims.append(Claim(row.id, row.delivery_key, d.enrollment, d.article, d.part, 1, True))
     if retry:
         conn.execute(
             deliveries.update()
             .where(
                 deliveries.c.subscriber_id == sa.bindparam("_sid"),
                 deliveries.c.series == series,
-                deliveries.c.part == sa.bindparam("_part"),
+                deliveries.c.article == sa.bindparam("_article"),
                 deliveries.c.state == "failed",
             )
             .values(
+                part=sa.bindparam("_part"),
                 state="claimed",
                 claim_token=token,
                 claimed_until=until,
@@ -353,13 +379,16 @@ def claim(
                 updated_at=now,
                 attempted_at=now,
             ),
-            [{"_sid": d.enrollment.subscriber_id, "_part": d.part} for d in retry],
+            [
+                {"_sid": d.enrollment.subscriber_id, "_article": d.article, "_part": d.part}
+                for d in retry
+            ],
         )
         owned = conn.execute(
             sa.select(
                 deliveries.c.id,
                 deliveries.c.subscriber_id,
-                deliveries.c.part,
+                deliveries.c.article,
                 deliveries.c.delivery_key,
                 deliveries.c.attempts,
             ).where(
@@ -370,9 +399,11 @@ def claim(
             )
         )
         for row in owned:
-            d = by_key[(row.subscriber_id, row.part)]
+            d = by_key[(row.subscriber_id, row.article)]
             claims.append(
-                Claim(row.id, row.delivery_key, d.enrollment, row.part, row.attempts, False)
+                Claim(
+                    row.id, row.delivery_key, d.enrollment, d.article, d.part, row.attempts, False
+                )
             )
     if claims:
         conn.execute(
@@ -515,7 +546,8 @@ def expire_claims(conn: Connection, now: datetime) -> int:
 
 def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
     """Deliveries whose outcome is unknown, with what it takes to look them up or to
-    repeat their request: recipient, part, batch tag, when they were handed over."""
+    repeat their request: recipient, article (and the part it was sent as), batch tag,
+    when they were handed over, and the reader's start part."""
     return list(
         conn.execute(
             sa.select(
@@ -526,6 +558,7 @@ def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
                 deliveries.c.batch,
                 deliveries.c.subscriber_id,
                 deliveries.c.series,
+                deliveries.c.article,
                 deliveries.c.part,
                 subscribers.c.email,
                 subscribers.c.name,

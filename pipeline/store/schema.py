@@ -94,6 +94,7 @@ enrollments = sa.Table(
     ),
     sa.Column("series", sa.String(100), nullable=False),
     sa.Column("enrolled_at", UTCDateTime, nullable=False),
+    # The position the reader enrolled at: it decides their first article only.
     sa.Column("start_part", sa.Integer, nullable=False, server_default="1"),
     sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("completed_at", UTCDateTime),
@@ -105,8 +106,9 @@ enrollments = sa.Table(
     sa.UniqueConstraint("subscriber_id", "series", name="enrollments_once_per_series"),
 )
 
-# The ledger: one row per (subscriber, series, part). The unique constraint is what
-# makes a duplicate send impossible, whatever the processes around it do.
+# The ledger: one row per (subscriber, series, article), the article named by its slug
+# (0005). The unique constraint is what makes a duplicate send impossible, whatever
+# the processes around it do and however the parts are renumbered since.
 deliveries = sa.Table(
     "deliveries",
     metadata,
@@ -118,6 +120,8 @@ deliveries = sa.Table(
         nullable=False,
     ),
     sa.Column("series", sa.String(100), nullable=False),
+    sa.Column("article", sa.String(200), nullable=False),
+    # Where the article stood when it was claimed; history only, it decides nothing.
     sa.Column("part", sa.Integer, nullable=False),
     sa.Column("state", sa.String(20), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -134,7 +138,7 @@ deliveries = sa.Table(
     # The key of the provider request, and when the attempt was handed over (0004).
     sa.Column("batch", sa.String(64)),
     sa.Column("attempted_at", UTCDateTime),
-    sa.UniqueConstraint("subscriber_id", "series", "part", name="deliveries_once"),
+    sa.UniqueConstraint("subscriber_id", "series", "article", name="deliveries_once"),
     sa.CheckConstraint(f"state IN {DELIVERY_STATES}", name="deliveries_state"),
 )
 
