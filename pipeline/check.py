@@ -34,7 +34,10 @@ class CheckReport:
         return sum(s.total for s in self.series)
 
 
-def check_workspace(config: Config, *, now: datetime) -> CheckReport:
+def check_workspace(config: Config, *, now: datetime, state: bool = False) -> CheckReport:
+    """Every problem of the workspace's content, templates, rendered emails and config;
+    with ``state``, also warnings where the content no longer matches what readers
+    received (the state database read-only, if there is one: pipeline/edits.py)."""
     series_list, problems = load_series(config)
     renderer = Renderer(config, now=now)
     template_problems: set[Problem] = set()
@@ -70,6 +73,10 @@ def check_workspace(config: Config, *, now: datetime) -> CheckReport:
                 "warning",
             )
         )
+    if state:
+        from .edits import state_problems
+
+        problems += state_problems(config, series_list)
     return CheckReport(series_list, problems)
 
 

@@ -82,13 +82,14 @@ def cli(ctx: click.Context, workspace: str | None) -> None:
 @click.pass_obj
 def check_command(state: State, now: datetime | None, strict: bool) -> None:
     """Validate content, templates and config; print every problem as path:line: message.
+    With a state database, also warn where edits no longer match what readers received.
 
     Example: series check
     """
     from .check import check_workspace
 
     config = state.config
-    report = check_workspace(config, now=resolve_now(config, now))
+    report = check_workspace(config, now=resolve_now(config, now), state=True)
     for problem in report.problems:
         click.echo(str(problem))
     errors, warnings = len(report.errors), len(report.warnings)

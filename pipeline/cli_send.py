@@ -112,6 +112,8 @@ def _print_plan(
     rows: list[Planned], output_format: str, limit: int | None, report: SendReport
 ) -> None:
     due = [r for r in rows if r.kind == "due"]
+    for warning in report.warnings:
+        click.echo(warning, err=True)
     if output_format == "json":
         payload: list[dict[str, Any]] = [
             {

@@ -50,7 +50,11 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     series_list = load_selected(config, options.only)
     report = SendReport()
     run = Run(config, store, provider, options, report)
-    if not options.dry_run:
+    if options.dry_run:
+        from ..edits import history_problems
+
+        report.warnings += [str(p) for p in history_problems(store, series_list)]
+    else:
         reconcile(run, series_list)
     workers = workers_for(run, series_list)
     if workers > 1:

@@ -49,6 +49,8 @@ class SendReport:
     resolved: int = 0
     planned: list[Planned] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Where the content no longer matches what readers received (dry runs only).
+    warnings: list[str] = field(default_factory=list)
 
     def merge(self, other: SendReport) -> None:
         self.sent += other.sent
