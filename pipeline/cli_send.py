@@ -241,14 +241,14 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
 
 
 def _listing(intro: str, column: str, rows: list[tuple[Stuck, str]]) -> None:
-    """Deliveries one by one after what to do about them: email, part today ("-" for an
-    article no longer in the series), article slug, COLUMN, error."""
+    """Deliveries one by one after what to do about them: email, part (today's number, or
+    the slug of an article no longer in the series), COLUMN, error."""
     click.echo(intro)
     click.echo(
         format_table(
-            ("EMAIL", "PART", "ARTICLE", column, "LAST ERROR"),
+            ("EMAIL", "PART", column, "LAST ERROR"),
             (
-                (d.email, "-" if d.part is None else str(d.part), d.article, value, d.error[:80])
+                (d.email, d.article if d.part is None else str(d.part), value, d.error[:80])
                 for d, value in rows
             ),
         )

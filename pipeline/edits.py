@@ -26,6 +26,7 @@ from .content import Series
 from .errors import Problem
 from .store import Store, StoreError, open_store, state_exists
 from .store.history import article_states, readers_past, recorded_parts
+from .store.migrate import HEAD, current
 
 PLACEHOLDER = re.compile(r"part-(?P<part>\d+)(-removed)?")
 
@@ -39,10 +40,12 @@ def state_problems(config: Config, series_list: Sequence[Series]) -> list[Proble
         return []
     try:
         with open_store(workspace, migrate=False) as store:
-            where = _shown(config, store)
-            outdated = _outdated(store, where)
-            if outdated is not None:
-                return [outdated]
+            with store.connect() as conn:
+                revision = current(conn)
+            if revision is None:
+                return []  # an empty database: nobody has received anything
+            if revision != HEAD:
+                return [_outdated(revision, _shown(config, store))]
             return history_problems(store, series_list)
     except StoreError as exc:
         return [Problem("state", None, f"could not read the state database: {exc}", "warning")]
@@ -119,13 +122,8 @@ def _readers(count: int) -> str:
     return f"{count:,} reader{'s' if count != 1 else ''}"
 
 
-def _outdated(store: Store, where: str) -> Problem | None:
-    from .store.migrate import HEAD, current
-
-    with store.connect() as conn:
-        revision = current(conn)
-    if revision is None or revision == HEAD:
-        return None
+def _outdated(revision: str, where: str) -> Problem:
+    """The one line for a schema this version does not compare: older or newer."""
     if revision > HEAD:
         message = (
             f"the state database is at schema revision {revision}, newer than this version "

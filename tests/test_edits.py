@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from pipeline.config import load_config
 from pipeline.content import Series, load_series
-from pipeline.edits import history_problems
+from pipeline.edits import history_problems, state_problems
 from pipeline.store import Store, open_store
 from pipeline.store.schema import deliveries, enrollments, subscribers
 
@@ -134,3 +135,17 @@ def test_gone_article_counts_who_had_it_and_guesses_the_new_name(store: Store) -
         "'secure' was sent to 3 readers and is gone: renamed? set `slug: secure` on the new "
         "file (secure-attachment.md?); removed: nothing to do, it is skipped"
     )
+
+
+def test_check_reads_a_new_database_without_touching_it(
+    database_url: str, example_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`series check` with SERIES_DATABASE_URL naming a database nothing has written to
+    yet: no warning, and still no schema afterwards (check never migrates)."""
+    monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
+    config = load_config(example_copy)
+    assert state_problems(config, load_series(config)[0]) == []
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("alembic_version")
+    engine.dispose()

@@ -112,3 +112,34 @@ def test_resolve_refuses_a_delivery_that_is_not_unknown(unknown: Path) -> None:
     assert code == 1
     assert err == f"Error: attachment/1 to {ANN} is failed, not unknown: nothing to decide\n"
     assert state_of(unknown, ANN, 1) == "failed"
+
+
+def test_an_article_gone_since_is_listed_apart_and_resolved_by_slug(unknown: Path) -> None:
+    """Part 1 removed while its deliveries are unknown: status shows them under its slug,
+    apart from today's parts, and `series resolve` takes the slug (a part number names
+    today's article)."""
+    (unknown / "series" / "attachment" / "01-attachment-theory.md").unlink()
+
+    code, out, _ = run(unknown, "status", "--now", MONDAY.isoformat())
+    assert code == 0
+    lines = out.splitlines()
+    gone = lines.index(
+        "no longer in the series (renamed? give the new file the old `slug:`; removed: never "
+        "sent again):"
+    )
+    assert lines[gone + 3].split() == ["attachment-theory", "0", "0", "5"]  # Yuki: part 2
+    assert [line.split()[:2] for line in lines if line.startswith(ANN)] == [
+        [ANN, "attachment-theory"]
+    ]
+    code, _, err = run(unknown, "resolve", "attachment/1", ANN, "--sent")
+    assert (code, err) == (
+        1,
+        "Error: attachment has no part 1 today; name the article by its slug (`series "
+        "status` lists unknown deliveries with theirs)\n",
+    )
+    code, out, _ = run(unknown, "resolve", "attachment/attachment-theory", ANN, "--sent")
+    assert (code, out) == (
+        0,
+        f"attachment/attachment-theory to {ANN}: marked sent (it will not be sent again)\n",
+    )
+    assert state_of(unknown, ANN, 1) == "sent"
