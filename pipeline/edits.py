@@ -16,13 +16,14 @@ Read-only: the state database is never created or migrated here.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .config import Config
-from .content import Series
+from .content import Article, Series
 from .errors import Problem
 from .store import Store, StoreError, open_store, state_exists
 from .store.history import article_states, readers_past, recorded_parts
@@ -100,11 +101,7 @@ def _gone(
             "they do not get it again"
         )
     else:
-        # The likeliest new name: an article nobody has received, where this one stood.
-        guess = next(
-            (a for a in series.articles if a.part == recorded and a.slug not in known),
-            None,
-        )
+        guess = _renamed_to(series, slug, recorded, known)
         where = f" ({guess.source}?)" if guess is not None else ""
         message = (
             f"'{slug}' was sent to {_readers(sent)} and is gone: renamed? set "
@@ -116,6 +113,21 @@ def _gone(
             f"decide them with `series resolve {series.slug}/{slug} EMAIL`"
         )
     return Problem(series.source, None, message, "warning")
+
+
+def _renamed_to(
+    series: Series, slug: str, recorded: int | None, known: Collection[str]
+) -> Article | None:
+    """The likeliest new file of a gone article, among those nobody has received: a name
+    like the old one, else the only one where it stood (None: no good guess)."""
+    fresh = [a for a in series.articles if a.slug not in known]
+    alike = [a for a in fresh if slug in a.slug or a.slug in slug]
+    if not alike:
+        close = difflib.get_close_matches(slug, [a.slug for a in fresh], n=1, cutoff=0.6)
+        alike = [a for a in fresh if a.slug in close]
+    if not alike:
+        alike = [a for a in fresh if a.part == recorded]
+    return alike[0] if len(alike) == 1 else None
 
 
 def _readers(count: int) -> str:
