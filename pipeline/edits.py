@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .config import Config
 from .content import Article, Series
 from .errors import Problem
 from .store import Store, StoreError, open_store, state_exists
-from .store.history import article_states, readers_past, recorded_parts
+from .store.history import Recorded, readers_past, recorded_articles
 from .store.migrate import HEAD, current
 
 PLACEHOLDER = re.compile(r"part-(?P<part>\d+)(-removed)?")
@@ -58,15 +57,16 @@ def history_problems(store: Store, series_list: Sequence[Series]) -> list[Proble
     problems: list[Problem] = []
     with store.connect() as conn:
         for series in series_list:
-            states = article_states(conn, series.slug)
+            recorded = recorded_articles(conn, series.slug)
             present = {a.slug for a in series.articles}
-            gone = sorted(slug for slug in states if slug not in present)
-            parts = recorded_parts(conn, series.slug, list(states))
-            for slug in gone:
-                problems.append(_gone(series, slug, states[slug], parts.get(slug), states))
+            for slug in sorted(set(recorded) - present):
+                problems.append(_gone(series, slug, recorded[slug], recorded))
             # Where each article stood when readers got it (today's part if nobody has):
             # compared with the part a reader enrolled at, in the numbering of that time.
-            order = [(a.slug, parts.get(a.slug, a.part)) for a in series.articles]
+            order = [
+                (a.slug, recorded[a.slug].part if a.slug in recorded else a.part)
+                for a in series.articles
+            ]
             for article, past in zip(
                 series.articles, readers_past(conn, series.slug, order), strict=True
             ):
@@ -85,12 +85,10 @@ def history_problems(store: Store, series_list: Sequence[Series]) -> list[Proble
     return problems
 
 
-def _gone(
-    series: Series, slug: str, states: Counter[str], recorded: int | None, known: Collection[str]
-) -> Problem:
-    """The warning for an article the ledger has and the series no longer does: ``states``
-    its deliveries by state, ``recorded`` its part when sent, ``known`` every slug the
-    ledger has."""
+def _gone(series: Series, slug: str, held: Recorded, known: Collection[str]) -> Problem:
+    """The warning for an article the ledger ``held`` and the series no longer has;
+    ``known``: every slug the ledger has."""
+    states = held.states
     sent, open_ = states.get("sent", 0), states.get("unknown", 0) + states.get("claimed", 0)
     placeholder = PLACEHOLDER.fullmatch(slug)
     if placeholder is not None:
@@ -101,7 +99,7 @@ def _gone(
             "they do not get it again"
         )
     else:
-        guess = _renamed_to(series, slug, recorded, known)
+        guess = _renamed_to(series, slug, held.part, known)
         where = f" ({guess.source}?)" if guess is not None else ""
         message = (
             f"'{slug}' was sent to {_readers(sent)} and is gone: renamed? set "
@@ -115,9 +113,7 @@ def _gone(
     return Problem(series.source, None, message, "warning")
 
 
-def _renamed_to(
-    series: Series, slug: str, recorded: int | None, known: Collection[str]
-) -> Article | None:
+def _renamed_to(series: Series, slug: str, recorded: int, known: Collection[str]) -> Article | None:
     """The likeliest new file of a gone article, among those nobody has received: a name
     like the old one, else the only one where it stood (None: no good guess)."""
     fresh = [a for a in series.articles if a.slug not in known]
