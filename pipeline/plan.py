@@ -112,27 +112,29 @@ def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
         entry = ledger.get(article.slug)
         if entry is not None and entry.state == "sent":
             position = index
+    # Nothing after the position has been received (it is the last received article),
+    # and with no position nothing in the series has: the next article is never one
+    # the reader has.
     if position >= 0:
         following = series.articles[position + 1 :]
     else:  # nothing they received is still in the series: they start where they enrolled
         following = tuple(a for a in series.articles if a.part >= enrollment.start_part)
+    if not following:
+        return Step("complete", "completed: every part sent")
+    article = following[0]
+    entry = ledger.get(article.slug)  # none, or a failed attempt
     # The drip counts from the reader's latest email, whichever article it was.
     latest: tuple[datetime, str] | None = None
-    for slug, entry in ledger.items():
-        if entry.state == "sent":
-            moment = entry.sent_at or entry.updated_at
+    for slug, sent in ledger.items():
+        if sent.state == "sent":
+            moment = sent.sent_at or sent.updated_at
             if latest is None or moment > latest[0]:
                 latest = (moment, slug)
-    for article in following:
-        entry = ledger.get(article.slug)
-        if entry is not None and entry.state == "sent":
-            continue  # only possible before a start position; never twice
-        if latest is None:
-            return _step_for(series, enrollment, article, None, None, entry, now)
-        previous = series.article(latest[1])
-        after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
-        return _step_for(series, enrollment, article, after, latest[0], entry, now)
-    return Step("complete", "completed: every part sent")
+    if latest is None:
+        return _step_for(series, enrollment, article, None, None, entry, now)
+    previous = series.article(latest[1])
+    after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
+    return _step_for(series, enrollment, article, after, latest[0], entry, now)
 
 
 def _open_delivery(series: Series, ledger: Mapping[str, LedgerEntry], now: datetime) -> Step | None:
