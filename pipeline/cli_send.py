@@ -200,6 +200,8 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                 rows,
             )
         )
+        for (part, held), count in sorted(status.held.items()):
+            click.echo(f"part {part}: {count} reader(s) {held}, in their own time")
         if status.gone:
             click.echo(
                 "no longer in the series (renamed? give the new file the old `slug:`; "

@@ -21,7 +21,9 @@ readers started"):
   once out, it is due at the later of its normal time and its publish time.
 - The first article is due when the reader enrolled; each next one its delay after
   the reader's latest delivery was sent. Due times move into the next send window
-  in the reader's timezone; one article per enrollment per run.
+  in the reader's timezone, and an article whose time has come is still only due
+  while the reader's local time is inside that window (else it is held until the
+  window next opens, however late the run); one article per enrollment per run.
 - While any delivery of the reader's is being sent by a run, or its outcome is
   unknown, nothing else is sent to them (for an article no longer in the series,
   only while a run is sending it); a failed one is retried with backoff.
@@ -38,11 +40,16 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from .config import DAY_NAMES, SendWindow
+from .config import ALWAYS, DAY_NAMES, SendWindow
 from .content import Article, Series
 
-StepKind = Literal["due", "scheduled", "waiting", "in_flight", "unknown", "gave_up", "complete"]
+StepKind = Literal[
+    "due", "held", "scheduled", "waiting", "in_flight", "unknown", "gave_up", "complete"
+]
 LedgerState = Literal["claimed", "sent", "failed", "unknown"]
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+END_OF_DAY = time(23, 59, 59)  # how the config keeps an end of "24:00"
 
 MAX_ATTEMPTS = 8
 FIRST_RETRY = timedelta(minutes=15)
@@ -86,7 +93,9 @@ class Step:
     kind: StepKind
     reason: str
     part: int | None = None
-    due_at: datetime | None = None  # when the part is (or was) due, after the send window
+    # When the part is (or was) due, after the send window; for a held part, when the
+    # window opens next (UTC).
+    due_at: datetime | None = None
     wake_at: datetime | None = None  # earliest time anything can change without new content
     attempt: int = 1
     article: str | None = None
@@ -217,8 +226,6 @@ def _step_for(
         attempt = entry.attempts + 1
         reason = f"retry after a failed attempt (attempt {attempt} of {MAX_ATTEMPTS})"
     due = into_window(base, series.send_window, zone)
-    if due != base:
-        reason += "; held for the send window"
     if not article.is_published(now):
         # Out later: nothing can happen before its publish time.
         when = article.published.date().isoformat()
@@ -231,26 +238,61 @@ def _step_for(
             attempt=attempt,
             article=slug,
         )
+    opening = into_window(now, series.send_window, zone) if due <= now else now
+    if opening != now:
+        # Its time has come, but not the reader's hours: nothing goes out before they open.
+        reason += f"; {held_until(opening, zone)}"
+        return Step("held", reason, part, opening, wake_at=opening, attempt=attempt, article=slug)
+    if due != base:
+        reason += "; held for the send window"
     kind: StepKind = "due" if due <= now else "scheduled"
     return Step(kind, reason, part, due, wake_at=due, attempt=attempt, article=slug)
+
+
+def window_opening(series: Series, timezone: str | None, moment: datetime) -> datetime | None:
+    """None when ``moment`` is inside the series' send window in the reader's local time
+    (``timezone``, an IANA name; else the series' zone); otherwise the instant (UTC) the
+    window opens next. The check the send loop makes right before handing a message over."""
+    window = series.send_window
+    if window == ALWAYS:
+        return None
+    zone = _zone(timezone, series.timezone)
+    opening = into_window(moment, window, zone)
+    return None if opening == moment else opening
+
+
+def held_until(opening: datetime, zone: ZoneInfo) -> str:
+    """How a hold is shown: "held until Mon 09:00 (send window)", in the reader's time."""
+    local = opening.astimezone(zone)
+    return f"held until {WEEKDAYS[local.weekday()]} {local:%H:%M} (send window)"
+
+
+def reader_zone(timezone: str | None, series: Series) -> ZoneInfo:
+    """The zone a reader's send window is read in: theirs, else the series'."""
+    return _zone(timezone, series.timezone)
 
 
 def into_window(moment: datetime, window: SendWindow, zone: ZoneInfo) -> datetime:
     """The first instant at or after ``moment`` inside the send window, local to ``zone``."""
     local = moment.astimezone(zone)
-    if local.weekday() in window.days and window.start <= local.time() < window.end:
+    if local.weekday() in window.days and window.start <= local.time() and _open(window, local):
         return moment  # the common case, without building the day's window
     for offset in range(8):
         day: date = local.date() + timedelta(days=offset)
         if day.weekday() not in window.days:
             continue
         start = _local(day, window.start, zone)
-        end = _local(day, window.end, zone)
-        if offset == 0 and start <= local < end:
+        if offset == 0 and start <= local and _open(window, local):
             return moment
         if local < start:
             return start.astimezone(UTC)
     raise ValueError("a send window must allow at least one day")  # config validation ensures it
+
+
+def _open(window: SendWindow, local: datetime) -> bool:
+    """Whether the window has not yet closed at ``local`` on that day (wall clock)."""
+    # "24:00" is kept as 23:59:59: such a window runs to midnight, its last second too.
+    return window.end == END_OF_DAY or local.time() < window.end
 
 
 def _local(day: date, clock: time, zone: ZoneInfo) -> datetime:

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from .content import Series
 from .errors import SeriesError
-from .plan import next_step
+from .plan import held_until, next_step, reader_zone
 from .store import Store, ledger
 from .store.schema import deliveries, enrollments, subscribers
 
-PART_COLUMNS = ("sent", "due now", "scheduled", "waiting", "failed", "unknown")
+PART_COLUMNS = ("sent", "due now", "held", "scheduled", "waiting", "failed", "unknown")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class SeriesStatus:
     enrollments: Counter[str] = field(default_factory=Counter)
     unknown: list[Stuck] = field(default_factory=list)
     failed: list[Stuck] = field(default_factory=list)
+    # (part, "held until Mon 09:00 (send window)" in the reader's time) → readers
+    held: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     @property
     def gone(self) -> dict[str, Counter[str]]:
@@ -82,12 +84,18 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
                 status.enrollments["active"] += 1
                 if step.article is None:
                     continue
-                column = {"due": "due now", "scheduled": "scheduled", "waiting": "waiting"}.get(
-                    step.kind
-                )
+                column = {
+                    "due": "due now",
+                    "held": "held",
+                    "scheduled": "scheduled",
+                    "waiting": "waiting",
+                }.get(step.kind)
                 if column:
                     status.articles.setdefault(step.article, Counter())[column] += 1
-                if step.kind in ("scheduled", "waiting") and step.due_at is not None:
+                if step.kind == "held" and step.due_at is not None and step.part is not None:
+                    zone = reader_zone(enrollment.timezone, series)
+                    status.held[(step.part, held_until(step.due_at, zone))] += 1
+                if step.kind in ("held", "scheduled", "waiting") and step.due_at is not None:
                     earliest = status.next_due.get(step.article)
                     if earliest is None or step.due_at < earliest:
                         status.next_due[step.article] = step.due_at

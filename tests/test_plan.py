@@ -463,3 +463,96 @@ def test_fingerprint_changes_with_order_and_identity() -> None:
     assert fingerprint(base) != fingerprint(renumbered("p1", "p3", "p2"))
     assert fingerprint(base) != fingerprint(renumbered("p1", "p2", "third"))
     assert fingerprint(base) == fingerprint(renumbered("p1", "p2", "p3"))
+
+
+WORKDAYS_9_TO_17 = SendWindow(frozenset(range(5)), time(9), time(17))
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def local(zone: ZoneInfo, year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
+    """A wall-clock moment in ``zone``, as UTC."""
+    return datetime(year, month, day, hour, minute, tzinfo=zone).astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("zone", "due", "run_at", "until", "opening"),
+    [
+        # Due Monday 16:50; the hourly job missed 17:00; the 02:17 run on Tuesday holds it.
+        (
+            STOCKHOLM,
+            local(STOCKHOLM, 2026, 1, 5, 16, 50),
+            local(STOCKHOLM, 2026, 1, 6, 2, 17),
+            "Tue 09:00",
+            datetime(2026, 1, 6, 8, tzinfo=UTC),
+        ),
+        # Due on Friday; a run on Saturday (not a day of the window) holds it until Monday.
+        (
+            STOCKHOLM,
+            local(STOCKHOLM, 2026, 1, 9, 16, 50),
+            local(STOCKHOLM, 2026, 1, 10, 12),
+            "Mon 09:00",
+            datetime(2026, 1, 12, 8, tzinfo=UTC),
+        ),
+        # Clocks go forward in Stockholm on Sunday 29 March 2026: Monday's 09:00 is 07:00 UTC.
+        (
+            STOCKHOLM,
+            local(STOCKHOLM, 2026, 3, 27, 16, 50),
+            local(STOCKHOLM, 2026, 3, 28, 10),
+            "Mon 09:00",
+            datetime(2026, 3, 30, 7, tzinfo=UTC),
+        ),
+        # Forward in New York on Sunday 8 March 2026: Monday's 09:00 is 13:00 UTC, not 14:00.
+        (
+            NEW_YORK,
+            local(NEW_YORK, 2026, 3, 6, 16, 50),
+            local(NEW_YORK, 2026, 3, 7, 23),
+            "Mon 09:00",
+            datetime(2026, 3, 9, 13, tzinfo=UTC),
+        ),
+        # Back in New York on Sunday 1 November 2026: Monday's 09:00 is 14:00 UTC.
+        (
+            NEW_YORK,
+            local(NEW_YORK, 2026, 10, 30, 16, 50),
+            local(NEW_YORK, 2026, 10, 31, 8),
+            "Mon 09:00",
+            datetime(2026, 11, 2, 14, tzinfo=UTC),
+        ),
+    ],
+)
+def test_a_part_overdue_outside_the_window_is_held_until_it_opens(
+    zone: ZoneInfo, due: datetime, run_at: datetime, until: str, opening: datetime
+) -> None:
+    """However late the run, a part whose time came is not due outside the reader's window:
+    it is held until the next opening (local weekday and time), and wakes the run then."""
+    s = series(part(1), window=WORKDAYS_9_TO_17, zone=STOCKHOLM)
+    step = next_step(s, enrollment(enrolled_at=due, timezone=str(zone)), run_at)
+    assert step == Step(
+        "held",
+        f"first part; held until {until} (send window)",
+        1,
+        opening,
+        wake_at=opening,
+        article="p1",
+    )
+    assert next_step(s, enrollment(enrolled_at=due, timezone=str(zone)), opening).kind == "due"
+
+
+def test_hourly_runs_that_miss_hours_only_ever_send_inside_the_window() -> None:
+    """Runs every 7 hours for two months (most of them at night or at weekends): every part
+    goes out on a weekday between 09:00 and 17:00 Stockholm time, across the DST change."""
+    s = series(part(1), part(2), part(3), part(4), cadence=2, window=WORKDAYS_9_TO_17)
+    s = Series(**{**s.__dict__, "timezone": STOCKHOLM})
+    start = datetime(2027, 3, 1, 16, 30, tzinfo=UTC)
+    sent = simulate(s, enrollment(enrolled_at=start), start=start, every=timedelta(hours=7))
+    assert [p for p, _ in sent] == [1, 2, 3, 4]
+    for _, when in sent:
+        moment = when.astimezone(STOCKHOLM)
+        assert moment.weekday() < 5 and 9 <= moment.hour < 17, moment
+
+
+def test_a_window_to_midnight_includes_its_last_second() -> None:
+    """`end = "24:00"` (kept as 23:59:59) lets a run at 23:59:59.5 send, not wait a day."""
+    late = datetime(2026, 1, 5, 23, 59, 59, 500000, tzinfo=UTC)
+    assert into_window(late, ALWAYS, UTC_ZONE) == late
+    step = next_step(series(part(1)), enrollment(enrolled_at=T0), late)
+    assert step.kind == "due"

@@ -212,7 +212,7 @@ def test_template_error_stops_the_run_before_anything_is_sent(enrolled: Path) ->
 
 
 def test_status_table(enrolled: Path) -> None:
-    """`series status` shows sent, scheduled and waiting per part, and enrollment counts."""
+    """`series status` shows sent, held, scheduled and waiting per part, and enrollment counts."""
     send(enrolled, MONDAY)
     run(enrolled, "subscribers", "unsubscribe", "daniel.okafor@example.com")
     code, out, _ = run(enrolled, "status", "--now", MONDAY.isoformat())
@@ -222,7 +222,7 @@ def test_status_table(enrolled: Path) -> None:
     header = lines[1].split()
     assert header[:4] == ["PART", "ARTICLE", "TITLE", "STATE"]
     part1 = lines[3].split()
-    assert part1[0] == "1" and part1[-7:-1] == ["5", "0", "0", "0", "0", "0"]
+    assert part1[0] == "1" and part1[-8:-1] == ["5", "0", "0", "0", "0", "0", "0"]
     part2 = lines[4]
     assert "2026-12-04 10:00 UTC" in part2  # next due: 4 days after part 1
     assert lines[-1] == (

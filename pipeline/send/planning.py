@@ -99,7 +99,15 @@ def _note(report: SendReport, series: Series, enrollment: Enrollment, step: Step
 
 def dry_run_rows(report: SendReport) -> list[Planned]:
     """The plan in the order an editor reads it: due now first, then by time."""
-    order = {"due": 0, "scheduled": 1, "in_flight": 2, "unknown": 3, "waiting": 4, "gave_up": 5}
+    order = {
+        "due": 0,
+        "held": 1,
+        "scheduled": 2,
+        "in_flight": 3,
+        "unknown": 4,
+        "waiting": 5,
+        "gave_up": 6,
+    }
     never = datetime.max.replace(tzinfo=UTC)
     return sorted(
         report.planned,
