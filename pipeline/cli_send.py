@@ -88,6 +88,12 @@ def send_command(
     click.echo(report.summary())
     if report.resolved:
         click.echo(f"resolved {report.resolved} delivery(ies) left unknown by an earlier run")
+    if report.held:
+        click.echo(
+            f"held {report.held} delivery(ies) for the send window, which closed during the "
+            "run; they go out when it opens",
+            err=True,
+        )
     if report.failed:
         sys.exit(1)
 

@@ -1,24 +1,35 @@
 """The send window holds at the moment of sending (issue 9, point 2).
 
 Nothing is handed to a provider for a reader unless the reader's local time is inside
-the window at that moment: not by a run at 02:00, on a weekend, or when daylight
-saving has moved the reader's clock. Held parts wait for the window's next opening,
-and `--dry-run` and `status` say until when.
+the window at that moment: not by a run at 02:00 or on a weekend, not by a long run
+whose clock crosses 17:00, not by a retry after a backoff, not by the repeat of an
+interrupted request. Held parts wait for the window's next opening, and `--dry-run`
+and `status` say until when.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from pipeline.store import open_store
+from pipeline.config import load_config
+from pipeline.providers import PROVIDER_URL_ENV, get_provider
+from pipeline.providers.resend import KEY_ENV
+from pipeline.send import RETRIES, SendOptions, SendReport, send_due
+from pipeline.store import ledger, open_store
 from pipeline.store.schema import deliveries, enrollments, subscribers
 
-from .helpers import configure, enroll_examples, run
+from .fake_postmark import FakePostmark
+from .fake_resend import BATCH_PATH, FakeResend
+from .helpers import ENROLLED_AT, configure, enroll_examples, run
 
 WEEKDAYS_9_TO_17 = """
 [tool.series.send_window]
@@ -26,8 +37,25 @@ days = ["mon", "tue", "wed", "thu", "fri"]
 start = "09:00"
 end = "17:00"
 """
+# Monday 30 November 2026, 16:59:58 in Stockholm (UTC+1): two seconds before closing.
+BEFORE_CLOSING = datetime(2026, 11, 30, 15, 59, 58, tzinfo=UTC)
 # Tuesday 09:00 in Stockholm.
 TUESDAY_OPENING = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+RESEND_KEY = "re_window_test_key"
+
+
+def readers(root: Path, *zones: str) -> list[str]:
+    """Import one reader per zone (r0@…, r1@…) into the attachment series."""
+    emails = [f"r{i}@example.com" for i in range(len(zones))]
+    csv = root / "readers.csv"
+    csv.write_text(
+        "email,timezone,series\n"
+        + "".join(f"{e},{z},attachment\n" for e, z in zip(emails, zones, strict=True)),
+        encoding="utf-8",
+    )
+    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+    assert code == 0, out + err
+    return emails
 
 
 def next_due(root: Path) -> dict[str, datetime | None]:
@@ -51,11 +79,54 @@ def states(root: Path) -> dict[str, str]:
     return {email: state for email, state in rows}
 
 
+def postmark_recipients(fake: FakePostmark) -> Counter[str]:
+    return Counter(parseaddr(m["to"])[1] for m in fake.accepted)
+
+
+def send_with_clock(
+    root: Path, now: datetime, *, per_request: float = 0.0, on_sleep: float = 0.0
+) -> SendReport:
+    """`send_due` in this process through the configured provider, on a run clock that
+    moves ``per_request`` seconds with each request and ``on_sleep`` with each wait."""
+    config = load_config(root)
+    provider = get_provider(config.provider, config)
+    clock = [0.0]
+    real_send = provider.send
+
+    def send(messages: Any, *, batch_key: str) -> Any:
+        try:
+            return real_send(messages, batch_key=batch_key)
+        finally:
+            clock[0] += per_request
+
+    def sleep(seconds: float) -> None:
+        clock[0] += on_sleep
+
+    provider.send = send  # type: ignore[method-assign]
+    options = SendOptions(now=now, sleep=sleep, monotonic=lambda: clock[0])
+    try:
+        with open_store(root) as store:
+            return send_due(config, store, provider, options)
+    finally:
+        provider.close()
+
+
 @pytest.fixture
 def windowed(example_copy: Path) -> Path:
     """The example workspace, its six readers in six zones, sending Mon–Fri 09–17."""
     configure(example_copy, "", WEEKDAYS_9_TO_17)
     return enroll_examples(example_copy)
+
+
+@pytest.fixture
+def postmark_windowed(example_copy: Path, postmark: FakePostmark) -> Path:
+    """Sending through the fake Postmark, Mon–Fri 09–17, in batches of two."""
+    configure(
+        example_copy,
+        'provider = "postmark"',
+        WEEKDAYS_9_TO_17 + "\n[tool.series.postmark]\nbatch_size = 2\n",
+    )
+    return example_copy
 
 
 def test_a_run_at_night_holds_readers_outside_their_window(windowed: Path) -> None:
@@ -140,3 +211,101 @@ def test_the_window_follows_the_readers_clock_across_a_dst_change(example_copy: 
     assert run(example_copy, "send", "--now", sunday.isoformat())[1].startswith("sent 0,")
     at_nine = (sunday + timedelta(minutes=30)).isoformat()
     assert run(example_copy, "send", "--now", at_nine)[1].startswith("sent 1,")
+
+
+def test_a_long_run_stops_handing_over_when_the_window_closes(
+    postmark_windowed: Path, postmark: FakePostmark
+) -> None:
+    """Six Stockholm readers, batches of two, each request taking five seconds of the run's
+    clock from 16:59:58: the first batch goes out, the other four readers are given back
+    untouched for Tuesday 09:00 and sent then, each once."""
+    emails = readers(postmark_windowed, *["Europe/Stockholm"] * 6)
+
+    report = send_with_clock(postmark_windowed, BEFORE_CLOSING, per_request=5.0)
+
+    assert len(postmark.accepted) == 2
+    assert (report.sent, report.held, report.failed, report.unknown) == (2, 4, 0, 0)
+    sent = set(states(postmark_windowed))
+    assert len(sent) == 2 and set(states(postmark_windowed).values()) == {"sent"}
+    bookmarks = next_due(postmark_windowed)
+    assert {bookmarks[e] for e in emails if e not in sent} == {TUESDAY_OPENING}
+
+    late = run(
+        postmark_windowed, "send", "--now", (BEFORE_CLOSING + timedelta(hours=1)).isoformat()
+    )
+    assert late[1].startswith("sent 0,")
+    assert run(postmark_windowed, "send", "--now", TUESDAY_OPENING.isoformat())[1].startswith(
+        "sent 4,"
+    )
+    assert postmark_recipients(postmark) == {e: 1 for e in emails}
+
+
+def test_a_retry_after_the_window_closed_sends_only_to_readers_still_inside(
+    postmark_windowed: Path, postmark: FakePostmark
+) -> None:
+    """A batch for two Stockholm and two London readers is refused with 429 at 16:59:58
+    Stockholm time; the backoff takes the clock past 17:00 there (16:00 in London): the
+    retry goes to the London readers only, under the key of what it carries, and the
+    Stockholm readers are given back for Tuesday 09:00."""
+    text = postmark_windowed / "pyproject.toml"
+    text.write_text(text.read_text().replace("batch_size = 2", "batch_size = 4"), encoding="utf-8")
+    emails = readers(
+        postmark_windowed, "Europe/Stockholm", "Europe/London", "Europe/Stockholm", "Europe/London"
+    )
+    postmark.fail_next("429")
+
+    report = send_with_clock(postmark_windowed, BEFORE_CLOSING, on_sleep=10.0)
+
+    first, second = postmark.batch_requests()
+    assert len(first.body) == 4
+    assert [parseaddr(m["To"])[1] for m in second.body] == [emails[1], emails[3]]
+    assert (report.sent, report.held, report.retried) == (2, 2, 1)
+    assert states(postmark_windowed) == {emails[1]: "sent", emails[3]: "sent"}
+    with open_store(postmark_windowed) as store, store.connect() as conn:
+        keys = conn.execute(sa.select(deliveries.c.delivery_key, deliveries.c.batch)).all()
+    assert {batch for _, batch in keys} == {ledger.batch_key(k for k, _ in keys)}
+    assert next_due(postmark_windowed)[emails[0]] == TUESDAY_OPENING
+
+    run(postmark_windowed, "send", "--now", TUESDAY_OPENING.isoformat())
+    assert postmark_recipients(postmark) == {e: 1 for e in emails}
+
+
+@pytest.fixture
+def resend(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResend]:
+    with FakeResend(key=RESEND_KEY) as server:
+        monkeypatch.setenv(PROVIDER_URL_ENV, server.url)
+        monkeypatch.setenv(KEY_ENV, RESEND_KEY)
+        yield server
+
+
+def test_an_interrupted_request_is_repeated_only_inside_the_window(
+    example_copy: Path, resend: FakeResend
+) -> None:
+    """Resend's answers are lost at 16:59 (the outcome is unknown). A run at 23:00 does not
+    repeat the request, since a repeat sends whatever never arrived: the deliveries stay
+    unknown and it says until when; Tuesday 09:00 repeats it under the same key and Resend
+    answers from the first, so each reader has the part once."""
+    configure(example_copy, 'provider = "resend"', WEEKDAYS_9_TO_17)
+    emails = readers(example_copy, "Europe/Stockholm", "Europe/Stockholm")
+    resend.fail_next(BATCH_PATH, "drop-after", times=RETRIES + 1)
+    report = send_with_clock(example_copy, BEFORE_CLOSING)
+    assert report.unknown == 2
+    attempts = len(resend.batch_requests())
+
+    night = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
+    code, out, err = run(example_copy, "send", "--now", night.isoformat())
+
+    assert (code, out) == (0, "sent 0, failed 0, retried 0, unknown 2, skipped 0\n")
+    assert (
+        "2 deliveries of an interrupted request stay unknown until the send window opens: "
+        f"repeating it may send it ({emails[0]}: held until Tue 09:00 (send window))"
+    ) in err
+    assert len(resend.batch_requests()) == attempts
+    assert set(states(example_copy).values()) == {"unknown"}
+
+    _, out, _ = run(example_copy, "send", "--now", TUESDAY_OPENING.isoformat())
+
+    assert "resolved 2 delivery(ies) left unknown by an earlier run" in out
+    assert len(resend.batch_requests()) == attempts + 1
+    assert Counter(a for e in resend.accepted for a in e["to"]) == {e: 1 for e in emails}
+    assert set(states(example_copy).values()) == {"sent"}

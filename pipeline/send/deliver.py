@@ -1,22 +1,33 @@
 """Delivering: due deliveries are claimed in batches, handed to the provider (one
 batch in flight while the next is prepared) with retries, and their outcomes
-recorded with each reader's next bookmark."""
+recorded with each reader's next bookmark.
+
+A claim is taken no earlier than it can be used: the rate limiter waits first. And
+right before each attempt of each request, in one transaction, the run renews its
+lease on every claim of the request; a claim it no longer holds (its lease ran out
+and another run may have taken the delivery over) means the request is not sent at
+all. In the same moment each reader's send window is checked with the run's moving
+clock: a reader whose window has closed is given back for its next opening, however
+the run got there (a long run, a slow rate limit, a backoff).
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..content import Series
-from ..plan import Enrollment, LedgerEntry, Step, next_step
+from ..plan import Enrollment, LedgerEntry, Step, next_step, window_opening
 from ..providers import Message, ProviderError, SendResult
 from ..store import ledger
 from ..store.ledger import Claim, Due
-from .planning import bookmark
-from .run import LEASE, Run
+from .planning import Bookmark, bookmark
+from .run import Run
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,7 @@ class RateLimiter:
         self.next_free = monotonic()
 
     def wait(self, count: int) -> None:
+        """Wait until ``count`` more messages may go out, and book them."""
         if not self.rate:
             return
         now = self.monotonic()
@@ -45,12 +57,41 @@ class RateLimiter:
             now = self.next_free
         self.next_free = max(now, self.next_free) + count / self.rate
 
+    def refund(self, count: int) -> None:
+        """``count`` of the messages booked by the last ``wait`` will not go out."""
+        if self.rate and count > 0:
+            self.next_free -= count / self.rate
+
+
+class Withheld(Exception):
+    """A request was not handed to the provider (why, in one line): ``lost`` of its
+    claims were no longer this run's, or no reader of it was inside their send window
+    any more."""
+
+    def __init__(self, why: str, *, lost: int = 0) -> None:
+        super().__init__(why)
+        self.lost = lost
+
+
+# Right before each attempt: the messages that may go and the key they go under, given
+# whether an earlier attempt may have been sent; raises Withheld when none may go.
+Gate = Callable[[bool], tuple[Sequence[Message], str]]
+
 
 @dataclass
-class _InFlight:
+class _Batch:
+    """One request: its claims and their messages in the same order, once submitted the
+    provider's answer to come. The gate may drop readers before the first attempt."""
+
     series: Series
     claims: list[Claim]
-    result: Future[list[SendResult]]
+    messages: list[Message]
+    result: Future[list[SendResult]] | None = None
+    held: int = 0  # readers the gate gave back for their send window
+
+    @property
+    def key(self) -> str:
+        return ledger.batch_key(c.key for c in self.claims)
 
 
 def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
@@ -74,56 +115,143 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
         for start in range(0, len(items), size)
     ]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send") as sender:
-        in_flight: _InFlight | None = None
+        in_flight: _Batch | None = None
         try:
             for series, items in batches:
-                claims, messages = _claim(run, series, items)
+                # The wait comes before the claim: a claim is never held through it.
+                run.limiter.wait(len(items))
+                batch = _claim(run, series, items)
+                run.limiter.refund(len(items) - len(batch.claims))
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
-                    _finish(run, finished, also_release=claims)
-                if claims:
-                    run.limiter.wait(len(messages))
-                    key = ledger.batch_key(c.key for c in claims)
-                    in_flight = _InFlight(
-                        series, claims, sender.submit(send_batch, run, messages, key)
-                    )
+                    _finish(run, finished, also_release=batch.claims)
+                if batch.claims:
+                    gate = functools.partial(_hand_over, run, batch)
+                    batch.result = sender.submit(send_batch, run, batch.messages, batch.key, gate)
+                    in_flight = batch
             if in_flight is not None:
                 finished, in_flight = in_flight, None
                 _finish(run, finished, also_release=[])
         except BaseException:
-            if in_flight is not None:
+            if in_flight is not None and in_flight.result is not None:
                 in_flight.result.cancel()
             raise
 
 
-def _claim(run: Run, series: Series, items: Sequence[Due]) -> tuple[list[Claim], list[Message]]:
-    now = run.clock()
+def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
+    """Claim the deliveries of one request whose readers are inside their send window
+    now, and build each one's message. A reader outside it is bookmarked for its next
+    opening."""
+    clock = run.clock()
+    inside: list[Due] = []
+    held: list[Bookmark] = []
+    for item in items:
+        opening = window_opening(series, item.enrollment.timezone, clock)
+        if opening is None:
+            inside.append(item)
+        else:
+            held.append(_held(run, series, item.enrollment, opening))
     with run.store.begin() as conn:
-        claims = ledger.claim(conn, items, token=run.token, until=now + LEASE, now=now)
-    run.report.skipped += len(items) - len(claims)
-    return claims, [run.composer.for_claim(series, claim, now) for claim in claims]
+        ledger.save_bookmarks(conn, held)
+        claims = ledger.claim(
+            conn, inside, token=run.token, until=clock + run.options.lease, now=clock
+        )
+    run.report.held += len(held)
+    run.report.skipped += len(inside) - len(claims)
+    return _Batch(series, claims, [run.composer.for_claim(series, c, clock) for c in claims])
 
 
-def _finish(run: Run, batch: _InFlight, *, also_release: Sequence[Claim]) -> None:
+def _held(run: Run, series: Series, enrollment: Enrollment, opening: datetime) -> Bookmark:
+    """The bookmark of a reader held for the send window: look again when it opens."""
+    step = Step("held", "outside the send window", wake_at=opening)
+    return bookmark(enrollment, step, run.versions[series.slug], run.options.now)
+
+
+def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Message], str]:
+    """The gate of one request, right before each attempt (in the sending thread).
+
+    Readers outside their send window at the run's clock are given back for its next
+    opening (before any attempt; after one that may have been sent the request can
+    only be repeated whole, so it is not repeated at all). Then, in one transaction,
+    this run's lease on every remaining claim is renewed and the request's key
+    recorded. Raises Withheld when a claim is no longer this run's, or nobody is
+    left."""
+    clock = run.clock()
+    closed = {}
+    for index, claim in enumerate(batch.claims):
+        opening = window_opening(batch.series, claim.enrollment.timezone, clock)
+        if opening is not None:
+            closed[index] = opening
+    if closed and maybe_sent:
+        raise Withheld("the send window closed before the request could be repeated")
+    held = [batch.claims[i] for i in closed]
+    bookmarks = [_held(run, batch.series, batch.claims[i].enrollment, o) for i, o in closed.items()]
+    keep = [i for i in range(len(batch.claims)) if i not in closed]
+    batch.claims = [batch.claims[i] for i in keep]
+    batch.messages = [batch.messages[i] for i in keep]
+    batch.held += len(held)
+    with run.store.begin() as conn:
+        ledger.release(conn, held, token=run.token)
+        ledger.save_bookmarks(conn, bookmarks)
+        renewed = ledger.extend_claims(
+            conn,
+            [c.id for c in batch.claims],
+            token=run.token,
+            until=clock + run.options.lease,
+            now=clock,
+            batch=batch.key,
+        )
+    if renewed < len(batch.claims):
+        raise Withheld("this run's claim ran out", lost=len(batch.claims) - renewed)
+    if not batch.claims:
+        raise Withheld("the send window closed")
+    return batch.messages, batch.key
+
+
+def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:
+    """Record the answer to a request (in the main thread); give back what was not sent."""
+    assert batch.result is not None
+    wait([batch.result])  # the gate has had its say by the time an answer is there
+    run.report.held += batch.held
     try:
         results = batch.result.result()
     except ProviderError:
         # Nothing was sent (bad credentials): give the claims back, also those of
         # the batch prepared meanwhile, then stop.
-        with run.store.begin() as conn:
-            ledger.release(conn, [*batch.claims, *also_release], token=run.token)
+        _release(run, [*batch.claims, *also_release])
         raise
+    except Withheld as exc:
+        _release(run, batch.claims)  # nothing of it went out; what is still ours goes back
+        if exc.lost:
+            run.report.skipped += len(batch.claims)
+            run.report.problems.append(
+                f"{len(batch.claims)} deliveries of {batch.series.slug} were not sent: this "
+                f"run's claim on {exc.lost} of them ran out before they could be handed over "
+                "(another run may be sending them); a later run settles them"
+            )
+        return
     _record(run, batch.series, batch.claims, results)
     if run.options.on_progress:
         run.options.on_progress(len(batch.claims))
     if run.halt is not None:
-        with run.store.begin() as conn:
-            ledger.release(conn, also_release, token=run.token)
+        _release(run, also_release)
         run.stop_if_halted()
 
 
-def send_batch(run: Run, messages: Sequence[Message], key: str) -> list[SendResult]:
-    """One batch, retried on transient errors with backoff (Retry-After first). An
+def _release(run: Run, claims: Sequence[Claim]) -> None:
+    """Give claims back untouched: nothing of theirs was handed to the provider."""
+    if claims:
+        with run.store.begin() as conn:
+            ledger.release(conn, claims, token=run.token)
+
+
+def send_batch(run: Run, messages: Sequence[Message], key: str, gate: Gate) -> list[SendResult]:
+    """One request, retried on transient errors with backoff (Retry-After first).
+
+    Before each attempt ``gate`` renews the run's claims and says what may go (it may
+    drop readers whose send window closed while nothing can have been sent yet); if it
+    raises Withheld, nothing more is sent: the exception goes up when no attempt may
+    have gone through (the claims can be given back), else the batch is unknown. An
     answer lost on the way back is retried only under an idempotency key; without
     one, the batch's outcome is unknown (never re-sent blindly). A refusal that stops
     the run (credentials, quota) after an attempt that may have gone through leaves
@@ -131,6 +259,13 @@ def send_batch(run: Run, messages: Sequence[Message], key: str) -> list[SendResu
     provider = run.provider
     maybe_sent = False
     for attempt in range(RETRIES + 1):
+        try:
+            messages, key = gate(maybe_sent)
+        except Withheld as exc:
+            if not maybe_sent:
+                raise
+            why = f"not repeated ({exc}) after an attempt that may have been sent"
+            return [SendResult(m.key, "unknown", error=why) for m in messages]
         try:
             return provider.send(messages, batch_key=key)
         except ProviderError as exc:

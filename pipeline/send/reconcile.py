@@ -6,14 +6,16 @@ never sent again blindly (DESIGN §7)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from ..content import Series
-from ..providers import Pending, Provider, ProviderError
+from ..plan import held_until, reader_zone, window_opening
+from ..providers import Message, Pending, Provider, ProviderError
 from ..store import ledger
-from .deliver import send_batch
+from .deliver import Withheld, send_batch
 from .run import LEASE, Run
 
 
@@ -83,10 +85,16 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
     idempotency key: if the provider took it the first time, it answers from that
     (nothing is sent twice); if not, it sends now. Returns the rows this cannot
     settle: the key has expired, or a recipient has left since (the first request
-    may never have arrived, and must not be sent to them now)."""
+    may never have arrived, and must not be sent to them now).
+
+    A repeat may send, so it keeps the rule every send keeps: it goes out only while
+    every reader of the request is inside their send window (checked again right
+    before each attempt, with the claims' lease renewed); otherwise the request stays
+    unknown, counted and reported, until a run inside the window repeats it. Its key
+    may expire meanwhile (Resend keeps one for a day): then it waits for a person
+    (`series resolve`), which is better than sending at 02:00."""
     by_slug = {s.slug: s for s in series_list}
     report = run.report
-    now = run.clock()
     window = timedelta(seconds=run.provider.idempotency_window - run.provider.settle_time)
     groups: dict[str, list[Any]] = {}
     left: list[Any] = []
@@ -96,7 +104,7 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
         else:
             groups.setdefault(row.batch, []).append(row)
     for batch, rows in groups.items():
-        if rows[0].attempted_at < now - window:
+        if rows[0].attempted_at < run.clock() - window:
             left += rows  # the provider no longer knows the key
             continue
         gone = [
@@ -119,56 +127,118 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
             )
             left += rows
             continue
+        closed = _outside_window(series, rows, run.clock())
+        if closed:
+            report.unknown += len(rows)
+            report.problems.append(
+                f"{len(rows)} deliveries of an interrupted request stay unknown until the "
+                f"send window opens: repeating it may send it ({closed})"
+            )
+            continue
         if run.composer.renderer is None:
             run.composer.prepare(series_list)
-        with run.store.begin() as conn:
-            claimed = ledger.claim_unknown(
-                conn, [r.id for r in rows], batch, token=run.token, until=now + LEASE, now=now
-            )
-        if not claimed:
-            continue  # another run is repeating it, or a recipient left just now
-        with run.store.connect() as conn:
-            # What each reader had then: nothing else reaches them while this is unknown.
-            history = ledger.received_articles(conn, series.slug, [r.subscriber_id for r in rows])
-        messages = [
-            run.composer.build(
-                series,
-                r.article,
-                history.get(r.subscriber_id, frozenset()),
-                r.subscriber_id,
-                r.email,
-                r.name,
-                r.delivery_key,
-                issued=r.attempted_at,
-            )
-            for r in rows
-        ]
-        # The key the request went out under, as recorded then: a request that
-        # lost a member since has another body, which the provider refuses (409)
-        # rather than sending again.
-        results = send_batch(run, messages, batch)
-        outcome = {r.key: r for r in results}
-        with run.store.begin() as conn:
-            ledger.record_replay(
-                conn,
-                [(r.id, outcome[r.delivery_key].outcome, outcome[r.delivery_key]) for r in rows],
-                token=run.token,
-                now=now,
-                sent_at=rows[0].attempted_at,
-            )
-        run.stop_if_halted()
-        for r in rows:
-            result = outcome[r.delivery_key]
-            if result.outcome == "sent":
-                report.resolved += 1
-            elif result.outcome == "unknown":
-                report.unknown += 1
-            else:
-                report.failed += 1
-                report.problems.append(
-                    f"{r.email}: part {r.part} of {r.series} failed: {result.error}"
-                )
+        _repeat(run, series, rows, batch)
     return left
+
+
+def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
+    """Claim one interrupted request's deliveries, repeat it and record the outcome."""
+    report = run.report
+    with run.store.connect() as conn:
+        # What each reader had then: nothing else reaches them while this is unknown.
+        history = ledger.received_articles(conn, series.slug, [r.subscriber_id for r in rows])
+    messages = [
+        run.composer.build(
+            series,
+            r.article,
+            history.get(r.subscriber_id, frozenset()),
+            r.subscriber_id,
+            r.email,
+            r.name,
+            r.delivery_key,
+            issued=r.attempted_at,
+        )
+        for r in rows
+    ]
+    ids = [r.id for r in rows]
+    run.limiter.wait(len(rows))
+    now = run.clock()
+    with run.store.begin() as conn:
+        claimed = ledger.claim_unknown(
+            conn, ids, batch, token=run.token, until=now + run.options.lease, now=now
+        )
+    if not claimed:
+        return  # another run is repeating it, or a recipient left just now
+    # The key the request went out under, as recorded then: a request that lost a
+    # member since has another body, which the provider refuses (409) rather than
+    # sending again.
+    gate = functools.partial(_gate, run, series, rows, messages, batch)
+    try:
+        results = send_batch(run, messages, batch, gate)
+    except Withheld as exc:
+        with run.store.begin() as conn:
+            ledger.unclaim_unknown(conn, ids, token=run.token)
+        report.unknown += len(rows)
+        report.problems.append(
+            f"{len(rows)} deliveries of an interrupted request stay unknown: not repeated ({exc})"
+        )
+        return
+    outcome = {r.key: r for r in results}
+    with run.store.begin() as conn:
+        ledger.record_replay(
+            conn,
+            [(r.id, outcome[r.delivery_key].outcome, outcome[r.delivery_key]) for r in rows],
+            token=run.token,
+            now=run.clock(),
+            sent_at=rows[0].attempted_at,
+        )
+    run.stop_if_halted()
+    for r in rows:
+        result = outcome[r.delivery_key]
+        if result.outcome == "sent":
+            report.resolved += 1
+        elif result.outcome == "unknown":
+            report.unknown += 1
+        else:
+            report.failed += 1
+            report.problems.append(f"{r.email}: part {r.part} of {r.series} failed: {result.error}")
+
+
+def _gate(
+    run: Run,
+    series: Series,
+    rows: Sequence[Any],
+    messages: Sequence[Message],
+    batch: str,
+    maybe_sent: bool,
+) -> tuple[Sequence[Message], str]:
+    """Right before each attempt of a repeat: the whole request, unchanged, or Withheld
+    (a reader's window has closed, or a claim is no longer ours)."""
+    clock = run.clock()
+    closed = _outside_window(series, rows, clock)
+    if closed:
+        raise Withheld(closed)
+    with run.store.begin() as conn:
+        renewed = ledger.extend_claims(
+            conn,
+            [r.id for r in rows],
+            token=run.token,
+            until=clock + run.options.lease,
+            now=clock,
+        )
+    if renewed < len(rows):
+        raise Withheld("this run's claim ran out", lost=len(rows) - renewed)
+    return messages, batch
+
+
+def _outside_window(series: Series, rows: Sequence[Any], moment: datetime) -> str | None:
+    """The first reader of a request outside their send window at ``moment``, as
+    "EMAIL: held until Mon 09:00 (send window)"; None when all are inside."""
+    for row in rows:
+        opening = window_opening(series, row.timezone, moment)
+        if opening is not None:
+            return f"{row.email}: {held_until(opening, reader_zone(row.timezone, series))}"
+    return None
 
 
 def _forgotten(provider: Provider, row: Any, now: datetime) -> bool:

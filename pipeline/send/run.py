@@ -47,6 +47,9 @@ class SendReport:
     unknown: int = 0
     skipped: int = 0
     resolved: int = 0
+    # Due when the run planned them, but the reader's send window had closed by the
+    # time their message was to be handed over: given back for its next opening.
+    held: int = 0
     planned: list[Planned] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     # Where the content no longer matches what readers received (dry runs only).
@@ -58,6 +61,7 @@ class SendReport:
         self.retried += other.retried
         self.unknown += other.unknown
         self.skipped += other.skipped
+        self.held += other.held
         self.problems += other.problems
 
     def summary(self) -> str:
@@ -79,6 +83,7 @@ class SendOptions:
     on_total: Callable[[int], None] | None = None
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    lease: timedelta = LEASE  # how long a claim is held before another run may take it
 
 
 class Run:

@@ -450,6 +450,38 @@ def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:
         )
 
 
+def extend_claims(
+    conn: Connection,
+    ids: Sequence[int],
+    *,
+    token: str,
+    until: datetime,
+    now: datetime,
+    batch: str | None = None,
+) -> int:
+    """Right before a request goes to the provider: renew this run's lease on the
+    claims ``ids`` until ``until`` and, with ``batch``, record the key the request goes
+    under. Only claims this run still holds, with a lease not yet over at ``now``, are
+    renewed; returns how many were. Fewer than ``len(ids)``: another run may own the
+    rest, and the request must not be sent."""
+    if not ids:
+        return 0
+    values: dict[str, Any] = {"claimed_until": until}
+    if batch is not None:
+        values["batch"] = batch
+    result = conn.execute(
+        deliveries.update()
+        .where(
+            deliveries.c.id.in_(ids),
+            deliveries.c.claim_token == token,
+            deliveries.c.state == "claimed",
+            deliveries.c.claimed_until > now,
+        )
+        .values(**values)
+    )
+    return int(result.rowcount or 0)
+
+
 def record(
     conn: Connection,
     outcomes: Sequence[tuple[Claim, str, str | None, str | None]],
@@ -563,6 +595,7 @@ def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
                 subscribers.c.email,
                 subscribers.c.name,
                 subscribers.c.status,
+                subscribers.c.timezone,
                 enrollments.c.start_part,
                 enrollments.c.paused,
                 enrollments.c.unsubscribed_at,
@@ -676,12 +709,17 @@ def claim_unknown(
     ).rowcount
     if taken == len(ids):
         return True
+    unclaim_unknown(conn, ids, token=token)
+    return False
+
+
+def unclaim_unknown(conn: Connection, ids: Sequence[int], *, token: str) -> None:
+    """Give back the claims ``claim_unknown`` took (the request was not repeated)."""
     conn.execute(
         deliveries.update()
         .where(deliveries.c.id.in_(ids), deliveries.c.claim_token == token)
         .values(state="unknown", claim_token=None, claimed_until=None)
     )
-    return False
 
 
 def record_replay(

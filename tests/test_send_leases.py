@@ -1,0 +1,199 @@
+"""A run never sends on a claim it no longer holds (issue 9, point 3).
+
+Run A sends in a thread of this process, through the fake Postmark on 127.0.0.1, on a
+real SQLite file; whenever it waits (its rate limiter, a backoff) the test holds it
+there while run B, the real `series send`, runs again and again at later times: B
+finds A's leases over, marks the deliveries unknown, settles them as not sent and
+sends them. Then A wakes. Every reader must have exactly one message at the provider.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline.config import load_config
+from pipeline.providers import get_provider
+from pipeline.send import SendOptions, SendReport, send_due
+from pipeline.store import open_store
+from pipeline.store.schema import deliveries
+
+from .fake_postmark import FakePostmark
+from .helpers import ENROLLED_AT, configure, run
+
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+# Run B's times: past A's lease (15 minutes), past Postmark's settle time (10 more),
+# past the first retry's delay (15 after the lease was found over).
+B_RUNS = (16, 27, 32)
+
+
+def enroll(root: Path, count: int) -> list[str]:
+    emails = [f"r{i:03d}@example.com" for i in range(count)]
+    csv = root / "readers.csv"
+    csv.write_text("email,series\n" + "".join(f"{e},attachment\n" for e in emails), "utf-8")
+    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+    assert code == 0, out + err
+    return emails
+
+
+def per_reader(fake: FakePostmark) -> Counter[str]:
+    """How many messages the provider accepted for each reader."""
+    return Counter(parseaddr(m["to"])[1] for m in fake.accepted)
+
+
+def ledger_states(root: Path) -> Counter[str]:
+    with open_store(root) as store, store.connect() as conn:
+        return Counter(conn.scalars(sa.select(deliveries.c.state)))
+
+
+class HeldRun:
+    """Run A in a thread: its first wait (rate limit or backoff) blocks until released."""
+
+    def __init__(self, root: Path, **options: Any) -> None:
+        self.root = root
+        self.options = options
+        self.waiting = threading.Event()
+        self.released = threading.Event()
+        self.report: SendReport | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="run-a")
+
+    def sleep(self, seconds: float) -> None:
+        if not self.waiting.is_set():
+            self.waiting.set()
+            assert self.released.wait(120), "run A was never released"
+
+    def _run(self) -> None:
+        config = load_config(self.root)
+        provider = get_provider("postmark", config)
+        try:
+            with open_store(self.root) as store:
+                options = SendOptions(now=MONDAY, sleep=self.sleep, **self.options)
+                self.report = send_due(config, store, provider, options)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            provider.close()
+
+    def __enter__(self) -> HeldRun:
+        self.thread.start()
+        assert self.waiting.wait(60), "run A never waited"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.released.set()
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+
+
+def run_b(root: Path) -> list[str]:
+    """Run B, the real CLI, at each of B_RUNS minutes after A started: its summaries."""
+    outputs = []
+    for minutes in B_RUNS:
+        when = (MONDAY + timedelta(minutes=minutes)).isoformat()
+        _, out, err = run(root, "send", "--now", when)
+        assert "Traceback" not in err
+        outputs.append(out.splitlines()[0])
+    return outputs
+
+
+def test_a_rate_limited_run_never_sends_a_batch_another_run_took_over(
+    postmark_example: Path, postmark: FakePostmark
+) -> None:
+    """The issue's interleaving: rate_limit = 20, batches of 10; A's limiter sleeps before
+    its second batch while B takes over and sends everyone; A wakes: 0 duplicates."""
+    configure(postmark_example, "rate_limit = 20", "[tool.series.postmark]\nbatch_size = 10")
+    emails = enroll(postmark_example, 54)  # with the six example readers: 60, 6 batches
+
+    with HeldRun(postmark_example) as a:
+        outputs = run_b(postmark_example)
+
+    assert a.error is None and a.report is not None
+    assert sum(int(line.split(",")[0].split()[1]) for line in outputs) > 0, outputs
+    counts = per_reader(postmark)
+    assert set(emails) <= set(counts) and len(counts) == 60
+    assert [reader for reader, n in counts.items() if n > 1] == []
+    assert ledger_states(postmark_example) == Counter({"sent": 60})
+
+
+def test_a_retry_after_another_run_took_the_batch_over_is_not_sent(
+    postmark_example: Path, postmark: FakePostmark
+) -> None:
+    """A's first request is refused with 429; during its backoff B takes both of A's
+    claimed batches over and sends them; A wakes, finds its claims gone and sends
+    neither batch (skipped, with one line each): every reader has one message."""
+    configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
+    enroll(postmark_example, 14)  # 20 readers, two batches, both claimed by A
+    postmark.fail_next("429")
+
+    with HeldRun(postmark_example) as a:
+        run_b(postmark_example)
+
+    counts = per_reader(postmark)
+    assert len(counts) == 20 and set(counts.values()) == {1}
+    assert a.error is None and a.report is not None
+    assert (a.report.sent, a.report.skipped) == (0, 20)
+    assert len(a.report.problems) == 2
+    assert a.report.problems[0] == (
+        "10 deliveries of attachment were not sent: this run's claim on 10 of them ran "
+        "out before they could be handed over (another run may be sending them); a later "
+        "run settles them"
+    )
+    assert ledger_states(postmark_example) == Counter({"sent": 20})
+
+
+def test_a_run_does_not_send_once_its_own_lease_has_run_out(
+    postmark_example: Path, postmark: FakePostmark
+) -> None:
+    """Nobody else interferes, but A's backoff lasts 16 minutes of its clock, past its
+    15-minute lease: the retry is not sent, the claims go back untouched, and the next
+    run sends each reader's part once."""
+    postmark.fail_next("429")
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += 16 * 60
+
+    config = load_config(postmark_example)
+    provider = get_provider("postmark", config)
+    with open_store(postmark_example) as store:
+        options = SendOptions(now=MONDAY, sleep=sleep, monotonic=lambda: clock[0])
+        report = send_due(config, store, provider, options)
+    provider.close()
+
+    assert (report.sent, report.skipped, report.retried) == (0, 6, 1)
+    assert report.problems[0].startswith("6 deliveries of attachment were not sent: this run's")
+    assert ledger_states(postmark_example) == Counter()  # given back: as if never claimed
+    assert len(postmark.batch_requests()) == 1
+    later = (MONDAY + timedelta(minutes=20)).isoformat()
+    assert run(postmark_example, "send", "--now", later)[1].startswith("sent 6,")
+    assert set(per_reader(postmark).values()) == {1}
+
+
+def test_the_lease_length_is_an_option_of_the_run(
+    postmark_example: Path, postmark: FakePostmark
+) -> None:
+    """`SendOptions.lease` sets how long claims are held: renewed right before the request
+    to the run's clock plus the lease (here 90 seconds)."""
+    seen: list[Any] = []
+    config = load_config(postmark_example)
+    provider = get_provider("postmark", config)
+    real_send = provider.send
+
+    def send(messages: Any, *, batch_key: str) -> Any:
+        with open_store(postmark_example) as store, store.connect() as conn:
+            seen.extend(conn.scalars(sa.select(deliveries.c.claimed_until)))
+        return real_send(messages, batch_key=batch_key)
+
+    provider.send = send  # type: ignore[method-assign]
+    with open_store(postmark_example) as store:
+        options = SendOptions(now=MONDAY, monotonic=lambda: 0.0, lease=timedelta(seconds=90))
+        assert send_due(config, store, provider, options).sent == 6
+    provider.close()
+    assert seen == [MONDAY + timedelta(seconds=90)] * 6
