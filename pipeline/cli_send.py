@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
     from .cli import State
     from .providers import Provider
     from .send import Planned, SendReport
+    from .send.run import Stop
     from .status import Stuck
     from .store import Store
 
@@ -63,26 +68,27 @@ def send_command(
             _print_plan(dry_run_rows(report), output_format, limit, report)
             return
         assert provider is not None
-        if skip_sync:
-            click.echo("suppression sync skipped (--skip-sync)", err=True)
-        elif provider.keeps_suppressions:
-            _sync(store, provider, now)
-        bar = None
-        if sys.stdout.isatty():
+        with _stop_on_signals(options.stop):
+            if skip_sync:
+                click.echo("suppression sync skipped (--skip-sync)", err=True)
+            elif provider.keeps_suppressions:
+                _sync(store, provider, now)
+            bar = None
+            if sys.stdout.isatty():
 
-            def start(total: int) -> None:
-                nonlocal bar
-                bar = click.progressbar(length=total, label="sending", file=sys.stderr)
-                bar.__enter__()
+                def start(total: int) -> None:
+                    nonlocal bar
+                    bar = click.progressbar(length=total, label="sending", file=sys.stderr)
+                    bar.__enter__()
 
-            options.on_total = start
-            options.on_progress = lambda n: bar.update(n) if bar else None
-        try:
-            report = send_due(config, store, provider, options)
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
-            provider.close()
+                options.on_total = start
+                options.on_progress = lambda n: bar.update(n) if bar else None
+            try:
+                report = send_due(config, store, provider, options)
+            finally:
+                if bar is not None:
+                    bar.__exit__(None, None, None)
+                provider.close()
     for problem in report.problems:
         click.echo(problem, err=True)
     click.echo(report.summary())
@@ -94,8 +100,37 @@ def send_command(
             "run; they go out when it opens",
             err=True,
         )
+    if report.stopped:
+        click.echo(
+            f"stopped by {report.stopped} after {report.delivered} deliveries; "
+            "the rest are sent by the next run",
+            err=True,
+        )
+        sys.exit(1)
     if report.failed:
         sys.exit(1)
+
+
+@contextmanager
+def _stop_on_signals(stop: Stop) -> Iterator[None]:
+    """While sending, SIGTERM or SIGINT asks the run to stop after the batch in flight,
+    recorded (workers are told too); the same signal a second time acts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals (a run started from a thread)
+        return
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop(signum, frame)
+        signal.signal(signum, previous[signum])
+
+    for name in (signal.SIGTERM, signal.SIGINT):
+        previous[name] = signal.signal(name, handler)
+    try:
+        yield
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
 
 
 def _sync(store: Store, provider: Provider, now: datetime) -> None:

@@ -44,8 +44,10 @@ __all__ = [
 def send_due(config: Config, store: Store, provider: Provider, options: SendOptions) -> SendReport:
     """Send every part that is due (or, with ``dry_run``, say what would be sent).
 
-    Raises ContentError when the content has errors (before anything is sent),
-    ProviderError when the provider refuses the run (credentials, quota), and
+    Asked to stop (``options.stop``, set by a signal handler), it ends after the batch
+    in flight and says so in ``report.stopped``; what it did not send is sent by the
+    next run. Raises ContentError when the content has errors (before anything is
+    sent), ProviderError when the provider refuses the run (credentials, quota), and
     SeriesError for other problems that stop the run."""
     series_list = load_selected(config, options.only)
     report = SendReport()
@@ -56,6 +58,8 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         report.warnings += [str(p) for p in history_problems(store, series_list)]
     else:
         reconcile(run, series_list)
+    if run.stopped():
+        return report
     workers = workers_for(run, series_list)
     if workers > 1:
         run.composer.prepare(series_list)
@@ -77,14 +81,15 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         run.composer.prepare(series_list, due)
     if options.dry_run:
         return report
-    if due:
+    if due and not run.stopped():
         if options.on_total:
             options.on_total(len(due))
         gc.freeze()  # the plan lives to the end of the run; see above
         deliver(run, due)
     # Only once every due delivery was handled may later runs skip the full plan:
     # a run cut short leaves the marker, and the next run plans everyone again.
-    mark_planned(run, full)
+    if not run.stopped():
+        mark_planned(run, full)
     return report
 
 

@@ -65,8 +65,8 @@ class RateLimiter:
 
 class Withheld(Exception):
     """A request was not handed to the provider (why, in one line): ``lost`` of its
-    claims were no longer this run's, or no reader of it was inside their send window
-    any more."""
+    claims were no longer this run's, or the run is stopping, or no reader of it was
+    inside their send window any more."""
 
     def __init__(self, why: str, *, lost: int = 0) -> None:
         super().__init__(why)
@@ -96,7 +96,8 @@ class _Batch:
 
 def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     """Claim, render and send in batches, one batch in flight while the next is
-    prepared and the last recorded: the provider's time overlaps with ours."""
+    prepared and the last recorded: the provider's time overlaps with ours. Asked to
+    stop (a signal), it ends after the batch in flight and gives back the next one."""
     provider = run.provider
     # A batch never mixes series; for a provider that personalises on its side (one
     # body per request), it never mixes parts or reader variants either.
@@ -120,11 +121,16 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
             for series, items in batches:
                 # The wait comes before the claim: a claim is never held through it.
                 run.limiter.wait(len(items))
+                if run.stopping():
+                    break
                 batch = _claim(run, series, items)
                 run.limiter.refund(len(items) - len(batch.claims))
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
                     _finish(run, finished, also_release=batch.claims)
+                if batch.claims and run.stopping():
+                    _release(run, batch.claims)
+                    break
                 if batch.claims:
                     gate = functools.partial(_hand_over, run, batch)
                     batch.result = sender.submit(send_batch, run, batch.messages, batch.key, gate)
@@ -174,8 +180,11 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     opening (before any attempt; after one that may have been sent the request can
     only be repeated whole, so it is not repeated at all). Then, in one transaction,
     this run's lease on every remaining claim is renewed and the request's key
-    recorded. Raises Withheld when a claim is no longer this run's, or nobody is
-    left."""
+    recorded. Raises Withheld when the run is stopping, a claim is no longer this
+    run's, or nobody is left."""
+    reason = run.stopping()
+    if reason is not None:
+        raise Withheld(f"stopped by {reason}")
     clock = run.clock()
     closed = {}
     for index, claim in enumerate(batch.claims):
@@ -286,7 +295,7 @@ def send_batch(run: Run, messages: Sequence[Message], key: str, gate: Gate) -> l
                 wait = min(LONGEST_BACKOFF, FIRST_BACKOFF * 2**attempt)
                 wait = random.uniform(wait / 2, wait)  # jitter: runs do not retry in step
             log.info("provider busy (%s); retrying in %.1f s", exc, wait)
-            run.options.sleep(min(wait, LONGEST_BACKOFF))
+            run.sleep(min(wait, LONGEST_BACKOFF))
     raise AssertionError("unreachable")
 
 

@@ -104,6 +104,9 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
         else:
             groups.setdefault(row.batch, []).append(row)
     for batch, rows in groups.items():
+        if run.stopping():
+            report.unknown += len(rows)
+            continue
         if rows[0].attempted_at < run.clock() - window:
             left += rows  # the provider no longer knows the key
             continue
@@ -213,7 +216,10 @@ def _gate(
     maybe_sent: bool,
 ) -> tuple[Sequence[Message], str]:
     """Right before each attempt of a repeat: the whole request, unchanged, or Withheld
-    (a reader's window has closed, or a claim is no longer ours)."""
+    (the run is stopping, a reader's window has closed, or a claim is no longer ours)."""
+    reason = run.stopping()
+    if reason is not None:
+        raise Withheld(f"stopped by {reason}")
     clock = run.clock()
     closed = _outside_window(series, rows, clock)
     if closed:

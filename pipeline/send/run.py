@@ -6,6 +6,8 @@ in this package and works on one `Run`.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .deliver import RateLimiter
 
 LEASE = timedelta(minutes=15)
+# How often a sleeping run (rate limit, backoff) looks whether it was asked to stop.
+SLEEP_SLICE = 0.2
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class SendReport:
     # Due when the run planned them, but the reader's send window had closed by the
     # time their message was to be handed over: given back for its next opening.
     held: int = 0
+    stopped: str | None = None  # the signal that stopped the run early ("SIGTERM")
     planned: list[Planned] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     # Where the content no longer matches what readers received (dry runs only).
@@ -62,13 +67,38 @@ class SendReport:
         self.unknown += other.unknown
         self.skipped += other.skipped
         self.held += other.held
+        self.stopped = self.stopped or other.stopped
         self.problems += other.problems
+
+    @property
+    def delivered(self) -> int:
+        """Deliveries handed to the provider (or failed before it) and recorded."""
+        return self.sent + self.failed + self.unknown
 
     def summary(self) -> str:
         return (
             f"sent {self.sent}, failed {self.failed}, retried {self.retried}, "
             f"unknown {self.unknown}, skipped {self.skipped}"
         )
+
+
+class Stop:
+    """A request to stop early: a signal handler (``signal.signal(SIGTERM, stop)``) sets
+    it, and the run ends after the batch in flight, recorded, giving back the claims it
+    has not used. In a worker process it is also set when the parent process is gone."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None  # "SIGTERM", "SIGINT"
+        self.parent: int | None = None  # a worker's parent pid, watched between batches
+
+    def __call__(self, signum: int, frame: object = None) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def requested(self) -> str | None:
+        """Why the run must stop, or None to go on."""
+        if self.reason is None and self.parent is not None and os.getppid() != self.parent:
+            self.reason = "the end of the parent process"
+        return self.reason
 
 
 @dataclass
@@ -81,9 +111,11 @@ class SendOptions:
     workers: int = 1  # processes sending in parallel (each its own share of batches)
     on_progress: Callable[[int], None] | None = None
     on_total: Callable[[int], None] | None = None
-    sleep: Callable[[float], None] = time.sleep
+    # Seconds to wait (rate limit, backoff); None: really wait, but wake when stopped.
+    sleep: Callable[[float], None] | None = None
     monotonic: Callable[[], float] = time.monotonic
     lease: timedelta = LEASE  # how long a claim is held before another run may take it
+    stop: Stop = field(default_factory=Stop)
 
 
 class Run:
@@ -110,7 +142,7 @@ class Run:
         self.series: dict[str, Series] = {}
         self.versions: dict[str, str] = {}  # series slug → the fingerprint planned with
         self.composer: Composer = Composer(self)
-        self.limiter: RateLimiter = RateLimiter(config.rate_limit, options.monotonic, options.sleep)
+        self.limiter: RateLimiter = RateLimiter(config.rate_limit, options.monotonic, self.sleep)
         # Set when the provider stopped the run after a request that may have gone
         # through: that batch is recorded unknown first, then the run stops.
         self.halt: ProviderError | None = None
@@ -122,6 +154,25 @@ class Run:
         Leases and ledger times use it, so a long run's later claims are not born
         expired; with --now, time still moves on from the moment asked for."""
         return self.options.now + timedelta(seconds=self.options.monotonic() - self.started)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a rate limit, a backoff), cut short when the run is asked to
+        stop: a run waiting minutes for its rate never keeps a SIGTERM waiting."""
+        if self.options.sleep is not None:
+            self.options.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not self.stopping() and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, SLEEP_SLICE))
+
+    def stopping(self) -> str | None:
+        """Why the run must stop after the batch in flight (a signal), or None."""
+        return self.options.stop.requested()
+
+    def stopped(self) -> bool:
+        """Whether the run was asked to stop; if so the report says why."""
+        self.report.stopped = self.report.stopped or self.stopping()
+        return self.report.stopped is not None
 
     def stop_if_halted(self) -> None:
         if self.halt is not None:

@@ -1,15 +1,25 @@
 """Large runs: the enrollments are shared out to worker processes by id, each
 planning and sending its own share on its own core. The claim protocol already
-makes concurrent senders safe; the parent adds up what the workers report."""
+makes concurrent senders safe; the parent adds up what the workers report.
+
+A worker never sends on its own: asked to stop, the parent passes SIGTERM on to
+its workers, and each stops after its batch in flight, recorded; when the parent
+is gone, even by SIGKILL, the kernel sends the worker SIGTERM (Linux's
+PR_SET_PDEATHSIG), and elsewhere the worker notices between batches that its
+parent has changed."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import multiprocessing
 import multiprocessing.queues
 import os
 import queue
 import random
+import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +31,9 @@ from ..store import ledger, open_store
 from ..store.ledger import Due
 from .deliver import RateLimiter, deliver
 from .planning import mark_planned, needs_full_plan, plan
-from .run import Run, SendReport
+from .run import Run, SendReport, Stop
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def workers_for(run: Run, series_list: Sequence[Series]) -> int:
@@ -53,8 +65,11 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
     context = multiprocessing.get_context("fork")
     events: multiprocessing.queues.Queue[tuple[Any, ...]] = context.Queue()
     run.store.engine.dispose()  # no connection may be shared across a fork
+    parent = os.getpid()
     children = [
-        context.Process(target=_worker, args=(run, series_list, (k, workers), events), daemon=True)
+        context.Process(
+            target=_worker, args=(run, series_list, (k, workers), events, parent), daemon=True
+        )
         for k in range(workers)
     ]
     for child in children:
@@ -63,7 +78,11 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
     finished = 0
     planned: list[int] = []  # due deliveries per worker, once each has planned
     sent_early = 0  # progress reported before every worker had planned
+    forwarded = False
     while finished < workers:
+        if not forwarded and run.stopping():
+            forwarded = True
+            _stop_all(children)
         try:
             event = events.get(timeout=1)
         except queue.Empty:
@@ -98,7 +117,16 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
             raise ProviderError(message, auth=True)
         raise SeriesError(f"a sending process failed: {message}")
     # Only now, with every share planned and sent, may later runs skip the full plan.
-    mark_planned(run, full)
+    if not run.stopped():
+        mark_planned(run, full)
+
+
+def _stop_all(children: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """Pass a stop on: each worker ends after its batch in flight, recorded."""
+    for child in children:
+        if child.pid is not None and child.is_alive():
+            with contextlib.suppress(ProcessLookupError):  # it has just ended
+                os.kill(child.pid, signal.SIGTERM)
 
 
 def _worker(
@@ -106,15 +134,15 @@ def _worker(
     series_list: Sequence[Series],
     shard: tuple[int, int],
     events: multiprocessing.queues.Queue[tuple[Any, ...]],
+    parent: int,
 ) -> None:
     """One worker process (forked): its own store connection and provider session."""
-    random.seed()  # each worker its own retry jitter
     options = run.options
+    _die_with_parent(options.stop, parent)
+    random.seed()  # each worker its own retry jitter
     if run.config.rate_limit:
         # The configured rate is for the whole run: each worker takes its share.
-        run.limiter = RateLimiter(
-            run.config.rate_limit / shard[1], options.monotonic, options.sleep
-        )
+        run.limiter = RateLimiter(run.config.rate_limit / shard[1], options.monotonic, run.sleep)
     try:
         run.store = open_store(run.config.root, run.store.url, migrate=False)
         run.provider = get_provider(options.provider_name, run.config)
@@ -129,7 +157,12 @@ def _worker(
         run.composer.prepare_due(due)
         events.put(("planned", len(due)))
         gc.freeze()
-        deliver(run, due)
+        if not run.stopped():
+            deliver(run, due)
+        if os.getppid() != parent:
+            # Nobody is left to read what this worker did: exit without waiting to say it.
+            events.cancel_join_thread()
+            return
         events.put(("done", run.report))
     except ProviderError as exc:
         events.put(("failed", exc.auth, str(exc)))
@@ -139,3 +172,19 @@ def _worker(
     finally:
         run.provider.close()
         run.store.close()
+
+
+def _die_with_parent(stop: Stop, parent: int) -> None:
+    """Stop this worker when the parent ends, whatever ends it: SIGTERM and SIGINT
+    set ``stop``; on Linux the kernel sends SIGTERM when the parent dies; anywhere,
+    ``stop`` also checks between batches that the parent is still ours."""
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    stop.parent = parent
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the check between batches still stops it
+    stop.requested()  # the parent may have ended before the kernel was told

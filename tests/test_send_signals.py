@@ -1,0 +1,177 @@
+"""Stopping `series send` (issue 9, point 3): SIGTERM ends the run after the batch in
+flight, recorded, with one line and no traceback, workers and all; a SIGKILL of the
+parent leaves no worker process sending on its own.
+
+The real CLI runs as a subprocess against the fake Postmark on 127.0.0.1, which takes
+its time to answer each batch so that the signal lands mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.store import open_store
+from pipeline.store.schema import deliveries
+
+from .conftest import POSTMARK_TOKEN
+from .fake_postmark import FakePostmark
+from .helpers import ENROLLED_AT, configure, run
+
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+BATCH = 5
+
+
+@pytest.fixture
+def slow_postmark() -> Iterator[FakePostmark]:
+    """The fake Postmark, answering each batch half a second after taking it."""
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        fake.fail_next("slow", times=10_000, delay=0.5)
+        yield fake
+
+
+def workspace(root: Path, readers: int, workers: int) -> Path:
+    configure(
+        root,
+        f'provider = "postmark"\nworkers = {workers}',
+        f"[tool.series.postmark]\nbatch_size = {BATCH}",
+    )
+    csv = root / "readers.csv"
+    csv.write_text(
+        "email,series\n" + "".join(f"r{i:03d}@example.com,attachment\n" for i in range(readers)),
+        encoding="utf-8",
+    )
+    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+    assert code == 0, out + err
+    return root
+
+
+def start(root: Path, fake: FakePostmark, when: datetime) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "SERIES_WORKSPACE": str(root),
+        "SERIES_PROVIDER_URL": fake.url,
+        "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
+    }
+    env.pop("SERIES_DATABASE_URL", None)
+    command = [sys.executable, "-m", "pipeline", "send", "--now", when.isoformat()]
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_batches(fake: FakePostmark, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(fake.batch_requests()) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never sent"
+        time.sleep(0.01)
+
+
+def per_reader(fake: FakePostmark) -> Counter[str]:
+    return Counter(parseaddr(m["to"])[1] for m in fake.accepted)
+
+
+def ledger_states(root: Path) -> Counter[str]:
+    with open_store(root) as store, store.connect() as conn:
+        return Counter(conn.scalars(sa.select(deliveries.c.state)))
+
+
+def finish(root: Path, fake: FakePostmark, when: datetime) -> None:
+    """A later run, answered at once: it must send whatever is left."""
+    fake.clear_faults()
+    _, err = start(root, fake, when).communicate(timeout=120)
+    assert "Traceback" not in err, err
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_after_the_batch_in_flight_and_records_it(
+    example_copy: Path, slow_postmark: FakePostmark, workers: int
+) -> None:
+    """SIGTERM to `series send` (to the parent only, with or without worker processes):
+    the batches in flight are recorded, the next ones given back, one line says so, the
+    exit code is 1; nothing is left claimed, and the next run sends the rest, once."""
+    root = workspace(example_copy, readers=40, workers=workers)
+    process = start(root, slow_postmark, MONDAY)
+    wait_for_batches(slow_postmark, 2, process)
+
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    sent = len(slow_postmark.accepted)
+    assert 0 < sent < 40
+    assert err.splitlines()[-1] == (
+        f"stopped by SIGTERM after {sent} deliveries; the rest are sent by the next run"
+    )
+    assert out.startswith(f"sent {sent}, failed 0, retried 0, unknown 0,")
+    assert ledger_states(root) == Counter({"sent": sent})
+    finish(root, slow_postmark, MONDAY + timedelta(minutes=1))
+    assert per_reader(slow_postmark) == {f"r{i:03d}@example.com": 1 for i in range(40)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_parent_leaves_no_worker_sending(
+    example_copy: Path, slow_postmark: FakePostmark
+) -> None:
+    """SIGKILL to the parent of two sending workers: they stop within seconds, after at
+    most their batch in flight, instead of sending the rest of their share on their own;
+    a later run sends what is left, and nobody gets a part twice."""
+    root = workspace(example_copy, readers=80, workers=2)
+    process = start(root, slow_postmark, MONDAY)
+    wait_for_batches(slow_postmark, 2, process)
+    workers = children_of(process.pid)
+    assert len(workers) == 2
+
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert not any(alive(pid) for pid in workers), "workers went on after their parent died"
+    sent = len(slow_postmark.accepted)
+    time.sleep(1)
+    assert len(slow_postmark.accepted) == sent < 80
+    finish(root, slow_postmark, MONDAY + timedelta(minutes=20))
+    assert per_reader(slow_postmark) == {f"r{i:03d}@example.com": 1 for i in range(80)}
