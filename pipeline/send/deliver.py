@@ -8,7 +8,10 @@ lease on every claim of the request; a claim it no longer holds (its lease ran o
 and another run may have taken the delivery over) means the request is not sent at
 all. In the same moment each reader's send window is checked with the run's moving
 clock: a reader whose window has closed is given back for its next opening, however
-the run got there (a long run, a slow rate limit, a backoff).
+the run got there (a long run, a slow rate limit, a backoff). Building one reader's
+message can fail (whatever the reason: a template that breaks on one reader's data):
+that delivery alone is failed, as an adapter fails a message no header can carry
+(`providers.base.sendable`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from datetime import datetime
 from ..content import Series
 from ..plan import Enrollment, LedgerEntry, Step, next_step, window_opening
 from ..providers import Message, ProviderError, SendResult
-from ..store import ledger
+from ..store import StoreError, ledger
 from ..store.ledger import Claim, Due
 from .planning import Bookmark, bookmark
 from .run import Run
@@ -147,7 +150,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
 def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
     """Claim the deliveries of one request whose readers are inside their send window
     now, and build each one's message. A reader outside it is bookmarked for its next
-    opening."""
+    opening; a message that cannot be built fails that delivery alone."""
     clock = run.clock()
     inside: list[Due] = []
     held: list[Bookmark] = []
@@ -164,7 +167,27 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
         )
     run.report.held += len(held)
     run.report.skipped += len(inside) - len(claims)
-    return _Batch(series, claims, [run.composer.for_claim(series, c, clock) for c in claims])
+    batch = _Batch(series, [], [])
+    unbuilt: list[tuple[Claim, SendResult]] = []
+    for claim in claims:
+        try:
+            message = run.composer.for_claim(series, claim, clock)
+        except StoreError:
+            raise  # the database, not this reader: the run cannot go on
+        except Exception as exc:
+            why = f"not sent: {one_line(exc)}"
+            unbuilt.append((claim, SendResult(claim.key, "failed", error=why)))
+            continue
+        batch.claims.append(claim)
+        batch.messages.append(message)
+    if unbuilt:
+        _record(run, series, [c for c, _ in unbuilt], [r for _, r in unbuilt])
+    return batch
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of a report: its first line, else its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _held(run: Run, series: Series, enrollment: Enrollment, opening: datetime) -> Bookmark:

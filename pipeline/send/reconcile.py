@@ -14,8 +14,8 @@ from typing import Any
 from ..content import Series
 from ..plan import held_until, reader_zone, window_opening
 from ..providers import Message, Pending, Provider, ProviderError
-from ..store import ledger
-from .deliver import Withheld, send_batch
+from ..store import StoreError, ledger
+from .deliver import Withheld, one_line, send_batch
 from .run import LEASE, Run
 
 
@@ -150,19 +150,29 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
     with run.store.connect() as conn:
         # What each reader had then: nothing else reaches them while this is unknown.
         history = ledger.received_articles(conn, series.slug, [r.subscriber_id for r in rows])
-    messages = [
-        run.composer.build(
-            series,
-            r.article,
-            history.get(r.subscriber_id, frozenset()),
-            r.subscriber_id,
-            r.email,
-            r.name,
-            r.delivery_key,
-            issued=r.attempted_at,
+    try:
+        messages = [
+            run.composer.build(
+                series,
+                r.article,
+                history.get(r.subscriber_id, frozenset()),
+                r.subscriber_id,
+                r.email,
+                r.name,
+                r.delivery_key,
+                issued=r.attempted_at,
+            )
+            for r in rows
+        ]
+    except StoreError:
+        raise
+    except Exception as exc:  # one reader's data: the request cannot be repeated as it was
+        report.unknown += len(rows)
+        report.problems.append(
+            f"{len(rows)} deliveries of an interrupted request stay unknown: its messages "
+            f"cannot be made again: {one_line(exc)}"
         )
-        for r in rows
-    ]
+        return
     ids = [r.id for r in rows]
     run.limiter.wait(len(rows))
     now = run.clock()
