@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from email.header import decode_header, make_header
 from email.utils import unquote
@@ -43,6 +45,14 @@ def run(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int,
     return result.exit_code, result.stdout, result.stderr
 
 
+def subprocess_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment for a `series` subprocess working in ROOT on its SQLite state,
+    with EXTRA variables (a provider's URL and key)."""
+    env = {**os.environ, "SERIES_WORKSPACE": str(root), **extra}
+    env.pop("SERIES_DATABASE_URL", None)
+    return env
+
+
 def send_at(root: Path, when: datetime, *args: str) -> tuple[int, str, str]:
     """`series send --now WHEN ARGS…`."""
     return run(root, "send", "--now", when.isoformat(), *args)
@@ -55,6 +65,21 @@ def enroll_examples(root: Path) -> Path:
     )
     assert code == 0, out + err
     return root
+
+
+def import_readers(root: Path, count: int, *, zones: Sequence[str] = ()) -> list[str]:
+    """Import COUNT readers, r000@example.com…, into the attachment series at ENROLLED_AT
+    (the k-th in ``zones[k]`` when zones are given); their addresses."""
+    emails = [f"r{i:03d}@example.com" for i in range(count)]
+    csv = root / "readers.csv"
+    csv.write_text(
+        "email,timezone,series\n"
+        + "".join(f"{e},{zones[i] if zones else ''},attachment\n" for i, e in enumerate(emails)),
+        encoding="utf-8",
+    )
+    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+    assert code == 0, out + err
+    return emails
 
 
 def configure(root: Path, settings: str, tables: str = "") -> None:

@@ -25,21 +25,12 @@ from pipeline.store import open_store
 from pipeline.store.schema import deliveries
 
 from .fake_postmark import FakePostmark
-from .helpers import ENROLLED_AT, configure, run
+from .helpers import configure, import_readers, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 # Run B's times: past A's lease (15 minutes), past Postmark's settle time (10 more),
 # past the first retry's delay (15 after the lease was found over).
 B_RUNS = (16, 27, 32)
-
-
-def enroll(root: Path, count: int) -> list[str]:
-    emails = [f"r{i:03d}@example.com" for i in range(count)]
-    csv = root / "readers.csv"
-    csv.write_text("email,series\n" + "".join(f"{e},attachment\n" for e in emails), "utf-8")
-    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
-    assert code == 0, out + err
-    return emails
 
 
 def per_reader(fake: FakePostmark) -> Counter[str]:
@@ -109,7 +100,7 @@ def test_a_rate_limited_run_never_sends_a_batch_another_run_took_over(
     """The issue's interleaving: rate_limit = 20, batches of 10; A's limiter sleeps before
     its second batch while B takes over and sends everyone; A wakes: 0 duplicates."""
     configure(postmark_example, "rate_limit = 20", "[tool.series.postmark]\nbatch_size = 10")
-    emails = enroll(postmark_example, 54)  # with the six example readers: 60, 6 batches
+    emails = import_readers(postmark_example, 54)  # with the six example readers: 60, 6 batches
 
     with HeldRun(postmark_example) as a:
         outputs = run_b(postmark_example)
@@ -129,7 +120,7 @@ def test_a_retry_after_another_run_took_the_batch_over_is_not_sent(
     claimed batches over and sends them; A wakes, finds its claims gone and sends
     neither batch (skipped, with one line each): every reader has one message."""
     configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
-    enroll(postmark_example, 14)  # 20 readers, two batches, both claimed by A
+    import_readers(postmark_example, 14)  # 20 readers, two batches, both claimed by A
     postmark.fail_next("429")
 
     with HeldRun(postmark_example) as a:

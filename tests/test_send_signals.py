@@ -27,7 +27,7 @@ from pipeline.store.schema import deliveries
 
 from .conftest import POSTMARK_TOKEN
 from .fake_postmark import FakePostmark
-from .helpers import ENROLLED_AT, configure, run
+from .helpers import configure, import_readers, subprocess_env
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 BATCH = 5
@@ -47,24 +47,12 @@ def workspace(root: Path, readers: int, workers: int) -> Path:
         f'provider = "postmark"\nworkers = {workers}',
         f"[tool.series.postmark]\nbatch_size = {BATCH}",
     )
-    csv = root / "readers.csv"
-    csv.write_text(
-        "email,series\n" + "".join(f"r{i:03d}@example.com,attachment\n" for i in range(readers)),
-        encoding="utf-8",
-    )
-    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
-    assert code == 0, out + err
+    import_readers(root, readers)
     return root
 
 
 def start(root: Path, fake: FakePostmark, when: datetime) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "SERIES_WORKSPACE": str(root),
-        "SERIES_PROVIDER_URL": fake.url,
-        "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
-    }
-    env.pop("SERIES_DATABASE_URL", None)
+    env = subprocess_env(root, SERIES_PROVIDER_URL=fake.url, POSTMARK_SERVER_TOKEN=POSTMARK_TOKEN)
     command = [sys.executable, "-m", "pipeline", "send", "--now", when.isoformat()]
     return subprocess.Popen(
         command,

@@ -29,7 +29,7 @@ from pipeline.store.schema import deliveries, enrollments, subscribers
 
 from .fake_postmark import FakePostmark
 from .fake_resend import BATCH_PATH, FakeResend
-from .helpers import ENROLLED_AT, configure, enroll_examples, run
+from .helpers import configure, enroll_examples, import_readers, run
 
 WEEKDAYS_9_TO_17 = """
 [tool.series.send_window]
@@ -44,39 +44,24 @@ TUESDAY_OPENING = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 RESEND_KEY = "re_window_test_key"
 
 
-def readers(root: Path, *zones: str) -> list[str]:
-    """Import one reader per zone (r0@…, r1@…) into the attachment series."""
-    emails = [f"r{i}@example.com" for i in range(len(zones))]
-    csv = root / "readers.csv"
-    csv.write_text(
-        "email,timezone,series\n"
-        + "".join(f"{e},{z},attachment\n" for e, z in zip(emails, zones, strict=True)),
-        encoding="utf-8",
-    )
-    code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
-    assert code == 0, out + err
-    return emails
+def by_reader(root: Path, column: sa.Column[Any]) -> dict[str, Any]:
+    """A column of each reader's enrollment or delivery rows, by address."""
+    with open_store(root) as store, store.connect() as conn:
+        rows = conn.execute(
+            sa.select(subscribers.c.email, column).join(
+                subscribers, subscribers.c.id == column.table.c.subscriber_id
+            )
+        ).all()
+    return {email: value for email, value in rows}
 
 
 def next_due(root: Path) -> dict[str, datetime | None]:
     """Each reader's bookmark: when a run looks at them again."""
-    with open_store(root) as store, store.connect() as conn:
-        rows = conn.execute(
-            sa.select(subscribers.c.email, enrollments.c.next_due_at).join(
-                subscribers, subscribers.c.id == enrollments.c.subscriber_id
-            )
-        ).all()
-    return {email: when for email, when in rows}
+    return by_reader(root, enrollments.c.next_due_at)
 
 
 def states(root: Path) -> dict[str, str]:
-    with open_store(root) as store, store.connect() as conn:
-        rows = conn.execute(
-            sa.select(subscribers.c.email, deliveries.c.state).join(
-                subscribers, subscribers.c.id == deliveries.c.subscriber_id
-            )
-        ).all()
-    return {email: state for email, state in rows}
+    return by_reader(root, deliveries.c.state)
 
 
 def postmark_recipients(fake: FakePostmark) -> Counter[str]:
@@ -219,7 +204,7 @@ def test_a_long_run_stops_handing_over_when_the_window_closes(
     """Six Stockholm readers, batches of two, each request taking five seconds of the run's
     clock from 16:59:58: the first batch goes out, the other four readers are given back
     untouched for Tuesday 09:00 and sent then, each once."""
-    emails = readers(postmark_windowed, *["Europe/Stockholm"] * 6)
+    emails = import_readers(postmark_windowed, 6, zones=["Europe/Stockholm"] * 6)
 
     report = send_with_clock(postmark_windowed, BEFORE_CLOSING, per_request=5.0)
 
@@ -249,9 +234,7 @@ def test_a_retry_after_the_window_closed_sends_only_to_readers_still_inside(
     Stockholm readers are given back for Tuesday 09:00."""
     text = postmark_windowed / "pyproject.toml"
     text.write_text(text.read_text().replace("batch_size = 2", "batch_size = 4"), encoding="utf-8")
-    emails = readers(
-        postmark_windowed, "Europe/Stockholm", "Europe/London", "Europe/Stockholm", "Europe/London"
-    )
+    emails = import_readers(postmark_windowed, 4, zones=["Europe/Stockholm", "Europe/London"] * 2)
     postmark.fail_next("429")
 
     report = send_with_clock(postmark_windowed, BEFORE_CLOSING, on_sleep=10.0)
@@ -286,7 +269,7 @@ def test_an_interrupted_request_is_repeated_only_inside_the_window(
     unknown and it says until when; Tuesday 09:00 repeats it under the same key and Resend
     answers from the first, so each reader has the part once."""
     configure(example_copy, 'provider = "resend"', WEEKDAYS_9_TO_17)
-    emails = readers(example_copy, "Europe/Stockholm", "Europe/Stockholm")
+    emails = import_readers(example_copy, 2, zones=["Europe/Stockholm"] * 2)
     resend.fail_next(BATCH_PATH, "drop-after", times=RETRIES + 1)
     report = send_with_clock(example_copy, BEFORE_CLOSING)
     assert report.unknown == 2

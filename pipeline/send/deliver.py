@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ..content import Series
 from ..plan import Enrollment, LedgerEntry, Step, next_step, window_opening
@@ -32,9 +33,13 @@ from ..store.ledger import Claim, Due
 from .planning import Bookmark, bookmark
 from .run import Run
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
 log = logging.getLogger(__name__)
 
 RETRIES = 4
+LEASE_LOST = "this run's claim ran out"
 FIRST_BACKOFF = 1.0
 LONGEST_BACKOFF = 60.0
 
@@ -205,9 +210,7 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     this run's lease on every remaining claim is renewed and the request's key
     recorded. Raises Withheld when the run is stopping, a claim is no longer this
     run's, or nobody is left."""
-    reason = run.stopping()
-    if reason is not None:
-        raise Withheld(f"stopped by {reason}")
+    refuse_if_stopping(run)
     clock = run.clock()
     closed = {}
     for index, claim in enumerate(batch.claims):
@@ -225,19 +228,32 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     with run.store.begin() as conn:
         ledger.release(conn, held, token=run.token)
         ledger.save_bookmarks(conn, bookmarks)
-        renewed = ledger.extend_claims(
-            conn,
-            [c.id for c in batch.claims],
-            token=run.token,
-            until=clock + run.options.lease,
-            now=clock,
-            batch=batch.key,
-        )
-    if renewed < len(batch.claims):
-        raise Withheld("this run's claim ran out", lost=len(batch.claims) - renewed)
+        lost = renew(run, conn, [c.id for c in batch.claims], clock, batch=batch.key)
+    if lost:
+        raise Withheld(LEASE_LOST, lost=lost)
     if not batch.claims:
         raise Withheld("the send window closed")
     return batch.messages, batch.key
+
+
+def refuse_if_stopping(run: Run) -> None:
+    """Right before an attempt: raise Withheld if the run was asked to stop."""
+    reason = run.stopping()
+    if reason is not None:
+        raise Withheld(f"stopped by {reason}")
+
+
+def renew(
+    run: Run, conn: Connection, ids: Sequence[int], clock: datetime, *, batch: str | None = None
+) -> int:
+    """Renew this run's lease on the claims ``ids`` (in the caller's transaction) until
+    ``clock`` plus the run's lease, right before they go to the provider; with ``batch``
+    also record the key the request goes under. Returns how many of them this run no
+    longer holds (the request must then not be sent)."""
+    until = clock + run.options.lease
+    return len(ids) - ledger.extend_claims(
+        conn, ids, token=run.token, until=until, now=clock, batch=batch
+    )
 
 
 def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:

@@ -15,7 +15,7 @@ from ..content import Series
 from ..plan import held_until, reader_zone, window_opening
 from ..providers import Message, Pending, Provider, ProviderError
 from ..store import StoreError, ledger
-from .deliver import Withheld, one_line, send_batch
+from .deliver import LEASE_LOST, Withheld, one_line, refuse_if_stopping, renew, send_batch
 from .run import LEASE, Run
 
 
@@ -227,23 +227,15 @@ def _gate(
 ) -> tuple[Sequence[Message], str]:
     """Right before each attempt of a repeat: the whole request, unchanged, or Withheld
     (the run is stopping, a reader's window has closed, or a claim is no longer ours)."""
-    reason = run.stopping()
-    if reason is not None:
-        raise Withheld(f"stopped by {reason}")
+    refuse_if_stopping(run)
     clock = run.clock()
     closed = _outside_window(series, rows, clock)
     if closed:
         raise Withheld(closed)
     with run.store.begin() as conn:
-        renewed = ledger.extend_claims(
-            conn,
-            [r.id for r in rows],
-            token=run.token,
-            until=clock + run.options.lease,
-            now=clock,
-        )
-    if renewed < len(rows):
-        raise Withheld("this run's claim ran out", lost=len(rows) - renewed)
+        lost = renew(run, conn, [r.id for r in rows], clock)
+    if lost:
+        raise Withheld(LEASE_LOST, lost=lost)
     return messages, batch
 
 
