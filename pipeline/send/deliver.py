@@ -136,6 +136,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
                     _finish(run, finished, also_release=batch.claims)
+                    del finished  # its messages go now, not once the next batch is built
                 if batch.claims and run.stopping():
                     _release(run, batch.claims)
                     break
