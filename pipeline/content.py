@@ -7,6 +7,7 @@ nothing is raised for bad content, so `series check` can show them all at once.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import yaml
 from frontmatter.default_handlers import YAMLHandler
 
 from .config import (
@@ -29,6 +29,8 @@ from .config import (
 )
 from .errors import Problem
 from .headers import line_problem
+from .sources import ReadError, quote, read_text, unquote_hint
+from .yamlfile import YamlProblem, load_mapping
 
 ARTICLE_NAME = re.compile(r"(?P<number>\d+)-(?P<slug>[^/]+)\.md")
 
@@ -53,9 +55,14 @@ ARTICLE_KEYS = (
     "draft",
     "delay_days",
 )
+# Keys whose value is the text typed, even when YAML would read a number or a date.
+SERIES_TEXT_KEYS = ("title", "description", "url", "from", "from.name", "from.email")
+ARTICLE_TEXT_KEYS = ("title", "slug", "subject", "preheader", "summary", "url")
 DEFAULT_CADENCE_DAYS = 7
 # The longest slug the delivery ledger can record (deliveries.article).
 SLUG_LENGTH = 200
+# A delay longer than this is a typo, and a timedelta cannot hold an unbounded one.
+MAX_DAYS = 3650
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,12 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
     if not manifest.is_file():
         problems.append(Problem(source, None, "missing series.yml (needs at least 'title')"))
         return None
-    text = manifest.read_text(encoding="utf-8")
-    data, lines = _parse_yaml(text, source, 0, problems)
+    try:
+        text = read_text(manifest, source, what="series.yml")
+    except ReadError as exc:
+        problems.append(exc.problem)
+        return None
+    data, lines = _parse_yaml(text, source, 0, problems, SERIES_TEXT_KEYS)
     if data is None:
         return None
     report = _Reporter(source, lines, problems)
@@ -238,16 +249,28 @@ def _load_article(
             )
         )
         return None
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text(path, source, what="an article")
+    except ReadError as exc:
+        problems.append(exc.problem)
+        return None
     handler = YAMLHandler()
     if not handler.detect(text):
         problems.append(
             Problem(source, 1, "missing front matter: start the file with a '---' line")
         )
         return None
-    front, body = handler.split(text)
+    try:
+        front, body = handler.split(text)
+    except ValueError:  # python-frontmatter found the opening '---' and no closing one
+        problems.append(
+            Problem(
+                source, 1, "the front matter is never closed: add a '---' line after its last key"
+            )
+        )
+        return None
     front_offset = text[: text.index(front)].count("\n")
-    data, lines = _parse_yaml(front, source, front_offset, problems)
+    data, lines = _parse_yaml(front, source, front_offset, problems, ARTICLE_TEXT_KEYS)
     if data is None:
         return None
     body_start = len(text) - len(body)
@@ -345,31 +368,19 @@ def _key_line(path: Path, key: str) -> int | None:
 
 
 def _parse_yaml(
-    text: str, source: str, offset: int, problems: list[Problem]
+    text: str, source: str, offset: int, problems: list[Problem], text_keys: tuple[str, ...]
 ) -> tuple[dict[str, Any] | None, dict[str, int]]:
-    """Parse a YAML mapping, returning it with the 1-based file line of each key."""
+    """Parse a YAML mapping (see yamlfile.load_mapping), returning it with the 1-based file
+    line of each key; ``offset`` is the number of file lines before ``text``."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        if exc.context_mark and (mark is None or mark.index >= len(text.rstrip())):
-            # "got <stream end>" points past the last line; the opening bracket is the news.
-            mark = exc.context_mark
-        line = offset + mark.line + 1 if mark else None
-        detail = f"{exc.problem} ({exc.context})" if exc.context else str(exc.problem or exc)
-        problems.append(Problem(source, line, f"malformed YAML: {detail}"))
+        loaded = load_mapping(text, text_keys=text_keys)
+    except YamlProblem as exc:
+        line = None if exc.line is None else offset + exc.line + 1
+        problems.append(Problem(source, line, exc.message))
         return None, {}
-    if data is None:
-        data = {}
-    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode | None):
-        problems.append(Problem(source, offset + 1, "expected 'key: value' lines"))
-        return None, {}
-    lines = {}
-    if node is not None:
-        for key_node, _ in node.value:
-            lines[str(key_node.value)] = offset + key_node.start_mark.line + 1
-    return data, lines
+    for line, message in loaded.warnings:
+        problems.append(Problem(source, offset + line + 1, message, "warning"))
+    return loaded.data, {key: offset + line + 1 for key, line in loaded.lines.items()}
 
 
 class _Reporter:
@@ -428,7 +439,11 @@ class _Reporter:
             return None
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int):
-            self.add(key, f"'{key}' must be a whole number, got {_describe(value)}")
+            self.add(
+                key,
+                f"'{key}' must be a whole number, got {_describe(value)}"
+                + unquote_hint(value, int, key),
+            )
             return None
         return value
 
@@ -437,7 +452,14 @@ class _Reporter:
             return None
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.add(key, f"'{key}' must be a number of days (0 or more), got {_describe(value)}")
+            self.add(
+                key,
+                f"'{key}' must be a number of days (0 or more), got {_describe(value)}"
+                + unquote_hint(value, float, key),
+            )
+            return None
+        if not math.isfinite(value) or value > MAX_DAYS:
+            self.add(key, f"'{key}' must be at most {MAX_DAYS} days, got {_describe(value)}")
             return None
         return float(value)
 
@@ -446,14 +468,18 @@ class _Reporter:
             return None
         value = data[key]
         if not isinstance(value, bool):
-            self.add(key, f"'{key}' must be true or false, got {_describe(value)}")
+            self.add(
+                key,
+                f"'{key}' must be true or false, got {_describe(value)}"
+                + unquote_hint(value, bool, key),
+            )
             return None
         return value
 
     def url(self, data: Mapping[str, Any], key: str) -> str | None:
         value = self.string(data, key)
         if value is not None and not is_web_url(value):
-            self.add(key, f"'{key}' must be an absolute http(s) URL, got {value!r}")
+            self.add(key, f"'{key}' must be an absolute http(s) URL, got {quote(value)}")
             return None
         return value
 
@@ -463,12 +489,19 @@ class _Reporter:
             return None
         value = data[key]
         if isinstance(value, str):
+            shaped = _DATE_SHAPE.match(value.strip())
+            try:
+                if shaped:
+                    date(*(int(part) for part in shaped.groups()))
+            except ValueError as exc:
+                self.add(key, f"'{key}' is not a date in the calendar: {quote(value)} ({exc})")
+                return None
             try:
                 value = datetime.fromisoformat(value.strip())
             except ValueError:
                 self.add(
                     key,
-                    f"'{key}' is not a date: {value!r} (use YYYY-MM-DD or YYYY-MM-DD HH:MM)",
+                    f"'{key}' is not a date: {quote(value)} (use YYYY-MM-DD or YYYY-MM-DD HH:MM)",
                 )
                 return None
         if isinstance(value, datetime):
@@ -486,7 +519,10 @@ def _describe(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return repr(value)
+    return quote(value)
+
+
+_DATE_SHAPE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
 
 
 def iter_articles(series_list: list[Series]) -> Iterator[tuple[Series, Article]]:

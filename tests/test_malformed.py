@@ -1,0 +1,205 @@
+"""Files from real tools (issue 10): one fixture per kind of malformed input, each
+answered by its exact `path:line: message` line, never a traceback or silence."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.content import load_series
+
+from .conftest import FIXTURES, BuildWorkspace
+from .helpers import run
+
+# (fixture, expected lines of `series check`, after "series/demo/01-<fixture>.md:")
+ARTICLE_CASES = [
+    (
+        "article_with_impossible_date",
+        [
+            "4: 'published' is not a date in the calendar: '2026-02-30' "
+            "(day is out of range for month)"
+        ],
+    ),
+    (
+        "article_with_month_13",
+        ["4: 'published' is not a date in the calendar: '2025-13-45' (month must be in 1..12)"],
+    ),
+    (
+        "article_with_unclosed_front_matter",
+        ["1: the front matter is never closed: add a '---' line after its last key"],
+    ),
+    (
+        "article_in_windows_1252",
+        [
+            "2: not UTF-8 text: byte 0xE9 in column 11 (a Windows-1252 or Latin-1 file?); "
+            "save it as UTF-8 (your editor's Save As or Encoding menu)"
+        ],
+    ),
+    (
+        "article_in_utf16",
+        [
+            "1: the file is UTF-16 text, not UTF-8; save it as UTF-8 "
+            "(your editor's Save As or Encoding menu)"
+        ],
+    ),
+    (
+        "article_in_utf16_without_bom",
+        [
+            "1: not UTF-8 text: the file has NUL bytes (a UTF-16 file?); save it as UTF-8 "
+            "(your editor's Save As or Encoding menu)"
+        ],
+    ),
+    (
+        "article_with_quoted_part",
+        ["3: 'part' must be a whole number, got '2' (remove the quotes: part: 2)"],
+    ),
+    (
+        "article_with_quoted_draft",
+        ["4: 'draft' must be true or false, got 'true' (remove the quotes: draft: true)"],
+    ),
+    (
+        "article_with_colon_in_title",
+        [
+            "2: malformed YAML: mapping values are not allowed here; "
+            'put the value in quotes: title: "Greens: and browns"'
+        ],
+    ),
+    (
+        "article_with_comment_in_title",
+        [
+            "2: warning: 'title' ends before '#1 of the garden': YAML reads ' #' as the start "
+            "of a comment; put the value in quotes to keep it"
+        ],
+    ),
+    (
+        "article_with_duplicate_key",
+        ["4: the key 'title' appears twice (first on line 2); keep one"],
+    ),
+    (
+        "article_with_yaml_tag",
+        ["3: YAML tags are not allowed (!!float): write the value without it"],
+    ),
+    (
+        "article_with_yes_draft",
+        ["4: 'draft' must be true or false, got 'yes'"],
+    ),
+    (
+        "article_with_alias_bomb",
+        ["5: YAML aliases are not allowed (*a0): write the value out in full"],
+    ),
+]
+
+
+def check(root: Path) -> tuple[int, str, str]:
+    return run(root, "check", "--now", "2026-11-28T12:00:00+00:00")
+
+
+@pytest.mark.parametrize(("fixture", "expected"), ARTICLE_CASES, ids=[c[0] for c in ARTICLE_CASES])
+def test_malformed_article_is_one_line(
+    workspace: BuildWorkspace, fixture: str, expected: list[str]
+) -> None:
+    """Each malformed article is reported as its exact lines by `series check`, no traceback."""
+    name = f"01-{fixture.replace('_', '-')}.md"
+    code, out, _ = check(workspace({name: fixture}))
+    errors = [line for line in expected if ": warning: " not in f"x:{line}"]
+    assert code == (1 if errors else 0)
+    assert out.splitlines() == [f"series/demo/{name}:{line}" for line in expected]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "key", "typed"),
+    [
+        ("article_with_sexagesimal_title", "title", "5:30"),
+        ("article_with_octal_slug", "slug", "0123"),
+        ("article_with_decimal_summary", "summary", "3.10"),
+        ("article_with_bom", "title", "Saved by Notepad with a byte-order mark"),
+    ],
+)
+def test_text_stays_as_typed(workspace: BuildWorkspace, fixture: str, key: str, typed: str) -> None:
+    """Text keys keep the text typed (YAML 1.1 would make 5:30 330, 0123 83, 3.10 3.1), and
+    a byte-order mark before the front matter is skipped; check passes."""
+    root = workspace({"01-case.md": fixture})
+    (series,), problems = load_series(load_config(root))
+    assert problems == []
+    assert getattr(series.articles[0], key) == typed
+    assert check(root)[0] == 0
+
+
+def test_sexagesimal_title_is_the_subject(workspace: BuildWorkspace) -> None:
+    """The email's subject is the title as typed, "5:30", not "330"."""
+    root = workspace({"01-case.md": "article_with_sexagesimal_title"})
+    code, out, _ = run(root, "preview", "--now", "2026-11-28T12:00:00+00:00")
+    assert code == 0, out
+    eml = (root / "build/preview/demo/01-case.eml").read_text(encoding="utf-8")
+    assert "Subject: 5:30 (Demo Series, part 1 of 1)" in eml
+
+
+def test_delay_that_overflows_is_an_error(workspace: BuildWorkspace) -> None:
+    """delay_days: 1e400 (infinity) is an error at its line, not an OverflowError in render."""
+    root = workspace({"01-valid.md": "valid_article", "02-wait.md": "article_with_endless_delay"})
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "series/demo/02-wait.md:4: 'delay_days' must be at most 3650 days, got inf\n",
+    )
+
+
+# (fixture in tests/fixtures/series/, expected lines after "series/demo/series.yml:")
+SERIES_CASES = [
+    (
+        "series_with_alias_bomb_in_timezone",
+        ["3: YAML aliases are not allowed (*a0): write the value out in full"],
+    ),
+    (
+        "series_with_alias_bomb_in_from_email",
+        ["3: YAML aliases are not allowed (*a0): write the value out in full"],
+    ),
+    (
+        "series_with_alias_bomb_in_send_window_days",
+        ["3: YAML aliases are not allowed (*a0): write the value out in full"],
+    ),
+    ("series_with_endless_cadence", ["2: 'cadence_days' must be at most 3650 days, got inf"]),
+]
+
+
+@pytest.mark.parametrize(("fixture", "expected"), SERIES_CASES, ids=[c[0] for c in SERIES_CASES])
+def test_malformed_series_yml_is_one_line(
+    workspace: BuildWorkspace, fixture: str, expected: list[str]
+) -> None:
+    """Each malformed series.yml is reported as its exact lines, at once (an alias bomb is
+    refused at its first alias instead of expanding to gigabytes)."""
+    text = (FIXTURES / "series" / f"{fixture}.yml").read_text(encoding="utf-8")
+    code, out, _ = check(workspace(series_yml=text))
+    assert code == 1
+    assert out.splitlines() == [f"series/demo/series.yml:{line}" for line in expected]
+
+
+def test_series_yml_text_keys_and_bom(workspace: BuildWorkspace) -> None:
+    """series.yml reads like front matter: a BOM is skipped, text keys stay as typed."""
+    root = workspace()
+    demo = root / "series/demo/series.yml"
+    shutil.copy(FIXTURES / "series" / "series_with_bom.yml", demo)
+    assert check(root)[0] == 0
+    shutil.copy(FIXTURES / "series" / "series_with_numeric_title.yml", demo)
+    (series,), problems = load_series(load_config(root))
+    assert problems == []
+    assert (series.title, series.description) == ("2026", "1:30")
+
+
+def test_article_over_the_size_limit_is_refused_before_parsing(
+    workspace: BuildWorkspace,
+) -> None:
+    """An article over 1 MB is one error naming the limit, found without parsing it."""
+    root = workspace()
+    article = root / "series/demo/01-valid.md"
+    article.write_text(article.read_text() + "x" * 1_000_000, encoding="utf-8")
+    size = article.stat().st_size
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        f"series/demo/01-valid.md: the file is {size:,} bytes; an article may be at most "
+        "1,000,000 bytes: split it, or check that it is the file you meant\n",
+    )
