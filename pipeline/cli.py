@@ -15,7 +15,7 @@ from .cli_send import resolve_command, send_command, status_command
 from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
-from .errors import ContentError, SeriesError
+from .errors import ConfigError, ContentError, SeriesError
 
 if TYPE_CHECKING:
     from .subscribers import Catalog
@@ -52,6 +52,10 @@ class SeriesGroup(click.Group):
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"Error: {problem}", err=True)
             ctx.exit(1)
         except SeriesError as exc:
             click.echo(f"Error: {exc}", err=True)

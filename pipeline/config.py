@@ -10,23 +10,26 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, Problem
 from .headers import format_address, line_problem, smtputf8_problem
+from .sources import ReadError, cut, quote, read_toml, unquote_hint
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UTM_KEYS = ("source", "medium", "campaign", "term", "content")
 UNSUBSCRIBE_MODES = ("self-hosted", "provider")
 # Providers with no unsubscribe handling of their own for series' emails.
 SELF_HOSTED_ONLY = ("outbox", "resend")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -123,16 +126,24 @@ def find_workspace(workspace: str | Path | None) -> Path:
 
 
 def load_config(root: Path) -> Config:
-    """Read and validate the workspace configuration, raising ConfigError on the first problem."""
+    """Read and validate the workspace configuration.
+
+    Raises ConfigError carrying every problem found, in file order; a file that cannot
+    be read or parsed (see sources.read_toml) is one problem on its own.
+    """
     series_toml = root / "series.toml"
     pyproject = root / "pyproject.toml"
     data: dict[str, Any] | None = None
     source = series_toml
     prefix = ""
+    text = ""
     if series_toml.is_file():
-        data = _read_toml(series_toml)
+        data, text = _read_toml(series_toml)
+        _refuse_tool_table(data, text)
     if pyproject.is_file():
-        tool = _read_toml(pyproject).get("tool", {}).get("series")
+        project, project_text = _read_toml(pyproject)
+        tool = project.get("tool")
+        tool = tool.get("series") if isinstance(tool, dict) else None
         if tool is not None and data is not None:
             raise ConfigError(
                 Problem(
@@ -142,8 +153,12 @@ def load_config(root: Path) -> Config:
                     "this workspace; keep one",
                 )
             )
+        if tool is not None and not isinstance(tool, dict):
+            raise ConfigError(
+                Problem("pyproject.toml", None, "'tool.series' must be a table: [tool.series]")
+            )
         if tool is not None:
-            data, source, prefix = tool, pyproject, "tool.series"
+            data, source, prefix, text = tool, pyproject, "tool.series", project_text
     if data is None:
         raise ConfigError(
             Problem(
@@ -153,18 +168,38 @@ def load_config(root: Path) -> Config:
                 "pyproject.toml, or pass --workspace DIR",
             )
         )
-    return _Validator(root, source, prefix).config(data)
+    return _Validator(root, source, prefix, text).config(data)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(
-            Problem(path.name, int(line.group(1)) if line else None, f"invalid TOML: {exc}")
-        ) from None
+        return read_toml(path, path.name)
+    except ReadError as exc:
+        raise ConfigError(exc.problem) from None
+
+
+def _refuse_tool_table(data: Mapping[str, Any], text: str) -> None:
+    """series.toml holds the keys that pyproject.toml holds under [tool.series]; a block
+    copied from a pyproject.toml (or the README) with its headers is the usual mistake."""
+    tool = data.get("tool")
+    if not (isinstance(tool, dict) and "series" in tool):
+        return
+    line = next(
+        (
+            number
+            for number, raw in enumerate(text.splitlines(), start=1)
+            if re.match(r"\s*\[\s*tool\s*\.\s*series\b|\s*tool\s*[.=]", raw)
+        ),
+        None,
+    )
+    raise ConfigError(
+        Problem(
+            "series.toml",
+            line,
+            "series.toml takes the keys at the top level: write [tool.series] keys without "
+            "that header, and [tool.series.from] as [from] ([tool.series] is for pyproject.toml)",
+        )
+    )
 
 
 class _Validator:
@@ -193,14 +228,24 @@ class _Validator:
         "unsubscribe",
     )
 
-    def __init__(self, root: Path, source: Path, prefix: str) -> None:
+    def __init__(self, root: Path, source: Path, prefix: str, text: str) -> None:
         self.root = root
         self.source = source
         self.prefix = prefix
-        self.lines = source.read_text(encoding="utf-8").splitlines()
+        self.lines = text.splitlines()
+        self.problems: list[Problem] = []
 
     def fail(self, dotted: str, message: str) -> ConfigError:
         return ConfigError(Problem(self.source.name, self.line_of(dotted), message))
+
+    def collect(self, compute: Callable[[], _T], fallback: _T) -> _T:
+        """``compute()``, or ``fallback`` once the problem it raised is recorded: each
+        key is checked whatever the keys before it hold, so one run reports them all."""
+        try:
+            return compute()
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return fallback
 
     def line_of(self, dotted: str) -> int | None:
         """The line of ``a.b.c``: as ``c = `` inside table ``[prefix.a.b]`` or inline."""
@@ -234,71 +279,106 @@ class _Validator:
                 prefix = f"{where}." if where else ""
                 suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
                 name = f"{prefix}{key}"
-                raise self.fail(name, f"unknown key '{name}'{suggestion}")
+                self.problems.extend(self.fail(name, f"unknown key '{name}'{suggestion}").problems)
 
     def typed(self, table: Mapping[str, Any], key: str, kind: type, where: str = "") -> Any:
         name = f"{where}.{key}" if where else key
         value = table.get(key)
         if value is not None and not isinstance(value, kind):
-            raise self.fail(name, f"'{name}' must be a {_type_name(kind)}, got {value!r}")
+            raise self.fail(
+                name,
+                f"'{name}' must be a {_type_name(kind)}, got {quote(value)}"
+                + unquote_hint(value, kind, key, " = "),
+            )
         return value
 
     def config(self, data: Mapping[str, Any]) -> Config:
+        """The validated Config; raises ConfigError with every problem, in file order."""
         self.check_keys(data, self.KEYS, "")
+        keep = self.collect
+        site_url = keep(lambda: self.site_url(data), "https://site.invalid")
+        none: Mapping[str, Any] = {}
+        resend = keep(lambda: self.table(data, "resend", ()), none)
+        sendgrid = keep(lambda: self.table(data, "sendgrid", ("region",)), none)
+        mailgun = keep(lambda: self.table(data, "mailgun", ("domain", "region")), none)
+        postmark = keep(lambda: self.postmark(data.get("postmark")), none)
+        config = Config(
+            root=self.root,
+            source=self.source,
+            site_url=site_url,
+            site_name=keep(lambda: self.typed(data, "site_name", str), None)
+            or (urlsplit(site_url).hostname or ""),
+            sender=keep(lambda: self.sender(data), Address("")),
+            reply_to=keep(lambda: self.reply_to(data), None),
+            timezone=keep(
+                lambda: self.zone(self.typed(data, "timezone", str) or "UTC", "timezone"),
+                ZoneInfo("UTC"),
+            ),
+            send_window=keep(lambda: self.send_window(data.get("send_window"), "send_window"), None)
+            or ALWAYS,
+            utm=keep(lambda: self.utm(data.get("utm")), Utm(False, ())),
+            footer=keep(lambda: self.footer(data), ()),
+            postal_address=keep(lambda: self.typed(data, "postal_address", str), None) or "",
+            raw_html=bool(keep(lambda: self.typed(data, "raw_html", bool), None)),
+            default_name=keep(lambda: self.typed(data, "default_name", str), None) or "there",
+            provider=keep(lambda: self.typed(data, "provider", str), None) or "outbox",
+            rate_limit=keep(lambda: self.rate_limit(data.get("rate_limit")), None),
+            workers=keep(lambda: self.workers(data.get("workers")), 1),
+            postmark_stream=keep(
+                lambda: self.typed(postmark, "message_stream", str, "postmark"), None
+            )
+            or "broadcast",
+            postmark_batch_size=keep(lambda: self.batch_size(postmark, "postmark", 500), 500),
+            unsubscribe_url=keep(lambda: self.unsubscribe_url(data, site_url), ""),
+            unsubscribe=keep(lambda: self.unsubscribe_mode(data), "self-hosted"),
+            resend_batch_size=keep(lambda: self.batch_size(resend, "resend", 100), 100),
+            sendgrid_region=keep(
+                lambda: self.choice(sendgrid, "region", ("global", "eu"), "sendgrid"), "global"
+            ),
+            sendgrid_batch_size=keep(lambda: self.batch_size(sendgrid, "sendgrid", 1000), 1000),
+            mailgun_domain=keep(lambda: self.mailgun_domain(mailgun), ""),
+            mailgun_region=keep(
+                lambda: self.choice(mailgun, "region", ("us", "eu"), "mailgun"), "us"
+            ),
+            mailgun_batch_size=keep(lambda: self.batch_size(mailgun, "mailgun", 1000), 1000),
+        )
+        if self.problems:
+            unique = dict.fromkeys(self.problems)  # a key two settings read is reported once
+            raise ConfigError(sorted(unique, key=lambda p: (p.line is None, p.line or 0)))
+        return config
+
+    def site_url(self, data: Mapping[str, Any]) -> str:
         site_url = self.typed(data, "site_url", str)
         if site_url is None:
             raise self.fail("site_url", "'site_url' is required (the blog's https:// address)")
         if not is_web_url(site_url):
             raise self.fail(
-                "site_url", f"'site_url' must be an absolute http(s) URL, got {site_url!r}"
+                "site_url", f"'site_url' must be an absolute http(s) URL, got {quote(site_url)}"
             )
+        return str(site_url).rstrip("/")
+
+    def sender(self, data: Mapping[str, Any]) -> Address:
         sender = self.address(data.get("from"), "from")
         if sender is None:
             raise self.fail("from", '\'from\' is required: from = { name = "…", email = "…" }')
+        return sender
+
+    def reply_to(self, data: Mapping[str, Any]) -> str | None:
         reply_to = self.typed(data, "reply_to", str)
-        if reply_to is not None:
-            reply_to = self.email(reply_to, "reply_to")
-        timezone = self.zone(self.typed(data, "timezone", str) or "UTC", "timezone")
+        return None if reply_to is None else self.email(reply_to, "reply_to")
+
+    def footer(self, data: Mapping[str, Any]) -> tuple[str, ...]:
         footer = self.typed(data, "footer", list) or []
         for index, name in enumerate(footer):
             if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-                raise self.fail("footer", f"'footer[{index}]' must be a block name, got {name!r}")
+                raise self.fail(
+                    "footer", f"'footer[{index}]' must be a block name, got {quote(name)}"
+                )
             if not (self.root / "templates" / "footer" / f"{name}.md").is_file():
                 raise self.fail(
                     "footer", f"footer block '{name}': templates/footer/{name}.md not found"
                 )
-        return Config(
-            root=self.root,
-            source=self.source,
-            site_url=site_url.rstrip("/"),
-            site_name=self.typed(data, "site_name", str) or (urlsplit(site_url).hostname or ""),
-            sender=sender,
-            reply_to=reply_to,
-            timezone=timezone,
-            send_window=self.send_window(data.get("send_window"), "send_window") or ALWAYS,
-            utm=self.utm(data.get("utm")),
-            footer=tuple(footer),
-            postal_address=self.typed(data, "postal_address", str) or "",
-            raw_html=bool(self.typed(data, "raw_html", bool)),
-            default_name=self.typed(data, "default_name", str) or "there",
-            provider=self.typed(data, "provider", str) or "outbox",
-            rate_limit=self.rate_limit(data.get("rate_limit")),
-            workers=self.workers(data.get("workers")),
-            postmark_stream=self.postmark(data.get("postmark")),
-            postmark_batch_size=self.postmark_batch_size(data.get("postmark")),
-            unsubscribe_url=self.unsubscribe_url(data, site_url.rstrip("/")),
-            unsubscribe=self.unsubscribe_mode(data),
-            resend_batch_size=self.batch_size(self.table(data, "resend", ()), "resend", 100),
-            sendgrid_region=self.choice(
-                self.table(data, "sendgrid", ("region",)), "region", ("global", "eu"), "sendgrid"
-            ),
-            sendgrid_batch_size=self.batch_size(data.get("sendgrid") or {}, "sendgrid", 1000),
-            mailgun_domain=self.mailgun_domain(self.table(data, "mailgun", ("domain", "region"))),
-            mailgun_region=self.choice(
-                data.get("mailgun") or {}, "region", ("us", "eu"), "mailgun"
-            ),
-            mailgun_batch_size=self.batch_size(data.get("mailgun") or {}, "mailgun", 1000),
-        )
+        return tuple(footer)
 
     def table(self, data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
         """A provider's own table, e.g. ``[tool.series.mailgun]``; every one may set
@@ -334,7 +414,7 @@ class _Validator:
             return allowed[0]
         if value not in allowed:
             options = " or ".join(f'"{a}"' for a in allowed)
-            raise self.fail(name, f"'{name}' must be {options}, got {value!r}")
+            raise self.fail(name, f"'{name}' must be {options}, got {quote(value)}")
         return str(value)
 
     def batch_size(self, table: Mapping[str, Any], where: str, most: int) -> int:
@@ -343,7 +423,8 @@ class _Validator:
             return most
         if isinstance(size, bool) or not 1 <= size <= most:
             raise self.fail(
-                f"{where}.batch_size", f"'{where}.batch_size' must be 1 to {most}, got {size!r}"
+                f"{where}.batch_size",
+                f"'{where}.batch_size' must be 1 to {most}, got {quote(size)}",
             )
         return int(size)
 
@@ -355,16 +436,22 @@ class _Validator:
             raise self.fail(
                 "mailgun.domain",
                 f"'mailgun.domain' must be your sending domain (e.g. mg.example.com), "
-                f"got {domain!r}",
+                f"got {quote(domain)}",
             )
         return str(domain).lower()
 
     def rate_limit(self, value: Any) -> float | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < float("inf")
+        ):
             raise self.fail(
-                "rate_limit", f"'rate_limit' must be messages per second (> 0), got {value!r}"
+                "rate_limit",
+                f"'rate_limit' must be messages per second (> 0), got {quote(value)}"
+                + unquote_hint(value, float, "rate_limit", " = "),
             )
         return float(value)
 
@@ -374,28 +461,22 @@ class _Validator:
             # encoding each message), and four already saturate a provider's API.
             return max(1, min(os.cpu_count() or 1, 4))
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
-            raise self.fail("workers", f"'workers' must be 1 to 32 processes, got {value!r}")
+            raise self.fail(
+                "workers",
+                f"'workers' must be 1 to 32 processes, got {quote(value)}"
+                + unquote_hint(value, int, "workers", " = "),
+            )
         return value
 
-    def postmark(self, value: Any) -> str:
+    def postmark(self, value: Any) -> Mapping[str, Any]:
         if value is None:
-            return "broadcast"
+            return {}
         if not isinstance(value, dict):
             raise self.fail(
                 "postmark", "'postmark' must be a table: postmark = { message_stream = \"…\" }"
             )
         self.check_keys(value, ("message_stream", "batch_size"), "postmark")
-        return self.typed(value, "message_stream", str, "postmark") or "broadcast"
-
-    def postmark_batch_size(self, value: Any) -> int:
-        size = self.typed(value or {}, "batch_size", int, "postmark")
-        if size is None:
-            return 500
-        if isinstance(size, bool) or not 1 <= size <= 500:
-            raise self.fail(
-                "postmark.batch_size", f"'postmark.batch_size' must be 1 to 500, got {size!r}"
-            )
-        return int(size)
+        return value
 
     def unsubscribe_url(self, data: Mapping[str, Any], site_url: str) -> str:
         template = self.typed(data, "unsubscribe_url", str)
@@ -405,7 +486,8 @@ class _Validator:
         if "{token}" not in template or not is_web_url(example) or not example.startswith("https"):
             raise self.fail(
                 "unsubscribe_url",
-                f"'unsubscribe_url' must be an https:// URL containing {{token}}, got {template!r}",
+                "'unsubscribe_url' must be an https:// URL containing {token}, "
+                f"got {quote(template)}",
             )
         return str(template)
 
@@ -454,13 +536,12 @@ class _Validator:
         for key in UTM_KEYS:
             template = self.typed(value, key, str, "utm")
             if template is not None:
-                try:
-                    template.format(series="", slug="", part=0)
-                except (KeyError, IndexError, ValueError) as exc:
+                problem = _utm_template_problem(template)
+                if problem is not None:
                     raise self.fail(
                         f"utm.{key}",
-                        f"'utm.{key}' may use only {{series}}, {{slug}} and {{part}}: {exc}",
-                    ) from None
+                        f"'utm.{key}' may use only {{series}}, {{slug}} and {{part}}: {problem}",
+                    )
                 params.append((f"utm_{key}", template))
         return Utm(enabled is not False, tuple(params))
 
@@ -479,12 +560,32 @@ def sender_problem(value: str) -> str | None:
     return None if problem is None else f"cannot be used: {problem}"
 
 
+def _utm_template_problem(template: str) -> str | None:
+    """Why a UTM value template cannot be filled, or None. Only bare ``{series}``,
+    ``{slug}`` and ``{part}`` are allowed: str.format would also run attribute lookups,
+    indexing and format specs (``{part:999999999}`` builds a gigabyte string)."""
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        return str(exc)
+    for name, spec, conversion in fields:
+        if name not in ("series", "slug", "part") or spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            return f"found {{{cut(written)}}}"
+    return None
+
+
 def parse_zone(name: str, fail: Callable[[str], Exception]) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a directory of the zone database ("Europe"), or too long.
         raise fail(
-            f"unknown timezone {name!r} (use an IANA name such as 'Europe/Stockholm')"
+            f"unknown timezone {quote(name)} (use an IANA name such as 'Europe/Stockholm')"
         ) from None
 
 
@@ -508,7 +609,7 @@ def parse_send_window(
     for day in days_value:
         key = str(day).lower()[:3]
         if key not in DAY_NAMES:
-            raise fail(f"{where}.days", f"'{where}.days': unknown day {day!r}")
+            raise fail(f"{where}.days", f"'{where}.days': unknown day {quote(day)}")
         days.add(DAY_NAMES.index(key))
     start = _clock(value.get("start", "00:00"), f"{where}.start", fail)
     end = _clock(value.get("end", "24:00"), f"{where}.end", fail)
@@ -522,11 +623,11 @@ def _clock(value: Any, where: str, fail: Callable[[str, str], Exception]) -> tim
         return value
     match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(value))
     if not match or int(match.group(1)) > 24 or int(match.group(2)) > 59:
-        raise fail(where, f"'{where}' must be a time such as \"09:00\", got {value!r}")
+        raise fail(where, f"'{where}' must be a time such as \"09:00\", got {quote(value)}")
     hour, minute = int(match.group(1)), int(match.group(2))
     if hour == 24:
         if minute:
-            raise fail(where, f"'{where}' must be at most \"24:00\", got {value!r}")
+            raise fail(where, f"'{where}' must be at most \"24:00\", got {quote(value)}")
         return time(23, 59, 59)
     return time(hour, minute)
 

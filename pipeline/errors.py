@@ -33,11 +33,13 @@ class SeriesError(Exception):
 
 
 class ConfigError(SeriesError):
-    """The workspace configuration is missing or invalid."""
+    """The workspace configuration is missing or invalid: one problem, or every problem
+    of the file in file order (``problems``; its string is one line per problem)."""
 
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
+    def __init__(self, problem: Problem | list[Problem]) -> None:
+        self.problems = [problem] if isinstance(problem, Problem) else list(problem)
+        super().__init__("\n".join(str(p) for p in self.problems))
+        self.problem = self.problems[0]
 
 
 class ContentError(SeriesError):

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.content import load_series
+from pipeline.errors import ConfigError
 
 from .conftest import FIXTURES, BuildWorkspace
 from .helpers import run
@@ -203,3 +204,63 @@ def test_article_over_the_size_limit_is_refused_before_parsing(
         f"series/demo/01-valid.md: the file is {size:,} bytes; an article may be at most "
         "1,000,000 bytes: split it, or check that it is the file you meant\n",
     )
+
+
+CONFIG_CASES = [
+    (
+        "config_with_tool_series_header",
+        [
+            "series.toml:1: series.toml takes the keys at the top level: write [tool.series] "
+            "keys without that header, and [tool.series.from] as [from] ([tool.series] is for "
+            "pyproject.toml)"
+        ],
+    ),
+    (
+        "config_with_three_mistakes",
+        [
+            "series.toml:1: 'site_url' must be an absolute http(s) URL, got 'blog.example'",
+            "series.toml:2: unknown key 'timezne' (did you mean 'timezone'?)",
+            "series.toml:3: 'workers' must be 1 to 32 processes, got '4' "
+            "(remove the quotes: workers = 4)",
+        ],
+    ),
+    (
+        "config_with_quoted_boolean",
+        [
+            "series.toml:2: 'raw_html' must be a boolean (true/false), got 'true' "
+            "(remove the quotes: raw_html = true)"
+        ],
+    ),
+    (
+        "config_with_directory_as_timezone",
+        ["series.toml:2: unknown timezone 'Europe' (use an IANA name such as 'Europe/Stockholm')"],
+    ),
+    (
+        "config_with_format_spec_in_utm",
+        [
+            "series.toml:7: 'utm.content' may use only {series}, {slug} and {part}: "
+            "found {part:999999999}"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("fixture", "expected"), CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_malformed_config_lists_every_problem_in_file_order(
+    workspace: BuildWorkspace, fixture: str, expected: list[str]
+) -> None:
+    """A bad series.toml: every problem at once, in file order, one `Error:` line each."""
+    root = workspace(config=f"{fixture}.toml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(root)
+    assert [str(p) for p in caught.value.problems] == expected
+    code, out, err = check(root)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [f"Error: {line}" for line in expected]
+
+
+def test_config_with_bom_is_read(workspace: BuildWorkspace) -> None:
+    """A series.toml saved with a byte-order mark loads like one without."""
+    root = workspace(config="config_with_bom.toml")
+    assert load_config(root).site_url == "https://blog.example"
+    assert check(root)[0] == 0
