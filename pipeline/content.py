@@ -32,7 +32,11 @@ from .headers import line_problem
 from .sources import ReadError, quote, read_text, unquote_hint
 from .yamlfile import YamlProblem, load_mapping
 
-ARTICLE_NAME = re.compile(r"(?P<number>\d+)-(?P<slug>[^/]+)\.md")
+# Articles are .md or .markdown files, in any letter case (03-harvest.MD).
+ARTICLE_NAME = re.compile(r"(?P<number>\d+)-(?P<slug>[^/]+)\.(?:md|markdown)", re.IGNORECASE)
+ARTICLE_SUFFIXES = (".md", ".markdown")
+# Not read, but meant to be an article: numbered like one, or 03-harvest.md.txt.
+LOOKS_LIKE_ARTICLE = re.compile(r"\d+-.|.+\.(?:md|markdown)\.", re.IGNORECASE)
 
 SERIES_KEYS = (
     "title",
@@ -152,7 +156,7 @@ def load_series(config: Config) -> tuple[list[Series], list[Problem]]:
 def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Series | None:
     manifest = directory / "series.yml"
     source = config.rel(manifest)
-    articles_found = sorted(directory.glob("*.md"))
+    articles_found = _article_files(config, directory, problems)
     if not manifest.is_file():
         problems.append(Problem(source, None, "missing series.yml (needs at least 'title')"))
         return None
@@ -206,6 +210,30 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
     if not articles_found:
         problems.append(Problem(series.source, None, "series has no articles (NN-<slug>.md)"))
     return Series(**{**series.__dict__, "articles": tuple(articles)})
+
+
+def _article_files(config: Config, directory: Path, problems: list[Problem]) -> list[Path]:
+    """The files of a series folder that are read as articles: ``.md`` and ``.markdown``,
+    in any letter case. Other files that look like articles get a warning: a part that
+    is silently left out makes the part before it "the last part" in readers' emails."""
+    found = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.name.endswith("~"):
+            continue  # hidden files and editors' backups
+        if path.suffix.lower() in ARTICLE_SUFFIXES:
+            found.append(path)
+        elif LOOKS_LIKE_ARTICLE.match(path.name):
+            rename = path.name.split(".")[0] + ".md"
+            problems.append(
+                Problem(
+                    config.rel(path),
+                    None,
+                    f"not read: articles are .md or .markdown files (rename it to {rename} "
+                    "if it is one)",
+                    "warning",
+                )
+            )
+    return found
 
 
 def _series_sender(value: Any, default: Address, report: _Reporter) -> Address:

@@ -190,6 +190,35 @@ def test_series_yml_text_keys_and_bom(workspace: BuildWorkspace) -> None:
     assert (series.title, series.description) == ("2026", "1:30")
 
 
+@pytest.mark.parametrize(
+    ("name", "read"),
+    [
+        ("03-harvest.MD", True),
+        ("03-harvest.markdown", True),
+        ("03-harvest.Markdown", True),
+        ("03-harvest.md.txt", False),
+        ("03-harvest.txt", False),
+    ],
+)
+def test_article_file_extensions(workspace: BuildWorkspace, name: str, read: bool) -> None:
+    """.markdown and any letter case of .md are articles; other files that look like one
+    are named in a warning instead of silently shrinking the series."""
+    root = workspace({"01-valid.md": "valid_article"})
+    shutil.copy(FIXTURES / "articles" / "article_with_third_part.md", root / "series/demo" / name)
+    code, out, _ = check(root)
+    (series,), _ = load_series(load_config(root))
+    if read:
+        assert (code, out, series.total) == (0, "", 2)
+        assert series.articles[1].slug == "harvest"
+    else:
+        assert code == 0
+        assert out == (
+            f"series/demo/{name}: warning: not read: articles are .md or .markdown files "
+            "(rename it to 03-harvest.md if it is one)\n"
+        )
+        assert series.total == 1
+
+
 def test_article_over_the_size_limit_is_refused_before_parsing(
     workspace: BuildWorkspace,
 ) -> None:
