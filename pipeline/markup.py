@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from markdown_it import MarkdownIt
+from markdown_it.rules_block import StateBlock
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
 
@@ -29,6 +30,17 @@ STYLES = {
 }
 
 
+# markdown-it's commonmark preset stops at nesting level 20 (a list ten deep) and
+# drops the rest of the document without a word. Levels: a list and its item are two,
+# a quote one. Anything at MAX_NESTING or deeper is an error (Document.too_deep), and
+# the parser goes two levels further, so nothing is dropped that was not reported.
+MAX_NESTING = 40
+TOO_DEEP = (
+    "nested too deeply (20 lists or 40 quotes inside one another): flatten it, or the "
+    "email would lose the rest of the article"
+)
+
+
 @dataclass(frozen=True)
 class Link:
     href: str
@@ -38,7 +50,16 @@ class Link:
 @cache
 def _parser(allow_html: bool) -> MarkdownIt:
     # Building a parser compiles its rules; one per setting serves every document.
-    return MarkdownIt("commonmark", {"html": allow_html}).enable("table")
+    md = MarkdownIt("commonmark", {"html": allow_html, "maxNesting": MAX_NESTING + 2})
+    md.block.ruler.before("table", "nesting_guard", _nesting_guard)
+    return md.enable("table")
+
+
+def _nesting_guard(state: StateBlock, start: int, end: int, silent: bool) -> bool:
+    """A block rule that parses nothing: it notes the first block at MAX_NESTING or deeper."""
+    if state.level >= MAX_NESTING:
+        state.env.setdefault("too_deep", start)
+    return False
 
 
 class Document:
@@ -46,7 +67,14 @@ class Document:
 
     def __init__(self, source: str, *, allow_html: bool = False) -> None:
         self._md = _parser(allow_html)
-        self.tokens = self._md.parse(source)
+        self._env: dict[str, int] = {}
+        self.tokens = self._md.parse(source, self._env)
+
+    @property
+    def too_deep(self) -> int | None:
+        """The 0-based line of the first block nested MAX_NESTING levels deep, or None.
+        Content deeper than that would be cut from the email, so it must not be sent."""
+        return self._env.get("too_deep")
 
     def _inline(self) -> Iterator[tuple[Token, int]]:
         line = 0

@@ -27,7 +27,7 @@ from markupsafe import Markup, escape
 from .config import Config
 from .content import Article, Series
 from .errors import Problem, RenderError
-from .markup import Document
+from .markup import TOO_DEEP, Document
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ class Renderer:
     def context(self, series: Series, article: Article, received: frozenset[str]) -> dict[str, Any]:
         link = _Linker(self.config, series, article)
         body = Document(article.body, allow_html=self.config.raw_html)
+        if body.too_deep is not None:
+            raise RenderError(Problem(article.source, article.body_line + body.too_deep, TOO_DEEP))
         body.rewrite_links(link)
         subject = article.subject or (
             f"{article.title} ({series.title}, part {article.part} of {series.total})"
@@ -235,6 +237,8 @@ class Renderer:
             path = self.config.templates_dir / "footer" / f"{name}.md"
             self._footer_sources[name] = path.read_text(encoding="utf-8")
         block = Document(self._footer_sources[name], allow_html=self.config.raw_html)
+        if block.too_deep is not None:
+            raise RenderError(Problem(f"templates/footer/{name}.md", block.too_deep + 1, TOO_DEEP))
         block.rewrite_links(link)
         return {"name": name, "html": Markup(block.html()), "text": block.text()}
 

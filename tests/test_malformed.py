@@ -293,3 +293,27 @@ def test_config_with_bom_is_read(workspace: BuildWorkspace) -> None:
     root = workspace(config="config_with_bom.toml")
     assert load_config(root).site_url == "https://blog.example"
     assert check(root)[0] == 0
+
+
+def test_list_ten_deep_reaches_readers_whole(workspace: BuildWorkspace) -> None:
+    """A list ten levels deep loses neither its tenth level nor what follows it, in the HTML
+    and in the text part (markdown-it's commonmark preset dropped both)."""
+    root = workspace({"01-deep.md": "article_with_list_nested_10_deep"})
+    assert check(root)[:2] == (0, "")
+    run(root, "preview", "--now", "2026-11-28T12:00:00+00:00")
+    for suffix in ("html", "txt"):
+        part = (root / f"build/preview/demo/01-deep.{suffix}").read_text(encoding="utf-8")
+        assert "level 10" in part
+        assert "After the list: this paragraph must reach readers too." in part
+
+
+def test_list_too_deep_is_an_error(workspace: BuildWorkspace) -> None:
+    """Nesting past the limit is an error at the first line too deep, so nothing is cut
+    silently; send and preview refuse it like any render error."""
+    root = workspace({"01-deep.md": "article_with_list_nested_25_deep"})
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "series/demo/01-deep.md:25: nested too deeply (20 lists or 40 quotes inside one "
+        "another): flatten it, or the email would lose the rest of the article\n",
+    )
