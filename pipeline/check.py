@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 from .config import Config
 from .content import Article, Series, load_series
 from .errors import Problem, RenderError
-from .markup import Document
+from .markup import Document, raw_html
 from .render import Renderer
+from .sources import cut
 
 # Gmail clips a message whose HTML is larger than this.
 GMAIL_CLIP_BYTES = 102 * 1024
@@ -44,6 +45,7 @@ def check_workspace(config: Config, *, now: datetime, state: bool = False) -> Ch
     for series in series_list:
         for article in series.articles:
             problems += _check_links(series, article, now)
+            problems += _check_raw_html(config, article)
             try:
                 email = renderer.compile(series, article).personalise(renderer.sample())
             except RenderError as exc:
@@ -110,6 +112,31 @@ def _check_links(series: Series, article: Article, now: datetime) -> list[Proble
                 )
             )
     return found
+
+
+def _check_raw_html(config: Config, article: Article) -> list[Problem]:
+    """Raw HTML is escaped unless the workspace lets it through, so `<br>` would reach
+    readers as those four characters: warn once per line, naming the setting."""
+    if config.raw_html:
+        return []
+    setting = (
+        f"raw_html = true in {config.source.name}"
+        if config.source.name == "series.toml"
+        else "raw_html = true under [tool.series] in pyproject.toml"
+    )
+    found: dict[int, str] = {}
+    for line, tag in raw_html(article.body):
+        found.setdefault(line, tag)
+    return [
+        Problem(
+            article.source,
+            article.body_line + line,
+            f"raw HTML {cut(tag, 30)} will show as text in the email: write it in Markdown, "
+            f"or set {setting}",
+            "warning",
+        )
+        for line, tag in found.items()
+    ]
 
 
 def _same_page(url: str) -> str:

@@ -6,6 +6,7 @@ thing; links are rewritten once (UTM) on the tokens before either is rendered.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,6 +114,29 @@ class Document:
 
     def text(self, width: int = 72) -> str:
         return _TextRenderer(width).render(SyntaxTreeNode(self.tokens)).strip() + "\n"
+
+
+def raw_html(source: str) -> list[tuple[int, str]]:
+    """Raw HTML in Markdown ``source``, as (0-based line, the tag or comment as written):
+    what an email shows as literal text unless the workspace sets ``raw_html = true``."""
+    found = []
+    for token in _parser(True).parse(source):
+        line = token.map[0] if token.map else 0
+        if token.type == "html_block":
+            found.append((line, _first_tag(token.content)))
+        for child in token.children or ():
+            if child.type == "html_inline":
+                found.append((line, _first_tag(child.content)))
+            line += child.content.count("\n") + (child.type in ("softbreak", "hardbreak"))
+    return found
+
+
+def _first_tag(html: str) -> str:
+    found = _TAG.search(html)
+    return found.group(0) if found else html.strip().split("\n")[0]
+
+
+_TAG = re.compile(r"<!--.*?-->|<[^>]*>", re.DOTALL)
 
 
 class _TextRenderer:

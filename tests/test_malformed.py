@@ -295,6 +295,31 @@ def test_config_with_bom_is_read(workspace: BuildWorkspace) -> None:
     assert check(root)[0] == 0
 
 
+def test_raw_html_warns_at_each_line(workspace: BuildWorkspace) -> None:
+    """Raw HTML that would reach readers as literal tags is a warning at its line, naming
+    the raw_html setting; with raw_html = true there is no warning and the tags are HTML."""
+    root = workspace({"01-html.md": "article_with_br_and_div"})
+    code, out, _ = check(root)
+    setting = "write it in Markdown, or set raw_html = true in series.toml"
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            f"series/demo/01-html.md:6: warning: raw HTML <br> will show as text in the email: "
+            f"{setting}",
+            f'series/demo/01-html.md:9: warning: raw HTML <div class="note"> will show as text '
+            f"in the email: {setting}",
+            f"series/demo/01-html.md:11: warning: raw HTML <!-- more --> will show as text in "
+            f"the email: {setting}",
+        ],
+    )
+    config = root / "series.toml"
+    config.write_text("raw_html = true\n" + config.read_text(), encoding="utf-8")
+    assert check(root)[:2] == (0, "")
+    run(root, "preview", "--now", "2026-11-28T12:00:00+00:00")
+    html = (root / "build/preview/demo/01-html.html").read_text(encoding="utf-8")
+    assert '<div class="note">A note in a box.</div>' in html
+
+
 def test_list_ten_deep_reaches_readers_whole(workspace: BuildWorkspace) -> None:
     """A list ten levels deep loses neither its tenth level nor what follows it, in the HTML
     and in the text part (markdown-it's commonmark preset dropped both)."""
