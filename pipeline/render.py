@@ -28,6 +28,7 @@ from .config import Config
 from .content import Article, Series
 from .errors import Problem, RenderError
 from .markup import TOO_DEEP, Document
+from .sources import ReadError, TemplateLoader, read_text
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Renderer:
         self.config = config
         self.now = now
         self.cache = _MjmlCache(config.cache_dir / "mjml") if use_cache else None
-        loader = jinja2.FileSystemLoader(config.templates_dir)
+        loader = TemplateLoader(config.templates_dir, config.rel)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined}
         self.html_env = jinja2.Environment(autoescape=True, **common)
         self.text_env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, **common)
@@ -235,7 +236,12 @@ class Renderer:
     def _footer_block(self, name: str, link: _Linker) -> dict[str, Any]:
         if name not in self._footer_sources:
             path = self.config.templates_dir / "footer" / f"{name}.md"
-            self._footer_sources[name] = path.read_text(encoding="utf-8")
+            try:
+                self._footer_sources[name] = read_text(
+                    path, self.config.rel(path), what="a footer block"
+                )
+            except ReadError as exc:
+                raise RenderError(exc.problem) from None
         block = Document(self._footer_sources[name], allow_html=self.config.raw_html)
         if block.too_deep is not None:
             raise RenderError(Problem(f"templates/footer/{name}.md", block.too_deep + 1, TOO_DEEP))
@@ -253,6 +259,8 @@ class Renderer:
             ) from None
         except jinja2.TemplateError as exc:
             raise RenderError(self._template_problem(exc, name)) from None
+        except ReadError as exc:  # a template, or one it includes, that is not UTF-8
+            raise RenderError(exc.problem) from None
 
     def _template_problem(self, exc: jinja2.TemplateError, name: str) -> Problem:
         path, line = f"templates/{name}", None

@@ -1,10 +1,10 @@
 """Reading the files editors bring: bytes → text, TOML, and short quotes of bad values.
 
-Every file series reads (articles, ``series.yml``, ``series.toml``, templates) goes
-through :func:`read_text`, so each one accepts the same input and refuses it with
-the same words: UTF-8 (RFC 3629), with or without a byte-order mark, at most
-:data:`MAX_FILE_BYTES`. Whatever a parser raises on bad input becomes a
-:class:`ReadError` carrying one ``path:line`` problem, here at the boundary.
+Every file series reads (articles, ``series.yml``, ``series.toml``, templates and
+footer blocks) goes through :func:`read_text`, so each one accepts the same input
+and refuses it with the same words: UTF-8 (RFC 3629), with or without a byte-order
+mark, at most :data:`MAX_FILE_BYTES`. Whatever a parser raises on bad input becomes
+a :class:`ReadError` carrying one ``path:line`` problem, here at the boundary.
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ from __future__ import annotations
 import codecs
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from jinja2.loaders import split_template_path
 
 from .errors import Problem, SeriesError
 
@@ -125,6 +129,32 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any], str]:
         raise ReadError(
             Problem(shown, None, "invalid TOML: arrays or tables nested too deeply")
         ) from None
+
+
+class TemplateLoader(jinja2.BaseLoader):
+    """Jinja templates from ``directory``, read as every source file is (read_text);
+    ``shown`` turns a path into the path messages print."""
+
+    def __init__(self, directory: Path, shown: Callable[[Path], str]) -> None:
+        self.directory = directory
+        self.shown = shown
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        path = self.directory.joinpath(*split_template_path(template))
+        if not path.is_file():
+            raise jinja2.TemplateNotFound(template)
+        text = read_text(path, self.shown(path), what="a template")
+        mtime = path.stat().st_mtime
+
+        def uptodate() -> bool:
+            try:
+                return path.stat().st_mtime == mtime
+            except OSError:
+                return False
+
+        return text, str(path), uptodate
 
 
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:

@@ -342,3 +342,39 @@ def test_list_too_deep_is_an_error(workspace: BuildWorkspace) -> None:
         "series/demo/01-deep.md:25: nested too deeply (20 lists or 40 quotes inside one "
         "another): flatten it, or the email would lose the rest of the article\n",
     )
+
+
+def test_template_not_utf8_is_one_line(workspace: BuildWorkspace) -> None:
+    """A template saved as Windows-1252 is one line naming it (Jinja raised
+    UnicodeDecodeError with no file named)."""
+    root = workspace(html_template="template_in_windows_1252.mjml.j2")
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "templates/email.mjml.j2:1: not UTF-8 text: byte 0xE9 in column 7 (a Windows-1252 or "
+        "Latin-1 file?); save it as UTF-8 (your editor's Save As or Encoding menu)\n",
+    )
+
+
+def test_template_with_bom_is_read(workspace: BuildWorkspace) -> None:
+    """A template with a byte-order mark renders as one without: no U+FEFF in the email."""
+    root = workspace(html_template="template_with_bom.mjml.j2")
+    assert check(root)[:2] == (0, "")
+    run(root, "preview", "--now", "2026-11-28T12:00:00+00:00")
+    assert "\ufeff" not in (root / "build/preview/demo/01-valid.html").read_text(encoding="utf-8")
+
+
+def test_footer_block_not_utf8_is_one_line(workspace: BuildWorkspace) -> None:
+    """A footer block saved as Windows-1252 is one line naming it."""
+    root = workspace()
+    shutil.copy(
+        FIXTURES / "templates" / "footer_in_windows_1252.md", root / "templates/footer/note.md"
+    )
+    config = root / "series.toml"
+    config.write_text('footer = ["note"]\n' + config.read_text(), encoding="utf-8")
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "templates/footer/note.md:1: not UTF-8 text: byte 0xE9 in column 19 (a Windows-1252 "
+        "or Latin-1 file?); save it as UTF-8 (your editor's Save As or Encoding menu)\n",
+    )
