@@ -378,3 +378,42 @@ def test_footer_block_not_utf8_is_one_line(workspace: BuildWorkspace) -> None:
         "templates/footer/note.md:1: not UTF-8 text: byte 0xE9 in column 19 (a Windows-1252 "
         "or Latin-1 file?); save it as UTF-8 (your editor's Save As or Encoding menu)\n",
     )
+
+
+def test_empty_state_db_is_refused_not_reinitialised(example_copy: Path) -> None:
+    """A zero-length state.db is refused by every command, and stays empty: taken for a new
+    database, the usual re-import would send every reader part 1 again."""
+    state = example_copy / "subscribers" / "state.db"
+    state.touch()
+    expected = (
+        f"Error: database sqlite:///{state} is an empty file, not a database: restore it from "
+        "a backup (a new database here would send every reader part 1 again); delete it only "
+        "to start afresh\n"
+    )
+    for command in (["subscribers", "import", "subscribers/example.csv"], ["status"]):
+        code, out, err = run(example_copy, *command)
+        assert (code, out, err) == (1, "", expected)
+    assert state.stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [("truncated", "database disk image is malformed"), ("overwritten", "file is not a database")],
+)
+def test_damaged_state_db_is_one_line(example_copy: Path, damage: str, reason: str) -> None:
+    """A truncated or overwritten state.db is one line naming it, no SQLAlchemy traceback."""
+    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
+    state = example_copy / "subscribers" / "state.db"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:8192])
+    else:
+        state.write_bytes(b"Not a database, whatever the name says.\n" * 100)
+    for name in ("state.db-wal", "state.db-shm"):
+        (example_copy / "subscribers" / name).unlink(missing_ok=True)
+    expected = (
+        f"Error: database sqlite:///{state} is damaged ({reason}): restore it from a backup; "
+        "series will not write to it\n"
+    )
+    for command in (["status"], ["subscribers", "list"], ["send", "--dry-run"]):
+        code, out, err = run(example_copy, *command)
+        assert (code, out, err) == (1, "", expected), command

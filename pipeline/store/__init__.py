@@ -8,6 +8,8 @@ import hmac
 import logging
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +114,14 @@ class Store:
                 raise StoreError(
                     f"database {self.display_url}: {_scrub(str(exc.orig), self.url)}"
                 ) from None
+            if type(exc.orig) is sqlite3.DatabaseError:
+                # SQLite's own error class, not a subclass such as IntegrityError: "file
+                # is not a database", "database disk image is malformed" (SQLITE_NOTADB,
+                # SQLITE_CORRUPT): a truncated or overwritten state.db.
+                raise StoreError(
+                    f"database {self.display_url} is damaged ({_scrub(str(exc.orig), self.url)}):"
+                    " restore it from a backup; series will not write to it"
+                ) from None
             raise
 
 
@@ -169,6 +179,7 @@ def _engine(url: str) -> Engine:
 def _sqlite_engine(url: sa.URL) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _refuse_empty_file(Path(url.database), url.render_as_string(hide_password=True))
     engine = sa.create_engine(url, hide_parameters=True)
 
     @sa.event.listens_for(engine, "connect")
@@ -196,6 +207,25 @@ def _sqlite_engine(url: sa.URL) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _refuse_empty_file(path: Path, shown: str) -> None:
+    """SQLite takes an existing empty file for a new database, so a state.db emptied by a
+    failed copy or a full disk would start over, and the next import would send every
+    reader part 1 again. Refuse it. A database being created by another process is empty
+    only until its first statement (journal_mode=WAL writes the header), so wait that out."""
+    for _ in range(20):
+        try:
+            if path.stat().st_size > 0:
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise StoreError(
+        f"database {shown} is an empty file, not a database: restore it from a backup "
+        "(a new database here would send every reader part 1 again); delete it only to "
+        "start afresh"
+    )
 
 
 def _scrub(message: str, url: str) -> str:
