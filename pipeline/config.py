@@ -633,7 +633,10 @@ def _clock(value: Any, where: str, fail: Callable[[str, str], Exception]) -> tim
 
 
 def is_web_url(value: str) -> bool:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "Invalid IPv6 URL": an unclosed [ after the scheme
+        return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 

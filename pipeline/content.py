@@ -67,6 +67,9 @@ DEFAULT_CADENCE_DAYS = 7
 SLUG_LENGTH = 200
 # A delay longer than this is a typo, and a timedelta cannot hold an unbounded one.
 MAX_DAYS = 3650
+# Planning adds delays and send-window days to a publish date; from this year on the
+# sum could pass datetime's year 9999 and crash a run halfway through its sends.
+LAST_YEAR = 9000
 
 
 @dataclass(frozen=True)
@@ -532,6 +535,13 @@ class _Reporter:
                     f"'{key}' is not a date: {quote(value)} (use YYYY-MM-DD or YYYY-MM-DD HH:MM)",
                 )
                 return None
+        if isinstance(value, date) and value.year >= LAST_YEAR:
+            self.add(
+                key,
+                f"'{key}' is {value.isoformat()}, too far ahead to schedule: to hold a part "
+                f"back, leave '{key}' out or set draft: true",
+            )
+            return None
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=zone)
         if isinstance(value, date):

@@ -88,6 +88,10 @@ ARTICLE_CASES = [
         ["4: 'draft' must be true or false, got 'yes'"],
     ),
     (
+        "article_with_unclosed_bracket_in_url",
+        ["4: 'url' must be an absolute http(s) URL, got 'http://[blog.example/demo/'"],
+    ),
+    (
         "article_with_alias_bomb",
         ["5: YAML aliases are not allowed (*a0): write the value out in full"],
     ),
@@ -417,3 +421,19 @@ def test_damaged_state_db_is_one_line(example_copy: Path, damage: str, reason: s
     for command in (["status"], ["subscribers", "list"], ["send", "--dry-run"]):
         code, out, err = run(example_copy, *command)
         assert (code, out, err) == (1, "", expected), command
+
+
+def test_publish_date_too_far_ahead_is_an_error(workspace: BuildWorkspace) -> None:
+    """published: 9999-12-31 (a writer's "never") is an error at its line, so send refuses
+    the content before anything goes out (planning it overflowed datetime mid-run)."""
+    root = workspace(
+        {"01-valid.md": "valid_article", "02-held.md": "article_published_in_year_9999"}
+    )
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "series/demo/02-held.md:4: 'published' is 9999-12-31, too far ahead to schedule: to "
+        "hold a part back, leave 'published' out or set draft: true\n",
+    )
+    code, _, err = run(root, "send", "--now", "2026-11-28T12:00:00+00:00")
+    assert code == 1 and "series/demo/02-held.md:4: 'published' is 9999-12-31" in err
