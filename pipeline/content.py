@@ -221,11 +221,15 @@ def _article_files(config: Config, directory: Path, problems: list[Problem]) -> 
     is silently left out makes the part before it "the last part" in readers' emails."""
     found = []
     for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.name.endswith("~"):
+        if path.name.startswith(".") or path.name.endswith("~"):
             continue  # hidden files and editors' backups
-        if path.suffix.lower() in ARTICLE_SUFFIXES:
+        if path.suffix.lower() in ARTICLE_SUFFIXES and path.is_file():
             found.append(path)
-        elif LOOKS_LIKE_ARTICLE.match(path.name):
+        elif path.suffix.lower() in ARTICLE_SUFFIXES:
+            problems.append(
+                Problem(config.rel(path), None, "not read: a folder, not an article", "warning")
+            )
+        elif path.is_file() and LOOKS_LIKE_ARTICLE.match(path.name):
             rename = path.name.split(".")[0] + ".md"
             problems.append(
                 Problem(

@@ -72,10 +72,12 @@ def read_text(path: Path, shown: str, *, what: str = "a file", limit: int = MAX_
 def decode(data: bytes, shown: str) -> str:
     """UTF-8 bytes → text, without the byte-order mark a Windows editor may put first.
 
-    RFC 3629 §6 allows the UTF-8 signature (EF BB BF) and says to drop it. Raises
-    ReadError for a UTF-16 or UTF-32 file (recognised by its mark or by NUL bytes)
-    and for bytes that are not UTF-8 (a Windows-1252 or Latin-1 file), at the line
-    of the first such byte.
+    RFC 3629 §6 allows the UTF-8 signature (EF BB BF) and says to drop it. Line ends
+    become "\n", as Python's universal newlines make them: CRLF from Windows, and a
+    lone CR from classic Mac OS, where the front matter's '---' would not be a line.
+    Raises ReadError for a UTF-16 or UTF-32 file (recognised by its mark or by NUL
+    bytes) and for bytes that are not UTF-8 (a Windows-1252 or Latin-1 file), at the
+    line of the first such byte.
     """
     for mark, name in _OTHER_BOMS:
         if data.startswith(mark):
@@ -93,7 +95,7 @@ def decode(data: bytes, shown: str) -> str:
             )
         )
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
@@ -105,6 +107,7 @@ def decode(data: bytes, shown: str) -> str:
                 f"Windows-1252 or Latin-1 file?); save it as UTF-8 {_HOW}",
             )
         ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 _HOW = "(your editor's Save As or Encoding menu)"

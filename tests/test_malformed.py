@@ -121,6 +121,8 @@ def test_malformed_article_is_one_line(
         ("article_with_octal_slug", "slug", "0123"),
         ("article_with_decimal_summary", "summary", "3.10"),
         ("article_with_bom", "title", "Saved by Notepad with a byte-order mark"),
+        ("article_with_crlf_line_ends", "title", "Saved on Windows"),
+        ("article_with_cr_line_ends", "title", "Saved on a classic Mac"),
     ],
 )
 def test_text_stays_as_typed(workspace: BuildWorkspace, fixture: str, key: str, typed: str) -> None:
@@ -221,6 +223,16 @@ def test_article_file_extensions(workspace: BuildWorkspace, name: str, read: boo
             "(rename it to 03-harvest.md if it is one)\n"
         )
         assert series.total == 1
+
+
+def test_folder_named_like_an_article_warns(workspace: BuildWorkspace) -> None:
+    """A folder named 03-harvest.md is named in a warning (it raised IsADirectoryError)."""
+    root = workspace()
+    (root / "series/demo/03-harvest.md").mkdir()
+    assert check(root)[:2] == (
+        0,
+        "series/demo/03-harvest.md: warning: not read: a folder, not an article\n",
+    )
 
 
 def test_article_over_the_size_limit_is_refused_before_parsing(
