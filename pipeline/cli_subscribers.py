@@ -93,10 +93,11 @@ def add_command(
 )
 @click.pass_obj
 def import_command(state: State, file: Path, series: str | None, now: datetime | None) -> None:
-    """Import subscribers from a CSV with a header row (email required).
+    """Import subscribers from a CSV with a header row (an email column required).
 
-    Columns: email, name, timezone, series, start_part, subscribed_at; any other
-    column is kept as an attribute. Bad rows are reported and skipped.
+    UTF-8, or UTF-16 with a byte-order mark; comma, semicolon or tab separated.
+    Columns: email, name, timezone, series, start_part, subscribed_at, status; any
+    other column is kept as an attribute. Bad rows are reported and skipped.
 
     Example: series subscribers import subscribers/example.csv
     """

@@ -7,12 +7,12 @@ anyone who unsubscribed, bounced or complained, and never resets progress.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -20,7 +20,14 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .errors import Problem
+from .csvfile import (
+    CsvFileError,
+    as_one_line,
+    header_cells,
+    open_csv,
+    shown,
+)
+from .errors import Problem, Severity
 from .headers import clean_name, control_character
 from .store import Store
 from .store.schema import (
@@ -43,12 +50,41 @@ from .subscribers import (
     sendable_email,
 )
 
+
+def _length(column: sa.Column[Any]) -> int:
+    length = getattr(column.type, "length", None)
+    assert isinstance(length, int), column
+    return length
+
+
 KNOWN_COLUMNS = ("email", "name", "timezone", "series", "start_part", "subscribed_at", "status")
 # Written by export and recognised on import, so an export can be imported again.
 EXPORT_ONLY = ("source",)
 PROGRESS_PREFIX = "progress:"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 BATCH_SIZE = 2000
+# Header names, compared in lower case without spaces, hyphens and underscores, and
+# the column each one names: "E-mail Address" is the email column, "Start Part" is
+# start_part. Only spellings that cannot mean anything else ("mail" could).
+COLUMN_NAMES = {
+    **{name.replace("_", ""): name for name in (*KNOWN_COLUMNS, *EXPORT_ONLY)},
+    "emailaddress": "email",
+}
+_SPACING = re.compile(r"[\s_-]+")
+# The most characters a cell can hold: the column's size in the database (schema.py)
+# for text stored as is; enough for a part number and an ISO 8601 time; and a cap on
+# attributes, which are kept as JSON.
+MAX_ATTRIBUTE = 10_000
+LIMITS = {
+    "email": _length(subscribers.c.email),
+    "name": _length(subscribers.c.name),
+    "timezone": _length(subscribers.c.timezone),
+    "series": _length(enrollments.c.series),
+    "status": _length(subscribers.c.status),
+    "start_part": 9,
+    "subscribed_at": 64,
+}
+SOURCE_LENGTH = _length(subscribers.c.source)
 
 
 @dataclass
@@ -80,6 +116,40 @@ class Row:
     notes: tuple[str, ...] = ()  # warnings about the row, which is imported all the same
 
 
+@dataclass(frozen=True)
+class Columns:
+    """What each column of a file's header row holds."""
+
+    header: tuple[str, ...]  # the header cells as written (stripped)
+    fields: dict[str, int]  # known column → its index
+    attributes: tuple[tuple[int, str], ...]  # (index, attribute name)
+    separator: str
+
+    @property
+    def width(self) -> int:
+        return len(self.header)
+
+
+@dataclass
+class _Tally:
+    """What writing some rows did; added to the report once their transaction commits."""
+
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    problems: list[tuple[int, str, Severity]] = field(default_factory=list)
+
+    def __add__(self, other: _Tally) -> _Tally:
+        return _Tally(
+            self.imported + other.imported,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.rejected + other.rejected,
+            self.problems + other.problems,
+        )
+
+
 def import_csv(
     store: Store,
     path: Path,
@@ -92,35 +162,49 @@ def import_csv(
     on_problem: Callable[[Problem], None] | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> ImportReport:
-    """Import a subscriber CSV; ``display`` is the file name used in messages."""
+    """Import a subscriber CSV; ``display`` is the file name used in messages.
+
+    The file is read as ``csvfile.open_csv`` says (RFC 4180; UTF-8, or UTF-16 with a
+    byte-order mark; comma, semicolon or tab). Header names are matched as
+    ``COLUMN_NAMES`` says. Raises CsvFileError or
+    SubscriberError when the file as a whole cannot be imported (nothing is written
+    then); every problem with one row is a Problem naming its line, and the row is
+    skipped, whatever in the row a parser, the database or a size limit refuses."""
     name = display or str(path)
     report = ImportReport()
 
-    def problem(line: int | None, message: str, severity: str = "error") -> None:
-        found = Problem(name, line, message, severity)  # type: ignore[arg-type]
+    def problem(line: int | None, message: str, severity: Severity = "error") -> None:
+        found = Problem(name, line, as_one_line(message), severity)
         report.problems.append(found)
         if on_problem:
             on_problem(found)
 
+    def add(tally: _Tally) -> None:
+        report.imported += tally.imported
+        report.updated += tally.updated
+        report.unchanged += tally.unchanged
+        report.rejected += tally.rejected
+        for line, message, severity in tally.problems:
+            problem(line, message, severity)
+
     if series is not None and (error := catalog.check_series(series)):
         raise SubscriberError(error)
-    _check_utf8(path, name)
-    actor = f"import:{path.name}"
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in reader.fieldnames or []]
-        if "email" not in header:
-            raise SubscriberError(f"{name}:1: the header row must have an 'email' column")
-        reader.fieldnames = header
+    actor = f"import:{path.name}"[:SOURCE_LENGTH]
+    with open_csv(path, name, _names_email) as table:
+        columns = _columns(name, table.header, table.separator)
         seen: dict[str, int] = {}
         batch: list[Row] = []
-        for raw in reader:
-            line = reader.line_num
+        for record in table:
+            line = record.line
             try:
-                row = _parse_row(raw, line, catalog, series, zone)
+                if record.error is not None:
+                    raise ValueError(record.error)
+                row = _parse_row(record.cells, line, columns, catalog, series, zone)
             except ValueError as exc:
                 report.rejected += 1
                 problem(line, str(exc))
+                continue
+            if row is None:
                 continue
             for note in row.notes:
                 problem(line, note, "warning")
@@ -131,51 +215,97 @@ def import_csv(
             seen[row.email] = line
             batch.append(row)
             if len(batch) >= batch_size:
-                _write_batch(store, batch, report, problem, now=now, actor=actor)
+                add(_write_rows(store, batch, now=now, actor=actor))
                 batch = []
         if batch:
-            _write_batch(store, batch, report, problem, now=now, actor=actor)
+            add(_write_rows(store, batch, now=now, actor=actor))
     return report
 
 
-def _check_utf8(path: Path, name: str) -> None:
-    """Refuse a file that is not UTF-8 before anything is written."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    line = 1
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                line += chunk[: exc.start].count(b"\n")
-                raise SubscriberError(
-                    f"{name}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8"
-                ) from None
-            line += chunk.count(b"\n")
+def _canonical(header: str) -> str:
+    return _SPACING.sub("", header.lower())
+
+
+def _names_email(header: list[str]) -> bool:
+    return any(COLUMN_NAMES.get(_canonical(cell.strip())) == "email" for cell in header)
+
+
+def _columns(name: str, cells: list[str], separator: str) -> Columns:
+    """What the header row's cells name; CsvFileError if there is no email column,
+    two columns name the same thing, or a name holds a control character."""
+    header = [cell.strip() for cell in cells]
+    fields: dict[str, int] = {}
+    attributes: dict[str, int] = {}
+    for index, cell in enumerate(header):
+        if not cell or cell.startswith(PROGRESS_PREFIX):
+            continue
+        if found := control_character(cell):
+            raise CsvFileError(f"{name}:1: column {index + 1}, {shown(cell)}, has {found}")
+        column = COLUMN_NAMES.get(_canonical(cell))
+        named = fields if column else attributes
+        key = column or cell
+        if key in named:
+            first = named[key]
+            what = f"the {column} column" if column else "the same attribute"
+            raise CsvFileError(
+                f"{name}:1: columns {first + 1} and {index + 1} ({shown(header[first])} and "
+                f"{shown(cell)}) both name {what}; keep one"
+            )
+        named[key] = index
+    if "email" not in fields:
+        raise CsvFileError(
+            f"{name}:1: the header row has no email column, only {header_cells(header)} "
+            "(call the addresses' column 'email', 'E-mail' or 'Email Address')"
+        )
+    return Columns(
+        header=tuple(header),
+        fields=fields,
+        attributes=tuple((index, key) for key, index in attributes.items()),
+        separator=separator,
+    )
 
 
 def _parse_row(
-    raw: dict[str | Any, Any],
+    cells: list[str],
     line: int,
+    columns: Columns,
     catalog: Catalog,
     default_series: str | None,
     zone: ZoneInfo,
-) -> Row:
-    if None in raw:
-        raise ValueError("more cells than header columns")
-    cells = {k: (v or "").strip() for k, v in raw.items()}
-    if not cells.get("email"):
+) -> Row | None:
+    """One record as a Row, or None for a row with no text at all. ValueError says
+    what is wrong with it, in one line."""
+    if len(cells) > columns.width and any(cell.strip() for cell in cells[columns.width :]):
+        separator = {",": "comma", ";": "semicolon", "\t": "tab"}[columns.separator]
+        raise ValueError(
+            f"{len(cells)} cells, but the header row has {columns.width} columns "
+            f"(a cell with a {separator} in it must be quoted)"
+        )
+
+    def cell(key: str) -> str:
+        index = columns.fields.get(key)
+        if index is None or index >= len(cells):
+            return ""
+        value = cells[index].strip()
+        if len(value) > LIMITS[key] and key != "name":
+            raise ValueError(_too_long(columns.header[index], len(value), LIMITS[key]))
+        return value
+
+    raw_email = cell("email")
+    if not raw_email:
+        if not "".join(cells).strip():
+            return None
         raise ValueError("no email address")
-    email = sendable_email(cells["email"])
-    timezone = cells.get("timezone") or None
+    email = sendable_email(raw_email)
+    timezone = cell("timezone") or None
     if timezone:
         check_timezone(timezone)
-    series = cells.get("series") or default_series
-    start_text = cells.get("start_part") or ""
+    series = cell("series") or default_series
+    start_text = cell("start_part")
     start_part = 1
     if start_text:
-        if not start_text.isdigit() or int(start_text) < 1:
-            raise ValueError(f"start_part must be a part number, got {start_text!r}")
+        if not start_text.isascii() or not start_text.isdigit() or int(start_text) < 1:
+            raise ValueError(f"start_part must be a part number, got {shown(start_text)}")
         start_part = int(start_text)
         if series is None:
             raise ValueError("start_part is given but no series")
@@ -183,33 +313,33 @@ def _parse_row(
         error = catalog.check_series(series) or catalog.check_part(series, start_part)
         if error:
             raise ValueError(error)
-    subscribed_at = None
-    if cells.get("subscribed_at"):
-        try:
-            subscribed_at = datetime.fromisoformat(cells["subscribed_at"])
-        except ValueError:
-            raise ValueError(
-                f"subscribed_at is not a date: {cells['subscribed_at']!r} (use YYYY-MM-DD)"
-            ) from None
-        if subscribed_at.tzinfo is None:
-            subscribed_at = subscribed_at.replace(tzinfo=zone)
-    status = cells.get("status") or None
+    subscribed_at = _moment(cell("subscribed_at"), zone)
+    status = cell("status") or None
     if status is not None and status not in STATUSES:
-        raise ValueError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
-    attributes = {
-        key: value
-        for key, value in cells.items()
-        if key not in KNOWN_COLUMNS
-        and key not in EXPORT_ONLY
-        and not key.startswith(PROGRESS_PREFIX)
-        and key
-        and value
-    }
-    name = clean_name(cells.get("name") or "") or None
-    notes: tuple[str, ...] = ()
-    if name != (cells.get("name") or None):
-        found = control_character(cells.get("name") or "")
-        notes = (f"the name had {found}; stored as {name or ''!r}",)
+        raise ValueError(f"unknown status {shown(status)} (one of: {', '.join(STATUSES)})")
+    notes: list[str] = []
+    attributes: dict[str, str] = {}
+    for index, key in columns.attributes:
+        value = cells[index].strip() if index < len(cells) else ""
+        if not value:
+            continue
+        if len(value) > MAX_ATTRIBUTE:
+            raise ValueError(_too_long(key, len(value), MAX_ATTRIBUTE))
+        if "\x00" in value:
+            # Neither PostgreSQL's text nor its JSON can hold U+0000.
+            value = value.replace("\x00", "").strip()
+            notes.append(f"the {shown(key)} cell had NUL characters (U+0000); stored without them")
+            if not value:
+                continue
+        attributes[key] = value
+    typed = cell("name")
+    name = clean_name(typed) or None
+    if name is not None and len(name) > LIMITS["name"]:
+        header = columns.header[columns.fields["name"]]
+        raise ValueError(_too_long(header, len(name), LIMITS["name"]))
+    if name != (typed or None):
+        found = control_character(typed)
+        notes.append(f"the name had {found}; stored as {name or ''!r}")
     return Row(
         line=line,
         email=email,
@@ -220,19 +350,58 @@ def _parse_row(
         subscribed_at=subscribed_at,
         status=status,
         attributes=attributes,
-        notes=notes,
+        notes=tuple(notes),
     )
 
 
-def _write_batch(
-    store: Store,
-    rows: list[Row],
-    report: ImportReport,
-    problem: Callable[..., None],
-    *,
-    now: datetime,
-    actor: str,
-) -> None:
+def _moment(text: str, zone: ZoneInfo) -> datetime | None:
+    """A subscribed_at cell as an aware time (a date or a time without an offset is
+    in ``zone``), or None when empty; ValueError when it is not an ISO 8601 time."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"subscribed_at is not a date: {shown(text)} (use YYYY-MM-DD)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"subscribed_at is out of range: {shown(text)} (a time in the years 1 to 9999)"
+        ) from None
+
+
+def _too_long(column: str, length: int, limit: int) -> str:
+    return f"the {shown(column)} cell is {length:,} characters long (at most {limit:,})"
+
+
+def _write_rows(store: Store, rows: list[Row], *, now: datetime, actor: str) -> _Tally:
+    """Write rows in one transaction. When the database refuses it (a value it cannot
+    store), the halves are tried on their own, down to the one row it refuses: that
+    row is reported with the database's reason, and every other row is written."""
+    try:
+        return _write_batch(store, rows, now=now, actor=actor)
+    except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+        if len(rows) == 1:
+            reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
+            return _Tally(
+                rejected=1,
+                problems=[(rows[0].line, f"the database refused the row: {reason}", "error")],
+            )
+        half = len(rows) // 2
+        return _write_rows(store, rows[:half], now=now, actor=actor) + _write_rows(
+            store, rows[half:], now=now, actor=actor
+        )
+
+
+def _write_batch(store: Store, rows: list[Row], *, now: datetime, actor: str) -> _Tally:
+    tally = _Tally()
+
+    def problem(line: int, message: str, severity: Severity = "error") -> None:
+        tally.problems.append((line, message, severity))
+
     with store.begin() as conn:
         # Hashing every address costs time; with no erased addresses there is no need.
         hashes: dict[str, str] = {}
@@ -272,7 +441,7 @@ def _write_batch(
         to_enroll: dict[tuple[str, int], list[str]] = {}
         for row in rows:
             if erased and hashes[row.email] in erased:
-                report.rejected += 1
+                tally.rejected += 1
                 problem(row.line, f"{row.email} was erased at the person's request; refused")
                 continue
             current = existing.get(row.email)
@@ -304,9 +473,9 @@ def _write_batch(
             if changes:
                 updates.append({"_id": current.id, "updated_at": now, **changes})
             if changes or enrolled_now:
-                report.updated += 1
+                tally.updated += 1
             else:
-                report.unchanged += 1
+                tally.unchanged += 1
 
         if new_rows:
             db_now = to_db(conn.dialect, now)
@@ -341,7 +510,7 @@ def _write_batch(
                     ).where(subscribers.c.email.in_(new_emails)),
                 )
             )
-            report.imported += len(new_rows)
+            tally.imported += len(new_rows)
         _apply_updates(conn, updates)
         replan(conn, [u["_id"] for u in updates if "timezone" in u])
         for (series_slug, start_part), emails in to_enroll.items():
@@ -359,6 +528,7 @@ def _write_batch(
             )
         if audits:
             conn.execute(status_changes.insert(), audits)
+    return tally
 
 
 def _changes(current: Any, row: Row) -> dict[str, Any]:
@@ -415,18 +585,17 @@ def export_csv(store: Store, out: TextIO, catalog: Catalog) -> int:
     series_columns = sorted(series_seen)
     attributes = sorted(attribute_keys - set(KNOWN_COLUMNS) - set(EXPORT_ONLY))
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "email",
-            "name",
-            "status",
-            "timezone",
-            "subscribed_at",
-            "source",
-            *(f"{PROGRESS_PREFIX}{s}" for s in series_columns),
-            *attributes,
-        ]
-    )
+    header = [
+        "email",
+        "name",
+        "status",
+        "timezone",
+        "subscribed_at",
+        "source",
+        *(f"{PROGRESS_PREFIX}{s}" for s in series_columns),
+        *attributes,
+    ]
+    writer.writerow(header)
     count = 0
     for subscriber in iter_subscribers(store):
         progress = {

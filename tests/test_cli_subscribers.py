@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.store import open_store
+from pipeline.store.schema import subscribers
 
 from .conftest import FIXTURES
 from .helpers import run
+
+SAVE_AS_UTF8 = (
+    'save it as UTF-8 (Excel: Save As "CSV UTF-8 (Comma delimited)"; LibreOffice: '
+    'character set "Unicode (UTF-8)")'
+)
+QUOTES = (
+    "the quotes on this line do not pair up (quote a cell with a quote in it whole, the "
+    'quote doubled: "Ann ""AJ"" Lee")'
+)
 
 
 def test_import_example_then_list(example_copy: Path) -> None:
@@ -128,3 +145,303 @@ def test_database_url_password_not_printed(
     assert code == 1
     assert "hunter22" not in out + err
     assert err.startswith("Error: database postgresql://editor:***@127.0.0.1:1/series: ")
+
+
+def import_fixture(
+    root: Path, fixture: str, *args: str, database_url: str | None = None
+) -> tuple[int, str, list[str], dict[str, str]]:
+    """Import tests/fixtures/csv/FIXTURE: exit code, stdout, stderr lines with the path
+    written FILE, and the stored {email: name}."""
+    path = FIXTURES / "csv" / fixture
+    env = {"SERIES_DATABASE_URL": database_url} if database_url else None
+    code, out, err = run(root, "subscribers", "import", str(path), *args, env=env)
+    with open_store(root, database_url) as store, store.connect() as conn:
+        stored = dict(conn.execute(sa.select(subscribers.c.email, subscribers.c.name)).all())
+    return code, out, err.replace(str(path), "FILE").splitlines(), stored
+
+
+@pytest.mark.parametrize(
+    ("fixture", "args", "out", "err", "stored"),
+    [
+        (
+            "header_capitalised.csv",
+            ["--series", "attachment"],
+            "imported 1, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"ann.capital@example.com": "Ann Capital"},
+        ),
+        (
+            "header_e_mail_address.csv",
+            ["--series", "attachment"],
+            "imported 1, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"ann.outlook@example.com": "Ann Outlook"},
+        ),
+        (
+            "semicolon_separated.csv",
+            ["--series", "attachment"],
+            "imported 1, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"asa.berg@example.com": "Berg, Åsa"},
+        ),
+        (
+            "tab_separated.csv",
+            [],
+            "imported 1, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"tab.one@example.com": "Tab, One"},
+        ),
+        (
+            "bom_semicolon.csv",
+            [],
+            "imported 1, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"bom.semi@example.com": "Bom; Semi"},
+        ),
+        (
+            "excel_unicode_text.txt",
+            [],
+            "imported 2, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"asa.berg@example.com": "Åsa Berg", "jurgen@example.com": "Jürgen Groß"},
+        ),
+        (
+            "crlf_line_endings.csv",
+            [],
+            "imported 2, updated 0, unchanged 0, rejected 0\n",
+            [
+                "FILE:2: warning: the name had a line break (U+000D); stored as 'Two Lines'",
+            ],
+            {"crlf.one@example.com": "Two Lines", "crlf.two@example.com": "Crlf Two"},
+        ),
+        (
+            "cr_line_endings.csv",
+            [],
+            "imported 2, updated 0, unchanged 0, rejected 0\n",
+            [],
+            {"cr.one@example.com": "Cr One", "cr.two@example.com": "Cr Two"},
+        ),
+    ],
+)
+def test_spreadsheet_files_import(
+    example_copy: Path,
+    fixture: str,
+    args: list[str],
+    out: str,
+    err: list[str],
+    stored: dict[str, str],
+) -> None:
+    """CSV as spreadsheets write it (any header case, `;` or tab, UTF-16, CR line ends)
+    imports."""
+    assert import_fixture(example_copy, fixture, *args) == (0, out, err, stored)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "error"),
+    [
+        (
+            "empty.csv",
+            "FILE: the file is empty; its first row must name the columns, one of them 'email'",
+        ),
+        (
+            "header_without_email.csv",
+            "FILE:1: the header row has no email column, only 'Mail', 'Name', 'Time Zone' "
+            "(call the addresses' column 'email', 'E-mail' or 'Email Address')",
+        ),
+        (
+            "duplicate_header_columns.csv",
+            "FILE:1: columns 1 and 3 ('email' and 'E-mail') both name the email column; keep one",
+        ),
+        (
+            "windows_1252.csv",
+            "FILE:2: not UTF-8 text (byte 0xE9; Windows-1252, as Excel's \"CSV (Comma "
+            f'delimited)" writes?); {SAVE_AS_UTF8}',
+        ),
+        (
+            "utf16_without_bom.csv",
+            "FILE:1: the header row has NUL characters: the file looks like UTF-16 without a "
+            f"byte-order mark; {SAVE_AS_UTF8}",
+        ),
+    ],
+)
+def test_unreadable_files_are_one_error(example_copy: Path, fixture: str, error: str) -> None:
+    """A file that cannot be read as a subscriber list is one line naming the file, the
+    line and what to do; exit 1, and nobody is imported."""
+    assert import_fixture(example_copy, fixture) == (1, "", [f"Error: {error}"], {})
+
+
+@pytest.mark.parametrize(
+    ("fixture", "out", "err", "stored"),
+    [
+        (
+            "name_with_line_break.csv",
+            "imported 2, updated 0, unchanged 0, rejected 0\n",
+            ["FILE:2: warning: the name had a line break (U+000A); stored as 'Sam Example'"],
+            {"line.break@example.com": "Sam Example", "after.break@example.com": "After Break"},
+        ),
+        (
+            "name_with_nul.csv",
+            "imported 2, updated 0, unchanged 0, rejected 0\n",
+            ["FILE:2: warning: the name had a control character (U+0000); stored as 'Nul Name'"],
+            {"nul.name@example.com": "Nul Name", "after.nul@example.com": "After Nul"},
+        ),
+        (
+            "attribute_with_nul.csv",
+            "imported 2, updated 0, unchanged 0, rejected 0\n",
+            ["FILE:2: warning: the 'plan' cell had NUL characters (U+0000); stored without them"],
+            {"nul.plan@example.com": "Nul Plan", "after.nul@example.com": "After Nul"},
+        ),
+        (
+            "timezone_300_characters.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            ["FILE:2: the 'timezone' cell is 292 characters long (at most 64)"],
+            {"fine.zone@example.com": ""},
+        ),
+        (
+            "timezone_folder_name.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            ["FILE:2: unknown timezone 'America' (use an IANA name such as 'Europe/Stockholm')"],
+            {"fine.zone@example.com": ""},
+        ),
+        (
+            "cell_200_kb.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            ["FILE:2: the 'name' cell is 200,000 characters long (at most 200)"],
+            {"after.big@example.com": "After Big"},
+        ),
+        (
+            "name_too_long.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            ["FILE:2: the 'name' cell is 204 characters long (at most 200)"],
+            {"short.name@example.com": "Short Name"},
+        ),
+        (
+            "more_cells_than_header.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            [
+                "FILE:3: 4 cells, but the header row has 3 columns (a cell with a comma in it "
+                "must be quoted)"
+            ],
+            {"trailing@example.com": "Trailing Empty"},
+        ),
+        (
+            "unclosed_quote.csv",
+            "imported 2, updated 0, unchanged 0, rejected 1\n",
+            [f"FILE:2: {QUOTES}"],
+            {"after.one@example.com": "After One", "after.two@example.com": "After Two"},
+        ),
+        (
+            "subscribed_at_out_of_range.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            [
+                "FILE:2: subscribed_at is out of range: '9999-12-31T23:00:00-05:00' (a time "
+                "in the years 1 to 9999)"
+            ],
+            {"fine.date@example.com": ""},
+        ),
+        (
+            "series_with_line_break.csv",
+            "imported 1, updated 0, unchanged 0, rejected 1\n",
+            ["FILE:2: unknown series 'attach\\nment' (series in this workspace: attachment)"],
+            {"fine.series@example.com": ""},
+        ),
+    ],
+)
+def test_a_bad_row_costs_that_row_only(
+    example_copy: Path,
+    database_url: str,
+    fixture: str,
+    out: str,
+    err: list[str],
+    stored: dict[str, str],
+) -> None:
+    """A row the database, a parser or a size limit refuses is FILE:LINE: reason (the line
+    the row starts on), on SQLite and PostgreSQL alike; the other rows are imported."""
+    code = 1 if "rejected 0" not in out else 0
+    assert import_fixture(example_copy, fixture, database_url=database_url) == (
+        code,
+        out,
+        err,
+        stored,
+    )
+
+
+VALID_ROWS = [
+    ["email", "name", "timezone", "series", "start_part", "subscribed_at", "status", "plan"],
+    ["ann@example.com", "Ann", "Europe/Oslo", "attachment", "1", "2026-10-01", "active", "x"],
+    ["bo@example.com", 'Bo, "B"', "", "attachment", "2", "", "", ""],
+    ["cy@example.com", "Cy", "UTC", "", "", "2026-10-02T08:00:00+02:00", "unsubscribed", "y"],
+]
+# What a cell may become: values each parser has refused in its own way, and any text.
+CELLS = st.sampled_from(
+    [
+        "", " ", "America", "A" * 300, "../etc", "/etc/passwd", "a\x00b", "\x00", "x" * 140_000,
+        "n" * 201, "9" * 5000, "²", "0", "-1", "9999-12-31T23:00:00-05:00",
+        "0001-01-01T00:00:00+01:00", "2026-02-30", "=1+1", "'-2+3@example.com",
+        "jörg@example.com", "a@b@example.com", "knitting", "attachment", "bounced",
+        "Email", "E-mail Address", "source", "progress:attachment", '"', "\r", "\u2028",
+    ]
+) | st.text(max_size=10)  # fmt: skip
+EDITS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 8), CELLS), max_size=4)
+PIECES = st.sampled_from(
+    [b'"', b",", b";", b"\t", b"\r", b"\n", b"\x00", b"\xff", b"\xe9", codecs.BOM_UTF8,
+     codecs.BOM_UTF16_LE, b"'", b"=", b" "]
+) | st.binary(max_size=8)  # fmt: skip
+MUTATIONS = st.lists(
+    st.tuples(st.integers(0, 400), st.sampled_from(["in", "over", "out"]), PIECES), max_size=4
+)
+
+
+def mangle(
+    edits: list[tuple[int, int, str]], mutations: list[tuple[int, str, bytes]], encoding: str
+) -> bytes:
+    """VALID_ROWS with cells replaced (a column past the end adds one), written as CSV
+    in ENCODING, then each (position, insert/overwrite/delete, bytes) applied."""
+    rows = [list(row) for row in VALID_ROWS]
+    for row, column, cell in edits:
+        cells = rows[row]
+        if column < len(cells):
+            cells[column] = cell
+        else:
+            cells.append(cell)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\r\n").writerows(rows)
+    data = text.getvalue().encode(encoding, "replace")
+    for at, how, piece in mutations:
+        at = min(at, len(data))
+        if how == "in":
+            data = data[:at] + piece + data[at:]
+        elif how == "over":
+            data = data[:at] + piece + data[at + len(piece) :]
+        else:
+            data = data[:at] + data[at + len(piece) :]
+    return data
+
+
+def test_mangled_csv_never_a_traceback(
+    example_copy: Path, database_url: str, tmp_path: Path
+) -> None:
+    """Whatever a CSV is mangled into, import ends with exit 0 or 1, every message one line
+    naming the file; no traceback, on SQLite and PostgreSQL."""
+    path = tmp_path / "mangled.csv"
+    env = {"SERIES_DATABASE_URL": database_url}
+    examples = 150 if database_url.startswith("sqlite") else 50
+
+    @settings(max_examples=examples, deadline=None)
+    @given(
+        edits=EDITS,
+        mutations=MUTATIONS,
+        encoding=st.sampled_from(["utf-8", "utf-8", "utf-8-sig", "utf-16", "cp1252"]),
+    )
+    def check(
+        edits: list[tuple[int, int, str]], mutations: list[tuple[int, str, bytes]], encoding: str
+    ) -> None:
+        path.write_bytes(mangle(edits, mutations, encoding))
+        code, out, err = run(example_copy, "subscribers", "import", str(path), env=env)
+        assert code in (0, 1), (code, out, err)
+        assert out == "" or (out.startswith("imported ") and out.count("\n") == 1), out
+        for line in err.splitlines():
+            assert line.startswith((f"{path}:", f"Error: {path}:")), line
+        assert code == 0 or err
+
+    check()

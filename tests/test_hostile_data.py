@@ -308,7 +308,7 @@ def test_import_cleans_names_and_refuses_addresses_that_need_smtputf8(example_co
 
     assert (code, out) == (1, "imported 5, updated 0, unchanged 0, rejected 1\n")
     assert err.splitlines() == [
-        f"{csv}:3: warning: the name had a line break (U+000A); stored as 'Sam Example'",
+        f"{csv}:2: warning: the name had a line break (U+000A); stored as 'Sam Example'",
         f"{csv}:4: warning: the name had a control character (U+0000); stored as 'Nul byte'",
         f"{csv}:5: warning: the name had a line break (U+2028); stored as 'Line separator'",
         f"{csv}:7: {UNSENDABLE}: the part before the @ is not ASCII; mail with such an "
