@@ -1,4 +1,4 @@
-"""Reading a CSV file the way spreadsheets write them.
+"""Reading a CSV file the way spreadsheets write them, and writing one they read safely.
 
 The format is RFC 4180: records end at a line break, cells are separated by one
 character, and a cell that holds a separator, a quote or a line break is enclosed in
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,11 @@ BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+# Cells a spreadsheet would run as a formula start with one of these (OWASP, "CSV
+# injection"); a cell written with a leading apostrophe is shown as text.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A cell neutralise() guards: a formula start, perhaps after apostrophes.
+_NEUTRALISED = re.compile(f"'*[{re.escape(''.join(FORMULA_START))}]")
 SAVE_AS_UTF8 = (
     'save it as UTF-8 (Excel: Save As "CSV UTF-8 (Comma delimited)"; LibreOffice: '
     'character set "Unicode (UTF-8)")'
@@ -226,6 +232,21 @@ def _not_decodable(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:
     except (OSError, UnicodeDecodeError):
         pass
     return f"not UTF-8 text ({found}{guess}); {SAVE_AS_UTF8}"
+
+
+def neutralise(cell: str) -> str:
+    """``cell`` as written to a CSV: a leading apostrophe added when a spreadsheet would
+    take the cell for a formula, and when it is already apostrophes before such a
+    start, so that ``restore`` gives back exactly the cell written."""
+    return f"'{cell}" if _NEUTRALISED.match(cell) else cell
+
+
+def restore(cell: str) -> str:
+    """The cell ``neutralise`` was given: one leading apostrophe removed when the rest
+    is apostrophes and a formula start. Only for files series wrote."""
+    if cell.startswith("'") and _NEUTRALISED.match(cell, 1):
+        return cell[1:]
+    return cell
 
 
 def shown(value: str, limit: int = 60) -> str:

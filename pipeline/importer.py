@@ -24,7 +24,9 @@ from .csvfile import (
     CsvFileError,
     as_one_line,
     header_cells,
+    neutralise,
     open_csv,
+    restore,
     shown,
 )
 from .errors import Problem, Severity
@@ -61,7 +63,6 @@ KNOWN_COLUMNS = ("email", "name", "timezone", "series", "start_part", "subscribe
 # Written by export and recognised on import, so an export can be imported again.
 EXPORT_ONLY = ("source",)
 PROGRESS_PREFIX = "progress:"
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 BATCH_SIZE = 2000
 # Header names, compared in lower case without spaces, hyphens and underscores, and
 # the column each one names: "E-mail Address" is the email column, "Start Part" is
@@ -124,6 +125,7 @@ class Columns:
     fields: dict[str, int]  # known column → its index
     attributes: tuple[tuple[int, str], ...]  # (index, attribute name)
     separator: str
+    exported: bool  # written by `series subscribers export`: cells to restore
 
     @property
     def width(self) -> int:
@@ -166,7 +168,8 @@ def import_csv(
 
     The file is read as ``csvfile.open_csv`` says (RFC 4180; UTF-8, or UTF-16 with a
     byte-order mark; comma, semicolon or tab). Header names are matched as
-    ``COLUMN_NAMES`` says. Raises CsvFileError or
+    ``COLUMN_NAMES`` says; a file with a ``source`` column is taken for an export and
+    its cells are restored (``csvfile.restore``). Raises CsvFileError or
     SubscriberError when the file as a whole cannot be imported (nothing is written
     then); every problem with one row is a Problem naming its line, and the row is
     skipped, whatever in the row a parser, the database or a size limit refuses."""
@@ -234,6 +237,9 @@ def _columns(name: str, cells: list[str], separator: str) -> Columns:
     """What the header row's cells name; CsvFileError if there is no email column,
     two columns name the same thing, or a name holds a control character."""
     header = [cell.strip() for cell in cells]
+    exported = any(_canonical(cell) == "source" for cell in header)
+    if exported:
+        header = [restore(cell) for cell in header]
     fields: dict[str, int] = {}
     attributes: dict[str, int] = {}
     for index, cell in enumerate(header):
@@ -241,7 +247,12 @@ def _columns(name: str, cells: list[str], separator: str) -> Columns:
             continue
         if found := control_character(cell):
             raise CsvFileError(f"{name}:1: column {index + 1}, {shown(cell)}, has {found}")
-        column = COLUMN_NAMES.get(_canonical(cell))
+        if exported:
+            # Export writes the columns' own names; any other header is an attribute,
+            # even one ("Name") that an older version stored as an attribute.
+            column = cell if cell in COLUMN_NAMES.values() else None
+        else:
+            column = COLUMN_NAMES.get(_canonical(cell))
         named = fields if column else attributes
         key = column or cell
         if key in named:
@@ -262,6 +273,7 @@ def _columns(name: str, cells: list[str], separator: str) -> Columns:
         fields=fields,
         attributes=tuple((index, key) for key, index in attributes.items()),
         separator=separator,
+        exported=exported,
     )
 
 
@@ -275,6 +287,8 @@ def _parse_row(
 ) -> Row | None:
     """One record as a Row, or None for a row with no text at all. ValueError says
     what is wrong with it, in one line."""
+    if columns.exported:
+        cells = [restore(cell) for cell in cells]
     if len(cells) > columns.width and any(cell.strip() for cell in cells[columns.width :]):
         separator = {",": "comma", ";": "semicolon", "\t": "tab"}[columns.separator]
         raise ValueError(
@@ -570,11 +584,6 @@ def _audit(
     }
 
 
-def neutralise(cell: str) -> str:
-    """Keep a spreadsheet from running a cell as a formula (CSV injection)."""
-    return f"'{cell}" if cell.startswith(FORMULA_START) else cell
-
-
 def export_csv(store: Store, out: TextIO, catalog: Catalog) -> int:
     """Every subscriber with status and per-series progress; returns the row count."""
     attribute_keys: set[str] = set()
@@ -584,7 +593,9 @@ def export_csv(store: Store, out: TextIO, catalog: Catalog) -> int:
         series_seen.update(e.series for e in subscriber.enrollments)
     series_columns = sorted(series_seen)
     attributes = sorted(attribute_keys - set(KNOWN_COLUMNS) - set(EXPORT_ONLY))
-    writer = csv.writer(out, lineterminator="\n")
+    # CRLF ends records, as RFC 4180 says; with it the writer also quotes a cell that
+    # holds a lone CR, which it writes bare when records end with LF alone.
+    writer = csv.writer(out, lineterminator="\r\n")
     header = [
         "email",
         "name",
@@ -595,7 +606,7 @@ def export_csv(store: Store, out: TextIO, catalog: Catalog) -> int:
         *(f"{PROGRESS_PREFIX}{s}" for s in series_columns),
         *attributes,
     ]
-    writer.writerow(header)
+    writer.writerow(neutralise(cell) for cell in header)
     count = 0
     for subscriber in iter_subscribers(store):
         progress = {

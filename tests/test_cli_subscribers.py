@@ -366,6 +366,25 @@ def test_a_bad_row_costs_that_row_only(
     )
 
 
+def test_export_imports_as_it_was_exported(example_copy: Path, database_url: str) -> None:
+    """Importing an export restores the cells export guarded against spreadsheet formulas,
+    and only those: exporting again gives the same bytes."""
+    code, _, _, stored = import_fixture(
+        example_copy, "export_with_formula_cells.csv", database_url=database_url
+    )
+    assert code == 0
+    assert stored == {
+        "-2+3@example.com": "=1+1",
+        "'-2+3@example.com": "'=not a formula",
+        "'tis@example.com": "'Tis Me",
+        "plain@example.com": "@, the handle",
+    }
+    target = example_copy / "again.csv"
+    env = {"SERIES_DATABASE_URL": database_url}
+    assert run(example_copy, "subscribers", "export", str(target), env=env)[0] == 0
+    assert target.read_bytes() == (FIXTURES / "csv" / "export_with_formula_cells.csv").read_bytes()
+
+
 VALID_ROWS = [
     ["email", "name", "timezone", "series", "start_part", "subscribed_at", "status", "plan"],
     ["ann@example.com", "Ann", "Europe/Oslo", "attachment", "1", "2026-10-01", "active", "x"],

@@ -1,4 +1,4 @@
-"""Reading CSV as spreadsheets write it."""
+"""Reading CSV as spreadsheets write it, and the apostrophe that guards exported cells."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import csv
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.csvfile import CsvFileError, Record, open_csv
+from pipeline.csvfile import CsvFileError, Record, neutralise, open_csv, restore
 
 
 def has_email(cells: list[str]) -> bool:
@@ -20,6 +22,36 @@ def read(path: Path, data: bytes) -> tuple[str, list[str], list[Record]]:
     path.write_bytes(data)
     with open_csv(path, "list.csv", has_email) as table:
         return table.separator, table.header, list(table)
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ("=1+1", "'=1+1"),
+        ("-2+3@example.com", "'-2+3@example.com"),
+        ("+46 70 123 45 67", "'+46 70 123 45 67"),
+        ("@home", "'@home"),
+        ("\tindented", "'\tindented"),
+        ("'=already", "''=already"),
+        ("'Tis", "'Tis"),
+        ("O'Brien", "O'Brien"),
+        ("", ""),
+    ],
+)
+def test_neutralise_examples(cell: str, written: str) -> None:
+    """A formula start gets one apostrophe, and so does an apostrophe before one; nothing
+    else changes."""
+    assert neutralise(cell) == written
+    assert restore(written) == cell
+
+
+@given(st.text(alphabet=st.sampled_from("'=+-@\t\rab ,\"\n")))
+def test_restore_undoes_neutralise(cell: str) -> None:
+    """Whatever the cell, restore gives back exactly what neutralise was given, and a
+    spreadsheet never sees a formula start."""
+    written = neutralise(cell)
+    assert restore(written) == cell
+    assert not written.startswith(("=", "+", "-", "@", "\t", "\r"))
 
 
 def test_records_start_where_the_row_starts(tmp_path: Path) -> None:

@@ -1,19 +1,24 @@
-"""Import as a library: header names, limits and the database's refusals (SQLite and
-PostgreSQL where the database matters)."""
+"""Import and export as a library: header names, limits, the database's refusals, and
+export then import as a round trip (SQLite and PostgreSQL where the database matters)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline import importer
 from pipeline.csvfile import CsvFileError
-from pipeline.importer import ImportReport, import_csv
+from pipeline.importer import ImportReport, export_csv, import_csv
 from pipeline.store import Store, open_store
-from pipeline.subscribers import Catalog, find, iter_subscribers
+from pipeline.store.schema import deliveries, enrollments, status_changes, subscribers
+from pipeline.subscribers import Catalog, add_subscriber, find, iter_subscribers
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5)})
@@ -132,3 +137,88 @@ def test_a_long_file_name_fits_the_source_column(store: Store, tmp_path: Path) -
     report = import_text(store, path, "email\na@example.com\n")
     assert report.imported == 1
     assert find(store, "a@example.com").source == f"import:{'n' * 240}"[:200]
+
+
+# -- export, then import: a round trip ------------------------------------------------
+
+HOSTILE = "'=+-@\t\r\n\",; \x00\u2028aÅ"
+LOCAL_PARTS = st.text(alphabet="'=+-abc", min_size=1, max_size=6) | st.sampled_from(
+    ["-2+3", "'-2+3", "=1+1", "''=x", "+46", "o'brien"]
+)
+CELLS = st.text(alphabet=st.sampled_from(HOSTILE), max_size=8)
+PEOPLE = st.dictionaries(
+    LOCAL_PARTS,
+    st.tuples(CELLS, CELLS, st.sampled_from(["", "active", "unsubscribed"])),
+    min_size=1,
+    max_size=6,
+)
+
+
+def state(store: Store) -> list[tuple[object, ...]]:
+    """Every subscriber as (email, name, status, timezone, created_at, attributes)."""
+    return sorted(
+        (s.email, s.name, s.status, s.timezone, s.created_at, sorted(s.attributes.items()))
+        for s in iter_subscribers(store)
+    )
+
+
+def wipe(store: Store) -> None:
+    with store.begin() as conn:
+        for table in (status_changes, deliveries, enrollments, subscribers):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def two_stores(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        open_store(tmp_path / "a", f"sqlite:///{tmp_path / 'a' / 'state.db'}") as first,
+        open_store(tmp_path / "b", f"sqlite:///{tmp_path / 'b' / 'state.db'}") as second,
+    ):
+        yield first, second
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(people=PEOPLE)
+def test_export_then_import_is_a_round_trip(
+    two_stores: tuple[Store, Store], tmp_path: Path, people: dict[str, tuple[str, str, str]]
+) -> None:
+    """Whatever hostile text a list held (formula starts, apostrophes, quotes, separators),
+    importing its export elsewhere gives the same people, names, statuses and attributes."""
+    first, second = two_stores
+    wipe(first)
+    wipe(second)
+    source = io.StringIO()
+    writer = csv.writer(source)
+    writer.writerow(["email", "name", "status", "=note"])
+    for local, (name, note, status) in people.items():
+        writer.writerow([f"{local}@example.com", name, status, note])
+    plain = tmp_path / "list.csv"
+    plain.write_text(source.getvalue(), encoding="utf-8", newline="")
+    import_csv(first, plain, CATALOG, now=NOW, zone=UTC)
+    exported = tmp_path / "export.csv"
+    with exported.open("w", encoding="utf-8", newline="") as out:
+        export_csv(first, out, CATALOG)
+    report = import_csv(second, exported, CATALOG, now=NOW, zone=UTC)
+    assert [p for p in report.problems if p.is_error] == []
+    assert state(second) == state(first)
+
+
+def test_attributes_named_like_columns_survive_a_round_trip(
+    two_stores: tuple[Store, Store], tmp_path: Path
+) -> None:
+    """Attributes an older version stored under a column's spelling ("Name") are exported
+    and imported back as attributes, not as a second name column."""
+    first, second = two_stores
+    add_subscriber(first, CATALOG, "ann@example.com", now=NOW, name="Ann")
+    with first.begin() as conn:
+        conn.execute(subscribers.update().values(attributes={"Name": "A.", "E-mail": "x"}))
+    exported = tmp_path / "export.csv"
+    with exported.open("w", encoding="utf-8", newline="") as out:
+        export_csv(first, out, CATALOG)
+    report = import_csv(second, exported, CATALOG, now=NOW, zone=UTC)
+    assert report.problems == []
+    assert state(second) == state(first)
