@@ -86,6 +86,7 @@ LIMITS = {
     "subscribed_at": 64,
 }
 SOURCE_LENGTH = _length(subscribers.c.source)
+NO_SERIES_HINT = "give a series column or --series S"
 
 
 @dataclass
@@ -95,12 +96,17 @@ class ImportReport:
     unchanged: int = 0
     rejected: int = 0
     problems: list[Problem] = field(default_factory=list)
+    # Active people this import leaves enrolled in no series: nothing will be sent to them.
+    unenrolled: int = 0
 
     def summary(self) -> str:
-        return (
+        text = (
             f"imported {self.imported}, updated {self.updated}, "
             f"unchanged {self.unchanged}, rejected {self.rejected}"
         )
+        if self.unenrolled:
+            text += f"; {self.unenrolled} in no series, who will be sent nothing ({NO_SERIES_HINT})"
+        return text
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ class _Tally:
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    unenrolled: int = 0
     problems: list[tuple[int, str, Severity]] = field(default_factory=list)
 
     def __add__(self, other: _Tally) -> _Tally:
@@ -148,6 +155,7 @@ class _Tally:
             self.updated + other.updated,
             self.unchanged + other.unchanged,
             self.rejected + other.rejected,
+            self.unenrolled + other.unenrolled,
             self.problems + other.problems,
         )
 
@@ -187,6 +195,7 @@ def import_csv(
         report.updated += tally.updated
         report.unchanged += tally.unchanged
         report.rejected += tally.rejected
+        report.unenrolled += tally.unenrolled
         for line, message, severity in tally.problems:
             problem(line, message, severity)
 
@@ -453,12 +462,23 @@ def _write_batch(store: Store, rows: list[Row], *, now: datetime, actor: str) ->
         audits: list[dict[str, Any]] = []
         # (series, start part) → addresses to enroll: written as INSERT … SELECT below.
         to_enroll: dict[tuple[str, int], list[str]] = {}
+        in_a_series = {subscriber_id for subscriber_id, _ in enrolled}
         for row in rows:
             if erased and hashes[row.email] in erased:
                 tally.rejected += 1
                 problem(row.line, f"{row.email} was erased at the person's request; refused")
                 continue
             current = existing.get(row.email)
+            # Active after this import, yet in no series: nothing will ever be sent.
+            if (
+                row.series is None
+                and (row.status or "active") == "active"
+                and (
+                    current is None
+                    or (current.status == "active" and current.id not in in_a_series)
+                )
+            ):
+                tally.unenrolled += 1
             if current is None:
                 new_rows.append(row)
                 if row.series is not None and (row.status or "active") == "active":

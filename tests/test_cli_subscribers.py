@@ -18,6 +18,7 @@ from pipeline.store.schema import subscribers
 from .conftest import FIXTURES
 from .helpers import run
 
+NO_SERIES = "in no series, who will be sent nothing (give a series column or --series S)"
 SAVE_AS_UTF8 = (
     'save it as UTF-8 (Excel: Save As "CSV UTF-8 (Comma delimited)"; LibreOffice: '
     'character set "Unicode (UTF-8)")'
@@ -221,6 +222,13 @@ def import_fixture(
             [],
             {"cr.one@example.com": "Cr One", "cr.two@example.com": "Cr Two"},
         ),
+        (
+            "no_series_column.csv",
+            [],
+            f"imported 1, updated 0, unchanged 0, rejected 0; 1 {NO_SERIES}\n",
+            [],
+            {"no.series@example.com": "No Series"},
+        ),
     ],
 )
 def test_spreadsheet_files_import(
@@ -232,7 +240,7 @@ def test_spreadsheet_files_import(
     stored: dict[str, str],
 ) -> None:
     """CSV as spreadsheets write it (any header case, `;` or tab, UTF-16, CR line ends)
-    imports."""
+    imports, and the summary says when people will be sent nothing."""
     assert import_fixture(example_copy, fixture, *args) == (0, out, err, stored)
 
 

@@ -139,6 +139,28 @@ def test_a_long_file_name_fits_the_source_column(store: Store, tmp_path: Path) -
     assert find(store, "a@example.com").source == f"import:{'n' * 240}"[:200]
 
 
+def test_who_is_in_no_series(store: Store, tmp_path: Path) -> None:
+    """The count of people left in no series: new or existing, active, with no enrollment."""
+    add_subscriber(store, CATALOG, "enrolled@example.com", now=NOW, series="attachment")
+    add_subscriber(store, CATALOG, "alone@example.com", now=NOW)
+    report = import_text(
+        store,
+        tmp_path / "a.csv",
+        "email,status\nenrolled@example.com,\nalone@example.com,\nnew@example.com,\n"
+        "left@example.com,unsubscribed\n",
+    )
+    assert report.unenrolled == 2
+    assert report.summary().endswith(
+        "; 2 in no series, who will be sent nothing (give a series column or --series S)"
+    )
+    assert (
+        import_text(
+            store, tmp_path / "b.csv", "email\nnew@example.com\n", series="attachment"
+        ).unenrolled
+        == 0
+    )
+
+
 # -- export, then import: a round trip ------------------------------------------------
 
 HOSTILE = "'=+-@\t\r\n\",; \x00\u2028aÅ"

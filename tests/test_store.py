@@ -115,7 +115,10 @@ def test_ledger_row_is_unique_per_subscriber_series_article(store: Store) -> Non
 def test_import_with_bom(store: Store) -> None:
     """A UTF-8 file with a byte-order mark imports; the first column is still 'email'."""
     report = run_import(store, "subscribers_with_bom.csv")
-    assert report.summary() == "imported 2, updated 0, unchanged 0, rejected 0"
+    assert report.summary() == (
+        "imported 2, updated 0, unchanged 0, rejected 0; 1 in no series, who will be sent "
+        "nothing (give a series column or --series S)"
+    )
     first = find(store, "bom.first@example.com")
     assert first.timezone == "Europe/Oslo"
     assert [e.series for e in first.enrollments] == ["attachment"]
@@ -226,7 +229,10 @@ def test_export_can_be_imported_elsewhere(store: Store, tmp_path: Path, database
     other.mkdir()
     with open_store(other, f"sqlite:///{other / 'state.db'}") as fresh:
         report = import_csv(fresh, exported, CATALOG, now=NOW, zone=ZONE)
-        assert report.summary() == "imported 2, updated 0, unchanged 0, rejected 0"
+        assert report.summary() == (
+            "imported 2, updated 0, unchanged 0, rejected 0; 1 in no series, who will be "
+            "sent nothing (give a series column or --series S)"
+        )
         assert find(fresh, "good.one@example.com").status == "unsubscribed"
         assert find(fresh, "good.two@example.com").attributes == {}
 
