@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import importer
+from pipeline import csvrows
 from pipeline.csvfile import CsvFileError
 from pipeline.importer import ImportReport, export_csv, import_csv
 from pipeline.store import Store, open_store
@@ -101,7 +101,7 @@ def test_blank_rows_and_short_rows(sqlite_store: Store, tmp_path: Path) -> None:
 
 def test_attribute_cells_are_limited(sqlite_store: Store, tmp_path: Path) -> None:
     """An attribute cell longer than MAX_ATTRIBUTE is that row's problem."""
-    long = "x" * (importer.MAX_ATTRIBUTE + 1)
+    long = "x" * (csvrows.MAX_ATTRIBUTE + 1)
     report = import_text(
         sqlite_store, tmp_path / "a.csv", f"email,notes\na@example.com,{long}\nb@example.com,ok\n"
     )
@@ -116,7 +116,7 @@ def test_the_database_refusing_a_row_costs_that_row(
 ) -> None:
     """A value the database refuses, which no check caught first, is that row's FILE:LINE:
     the rest of its batch is written (PostgreSQL enforces varchar sizes; SQLite does not)."""
-    monkeypatch.setitem(importer.LIMITS, "name", 10_000)
+    monkeypatch.setitem(csvrows.LIMITS, "name", 10_000)
     rows = "".join(f"r{i}@example.com,Reader {i}\n" for i in range(7))
     report = import_text(
         store, tmp_path / "a.csv", f"email,name\n{rows}long@example.com,{'L' * 201}\n", batch_size=5
