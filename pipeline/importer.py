@@ -52,10 +52,13 @@ from .subscribers import (
 BATCH_SIZE = 2000
 SOURCE_LENGTH = column_size(subscribers.c.source)
 NO_SERIES_HINT = "give a series column or --series S"
+COUNTS = ("imported", "updated", "unchanged", "rejected", "unenrolled")
 
 
 @dataclass
 class ImportReport:
+    """What an import did: the counts, and each problem with the line it is about."""
+
     imported: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -73,27 +76,11 @@ class ImportReport:
             text += f"; {self.unenrolled} in no series, who will be sent nothing ({NO_SERIES_HINT})"
         return text
 
-
-@dataclass
-class _Tally:
-    """What writing some rows did; added to the report once their transaction commits."""
-
-    imported: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    unenrolled: int = 0
-    problems: list[tuple[int, str, Severity]] = field(default_factory=list)
-
-    def __add__(self, other: _Tally) -> _Tally:
-        return _Tally(
-            self.imported + other.imported,
-            self.updated + other.updated,
-            self.unchanged + other.unchanged,
-            self.rejected + other.rejected,
-            self.unenrolled + other.unenrolled,
-            self.problems + other.problems,
-        )
+    def add(self, other: ImportReport) -> None:
+        """Count in what writing a batch did, once its transaction has committed."""
+        for count in COUNTS:
+            setattr(self, count, getattr(self, count) + getattr(other, count))
+        self.problems += other.problems
 
 
 def import_csv(
@@ -120,20 +107,18 @@ def import_csv(
     name = display or str(path)
     report = ImportReport()
 
-    def problem(line: int | None, message: str, severity: Severity = "error") -> None:
-        found = Problem(name, line, as_one_line(message), severity)
+    def problem(line: int, message: str, severity: Severity = "error") -> None:
+        found = _problem(name, line, message, severity)
         report.problems.append(found)
         if on_problem:
             on_problem(found)
 
-    def add(tally: _Tally) -> None:
-        report.imported += tally.imported
-        report.updated += tally.updated
-        report.unchanged += tally.unchanged
-        report.rejected += tally.rejected
-        report.unenrolled += tally.unenrolled
-        for line, message, severity in tally.problems:
-            problem(line, message, severity)
+    def add(batch: list[Row]) -> None:
+        written = _write_rows(store, batch, name=name, now=now, actor=actor)
+        report.add(written)
+        for found in written.problems:
+            if on_problem:
+                on_problem(found)
 
     if series is not None and (error := catalog.check_series(series)):
         raise SubscriberError(error)
@@ -163,37 +148,44 @@ def import_csv(
             seen[row.email] = line
             batch.append(row)
             if len(batch) >= batch_size:
-                add(_write_rows(store, batch, now=now, actor=actor))
+                add(batch)
                 batch = []
         if batch:
-            add(_write_rows(store, batch, now=now, actor=actor))
+            add(batch)
     return report
 
 
-def _write_rows(store: Store, rows: list[Row], *, now: datetime, actor: str) -> _Tally:
+def _problem(name: str, line: int, message: str, severity: Severity = "error") -> Problem:
+    """A problem with one row, its message made one line whatever a parser put in it."""
+    return Problem(name, line, as_one_line(message), severity)
+
+
+def _write_rows(
+    store: Store, rows: list[Row], *, name: str, now: datetime, actor: str
+) -> ImportReport:
     """Write rows in one transaction. When the database refuses it (a value it cannot
     store), the halves are tried on their own, down to the one row it refuses: that
     row is reported with the database's reason, and every other row is written."""
     try:
-        return _write_batch(store, rows, now=now, actor=actor)
+        return _write_batch(store, rows, name=name, now=now, actor=actor)
     except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
         if len(rows) == 1:
             reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
-            return _Tally(
-                rejected=1,
-                problems=[(rows[0].line, f"the database refused the row: {reason}", "error")],
-            )
+            refused = _problem(name, rows[0].line, f"the database refused the row: {reason}")
+            return ImportReport(rejected=1, problems=[refused])
         half = len(rows) // 2
-        return _write_rows(store, rows[:half], now=now, actor=actor) + _write_rows(
-            store, rows[half:], now=now, actor=actor
-        )
+        written = _write_rows(store, rows[:half], name=name, now=now, actor=actor)
+        written.add(_write_rows(store, rows[half:], name=name, now=now, actor=actor))
+        return written
 
 
-def _write_batch(store: Store, rows: list[Row], *, now: datetime, actor: str) -> _Tally:
-    tally = _Tally()
+def _write_batch(
+    store: Store, rows: list[Row], *, name: str, now: datetime, actor: str
+) -> ImportReport:
+    tally = ImportReport()
 
     def problem(line: int, message: str, severity: Severity = "error") -> None:
-        tally.problems.append((line, message, severity))
+        tally.problems.append(_problem(name, line, message, severity))
 
     with store.begin() as conn:
         # Hashing every address costs time; with no erased addresses there is no need.
