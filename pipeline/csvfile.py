@@ -33,6 +33,7 @@ from typing import TextIO
 
 from .errors import SeriesError
 from .headers import CONTROL
+from .sources import quote
 
 SEPARATORS = (",", ";", "\t")
 # Byte-order marks, longest first: UTF-32-LE's starts with UTF-16-LE's.
@@ -249,19 +250,12 @@ def restore(cell: str) -> str:
     return cell
 
 
-def shown(value: str, limit: int = 60) -> str:
-    """``value`` quoted for a message, control characters escaped, cut to ``limit``."""
-    if len(value) > limit:
-        value = value[: limit - 1] + "…"
-    return repr(value)
-
-
 def as_one_line(message: str) -> str:
     """A message with any control character escaped, so it prints as one line."""
     return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), message)
 
 
-def header_cells(cells: Sequence[str], most: int = 12) -> str:
+def header_cells(cells: Sequence[str], most: int = 8) -> str:
     """The first ``most`` header cells for a message: 'email', 'name', …"""
-    listed = ", ".join(shown(c.strip(), 40) for c in cells[:most]) or "nothing"
+    listed = ", ".join(quote(c.strip(), 30) for c in cells[:most]) or "nothing"
     return listed + (f" and {len(cells) - most} more" if len(cells) > most else "")

@@ -16,8 +16,9 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from .csvfile import CsvFileError, header_cells, restore, shown
+from .csvfile import CsvFileError, header_cells, restore
 from .headers import clean_name, control_character
+from .sources import quote
 from .store.schema import STATUSES, enrollments, subscribers
 from .subscribers import Catalog, check_timezone, sendable_email
 
@@ -110,7 +111,7 @@ def read_columns(name: str, cells: list[str], separator: str) -> Columns:
         if not cell or cell.startswith(PROGRESS_PREFIX):
             continue
         if found := control_character(cell):
-            raise CsvFileError(f"{name}:1: column {index + 1}, {shown(cell)}, has {found}")
+            raise CsvFileError(f"{name}:1: column {index + 1}, {quote(cell)}, has {found}")
         if exported:
             # Export writes the columns' own names; any other header is an attribute,
             # even one ("Name") that an older version stored as an attribute.
@@ -123,8 +124,8 @@ def read_columns(name: str, cells: list[str], separator: str) -> Columns:
             first = named[key]
             what = f"the {column} column" if column else "the same attribute"
             raise CsvFileError(
-                f"{name}:1: columns {first + 1} and {index + 1} ({shown(header[first])} and "
-                f"{shown(cell)}) both name {what}; keep one"
+                f"{name}:1: columns {first + 1} and {index + 1} ({quote(header[first])} and "
+                f"{quote(cell)}) both name {what}; keep one"
             )
         named[key] = index
     if "email" not in fields:
@@ -183,7 +184,7 @@ def parse_row(
     start_part = 1
     if start_text:
         if not start_text.isascii() or not start_text.isdigit() or int(start_text) < 1:
-            raise ValueError(f"start_part must be a part number, got {shown(start_text)}")
+            raise ValueError(f"start_part must be a part number, got {quote(start_text)}")
         start_part = int(start_text)
         if series is None:
             raise ValueError("start_part is given but no series")
@@ -194,7 +195,7 @@ def parse_row(
     subscribed_at = _moment(cell("subscribed_at"), zone)
     status = cell("status") or None
     if status is not None and status not in STATUSES:
-        raise ValueError(f"unknown status {shown(status)} (one of: {', '.join(STATUSES)})")
+        raise ValueError(f"unknown status {quote(status)} (one of: {', '.join(STATUSES)})")
     notes: list[str] = []
     attributes: dict[str, str] = {}
     for index, key in columns.attributes:
@@ -206,7 +207,7 @@ def parse_row(
         if "\x00" in value:
             # Neither PostgreSQL's text nor its JSON can hold U+0000.
             value = value.replace("\x00", "").strip()
-            notes.append(f"the {shown(key)} cell had NUL characters (U+0000); stored without them")
+            notes.append(f"the {quote(key)} cell had NUL characters (U+0000); stored without them")
             if not value:
                 continue
         attributes[key] = value
@@ -240,16 +241,16 @@ def _moment(text: str, zone: ZoneInfo) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"subscribed_at is not a date: {shown(text)} (use YYYY-MM-DD)") from None
+        raise ValueError(f"subscribed_at is not a date: {quote(text)} (use YYYY-MM-DD)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     try:
         return moment.astimezone(UTC)
     except OverflowError:
         raise ValueError(
-            f"subscribed_at is out of range: {shown(text)} (a time in the years 1 to 9999)"
+            f"subscribed_at is out of range: {quote(text)} (a time in the years 1 to 9999)"
         ) from None
 
 
 def _too_long(column: str, length: int, limit: int) -> str:
-    return f"the {shown(column)} cell is {length:,} characters long (at most {limit:,})"
+    return f"the {quote(column)} cell is {length:,} characters long (at most {limit:,})"

@@ -21,6 +21,7 @@ from .config import parse_zone
 from .content import Series
 from .errors import SeriesError
 from .headers import clean_name, smtputf8_problem
+from .sources import quote
 from .store import Store
 from .store.ledger import record_status
 from .store.schema import (
@@ -107,7 +108,7 @@ def normalise_email(raw: str) -> str:
     try:
         return validate_email(raw.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
-        raise ValueError(f"invalid email {raw.strip()!r}: {exc}") from None
+        raise ValueError(f"invalid email {quote(raw.strip())}: {exc}") from None
 
 
 def sendable_email(raw: str) -> str:
