@@ -134,15 +134,8 @@ def _normal_domain(domain: str) -> str | None:
 
 
 def check_timezone(name: str) -> str:
-    """``name`` if it is an IANA timezone; ValueError otherwise. zoneinfo reads a name as
-    a file path: a name too long for one, or naming a folder ("America"), is an OSError
-    there, and an unknown timezone here."""
-    try:
-        parse_zone(name, ValueError)
-    except OSError:
-        raise ValueError(
-            f"unknown timezone {name!r} (use an IANA name such as 'Europe/Stockholm')"
-        ) from None
+    """``name`` if it is an IANA timezone; ValueError otherwise (config.parse_zone)."""
+    parse_zone(name, ValueError)
     return name
 
 
