@@ -141,8 +141,15 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                     _release(run, batch.claims)
                     break
                 if batch.claims:
+                    # The sender is idle now (the last request was answered): the first
+                    # gate runs here, so its transaction never waits on this thread's.
+                    try:
+                        messages, key = _hand_over(run, batch, False)
+                    except Withheld as exc:
+                        _withheld(run, batch, exc)
+                        continue
                     gate = functools.partial(_hand_over, run, batch)
-                    batch.result = sender.submit(send_batch, run, batch.messages, batch.key, gate)
+                    batch.result = sender.submit(send_batch, run, messages, key, gate, gated=True)
                     in_flight = batch
             if in_flight is not None:
                 finished, in_flight = in_flight, None
@@ -262,6 +269,7 @@ def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:
     assert batch.result is not None
     wait([batch.result])  # the gate has had its say by the time an answer is there
     run.report.held += batch.held
+    batch.held = 0
     try:
         results = batch.result.result()
     except ProviderError:
@@ -270,14 +278,7 @@ def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:
         _release(run, [*batch.claims, *also_release])
         raise
     except Withheld as exc:
-        _release(run, batch.claims)  # nothing of it went out; what is still ours goes back
-        if exc.lost:
-            run.report.skipped += len(batch.claims)
-            run.report.problems.append(
-                f"{len(batch.claims)} deliveries of {batch.series.slug} were not sent: this "
-                f"run's claim on {exc.lost} of them ran out before they could be handed over "
-                "(another run may be sending them); a later run settles them"
-            )
+        _withheld(run, batch, exc)
         return
     _record(run, batch.series, batch.claims, results)
     if run.options.on_progress:
@@ -287,6 +288,21 @@ def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:
         run.stop_if_halted()
 
 
+def _withheld(run: Run, batch: _Batch, exc: Withheld) -> None:
+    """A request its gate stopped before any attempt: nothing of it went out, so what
+    is still this run's goes back (and a lost claim is reported)."""
+    run.report.held += batch.held
+    batch.held = 0
+    _release(run, batch.claims)
+    if exc.lost:
+        run.report.skipped += len(batch.claims)
+        run.report.problems.append(
+            f"{len(batch.claims)} deliveries of {batch.series.slug} were not sent: this "
+            f"run's claim on {exc.lost} of them ran out before they could be handed over "
+            "(another run may be sending them); a later run settles them"
+        )
+
+
 def _release(run: Run, claims: Sequence[Claim]) -> None:
     """Give claims back untouched: nothing of theirs was handed to the provider."""
     if claims:
@@ -294,10 +310,14 @@ def _release(run: Run, claims: Sequence[Claim]) -> None:
             ledger.release(conn, claims, token=run.token)
 
 
-def send_batch(run: Run, messages: Sequence[Message], key: str, gate: Gate) -> list[SendResult]:
+def send_batch(
+    run: Run, messages: Sequence[Message], key: str, gate: Gate, *, gated: bool = False
+) -> list[SendResult]:
     """One request, retried on transient errors with backoff (Retry-After first).
 
-    Before each attempt ``gate`` renews the run's claims and says what may go (it may
+    Before each attempt (but the first when ``gated``: the caller has just passed the
+    gate, and ``messages`` and ``key`` are what it let through) ``gate`` renews the
+    run's claims and says what may go (it may
     drop readers whose send window closed while nothing can have been sent yet); if it
     raises Withheld, nothing more is sent: the exception goes up when no attempt may
     have gone through (the claims can be given back), else the batch is unknown. An
@@ -309,7 +329,8 @@ def send_batch(run: Run, messages: Sequence[Message], key: str, gate: Gate) -> l
     maybe_sent = False
     for attempt in range(RETRIES + 1):
         try:
-            messages, key = gate(maybe_sent)
+            if attempt or not gated:
+                messages, key = gate(maybe_sent)
         except Withheld as exc:
             if not maybe_sent:
                 raise
