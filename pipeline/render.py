@@ -27,8 +27,9 @@ from markupsafe import Markup, escape
 from .config import Config
 from .content import Article, Series
 from .errors import Problem, RenderError
+from .loader import Templates
 from .markup import TOO_DEEP, Document
-from .sources import ReadError, TemplateLoader, read_text
+from .sources import ReadError, read_text
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ class Renderer:
         self.config = config
         self.now = now
         self.cache = _MjmlCache(config.cache_dir / "mjml") if use_cache else None
-        loader = TemplateLoader(config.templates_dir, config.rel)
+        self.templates = Templates(config.templates_dir)
+        loader = self.templates.loader(config.rel)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined}
         self.html_env = jinja2.Environment(autoescape=True, **common)
         self.text_env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, **common)
@@ -267,27 +269,36 @@ class Renderer:
         if isinstance(exc, jinja2.TemplateSyntaxError) and exc.filename:
             path, line = self.config.rel(Path(exc.filename)), exc.lineno
             return Problem(path, line, f"template syntax error: {exc.message}")
-        root = str(self.config.templates_dir)
         for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-            if frame.filename.startswith(root):
+            if self.templates.is_template_file(frame.filename):
                 path, line = self.config.rel(Path(frame.filename)), frame.lineno
                 break
         return Problem(path, line, f"template could not render: {exc.message or exc}")
 
+    def _template_label(self, name: str) -> str:
+        """The template file as editors see it: ``templates/NAME`` in the workspace, or
+        the built-in file's path."""
+        used = self.templates.files.get(name)
+        return self.config.rel(used.path) if used is not None else f"templates/{name}"
+
     def _compile_mjml(self, source: str) -> str:
-        key = hashlib.sha256(f"{_CACHE_VERSION}\0{version('mjml')}\0{source}".encode()).hexdigest()
+        key = None
         if self.cache is not None:
+            # Which template files were used (workspace or built-in) and their content
+            # are part of the key, with anything MJML itself reads from the templates folder.
+            parts = (_CACHE_VERSION, version("mjml"), self.templates.fingerprint, source)
+            key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
         html = compact(
             compile_mjml(
                 source,
-                template=f"templates/{HTML_TEMPLATE}",
+                template=self._template_label(HTML_TEMPLATE),
                 template_dir=self.config.templates_dir,
             )
         )
-        if self.cache is not None:
+        if self.cache is not None and key is not None:
             self.cache.put(key, html)
         return html
 

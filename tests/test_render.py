@@ -52,6 +52,20 @@ def test_golden_email(example: tuple[Config, Series], part: int, update_golden: 
         )
 
 
+def test_golden_templates(example: tuple[Config, Series], update_golden: bool) -> None:
+    """The golden files say which template files made them: each file's origin (the
+    workspace's or the built-in one) and its content's hash (refresh: --update-golden)."""
+    config, _ = example
+    used = Renderer(config, now=EXAMPLE_NOW, use_cache=False).templates.files.values()
+    actual = "".join(f"{f.name} {f.origin} {f.digest[:16]}\n" for f in used)
+    path = GOLDEN / "attachment" / "templates.txt"
+    if update_golden:
+        path.write_text(actual, encoding="utf-8")
+    assert actual == path.read_text(encoding="utf-8"), (
+        f"{path.name} changed: review the difference, then run pytest --update-golden"
+    )
+
+
 def test_subscriber_fields_are_escaped_in_html(example: tuple[Config, Series]) -> None:
     """A name with markup is escaped in the HTML part and kept verbatim in the text part."""
     config, series = example

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from pipeline.loader import BUILTIN_DIR
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries, subscribers
 
@@ -338,9 +339,10 @@ def test_template_error_in_a_later_starting_readers_email_stops_everything(
     """A template error that shows only for readers who started at part 2 still stops the
     run before anyone's email goes out."""
     template = enrolled / "templates" / "partials" / "continue.mjml.j2"
+    template.parent.mkdir(parents=True, exist_ok=True)
     template.write_text(
         '{% if continue.toc[0].state == "available" %}{{ missing_variable }}{% endif %}\n'
-        + template.read_text(),
+        + (BUILTIN_DIR / "partials" / "continue.mjml.j2").read_text(),
         encoding="utf-8",
     )
     code, _, err = send(enrolled, MONDAY)
