@@ -70,7 +70,7 @@ class SeriesGroup(click.Group):
     type=click.Path(file_okay=False),
     help="The workspace directory (default: the current directory; env SERIES_WORKSPACE).",
 )
-@click.version_option(package_name="series")
+@click.version_option(package_name="series-drip")
 @click.pass_context
 def cli(ctx: click.Context, workspace: str | None) -> None:
     """Deliver a Markdown series as drip emails.
