@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError, Problem
 from .headers import format_address, line_problem, smtputf8_problem
 from .sources import ReadError, cut, quote, read_toml, unquote_hint
+from .workspace import nearest_workspace
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UTM_KEYS = ("source", "medium", "campaign", "term", "content")
@@ -119,7 +120,11 @@ class Config:
 
 
 def find_workspace(workspace: str | Path | None) -> Path:
-    root = Path(workspace) if workspace else Path.cwd()
+    """The given folder, or else the nearest workspace at or above the current one."""
+    if not workspace:
+        here = Path.cwd().resolve()
+        return nearest_workspace(here) or here
+    root = Path(workspace)
     if not root.is_dir():
         raise ConfigError(Problem(str(root), None, "workspace is not a directory"))
     return root.resolve()
