@@ -11,6 +11,7 @@ from .content import Article, Series, load_series
 from .errors import Problem, RenderError
 from .markup import Document, raw_html
 from .render import Renderer
+from .scaffold import placeholder_problems
 from .sources import cut
 
 # Gmail clips a message whose HTML is larger than this.
@@ -75,6 +76,7 @@ def check_workspace(config: Config, *, now: datetime, state: bool = False) -> Ch
                 "warning",
             )
         )
+    problems += placeholder_problems(config)
     if state:
         from .edits import state_problems
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_init import init_command
 from .cli_options import now_option, resolve_now
 from .cli_send import resolve_command, send_command, status_command
 from .cli_subscribers import db_group, subscribers_group
@@ -68,7 +69,8 @@ class SeriesGroup(click.Group):
     "-w",
     envvar="SERIES_WORKSPACE",
     type=click.Path(file_okay=False),
-    help="The workspace directory (default: the current directory; env SERIES_WORKSPACE).",
+    help="The workspace directory (default: the nearest one at or above the current "
+    "directory; env SERIES_WORKSPACE).",
 )
 @click.version_option(package_name="series-drip")
 @click.pass_context
@@ -146,6 +148,7 @@ def preview_command(
 
 cli.add_command(subscribers_group)
 cli.add_command(db_group)
+cli.add_command(init_command)
 
 
 @cli.command(name="send")

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, Problem
 from .headers import format_address, line_problem, smtputf8_problem
-from .sources import ReadError, cut, quote, read_toml, unquote_hint
+from .sources import ReadError, cut, quote, read_text, read_toml, unquote_hint
 from .workspace import nearest_workspace
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -174,6 +174,13 @@ def load_config(root: Path) -> Config:
             )
         )
     return _Validator(root, source, prefix, text).config(data)
+
+
+def key_line(config: Config, dotted: str) -> int | None:
+    """The line of a key such as ``from.email`` in the workspace's configuration file."""
+    prefix = "tool.series" if config.source.name == "pyproject.toml" else ""
+    text = read_text(config.source, config.source.name, what="a configuration file")
+    return _Validator(config.root, config.source, prefix, text).line_of(dotted)
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], str]:

@@ -1,0 +1,134 @@
+"""`series init`: parse options, make the workspace (or copy the templates), print."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from email.utils import parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from .cli import State
+    from .config import Address
+
+
+def _site_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .config import is_web_url
+
+    if value is not None and not is_web_url(value):
+        raise click.BadParameter(
+            f"{value!r} is not an http(s) address such as https://myblog.example"
+        )
+    return value
+
+
+def _sender(ctx: click.Context, param: click.Parameter, value: str | None) -> Address | None:
+    from .config import Address, sender_problem
+    from .headers import line_problem
+
+    if value is None:
+        return None
+    name, email = parseaddr(value)
+    problem = sender_problem(email) if email else "is not an address"
+    if problem is None and name:
+        problem = line_problem(name)
+    if problem is not None:
+        raise click.BadParameter(f'{value!r} {problem} (use "Name <you@myblog.example>")')
+    return Address(email, name)
+
+
+@click.command(name="init")
+@click.argument(
+    "directory", required=False, type=click.Path(file_okay=False, path_type=Path), metavar="[DIR]"
+)
+@click.option(
+    "--templates",
+    is_flag=True,
+    help="Copy the built-in templates into the workspace's templates/ for editing, "
+    "instead of making a workspace.",
+)
+@click.option(
+    "--site-url",
+    callback=_site_url,
+    help="The blog's address (default: an https://example.com placeholder).",
+)
+@click.option(
+    "--from",
+    "sender",
+    callback=_sender,
+    metavar='"NAME <EMAIL>"',
+    help="Who the emails come from (default: a you@example.com placeholder).",
+)
+@click.pass_obj
+def init_command(
+    state: State,
+    directory: Path | None,
+    templates: bool,
+    site_url: str | None,
+    sender: Address | None,
+) -> None:
+    """Make a new workspace in DIR (default: the current folder): series.toml, an
+    example series, subscribers/, .gitignore and GitHub workflows. With --templates,
+    copy the built-in email templates into an existing workspace instead.
+
+    Example: series init myblog --site-url https://myblog.example --from "Ann <ann@myblog.example>"
+    """
+    from .config import find_workspace
+    from .scaffold import create_workspace, eject_templates
+
+    if templates:
+        if site_url or sender:
+            raise click.UsageError("--site-url and --from are for a new workspace, not --templates")
+        root = (directory or find_workspace(state.workspace)).resolve()
+        for path in eject_templates(root):
+            click.echo(f"copied {path.relative_to(root).as_posix()}")
+        click.echo(
+            "A file in templates/ replaces the built-in one of the same name: keep only "
+            "those you change, and the rest follow new versions of series."
+        )
+        return
+    # Without DIR: the workspace this folder is in, if any (and then init refuses).
+    root = (directory or find_workspace(state.workspace)).resolve()
+    made = create_workspace(root, site_url=site_url, sender=sender, today=datetime.now(UTC).date())
+    click.echo(f"Made a series workspace in {_shown(root)}/:")
+    for path in made.written:
+        click.echo(f"  {path.relative_to(root).as_posix()}")
+    if made.gitignore_added:
+        click.echo(f"  .gitignore (added {', '.join(made.gitignore_added)})")
+    _next_steps(root, made.series, placeholders=not (site_url and sender))
+    if not made.requirement.exact:
+        click.echo(
+            f"\nThe workflows install {made.requirement.spec}: this copy of series was not "
+            "installed from its repository, so check that line in .github/workflows/."
+        )
+
+
+def _next_steps(root: Path, series: str, *, placeholders: bool) -> None:
+    steps = []
+    if root != Path.cwd().resolve():
+        steps.append((f"cd {_shown(root)}", ""))
+    if placeholders:
+        steps.append(("$EDITOR series.toml", "your site_url and from address"))
+    steps += [
+        ("series check", "validate everything"),
+        ("series preview", "the emails, in build/preview/"),
+        (f"series subscribers add you@example.com --series {series}", "a first reader"),
+        ("series send", "the emails that are due, as files in outbox/"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    click.echo("\nNext steps:")
+    for command, why in steps:
+        click.echo(f"  {command.ljust(width)}  # {why}" if why else f"  {command}")
+    click.echo(
+        "To send for real, set provider in series.toml and the provider's key in the "
+        "environment; .github/workflows/send.yml says what scheduled sends need."
+    )
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the current folder when it is inside it."""
+    here = Path.cwd().resolve()
+    return os.path.relpath(path, here) if path.is_relative_to(here) else str(path)

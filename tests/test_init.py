@@ -1,0 +1,260 @@
+"""`series init`: a new workspace that checks, previews and sends at once; refusals;
+ejecting the built-in templates."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.config import UTM_KEYS, _Validator, load_config
+from pipeline.loader import BUILTIN_DIR
+from pipeline.scaffold import placeholder_problems
+
+from .helpers import run
+
+SLUG = "getting-started"
+MADE = [
+    ".github/workflows/check.yml",
+    ".github/workflows/send.yml",
+    ".gitignore",
+    f"series/{SLUG}/01-how-it-arrives.md",
+    f"series/{SLUG}/02-make-it-yours.md",
+    f"series/{SLUG}/series.yml",
+    "series.toml",
+    "subscribers/subscribers.csv",
+]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _init(tmp_path: Path, *args: str) -> tuple[int, str, str, Path]:
+    """`series init tmp_path/blog ARGS…`."""
+    root = tmp_path / "blog"
+    code, out, err = run(tmp_path, "init", str(root), *args)
+    return code, out, err, root
+
+
+def test_init_makes_a_workspace_that_works_at_once(tmp_path: Path) -> None:
+    """A new folder gets exactly the promised files, and the new workspace checks (two
+    placeholder warnings), previews and sends part 1 to a new reader through the outbox,
+    with no templates/ folder."""
+    code, out, err, root = _init(tmp_path)
+    assert code == 0, err
+    assert sorted(_tree(root)) == sorted(MADE)
+    assert "Next steps:" in out and f"--series {SLUG}" in out
+    assert (root / "subscribers" / "subscribers.csv").read_text() == (
+        "email,name,timezone,series,start_part\n"
+    )
+
+    code, out, err = run(root, "check")
+    assert code == 0, out + err
+    assert out.splitlines() == [
+        "series.toml:7: warning: 'site_url' is still an example address (example.com): "
+        "put in your own before sending to anyone",
+        "series.toml:50: warning: 'from.email' is still an example address (example.com): "
+        "put in your own before sending to anyone",
+    ]
+    assert err == "checked 2 article(s) in 1 series: 0 errors, 2 warnings\n"
+    assert run(root, "check", "--strict")[0] == 1
+
+    assert run(root, "preview")[0] == 0
+    assert len(list((root / "build" / "preview" / SLUG).glob("*.eml"))) == 2
+    assert run(root, "subscribers", "add", "reader@example.com", "--series", SLUG)[0] == 0
+    code, out, err = run(root, "send")
+    assert (code, out) == (0, "sent 1, failed 0, retried 0, unknown 0, skipped 0\n"), err
+    (sent,) = (root / "outbox").glob("*.eml")
+    assert "Subject: How a series reaches its readers (Getting Started, part 1 of 2)" in (
+        sent.read_text()
+    )
+    assert not (root / "templates").exists()
+
+
+def test_site_url_and_from_fill_in_the_required_keys(tmp_path: Path) -> None:
+    """--site-url and --from go into series.toml; then check has nothing to warn about."""
+    code, _, err, root = _init(
+        tmp_path,
+        "--site-url",
+        "https://annwrites.example",
+        "--from",
+        "Ann Lee <ann@annwrites.example>",
+    )
+    assert code == 0, err
+    config = load_config(root)
+    assert config.site_url == "https://annwrites.example"
+    assert (config.sender.name, config.sender.email) == ("Ann Lee", "ann@annwrites.example")
+    code, out, err = run(root, "check", "--strict")
+    assert (code, out) == (0, ""), err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--site-url", "myblog.example"], "is not an http(s) address"),
+        (["--from", "Ann <not an address>"], "is not a valid address"),
+        (["--templates", "--site-url", "https://a.example"], "are for a new workspace"),
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    """A wrong --site-url or --from is a usage error (exit 2), and nothing is made."""
+    code, _, err, root = _init(tmp_path, *args)
+    assert code == 2
+    assert message in err
+    assert not root.exists()
+
+
+def test_series_toml_names_every_key(tmp_path: Path) -> None:
+    """Every configuration key appears in the new series.toml, most of them commented
+    out, so a writer sees what there is to set."""
+    _, _, _, root = _init(tmp_path)
+    text = (root / "series.toml").read_text(encoding="utf-8")
+    keys = {m.group(1) for m in re.finditer(r"^#? ?\[?([a-z_]+)", text, re.MULTILINE)}
+    assert set(_Validator.KEYS) <= keys
+    for key in (*UTM_KEYS, "message_stream", "batch_size", "region", "domain", "days", "start"):
+        assert re.search(rf"^# {key} = ", text, re.MULTILINE), key
+    # Uncommented, it is still a valid configuration.
+    assert set(tomllib.loads(text)) == {"site_url", "from"}
+
+
+def test_a_second_init_refuses_and_changes_nothing(tmp_path: Path) -> None:
+    """Init where series.toml exists, or below it in a subfolder, exits 1 and changes nothing."""
+    _, _, _, root = _init(tmp_path)
+    before = _tree(root)
+    code, out, err = run(tmp_path, "init", str(root))
+    assert code == 1 and out == ""
+    assert err == (
+        f"Error: {root / 'series.toml'} already configures a workspace; nothing changed "
+        "(`series init --templates` copies the built-in templates into it)\n"
+    )
+    assert _tree(root) == before
+
+
+def test_init_in_a_subfolder_of_a_workspace_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without DIR, init works on the workspace the current folder is in: refused."""
+    _, _, _, root = _init(tmp_path)
+    monkeypatch.chdir(root / "series" / SLUG)
+    monkeypatch.delenv("SERIES_WORKSPACE", raising=False)
+    result = CliRunner().invoke(cli, ["init"])
+    assert result.exit_code == 1
+    assert "already configures a workspace" in result.stderr
+    assert not (root / "series" / SLUG / "series.toml").exists()
+
+
+def test_pyproject_with_tool_series_also_refuses(tmp_path: Path) -> None:
+    """A folder configured by [tool.series] in pyproject.toml is a workspace too."""
+    root = tmp_path / "blog"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("[tool.series]\n", encoding="utf-8")
+    code, _, err = run(tmp_path, "init", str(root))
+    assert code == 1 and "pyproject.toml already configures a workspace" in err
+    assert _tree(root) == {"pyproject.toml": b"[tool.series]\n"}
+
+
+def test_init_next_to_existing_files(tmp_path: Path) -> None:
+    """In a folder that already has a repository: an existing .gitignore gets the missing
+    lines; a file init would write refuses the whole init."""
+    root = tmp_path / "blog"
+    root.mkdir()
+    (root / ".gitignore").write_text("node_modules/\nbuild/", encoding="utf-8")
+    (root / "index.md").write_text("hello\n", encoding="utf-8")
+    code, out, err = run(tmp_path, "init", str(root))
+    assert code == 0, err
+    assert ".gitignore (added subscribers/state.db*, outbox/, .series-cache/)" in out
+    assert (root / ".gitignore").read_text() == (
+        "node_modules/\nbuild/\n# series\nsubscribers/state.db*\noutbox/\n.series-cache/\n"
+    )
+
+    other = tmp_path / "other"
+    (other / ".github" / "workflows").mkdir(parents=True)
+    (other / ".github" / "workflows" / "send.yml").write_text("ours\n", encoding="utf-8")
+    code, _, err = run(tmp_path, "init", str(other))
+    assert code == 1
+    assert (
+        err == f"Error: .github/workflows/send.yml already exist(s) in {other}; nothing changed\n"
+    )
+    assert _tree(other) == {".github/workflows/send.yml": b"ours\n"}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_gitignore_keeps_personal_data_and_outputs_out_of_git(tmp_path: Path) -> None:
+    """git itself ignores the state database (and its -wal/-shm files), the outbox, the
+    previews and the compile cache of a new workspace, and nothing init wrote."""
+    _, _, _, root = _init(tmp_path)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    ignored = [
+        "subscribers/state.db",
+        "subscribers/state.db-wal",
+        "subscribers/state.db-shm",
+        "outbox/a.eml",
+        "build/preview/a.html",
+        ".series-cache/mjml/a.html",
+    ]
+    check = subprocess.run(
+        ["git", "check-ignore", "--no-index", *ignored, *MADE],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.stdout.splitlines() == ignored
+
+
+def test_init_templates_ejects_the_built_in_templates_once(tmp_path: Path) -> None:
+    """--templates copies every built-in template into templates/ (the workspace renders
+    the same), then refuses to overwrite them."""
+    _, _, _, root = _init(tmp_path)
+    assert run(root, "preview", "--out", "before")[0] == 0
+    code, out, err = run(root, "init", "--templates")
+    assert code == 0, err
+    names = sorted(p.relative_to(BUILTIN_DIR).as_posix() for p in BUILTIN_DIR.rglob("*.j2"))
+    assert [line.removeprefix("copied templates/") for line in out.splitlines()[:-1]] == names
+    for name in names:
+        assert (root / "templates" / name).read_bytes() == (BUILTIN_DIR / name).read_bytes()
+    assert run(root, "preview", "--out", "after")[0] == 0
+    made = sorted(p.relative_to(root / "before") for p in (root / "before").rglob("*.*"))
+    assert len(made) == 6
+    for path in (p for p in made if p.suffix in (".html", ".txt")):
+        assert (root / "after" / path).read_bytes() == (root / "before" / path).read_bytes()
+
+    (root / "templates" / "email.txt.j2").write_text("edited\n", encoding="utf-8")
+    code, out, err = run(root, "init", "--templates")
+    assert code == 1 and out == ""
+    assert err.startswith("Error: templates/email.mjml.j2, templates/email.txt.j2,")
+    assert "nothing copied" in err
+    assert (root / "templates" / "email.txt.j2").read_text() == "edited\n"
+
+
+def test_init_templates_needs_a_workspace(tmp_path: Path) -> None:
+    """--templates outside any workspace says so, and copies nothing."""
+    code, _, err = run(tmp_path, "init", "--templates", str(tmp_path))
+    assert code == 1
+    assert err == f"Error: {tmp_path} is not a workspace; run `series init` there first\n"
+    assert not (tmp_path / "templates").exists()
+
+
+def test_placeholders_warn_in_pyproject_too(tmp_path: Path) -> None:
+    """The example.com warnings name the line in pyproject.toml's [tool.series] as well."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.series]\nsite_url = "https://www.example.org"\n'
+        'reply_to = "me@example.net"\n\n[tool.series.from]\nemail = "me@mine.example"\n',
+        encoding="utf-8",
+    )
+    problems = placeholder_problems(load_config(tmp_path))
+    assert [(p.path, p.line, p.message.split(" is ")[0]) for p in problems] == [
+        ("pyproject.toml", 5, "'site_url'"),
+        ("pyproject.toml", 6, "'reply_to'"),
+    ]
