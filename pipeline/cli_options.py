@@ -31,11 +31,15 @@ def now_option(func: F) -> F:
     return click.option(
         "--now",
         type=Moment(),
-        help="Pretend it is this time (ISO-8601), e.g. to see a part once it is published.",
+        help="Pretend it is this time (ISO-8601), e.g. to see a part once it is published. "
+        "Without an offset (2026-12-03T14:00) it is in the workspace's timezone, the zone "
+        "the tables print times in; 2026-12-03T14:00Z or +01:00 names another.",
     )(func)
 
 
 def resolve_now(config: Config, now: datetime | None) -> datetime:
+    """The moment a command works at: ``--now`` read in the workspace's timezone when it
+    has no offset, else the real time."""
     if now is None:
         return datetime.now(UTC)
     return now if now.tzinfo else now.replace(tzinfo=config.timezone)

@@ -9,8 +9,9 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
     from .store import Store
 
 
-def _when(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "-"
+def _when(moment: datetime | None, zone: ZoneInfo) -> str:
+    """A time in a table: in the workspace's zone, which the column's header names (as
+    `--now` without an offset is read in it)."""
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M") if moment else "-"
 
 
 def send_command(
@@ -65,7 +68,7 @@ def send_command(
             from .providers.outbox import OutboxProvider  # never used: nothing is sent
 
             report = send_due(config, store, OutboxProvider(config.root / "outbox"), options)
-            _print_plan(dry_run_rows(report), output_format, limit, report)
+            _print_plan(dry_run_rows(report), output_format, report, config.timezone)
             return
         assert provider is not None
         with _stop_on_signals(options.stop):
@@ -150,7 +153,7 @@ def _sync(store: Store, provider: Provider, now: datetime) -> None:
 
 
 def _print_plan(
-    rows: list[Planned], output_format: str, limit: int | None, report: SendReport
+    rows: list[Planned], output_format: str, report: SendReport, zone: ZoneInfo
 ) -> None:
     due = [r for r in rows if r.kind == "due"]
     for warning in report.warnings:
@@ -173,14 +176,14 @@ def _print_plan(
     if rows:
         click.echo(
             format_table(
-                ("EMAIL", "SERIES", "PART", "TITLE", "DUE", "WHY"),
+                ("EMAIL", "SERIES", "PART", "TITLE", f"DUE ({zone.key})", "WHY"),
                 (
                     (
                         r.email,
                         r.series,
                         str(r.part or "-"),
                         r.title,
-                        "now" if r.kind == "due" else _when(r.due_at),
+                        "now" if r.kind == "due" else _when(r.due_at, zone),
                         r.reason,
                     )
                     for r in rows
@@ -225,7 +228,7 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                     article.title,
                     state_note,
                     *(str(counts.get(column, 0)) for column in PART_COLUMNS),
-                    _when(status.next_due.get(article.slug)),
+                    _when(status.next_due.get(article.slug), config.timezone),
                 )
             )
         click.echo(
@@ -236,7 +239,7 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                     "TITLE",
                     "STATE",
                     *(c.upper() for c in PART_COLUMNS),
-                    "NEXT DUE",
+                    f"NEXT DUE ({config.timezone.key})",
                 ),
                 rows,
             )
@@ -264,8 +267,8 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                 f"`series resolve {status.series.slug}/PART EMAIL --sent` (the reader has it) "
                 "or `--not-sent` (a later run sends it); an article no longer in the series "
                 "is named by its slug:",
-                "SINCE",
-                [(u, _when(u.since)) for u in status.unknown],
+                f"SINCE ({config.timezone.key})",
+                [(u, _when(u.since, config.timezone)) for u in status.unknown],
             )
         if status.failed:
             _listing(

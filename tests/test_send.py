@@ -153,7 +153,8 @@ def test_dry_run_writes_nothing(enrolled: Path) -> None:
     assert database.read_bytes() == before
     assert len(outbox(enrolled)) == 6
     lines = out.splitlines()
-    assert lines[0].split() == ["EMAIL", "SERIES", "PART", "TITLE", "DUE", "WHY"]
+    assert lines[0].split()[:5] == ["EMAIL", "SERIES", "PART", "TITLE", "DUE"]
+    assert lines[0].split()[5:] == ["(Europe/Stockholm)", "WHY"]
     asa = next(line for line in lines if line.startswith("asa.berg@example.com"))
     assert "Secure attachment" in asa and "now" in asa and "4 days after part 1" in asa
     assert "dry run: would send 5 email(s) now; 1 waiting or scheduled" in err
@@ -225,7 +226,8 @@ def test_status_table(enrolled: Path) -> None:
     part1 = lines[3].split()
     assert part1[0] == "1" and part1[-8:-1] == ["5", "0", "0", "0", "0", "0", "0"]
     part2 = lines[4]
-    assert "2026-12-04 10:00 UTC" in part2  # next due: 4 days after part 1
+    assert header[-3:] == ["NEXT", "DUE", "(Europe/Stockholm)"]  # the workspace's zone
+    assert "2026-12-04 11:00" in part2  # next due: 4 days after part 1 (10:00 UTC)
     assert lines[-1] == (
         "enrollments: 5 active, 0 completed, 0 paused, 1 unsubscribed, 0 bounced or complained"
     )
