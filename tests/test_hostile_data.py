@@ -517,8 +517,10 @@ def test_a_workspace_from_name_on_two_lines_is_a_config_error(example_copy: Path
 
     code, _, err = run(example_copy, "check")
 
+    lines = (example_copy / "pyproject.toml").read_text(encoding="utf-8").splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.startswith('name = "Maya'))
     assert code == 1
     assert err == (
-        "Error: pyproject.toml:80: 'from.name' must be one line: it contains a line break "
-        "(U+000A)\n"
+        f"Error: pyproject.toml:{line}: 'from.name' must be one line: it contains a line "
+        "break (U+000A)\n"
     )
