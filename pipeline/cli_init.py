@@ -79,10 +79,11 @@ def init_command(
     from .config import find_workspace
     from .scaffold import create_workspace, eject_templates
 
+    # Without DIR: the workspace this folder is in, if any (where a new one is refused).
+    root = (directory or find_workspace(state.workspace)).resolve()
     if templates:
         if site_url or sender:
             raise click.UsageError("--site-url and --from are for a new workspace, not --templates")
-        root = (directory or find_workspace(state.workspace)).resolve()
         for path in eject_templates(root):
             click.echo(f"copied {path.relative_to(root).as_posix()}")
         click.echo(
@@ -90,8 +91,6 @@ def init_command(
             "those you change, and the rest follow new versions of series."
         )
         return
-    # Without DIR: the workspace this folder is in, if any (and then init refuses).
-    root = (directory or find_workspace(state.workspace)).resolve()
     made = create_workspace(root, site_url=site_url, sender=sender, today=datetime.now(UTC).date())
     click.echo(f"Made a series workspace in {_shown(root)}/:")
     for path in made.written:
