@@ -17,18 +17,16 @@ Read-only: the state database is never created or migrated here.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .config import Config
 from .content import Article, Series
 from .errors import Problem
+from .plan import PLACEHOLDER
 from .store import Store, StoreError, open_store, state_exists
 from .store.history import Recorded, readers_past, recorded_articles
 from .store.migrate import HEAD, current
-
-PLACEHOLDER = re.compile(r"part-(?P<part>\d+)(-removed)?")
 
 
 def state_problems(config: Config, series_list: Sequence[Series]) -> list[Problem]:

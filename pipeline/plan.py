@@ -29,11 +29,16 @@ readers started"):
   only while a run is sending it); a failed one is retried with backoff.
 - Readers who finished get articles added after their position later; the store
   hands the planner active readers only.
+- A placeholder identity (``part-N``, ``part-N-removed``: a part received before
+  articles had identities that no article had at the upgrade) counts as a received
+  position N: the reader is at least past every article numbered N or less today, so
+  a ledger upgraded without the content never starts a reader over.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -50,6 +55,9 @@ LedgerState = Literal["claimed", "sent", "failed", "unknown"]
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 END_OF_DAY = time(23, 59, 59)  # how the config keeps an end of "24:00"
+
+# The identity migration 0005 gave a recorded part no article had (see README).
+PLACEHOLDER = re.compile(r"part-(?P<part>\d+)(-removed)?")
 
 MAX_ATTEMPTS = 8
 FIRST_RETRY = timedelta(minutes=15)
@@ -121,6 +129,7 @@ def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
         entry = ledger.get(article.slug)
         if entry is not None and entry.state == "sent":
             position = index
+    position = max(position, _placeholder_position(series, ledger))
     # Nothing after the position has been received (it is the last received article),
     # and with no position nothing in the series has: the next article is never one
     # the reader has.
@@ -144,6 +153,22 @@ def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     previous = series.article(latest[1])
     after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
     return _step_for(series, enrollment, article, after, latest[0], entry, now)
+
+
+def _placeholder_position(series: Series, ledger: Mapping[str, LedgerEntry]) -> int:
+    """The index of the last article numbered at most N today, for the highest received
+    placeholder ``part-N`` that is not one of today's slugs (-1: none)."""
+    numbers = [
+        int(found["part"])
+        for slug, entry in ledger.items()
+        if entry.state == "sent"
+        and series.article(slug) is None
+        and (found := PLACEHOLDER.fullmatch(slug)) is not None
+    ]
+    if not numbers:
+        return -1
+    reached = max(numbers)
+    return max((i for i, a in enumerate(series.articles) if a.part <= reached), default=-1)
 
 
 def _open_delivery(series: Series, ledger: Mapping[str, LedgerEntry], now: datetime) -> Step | None:

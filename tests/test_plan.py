@@ -556,3 +556,21 @@ def test_a_window_to_midnight_includes_its_last_second() -> None:
     assert into_window(late, ALWAYS, UTC_ZONE) == late
     step = next_step(series(part(1)), enrollment(enrolled_at=T0), late)
     assert step.kind == "due"
+
+
+def test_placeholder_history_counts_as_a_position() -> None:
+    """A reader whose history is only placeholders (part-1, part-2: upgraded without the
+    content) goes on after part 2, never from part 1; a slug claimed by an article is not
+    a placeholder."""
+    ledger = {
+        "part-1": LedgerEntry("sent", 1, at(5), at(5)),
+        "part-2-removed": LedgerEntry("sent", 1, at(12), at(12)),
+    }
+    s = series(part(1), part(2), part(3), part(4))
+    step = next_step(s, enrollment(ledger), at(26))
+    assert (step.kind, step.part) == ("due", 3)
+    claimed = series(part(1, slug="part-1"), part(2), part(3))
+    only_one = {"part-1": LedgerEntry("sent", 1, at(5), at(5))}
+    step = next_step(claimed, enrollment(only_one), at(26))
+    assert (step.kind, step.part) == ("due", 2)
+    assert next_step(s, enrollment({"part-9": ledger["part-1"]}), at(26)).kind == "complete"
