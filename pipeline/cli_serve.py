@@ -19,11 +19,13 @@ def serve_command(state: State, *, host: str, port: int) -> None:
     """Serve until Ctrl-C, with waitress; one line says where."""
     import waitress
 
+    from .cli_subscribers import warn_upgrade_refused
     from .store import open_store
     from .web import make_app
 
     config = state.config
-    with open_store(config.root) as store:
+    with open_store(config.root, content_free=True) as store:
+        warn_upgrade_refused(store)
         app = make_app(config, store)
         try:
             server = waitress.create_server(app, host=host, port=port, ident="series")

@@ -23,10 +23,19 @@ STATUSES = ("active", "unsubscribed", "bounced", "complained")  # as in store.sc
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def _store(state: State) -> Store:
+def _store(state: State, *, content_free: bool = False) -> Store:
+    """The state database, migrated. ``content_free``: for commands that touch no delivery
+    history and must always work (see open_store); a refused upgrade is a warning then."""
     from .store import open_store
 
-    return open_store(state.config.root)
+    store = open_store(state.config.root, content_free=content_free)
+    warn_upgrade_refused(store)
+    return store
+
+
+def warn_upgrade_refused(store: Store) -> None:
+    if store.upgrade_refused is not None:
+        click.echo(f"Warning: {store.upgrade_refused}", err=True)
 
 
 def _now() -> datetime:
@@ -187,7 +196,7 @@ def unsubscribe_command(state: State, email: str, series: str | None) -> None:
     """
     from .subscribers import unsubscribe
 
-    with _store(state) as store:
+    with _store(state, content_free=True) as store:
         click.echo(unsubscribe(store, email, now=_now(), series=series))
 
 
@@ -205,7 +214,7 @@ def sync_command(state: State, provider_name: str | None) -> None:
     config = state.config
     provider = get_provider(provider_name or config.provider, config)
     try:
-        with _store(state) as store:
+        with _store(state, content_free=True) as store:
             report = sync_suppressions(store, provider, now=_now())
     finally:
         provider.close()
@@ -222,7 +231,7 @@ def remove_command(state: State, email: str) -> None:
     """
     from .subscribers import remove
 
-    with _store(state) as store:
+    with _store(state, content_free=True) as store:
         click.echo(remove(store, email, now=_now()))
 
 

@@ -379,4 +379,4 @@ def app_from_environment() -> UnsubscribeApp:
     from .config import find_workspace, load_config
 
     config = load_config(find_workspace(os.environ.get(WORKSPACE_ENV)))
-    return make_app(config, open_store(config.root))
+    return make_app(config, open_store(config.root, content_free=True))

@@ -16,6 +16,7 @@ from pipeline.store import open_store
 from pipeline.store.schema import subscribers
 
 from .conftest import FIXTURES
+from .databases import database_at_0004
 from .helpers import run
 
 NO_SERIES = "in no series, who will be sent nothing (give a series column or --series S)"
@@ -474,3 +475,41 @@ def test_mangled_csv_never_a_traceback(
         assert code == 0 or err
 
     check()
+
+
+WIP_DRAFT = "---\ntitle: Work in progress\npart: 9\ndraft: true\n---\n"  # no body yet
+
+
+@pytest.mark.parametrize(
+    "command", [("unsubscribe", "ann@example.com"), ("remove", "bo@example.com")]
+)
+def test_unsubscribe_and_remove_work_on_an_old_database_with_a_broken_draft(
+    example_copy: Path, command: tuple[str, str]
+) -> None:
+    """On a 0004 database, an error in a draft nobody received stops neither unsubscribe
+    nor erasure (nor the upgrade)."""
+    database_at_0004(f"sqlite:///{example_copy / 'subscribers' / 'state.db'}")
+    (example_copy / "series" / "attachment" / "09-wip.md").write_text(WIP_DRAFT, encoding="utf-8")
+    code, out, _ = run(example_copy, "check")
+    assert code == 1 and "09-wip.md" in out
+
+    code, out, err = run(example_copy, "subscribers", *command)
+
+    assert (code, err) == (0, ""), out + err
+
+
+def test_unsubscribe_works_where_the_upgrade_is_refused(example_copy: Path) -> None:
+    """When a recorded part's article is broken, unsubscribe still works: the database
+    stays at 0004 and one warning says why."""
+    database_at_0004(f"sqlite:///{example_copy / 'subscribers' / 'state.db'}")
+    secure = example_copy / "series" / "attachment" / "02-secure.md"
+    secure.write_text(secure.read_text().replace("title:", "titel:", 1), encoding="utf-8")
+
+    code, out, err = run(example_copy, "subscribers", "unsubscribe", "ann@example.com")
+
+    assert code == 0, out + err
+    assert err.startswith(
+        "Warning: cannot upgrade the database to schema 0005 while series 'attachment' has "
+        "content errors (series/attachment/02-secure.md:"
+    )
+    assert run(example_copy, "subscribers", "list")[0] == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,8 +39,10 @@ from pipeline.subscribers import (
 
 from .conftest import FIXTURES
 from .databases import database_at_0004
+from .helpers import run
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+NOW_ISO = "2026-12-20T10:00:00+00:00"
 CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5), "boundaries": (1, 2, 3)})
 ZONE = UTC
 
@@ -500,3 +504,70 @@ def test_concurrent_first_use_migrates_once(database_url: str, tmp_path: Path) -
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
         # Each of the two generated keys exactly once.
         assert conn.execute(sa.text("SELECT count(*) FROM settings")).scalar() == 2
+
+
+def test_migration_0005_refuses_a_workspace_without_the_series(
+    example_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened from a folder with the configuration but not the series (where `series
+    serve` runs), a shared 0004 database is left at 0004 with one line naming the series
+    and what to run; from the workspace it then upgrades, and nobody gets part 1 again."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    database_at_0004(url)  # ann had parts 1 and 2, bo part 1 (and a part 7)
+    web = tmp_path / "web"
+    web.mkdir()
+    shutil.copy(example_copy / "pyproject.toml", web / "pyproject.toml")
+    shutil.copytree(example_copy / "templates", web / "templates")
+    monkeypatch.setenv("SERIES_DATABASE_URL", url)
+
+    code, out, err = run(web, "subscribers", "list")
+    assert code == 1, out + err
+    assert err == (
+        "Error: cannot upgrade the database to schema 0005 from here: series 'attachment' has "
+        f"recorded deliveries and no series/attachment/ folder in {web}; run `series db "
+        "upgrade` in the workspace that holds the series (the upgrade matches each recorded "
+        "part to its article there)\n"
+    )
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
+        assert "article" not in {c["name"] for c in sa.inspect(conn).get_columns("deliveries")}
+    engine.dispose()
+
+    assert run(example_copy, "db", "upgrade")[0] == 0
+    code, out, err = run(example_copy, "send", "--dry-run", "--format", "json", "--now", NOW_ISO)
+    assert code == 0, out + err
+    again = [
+        (row["email"], row["part"])
+        for row in json.loads(out)
+        if row["email"] in ("ann@example.com", "bo@example.com") and row["part"] == 1
+    ]
+    assert again == []
+
+
+def test_migration_0005_ignores_errors_in_parts_nobody_received(
+    database_url: str, example_copy: Path
+) -> None:
+    """An error in an article whose part number nobody received (an empty new draft)
+    cannot change the mapping: the upgrade goes ahead."""
+    database_at_0004(database_url)
+    draft = example_copy / "series" / "attachment" / "09-wip.md"
+    draft.write_text("---\ntitle: Work in progress\npart: 9\ndraft: true\n---\n", encoding="utf-8")
+    with open_store(example_copy, database_url) as store, store.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0005"
+
+
+def test_content_free_open_stays_at_0004_when_the_mapping_is_refused(
+    database_url: str, tmp_path: Path
+) -> None:
+    """What touches no delivery history (unsubscribe, erasure, the unsubscribe pages)
+    opens a database 0005 cannot map from here at 0004, saying why, instead of failing."""
+    database_at_0004(database_url)
+    with open_store(tmp_path, database_url, content_free=True) as store:
+        assert store.upgrade_refused is not None
+        assert "series 'attachment' has recorded deliveries" in store.upgrade_refused
+        unsubscribe(store, "ann@example.com", now=NOW)
+        with store.connect() as conn:
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
+    with pytest.raises(SeriesError, match="series 'attachment' has recorded deliveries"):
+        open_store(tmp_path, database_url)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ..errors import SeriesError
 from . import schema
-from .migrate import upgrade
+from .migrate import BEFORE_ARTICLES, MappingRefused, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class Store:
         self.engine = engine
         self.url = url
         self._hash_key: bytes | None = None
+        # Why the schema was left before 0005 (open_store's ``content_free``), if it was.
+        self.upgrade_refused: str | None = None
 
     @property
     def display_url(self) -> str:
@@ -137,16 +139,28 @@ def state_exists(workspace: Path, url: str | None = None) -> bool:
     return Path(parsed.database).is_file()
 
 
-def open_store(workspace: Path, url: str | None = None, *, migrate: bool = True) -> Store:
+def open_store(
+    workspace: Path, url: str | None = None, *, migrate: bool = True, content_free: bool = False
+) -> Store:
     """Connect, and bring the schema up to date unless ``migrate`` is false (a migration
-    may read the workspace's content: 0005 matches recorded parts to its articles)."""
+    may read the workspace's content: 0005 matches recorded parts to its articles).
+
+    ``content_free``: for what must always work and touches no delivery history
+    (unsubscribing, erasure, the unsubscribe pages): when 0005 cannot match recorded
+    parts from this workspace, stay at 0004 and say why in ``store.upgrade_refused``."""
     url = url or database_url(workspace)
     engine = _engine(url)
     store = Store(engine, url)
     if migrate:
         try:
             with store._translate():
-                upgrade(engine, workspace=workspace)
+                try:
+                    upgrade(engine, workspace=workspace)
+                except MappingRefused as exc:
+                    if not content_free:
+                        raise
+                    upgrade(engine, BEFORE_ARTICLES, workspace=workspace)
+                    store.upgrade_refused = str(exc)
         except BaseException:
             engine.dispose()
             raise

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ SCRIPT_LOCATION = "pipeline.store:migrations"
 # The newest revision in migrations/versions (a test keeps the two equal). Knowing it
 # up front lets an up-to-date database skip loading Alembic at all.
 HEAD = "0005"
+# The last revision that needs no content (0005 matches recorded parts to articles).
+BEFORE_ARTICLES = "0004"
 
 
 def _alembic_config() -> AlembicConfig:
@@ -46,9 +49,10 @@ def upgrade(
     """Bring the schema to ``target``; returns (revision before, revision after).
 
     ``workspace``: the workspace whose articles migration 0005 matches recorded part
-    numbers to (None: no content; every recorded part gets a placeholder identity).
-    Raises SeriesError for a schema newer than this version, or content 0005 cannot
-    read (see ``current_articles``)."""
+    numbers to (None: no content, so a database with recorded deliveries is refused).
+    Raises SeriesError for a schema newer than this version, and MappingRefused when
+    0005 cannot match recorded parts to this workspace's articles (see
+    ``current_articles``)."""
     if target == "head":
         with engine.connect() as conn:
             if current(conn) == HEAD:
@@ -80,31 +84,76 @@ def upgrade(
         return before, current(conn) or ""
 
 
-def current_articles(workspace: Path | None, wanted: set[str]) -> Mapping[str, Mapping[int, str]]:
-    """For migration 0005: the slug of each part number in the workspace as it is now,
-    for the series in ``wanted`` ({series: {part: slug}}).
+class MappingRefused(SeriesError):
+    """Migration 0005 cannot match recorded part numbers to articles from this workspace:
+    the series is not here, or an article that may be a recorded part does not load."""
 
-    A series whose directory is missing maps nothing (its deliveries keep placeholder
-    identities). A wanted series with content errors raises SeriesError: an article that
-    failed to load would lose its readers' history, and they would receive it again.
+
+# The number an article file name starts with (02-secure.md): for a file that does
+# not load, the part it most likely is.
+FILE_NUMBER = re.compile(r"(?P<number>\d+)-")
+
+
+def current_articles(
+    workspace: Path | None, recorded: Mapping[str, Collection[int]]
+) -> Mapping[str, Mapping[int, str]]:
+    """For migration 0005: the slug of each part number in the workspace as it is now,
+    for the series with recorded deliveries (``recorded``: {series: parts}); returns
+    {series: {part: slug}}.
+
+    Raises MappingRefused rather than guess: a recorded series that is not in this
+    workspace (a folder with only the configuration, where `series serve` runs, would
+    give every delivery a placeholder and the real workspace would start every reader
+    over), or a content error that makes a recorded part's article uncertain (the
+    article failed to load, or its part or slug may be wrong: its readers would receive
+    it again). Errors in articles whose part nobody received (a new draft) do not count.
     """
-    if workspace is None or not wanted:
+    if not recorded:
         return {}
+    if workspace is None or not any(
+        (workspace / name).is_file() for name in ("series.toml", "pyproject.toml")
+    ):
+        raise _not_here(sorted(recorded)[0], "there is no workspace here")
     from ..config import load_config
     from ..content import load_series
 
-    if not any((workspace / name).is_file() for name in ("series.toml", "pyproject.toml")):
-        return {}  # not a workspace: a database used on its own
     config = load_config(workspace)
     series_list, problems = load_series(config)
-    for name in sorted(wanted):
-        prefix = config.rel(config.series_dir / name) + "/"
+    loaded = {s.slug: s for s in series_list}
+    for name in sorted(recorded):
+        directory = config.series_dir / name
+        prefix = config.rel(directory) + "/"
         errors = [p for p in problems if p.is_error and f"{p.path}/".startswith(prefix)]
-        if errors:
-            raise SeriesError(
-                f"cannot upgrade the database to schema {HEAD} while series '{name}' has "
-                f"content errors ({errors[0]}): the upgrade matches each recorded part to the "
-                "article that has that part number now; fix the content (`series check`) "
-                "and run again"
-            )
-    return {s.slug: {a.part: a.slug for a in s.articles} for s in series_list if s.slug in wanted}
+        series = loaded.get(name)
+        if series is None and not errors:
+            raise _not_here(name, f"no {config.rel(directory)}/ folder in {workspace}")
+        parts = set(recorded[name])
+        by_source = {a.source: a for a in series.articles} if series is not None else {}
+        missing = parts - {a.part for a in by_source.values()}
+        for problem in errors:
+            article = by_source.get(problem.path)
+            if article is not None:
+                uncertain = article.part in parts
+            else:  # series.yml, or an article file that did not load: its part is unknown
+                number = FILE_NUMBER.match(Path(problem.path).name)
+                uncertain = (
+                    series is None
+                    or bool(missing)
+                    or (number is not None and int(number["number"]) in parts)
+                )
+            if uncertain:
+                raise MappingRefused(
+                    f"cannot upgrade the database to schema {HEAD} while series '{name}' has "
+                    f"content errors ({problem}): the upgrade matches each recorded part to the "
+                    "article that has that part number now; fix the content (`series check`) "
+                    "and run again"
+                )
+    return {s.slug: {a.part: a.slug for a in s.articles} for s in series_list if s.slug in recorded}
+
+
+def _not_here(series: str, why: str) -> MappingRefused:
+    return MappingRefused(
+        f"cannot upgrade the database to schema {HEAD} from here: series '{series}' has "
+        f"recorded deliveries and {why}; run `series db upgrade` in the workspace that "
+        "holds the series (the upgrade matches each recorded part to its article there)"
+    )

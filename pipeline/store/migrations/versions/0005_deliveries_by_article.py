@@ -5,7 +5,9 @@ Revises: 0004
 
 Each recorded part is matched to the article that has that part number in the
 workspace when this migration runs; a part no article has then keeps a placeholder
-identity, ``part-N``, which `series check` reports. ``part`` stays, as the position
+identity, ``part-N``, which `series check` reports. A series with recorded deliveries
+must be in that workspace and load without errors that could concern a recorded part
+(else MappingRefused, and the database stays at 0004). ``part`` stays, as the position
 the article had when it was sent. Enrollments keep ``start_part``: the position a
 reader enrolled at, which only decides their first article.
 """
@@ -81,15 +83,17 @@ def placeholders(
 
 
 def upgrade() -> None:
-    op.add_column("deliveries", sa.Column("article", sa.String(200)))
     conn = op.get_bind()
     table = _deliveries(unique_on="part")
     pairs = conn.execute(sa.select(table.c.series, table.c.part).distinct())
     recorded = {(series, part) for series, part in pairs}
+    parts: dict[str, set[int]] = {}
+    for series, part in recorded:
+        parts.setdefault(series, set()).add(part)
+    # Before any change: a refusal (MappingRefused) leaves the database at 0004.
+    articles = current_articles(context.config.attributes.get("workspace"), parts)
+    op.add_column("deliveries", sa.Column("article", sa.String(200)))
     if recorded:
-        articles = current_articles(
-            context.config.attributes.get("workspace"), {series for series, _ in recorded}
-        )
         identity = placeholders(recorded, articles)
         # One pass over the table, however many rows: a CASE over the (few) pairs.
         conn.execute(
