@@ -271,10 +271,16 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
                 [(u, _when(u.since, config.timezone)) for u in status.unknown],
             )
         if status.failed:
+            gone = sum(1 for f in status.failed if f.part is None)
+            never = (
+                f" ({gone} of an article no longer in the series: never tried again)"
+                if gone
+                else ""
+            )
             _listing(
                 f"{len(status.failed)} failed delivery(ies): a later run tries each again "
-                f"until it has failed {MAX_ATTEMPTS} times. Fix what the error names; for an "
-                "address series cannot send to, `series subscribers unsubscribe EMAIL`:",
+                f"until it has failed {MAX_ATTEMPTS} times{never}. Fix what the error names; "
+                "for an address series cannot send to, `series subscribers unsubscribe EMAIL`:",
                 "ATTEMPTS",
                 [(f, str(f.attempts)) for f in status.failed],
             )

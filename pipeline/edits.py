@@ -105,7 +105,8 @@ def _gone(series: Series, slug: str, held: Recorded, known: Collection[str]) -> 
         )
     if open_:
         message += (
-            f"; {open_} deliver{'y' if open_ == 1 else 'ies'} of it have an unknown outcome: "
+            f"; {open_} deliver{'y' if open_ == 1 else 'ies'} of it "
+            f"{'has' if open_ == 1 else 'have'} an unknown outcome: "
             f"decide them with `series resolve {series.slug}/{slug} EMAIL`"
         )
     return Problem(series.source, None, message, "warning")
@@ -138,9 +139,10 @@ def _outdated(revision: str, where: str) -> Problem:
     else:
         message = (
             f"the state database is at schema revision {revision} (this version: {HEAD}); "
-            "upgrading it (`series db upgrade`, or the next `series send`) matches each "
-            "delivery to the article that has its part number then, so upgrade before "
-            "renumbering, inserting or renaming parts"
+            "upgrading it (`series db upgrade`, or any command that opens it except `check`, "
+            "`preview`, `test-send` and `send --dry-run`) matches each delivery to the "
+            "article that has its part number then, so upgrade before renumbering, inserting "
+            "or renaming parts"
         )
     return Problem(where, None, message, "warning")
 

@@ -24,7 +24,8 @@ PART_COLUMNS = ("sent", "due now", "held", "scheduled", "waiting", "failed", "un
 @dataclass(frozen=True)
 class Stuck:
     """A delivery a person may want to look at: its outcome is unknown (the provider
-    may or may not have it), or it failed (a later run tries again). ``part`` is the
+    may or may not have it), or it failed (a later run tries again, unless the article is
+    no longer in the series: the planner never proposes it). ``part`` is the
     article's part number today (None: no longer in the series)."""
 
     email: str

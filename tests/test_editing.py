@@ -268,9 +268,10 @@ def test_check_reads_an_old_database_without_changing_it(example_copy: Path) -> 
     lines = check(example_copy)
     assert (
         "subscribers/state.db: warning: the state database is at schema revision 0004 (this "
-        "version: 0005); upgrading it (`series db upgrade`, or the next `series send`) matches "
-        "each delivery to the article that has its part number then, so upgrade before "
-        "renumbering, inserting or renaming parts"
+        "version: 0005); upgrading it (`series db upgrade`, or any command that opens it "
+        "except `check`, `preview`, `test-send` and `send --dry-run`) matches each delivery "
+        "to the article that has its part number then, so upgrade before renumbering, "
+        "inserting or renaming parts"
     ) in lines
     engine = sa.create_engine(f"sqlite:///{database}")
     with engine.connect() as conn:

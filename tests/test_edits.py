@@ -149,3 +149,24 @@ def test_check_reads_a_new_database_without_touching_it(
     with engine.connect() as conn:
         assert not sa.inspect(conn).has_table("alembic_version")
     engine.dispose()
+
+
+def test_gone_article_with_one_unknown_delivery_says_has(store: Store) -> None:
+    """One delivery of unknown outcome of a gone article is counted in the singular."""
+    with store.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                subscriber_id=4,
+                series="attachment",
+                article="old-intro",
+                part=9,
+                state="unknown",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    (problem,) = history_problems(store, [example()])
+    assert problem.message.endswith(
+        "; 1 delivery of it has an unknown outcome: decide them with "
+        "`series resolve attachment/old-intro EMAIL`"
+    )

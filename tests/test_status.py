@@ -143,3 +143,18 @@ def test_an_article_gone_since_is_listed_apart_and_resolved_by_slug(unknown: Pat
         f"attachment/attachment-theory to {ANN}: marked sent (it will not be sent again)\n",
     )
     assert state_of(unknown, ANN, 1) == "sent"
+
+
+def test_failed_deliveries_of_a_gone_article_are_never_tried_again(unknown: Path) -> None:
+    """Status does not promise a retry the planner never makes: a failed delivery of an
+    article no longer in the series is said never to be tried again."""
+    run(unknown, "resolve", "attachment/1", ANN, "--not-sent")
+    (unknown / "series" / "attachment" / "01-attachment-theory.md").unlink()
+
+    code, out, _ = run(unknown, "status", "--now", MONDAY.isoformat())
+
+    assert code == 0
+    assert (
+        "1 failed delivery(ies): a later run tries each again until it has failed 8 times "
+        "(1 of an article no longer in the series: never tried again)."
+    ) in out
