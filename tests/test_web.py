@@ -38,6 +38,7 @@ from pipeline.tokens import SECRET_ENV, TEST_SUBSCRIBER, Signer
 from pipeline.web import UnsubscribeApp, app_from_environment, make_app
 
 from .conftest import FIXTURES, BuildWorkspace
+from .databases import database_at_0004
 
 CREATED = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 ISSUED = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
@@ -502,6 +503,30 @@ def test_app_from_environment_serves_the_workspace(
             assert get(f"{url}/healthz").status_code == 200
             page = get(site.link(ann, "other").replace(site.url, url))
             assert "<h1>Unsubscribe from Another Story?</h1>" in page.text
+    finally:
+        app.store.close()
+
+
+def test_app_from_environment_serves_an_old_database_from_a_config_only_folder(
+    example_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unsubscribe pages, deployed with the configuration only, start on a shared
+    database at 0004 that they cannot upgrade: it stays at 0004 and they serve."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    database_at_0004(url)
+    web = tmp_path / "web"
+    web.mkdir()
+    shutil.copy(example_copy / "pyproject.toml", web / "pyproject.toml")
+    shutil.copytree(example_copy / "templates", web / "templates")
+    monkeypatch.setenv("SERIES_DATABASE_URL", url)
+    monkeypatch.setenv("SERIES_WORKSPACE", str(web))
+    app = app_from_environment()
+    try:
+        with app.store.connect() as conn:
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
+        assert "series 'attachment' has recorded deliveries" in (app.store.upgrade_refused or "")
+        with serving(app) as served:
+            assert get(f"{served}/healthz").status_code == 200
     finally:
         app.store.close()
 
