@@ -351,3 +351,39 @@ def test_template_error_in_a_later_starting_readers_email_stops_everything(
     assert code == 1
     assert "missing_variable" in err
     assert not (enrolled / "outbox").exists()
+
+
+def _broken_unsubscribe_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the configuration carry an unsubscribe URL no header can hold, as a value
+    `series check` does not catch would."""
+    import dataclasses
+
+    import pipeline.cli
+
+    real = pipeline.cli.load_config
+
+    def load(root: Path) -> object:
+        config = real(root)
+        return dataclasses.replace(config, unsubscribe_url=config.unsubscribe_url + "\r\n")
+
+    monkeypatch.setattr(pipeline.cli, "load_config", load)
+
+
+def test_a_problem_of_every_reader_stops_the_run_and_marks_nobody(
+    enrolled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message no reader's can be built from stops the run; fixed, everyone goes on."""
+    with monkeypatch.context() as patch:
+        _broken_unsubscribe_url(patch)
+        for hours in (0, 1, 2, 4, 8, 16, 32, 48):
+            code, out, err = send(enrolled, MONDAY + timedelta(hours=hours))
+            assert code == 1, out + err
+        assert err == (
+            "Error: attachment/1 (attachment-theory) cannot be sent to anyone: the "
+            "List-Unsubscribe header cannot be written: it contains a line break (U+000D); "
+            "nothing was sent (fix it, then run again)\n"
+        )
+    assert received(enrolled) == {}
+
+    code, out, err = send(enrolled, MONDAY + timedelta(days=3))
+    assert out.startswith("sent 6,"), out + err

@@ -21,6 +21,7 @@ from ..headers import (
     ascii_email,
     clean_name,
     encode_text,
+    format_address,
     header_line,
     list_unsubscribe,
     one_line,
@@ -206,6 +207,8 @@ def _on_the_wire(message: Message) -> Message:
     header_line("From", sender.formatted())
     header_line("To", to.formatted())
     header_line("Subject", encode_text(message.subject))
+    if reply_to:
+        header_line("Reply-To", format_address(reply_to))
     for name, value in headers.items():
         header_line(name, value)
     return replace(

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 from ..config import Address, Config
 from ..content import Series
+from ..errors import SeriesError
 from ..plan import Step
 from ..providers import Merge, Message, Provider
-from ..store import ledger
+from ..store import StoreError, ledger
 from ..store.ledger import Claim, Due
 
 if TYPE_CHECKING:
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 
 # (series slug, article slug, slugs of the series' articles the reader has received)
 Variant = tuple[str, str, frozenset[str]]
+# A reader with nothing unusual about them. When their message cannot be built either,
+# the problem is not any one reader's (the configuration, the sender, a template): it
+# must stop the run, not be counted as a failure of every reader.
+PROBE = Address("reader@example.com", "")
+PROBE_TOKEN = "AQEAAABkAAAAAA.c2lnbmF0dXJlLW9mLWEtcHJvYmU"  # shaped like tokens.Signer's
 
 
 class Composer:
@@ -38,6 +44,8 @@ class Composer:
         self.renderer: Renderer | None = None
         self.compiled: dict[Variant, CompiledEmail] = {}
         self._slugs: dict[str, frozenset[str]] = {}  # series slug → its article slugs
+        self._series: dict[str, Series] = {}
+        self._problems: dict[Variant, str | None] = {}  # what the probe reader's build said
 
     def prepare(
         self, series_list: Sequence[Series], due: Iterable[tuple[Series, Due, Step]] = ()
@@ -45,10 +53,12 @@ class Composer:
         """Render before anything is sent, so that a broken template in part 5 stops the
         run before part 1 reaches anyone: every article that can go out, for each part
         readers started at (in-order histories), and the variant of each ``due``
-        delivery. Raises RenderError."""
+        delivery. Raises RenderError, or SeriesError when a message cannot be built
+        for any reader (see ``refuse_unbuildable``)."""
         from ..render import Renderer  # only now: a quiet run never needs it
 
         run = self.run
+        self._series.update((s.slug, s) for s in series_list)
         if self.renderer is None:
             self.renderer = Renderer(run.config, now=run.options.now)
             with run.store.connect() as conn:
@@ -57,9 +67,53 @@ class Composer:
         self.prepare_due(due)
 
     def prepare_due(self, due: Iterable[tuple[Series, Due, Step]]) -> None:
-        """Compile the variants these due deliveries need that are not compiled yet."""
+        """Compile the variants these due deliveries need that are not compiled yet, and
+        stop (SeriesError) when one of them cannot be built for any reader."""
         for series, item, _ in due:
+            self._series[series.slug] = series
             self._compiled(series, item.article, item.enrollment.received())
+        self.refuse_unbuildable()
+
+    def refuse_unbuildable(self) -> None:
+        """Raise SeriesError when a compiled email cannot be made into a message even for
+        an ordinary reader (``PROBE``): an unsubscribe URL or a sender no header can
+        carry, a subject that cannot be written. Such a problem is everyone's, so the
+        run stops before anything is claimed; only what a reader's own name or address
+        breaks fails that reader's delivery."""
+        for key, compiled in list(self.compiled.items()):
+            if key not in self._problems:
+                self._problems[key] = self._probe(key)
+            problem = self._problems[key]
+            if problem is not None:
+                raise SeriesError(
+                    f"{key[0]}/{compiled.part} ({key[1]}) cannot be sent to anyone: "
+                    f"{problem}; nothing was sent (fix it, then run again)"
+                )
+
+    def _probe(self, key: Variant) -> str | None:
+        """Why the message of variant ``key`` cannot be built for ``PROBE``, or None."""
+        from ..providers.base import sendable
+
+        run = self.run
+        try:
+            message = personal_message(
+                run.config,
+                run.provider,
+                self.compiled[key],
+                key="probe",
+                sender=self._series[key[0]].sender,
+                to=PROBE,
+                tag="probe",
+                token=lambda: PROBE_TOKEN,
+            )
+            _, refused = sendable([message])
+        except StoreError:
+            raise
+        except Exception as exc:
+            return first_line(exc)
+        if refused:
+            return (refused[0].error or "").removeprefix("not sent: ")
+        return None
 
     def variant(self, series: Series, article: str, received: Collection[str]) -> Variant:
         """The compiled email a reader with history ``received`` gets for ``article``
@@ -186,3 +240,8 @@ def personal_message(
             {"name": to.name or config.default_name, "email": to.email, "unsubscribe_url": url},
         ),
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line of a report: its first line, else its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -9,9 +9,10 @@ and another run may have taken the delivery over) means the request is not sent 
 all. In the same moment each reader's send window is checked with the run's moving
 clock: a reader whose window has closed is given back for its next opening, however
 the run got there (a long run, a slow rate limit, a backoff). Building one reader's
-message can fail (whatever the reason: a template that breaks on one reader's data):
-that delivery alone is failed, as an adapter fails a message no header can carry
-(`providers.base.sendable`).
+message can fail (a template that breaks on one reader's data, an address no header
+can carry): that delivery alone is failed, as an adapter fails such a message
+(`providers.base.sendable`). What fails for every reader (a configured URL or sender)
+never gets here: `Composer.refuse_unbuildable` stops the run before any claim.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..plan import Enrollment, LedgerEntry, Step, next_step, window_opening
 from ..providers import Message, ProviderError, SendResult
 from ..store import StoreError, ledger
 from ..store.ledger import Claim, Due
+from .compose import first_line as one_line
 from .planning import Bookmark, bookmark
 from .run import Run
 
@@ -196,11 +198,6 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
     if unbuilt:
         _record(run, series, [c for c, _ in unbuilt], [r for _, r in unbuilt])
     return batch
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line of a report: its first line, else its type's name."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _held(run: Run, series: Series, enrollment: Enrollment, opening: datetime) -> Bookmark:
