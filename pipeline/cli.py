@@ -218,25 +218,43 @@ def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
 
 
 @cli.command(name="resolve")
-@click.argument("target", metavar="SERIES/PART|SERIES/ARTICLE")
-@click.argument("email")
+@click.argument("target", metavar="SERIES[/PART|/ARTICLE]")
+@click.argument("email", required=False)
 @click.option(
     "--sent/--not-sent",
     "sent",
-    required=True,
     default=None,
     help="The reader has it (never send it again), or does not (a later run sends it).",
 )
+@click.option(
+    "--retry",
+    is_flag=True,
+    help="Try failed deliveries again, also those that gave up: one (SERIES/PART EMAIL), "
+    "a part's (SERIES/PART) or a whole series' (SERIES).",
+)
 @now_option
 @click.pass_obj
-def resolve_cmd(state: State, target: str, email: str, sent: bool, now: datetime | None) -> None:
-    """Decide a delivery whose outcome is unknown, after checking the provider's log.
+def resolve_cmd(
+    state: State,
+    target: str,
+    email: str | None,
+    sent: bool | None,
+    retry: bool,
+    now: datetime | None,
+) -> None:
+    """Decide a delivery whose outcome is unknown, after checking the provider's log;
+    or, with --retry, send failed deliveries again once their cause is fixed.
     Name the article by part number or by slug (also one no longer in the series).
 
     Example: series resolve attachment/2 ann@example.com --sent
     """
     resolve_command(
-        state, target=target, email=email, sent=sent, now=resolve_now(state.config, now)
+        state,
+        target=target,
+        email=email,
+        sent=sent,
+        retry=retry,
+        now=resolve_now(state.config, now),
     )
 
 

@@ -279,8 +279,9 @@ def status_command(state: State, *, now: datetime, series: str | None) -> None:
             )
             _listing(
                 f"{len(status.failed)} failed delivery(ies): a later run tries each again "
-                f"until it has failed {MAX_ATTEMPTS} times{never}. Fix what the error names; "
-                "for an address series cannot send to, `series subscribers unsubscribe EMAIL`:",
+                f"until it has failed {MAX_ATTEMPTS} times{never}. Fix what the error names, "
+                f"then `series resolve {status.series.slug} --retry` sends them again; for an "
+                "address series cannot send to, `series subscribers unsubscribe EMAIL`:",
                 "ATTEMPTS",
                 [(f, str(f.attempts)) for f in status.failed],
             )
@@ -307,25 +308,60 @@ def _listing(intro: str, column: str, rows: list[tuple[Stuck, str]]) -> None:
     )
 
 
-def resolve_command(state: State, *, target: str, email: str, sent: bool, now: datetime) -> None:
+def resolve_command(
+    state: State,
+    *,
+    target: str,
+    email: str | None,
+    sent: bool | None,
+    retry: bool = False,
+    now: datetime,
+) -> None:
     from .status import settle_unknown
     from .store import open_store
     from .subscribers import normalise_email
 
+    if retry == (sent is not None):
+        raise SeriesError("say what to do: --sent, --not-sent or --retry")
     slug, _, ref = target.partition("/")
-    if not slug or not ref:
+    if not slug or (not ref and (not retry or email is not None)):
         raise SeriesError(
             f"name the delivery as SERIES/PART or SERIES/ARTICLE, e.g. {slug or 'attachment'}/2"
         )
-    try:
-        address = normalise_email(email)
-    except ValueError as exc:
-        raise SeriesError(str(exc)) from None
-    article = _article_of(state, slug, ref)
+    if email is None and not retry:
+        raise SeriesError("name the reader: series resolve SERIES/PART EMAIL --sent")
+    address = None
+    if email is not None:
+        try:
+            address = normalise_email(email)
+        except ValueError as exc:
+            raise SeriesError(str(exc)) from None
+    article = _article_of(state, slug, ref) if ref else None
     with open_store(state.config.root) as store:
-        settle_unknown(store, slug, article, address, sent=sent, now=now, label=ref)
+        if retry:
+            count = _retry(store, slug, article, address, now=now)
+            whom = f" to {address}" if address else ""
+            click.echo(
+                f"{target}{whom}: {count} failed delivery(ies) will be tried again by the next run"
+            )
+            return
+        assert article is not None and address is not None
+        settle_unknown(store, slug, article, address, sent=sent is True, now=now, label=ref)
     what = "sent (it will not be sent again)" if sent else "not sent (a later run sends it)"
     click.echo(f"{slug}/{ref} to {address}: marked {what}")
+
+
+def _retry(
+    store: Store, series: str, article: str | None, email: str | None, *, now: datetime
+) -> int:
+    """Give failed deliveries a fresh count of attempts; SeriesError when there are none."""
+    from .store import ledger
+
+    with store.begin() as conn:
+        count = ledger.retry_failed(conn, series, article=article, email=email, now=now)
+    if not count:
+        raise SeriesError("no failed delivery there: nothing to retry (`series status` lists them)")
+    return count
 
 
 def _article_of(state: State, series: str, ref: str) -> str:

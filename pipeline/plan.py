@@ -246,8 +246,9 @@ def _step_for(
                 part,
                 article=slug,
             )
-        retry_at = entry.updated_at + min(FIRST_RETRY * 2 ** (entry.attempts - 1), LONGEST_RETRY)
-        base = max(base, retry_at)
+        if entry.attempts:  # 0: retried by hand (`series resolve --retry`), so at once
+            retry = min(FIRST_RETRY * 2 ** (entry.attempts - 1), LONGEST_RETRY)
+            base = max(base, entry.updated_at + retry)
         attempt = entry.attempts + 1
         reason = f"retry after a failed attempt (attempt {attempt} of {MAX_ATTEMPTS})"
     due = into_window(base, series.send_window, zone)

@@ -158,3 +158,25 @@ def test_failed_deliveries_of_a_gone_article_are_never_tried_again(unknown: Path
         "1 failed delivery(ies): a later run tries each again until it has failed 8 times "
         "(1 of an article no longer in the series: never tried again)."
     ) in out
+
+
+def test_resolve_retry_sends_again_deliveries_that_gave_up(
+    unknown: Path, postmark: FakePostmark
+) -> None:
+    """--retry: failed deliveries that gave up are sent by the next run, and only then."""
+    with open_store(unknown) as store, store.begin() as conn:
+        conn.execute(deliveries.update().values(state="failed", attempts=8, last_error="boom"))
+    later = (MONDAY + timedelta(days=1)).isoformat()
+    assert run(unknown, "send", "--now", later)[1].startswith("sent 0,")
+
+    code, out, err = run(unknown, "resolve", "attachment", "--retry", "--now", later)
+
+    assert (code, err) == (0, "")
+    assert out == "attachment: 6 failed delivery(ies) will be tried again by the next run\n"
+    with open_store(unknown) as store, store.connect() as conn:
+        errors = set(conn.scalars(sa.select(deliveries.c.last_error)))
+    assert errors == {"retried by hand after: boom"}
+    assert run(unknown, "send", "--now", later)[1].startswith("sent 6,")
+    assert run(unknown, "resolve", "attachment/1", ANN, "--retry")[2] == (
+        "Error: no failed delivery there: nothing to retry (`series status` lists them)\n"
+    )

@@ -658,6 +658,40 @@ def decide_unknown(
     replan_deliveries(conn, [delivery_id])
 
 
+def retry_failed(
+    conn: Connection,
+    series: str,
+    *,
+    article: str | None = None,
+    email: str | None = None,
+    now: datetime,
+) -> int:
+    """Failed deliveries of ``series`` (of one article, to one address) get a fresh
+    count of attempts, so that the next run tries each again at once, also one that
+    gave up (a person fixed the cause). Their last error is kept, marked as retried by
+    hand. Returns how many."""
+    where = [deliveries.c.series == series, deliveries.c.state == "failed"]
+    if article is not None:
+        where.append(deliveries.c.article == article)
+    if email is not None:
+        who = sa.select(subscribers.c.id).where(subscribers.c.email == email)
+        where.append(deliveries.c.subscriber_id.in_(who.scalar_subquery()))
+    ids = list(conn.scalars(sa.select(deliveries.c.id).where(*where)))
+    if ids:
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_(ids))
+            .values(
+                attempts=0,
+                updated_at=now,
+                last_error="retried by hand after: "
+                + sa.func.coalesce(deliveries.c.last_error, ""),
+            )
+        )
+        replan_deliveries(conn, ids)
+    return len(ids)
+
+
 def replan_deliveries(conn: Connection, delivery_ids: Sequence[int]) -> None:
     """The enrollments these deliveries belong to have a new next step: plan them
     afresh on the next run."""
