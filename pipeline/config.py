@@ -367,6 +367,9 @@ class _Validator:
             raise self.fail(
                 "site_url", f"'site_url' must be an absolute http(s) URL, got {quote(site_url)}"
             )
+        problem = url_problem(site_url)
+        if problem is not None:
+            raise self.fail("site_url", f"'site_url' {problem}")
         return str(site_url).rstrip("/")
 
     def sender(self, data: Mapping[str, Any]) -> Address:
@@ -501,6 +504,9 @@ class _Validator:
                 "'unsubscribe_url' must be an https:// URL containing {token}, "
                 f"got {quote(template)}",
             )
+        problem = url_problem(example)
+        if problem is not None:
+            raise self.fail("unsubscribe_url", f"'unsubscribe_url' {problem}")
         return str(template)
 
     def email(self, value: str, where: str) -> str:
@@ -642,6 +648,26 @@ def _clock(value: Any, where: str, fail: Callable[[str, str], Exception]) -> tim
             raise fail(where, f"'{where}' must be at most \"24:00\", got {quote(value)}")
         return time(23, 59, 59)
     return time(hour, minute)
+
+
+# What RFC 3986 never allows in a URI, percent-encoded or not: it would end a
+# List-Unsubscribe's <…>, add a second URI, or fold the header inside the URI.
+_NOT_IN_URI = re.compile(r'[\s<>"{}|\\^`\x00-\x1f\x7f-\x9f\u2028\u2029]')
+
+
+def url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be written as one URI in a header or a link (a space, a
+    control character, or a character such as ``<`` or ``"`` that RFC 3986 leaves out
+    of URIs), or None. Other non-ASCII characters are fine: they are percent-encoded
+    (or the host made ASCII) when the URL is written."""
+    found = _NOT_IN_URI.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char != " " and (char.isspace() or not char.isprintable()):
+        return f"contains a control character or line break (U+{ord(char):04X}); remove it"
+    what = "a space" if char == " " else f"'{char}'"
+    return f"contains {what}, which a URL cannot hold; percent-encode it (%{ord(char):02X})"
 
 
 def is_web_url(value: str) -> bool:

@@ -169,3 +169,40 @@ def test_provider_settings_are_read(tmp_path: Path) -> None:
     )
     assert (config.sendgrid_region, config.sendgrid_batch_size) == ("eu", 250)
     assert config.unsubscribe_url == "https://blog.example/u/{token}"
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (
+            'site_url = "https://blog.example/my site"',
+            "series.toml:1: 'site_url' contains a space, which a URL cannot hold; "
+            "percent-encode it (%20)",
+        ),
+        (
+            'site_url = "https://blog.example/>,<mailto:evil@evil.example"',
+            "series.toml:1: 'site_url' contains '>', which a URL cannot hold; "
+            "percent-encode it (%3E)",
+        ),
+        (
+            'site_url = "https://blog.example/\\r\\nBcc: x@evil.example"',
+            "series.toml:1: 'site_url' contains a control character or line break "
+            "(U+000D); remove it",
+        ),
+        (
+            'site_url = "https://blog.example"\nunsubscribe_url = "https://blog.example/u/{token}\\""',
+            "series.toml:2: 'unsubscribe_url' contains '\"', which a URL cannot hold; "
+            "percent-encode it (%22)",
+        ),
+    ],
+)
+def test_urls_that_cannot_be_one_uri_are_refused(
+    tmp_path: Path, setting: str, expected: str
+) -> None:
+    """A space, a control character or <>" in a configured URL is refused with its line."""
+    (tmp_path / "series.toml").write_text(
+        setting + '\nfrom = { email = "a@blog.example" }\n', encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == expected
