@@ -163,3 +163,24 @@ def test_killing_the_parent_leaves_no_worker_sending(
     assert len(slow_postmark.accepted) == sent < 80
     finish(root, slow_postmark, MONDAY + timedelta(minutes=20))
     assert per_reader(slow_postmark) == {f"r{i:03d}@example.com": 1 for i in range(80)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_workers_alone_is_reported_as_a_stop(
+    example_copy: Path, slow_postmark: FakePostmark
+) -> None:
+    """Workers stopped by SIGTERM (not the parent): exit 1 and a "stopped by" line."""
+    root = workspace(example_copy, readers=60, workers=2)
+    process = start(root, slow_postmark, MONDAY)
+    wait_for_batches(slow_postmark, 2, process)
+    workers = children_of(process.pid)
+    assert len(workers) == 2
+
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+
+    assert sum(per_reader(slow_postmark).values()) < 60  # the workers did stop early
+    assert process.returncode == 1, (out, err)
+    assert "stopped by SIGTERM after " in err, err
+    assert "the rest are sent by the next run" in err

@@ -159,6 +159,9 @@ def _worker(
         gc.freeze()
         if not run.stopped():
             deliver(run, due)
+        # A SIGTERM to this worker alone stops it too: the report says so, and the
+        # parent reports the run as stopped (exit 1), not as an ordinary one.
+        run.stopped()
         if os.getppid() != parent:
             # Nobody is left to read what this worker did: exit without waiting to say it.
             events.cancel_join_thread()
