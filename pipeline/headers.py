@@ -172,10 +172,10 @@ def recipient_name(name: str) -> str:
     """A name for a provider's separate name field that the provider may write into
     the To header unquoted (SendGrid's ``personalizations[].to[].name``: a comma or a
     semicolon there is documented to break the address). Words of letters, digits and
-    RFC 5322 atext go as they are, so nobody sees quotes; anything else goes as
-    ``display_name``'s quoted or encoded phrase."""
+    RFC 5322 atext go as they are, so nobody sees quotes; anything else (also a word
+    too long to fold) goes as ``display_name``'s quoted or encoded phrase."""
     text = clean_name(name)
-    if _WORDS.fullmatch(text) and "=?" not in text:
+    if _WORDS.fullmatch(text) and "=?" not in text and _words_fit(text):
         return text
     return display_name(text)
 

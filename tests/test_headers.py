@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.errors import MessageBuildError
 from pipeline.headers import (
+    MAX_LINE,
     ascii_email,
     display_name,
     encode_text,
@@ -180,3 +181,10 @@ def test_list_unsubscribe_uris_are_made_ascii() -> None:
 def test_line_problem_says_why_a_field_is_not_one_line(text: str, problem: str | None) -> None:
     """The check behind `series check`'s subject, title and name errors."""
     assert line_problem(text) == problem
+
+
+def test_recipient_name_keeps_every_word_foldable() -> None:
+    """A name of one 2,000-letter word is encoded, so a To line can still be folded."""
+    name = recipient_name("X" * 2000)
+    assert max(len(word) for word in name.split(" ")) < MAX_LINE - len("To: ")
+    assert str(make_header(decode_header(name))) == "X" * 2000

@@ -790,3 +790,26 @@ def test_provider_managed_unsubscribes_end_to_end(example: Path, sendgrid: FakeS
         link = copy.headers["List-Unsubscribe"].strip("<>")
         assert link.startswith(UNSUBSCRIBE_BASE) and link in copy.html
         assert "steadyground.example/u/" not in copy.html
+
+
+@pytest.mark.parametrize(
+    ("name", "sent"),
+    [
+        (
+            "=?utf-8?q?Maya=2C_attacker=40evil=2Eexample?=",
+            "=?utf-8?b?PT91dGYtOD9xP01heWE9MkNfYXR0YWNrZXI9NDBldmlsPTJFZXhhbXBsZT89?=",
+        ),
+        ("Smith, Maya; Coach", '"Smith, Maya; Coach"'),
+        ("Demo Editor", "Demo Editor"),
+    ],
+)
+def test_from_name_is_one_phrase(
+    fake: FakeSendGrid, provider: SendGridProvider, name: str, sent: str
+) -> None:
+    """The sender's name goes as one phrase, like the readers' names: quoted or encoded."""
+    from dataclasses import replace
+
+    provider.send([replace(message(), sender=Address(SENDER.email, name))], batch_key="b")
+
+    [request] = fake.requests
+    assert request.json["from"] == {"email": SENDER.email, "name": sent}

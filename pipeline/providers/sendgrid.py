@@ -190,7 +190,8 @@ class SendGridProvider(Provider):
             html, text = first.html, first.text
         payload: dict[str, Any] = {
             "personalizations": [self._personalization(m) for m in messages],
-            "from": _address(first.sender.email, first.sender.name),
+            # SendGrid writes the name into From as given: one phrase, as for `to`.
+            "from": _address(first.sender.email, recipient_name(first.sender.name)),
             "subject": first.subject,
             "content": [
                 {"type": "text/plain", "value": text},
