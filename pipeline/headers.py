@@ -19,13 +19,16 @@ JSON or form request. The rules, and the RFCs they follow:
 
 No value written here goes through the email package's header policy: its default
 policy decodes encoded-words found in a value and writes the result back raw, and
-folds a long List-Unsubscribe into encoded-words. (The checks use its RFC 2047
-decoder, to see what a mail program would show.)
+folds a long List-Unsubscribe into encoded-words. (The checks use its decoders, the
+legacy RFC 2047 one and the modern parser that also reads RFC 2231 language tags, to
+see what a mail program would show; an encoded-word in a charset Python does not know
+is refused, since each mail program decodes it its own way.)
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import re
 from functools import lru_cache
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -51,6 +54,8 @@ _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 # Words a phrase may hold unquoted (RFC 5322 §3.2.3 atext, and letters of any script).
 _WORDS = re.compile(r"[\w!#$%&'*+/=?^`{|}~ -]*")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
+# An RFC 2047 encoded-word's charset, without an RFC 2231 language tag (*en).
+_ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?[bBqQ]\?[^?\s]*\?=")
 
 
 def control_character(text: str) -> str | None:
@@ -75,10 +80,34 @@ def line_problem(text: str) -> str | None:
         if found.startswith("a line break"):
             return f"must be one line: it contains {found}"
         return f"contains {found}; remove it"
-    found = control_character(decoded_words(text))
+    if "=?" not in text:
+        return None
+    for charset in _ENCODED_WORD.findall(text):
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            return (
+                f"contains an encoded-word (=?…?=) in an unknown charset ({charset}), which "
+                "mail programs decode each their own way; write the text itself"
+            )
+    found = control_character(decoded_words(text)) or control_character(_modern_decoded(text))
     if found is not None:
         return f"contains an encoded-word (=?…?=) that decodes to {found}; write the text itself"
     return None
+
+
+def _modern_decoded(text: str) -> str:
+    """``text`` as Python's modern header parser (``email.policy.default``) reads it: it
+    also decodes RFC 2231 language tags (``=?utf-8*en?q?…?=``), which the legacy decoder
+    of ``decoded_words`` leaves alone."""
+    import email
+    import email.policy
+
+    try:
+        parsed = email.message_from_string(f"Subject: {text}\n\n", policy=email.policy.default)
+        return str(parsed["Subject"])
+    except Exception:  # a parser that gives up has decoded nothing
+        return text
 
 
 def one_line(text: str) -> str:

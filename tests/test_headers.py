@@ -188,3 +188,22 @@ def test_recipient_name_keeps_every_word_foldable() -> None:
     name = recipient_name("X" * 2000)
     assert max(len(word) for word in name.split(" ")) < MAX_LINE - len("To: ")
     assert str(make_header(decode_header(name))) == "X" * 2000
+
+
+# Encoded-words Python's legacy decoder leaves alone but its modern parser (and mail
+# programs) decode to CR LF and a Bcc line: an RFC 2231 language tag, an unknown charset.
+SNEAKY = [
+    "=?utf-8*en?q?Hi=0D=0ABcc:_attacker@evil.example?=",
+    "=?x-unknown?q?Hi=0D=0ABcc:_attacker@evil.example?=",
+]
+
+
+@pytest.mark.parametrize("subject", SNEAKY)
+def test_line_problem_sees_what_any_decoder_makes_a_line_break(subject: str) -> None:
+    """Encoded-words with a language tag or an unknown charset cannot hide a line break."""
+    import email
+    import email.policy
+
+    parsed = email.message_from_string(f"Subject: {subject}\n\nbody\n", policy=email.policy.default)
+    assert "\r\n" in str(parsed["Subject"])  # the premise
+    assert line_problem(subject) is not None

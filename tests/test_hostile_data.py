@@ -524,3 +524,24 @@ def test_a_workspace_from_name_on_two_lines_is_a_config_error(example_copy: Path
         f"Error: pyproject.toml:{line}: 'from.name' must be one line: it contains a line "
         "break (U+000A)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "=?utf-8*en?q?Hi=0D=0ABcc:_attacker@evil.example?=",
+        "=?x-unknown?q?Hi=0D=0ABcc:_attacker@evil.example?=",
+    ],
+)
+def test_check_refuses_a_subject_whose_encoded_word_hides_a_line_break(
+    example_copy: Path, subject: str
+) -> None:
+    """`series check` refuses such a subject with its line, so it is never sent."""
+    path = example_copy / "series/attachment/01-attachment-theory.md"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("part: 1\n", f'part: 1\nsubject: "{subject}"\n', 1), "utf-8")
+
+    code, out, err = run(example_copy, "check")
+
+    assert code == 1, out + err
+    assert "series/attachment/01-attachment-theory.md:" in out and "'subject'" in out, out
