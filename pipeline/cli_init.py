@@ -16,12 +16,17 @@ if TYPE_CHECKING:
 
 
 def _site_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from .config import is_web_url
+    from .config import is_web_url, url_part_problem, url_problem
 
-    if value is not None and not is_web_url(value):
+    if value is None:
+        return None
+    if not is_web_url(value):
         raise click.BadParameter(
             f"{value!r} is not an http(s) address such as https://myblog.example"
         )
+    problem = url_problem(value) or url_part_problem(value, base=True)
+    if problem is not None:
+        raise click.BadParameter(f"{value!r} {problem}")
     return value
 
 

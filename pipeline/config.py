@@ -367,7 +367,7 @@ class _Validator:
             raise self.fail(
                 "site_url", f"'site_url' must be an absolute http(s) URL, got {quote(site_url)}"
             )
-        problem = url_problem(site_url)
+        problem = url_problem(site_url) or url_part_problem(site_url, base=True)
         if problem is not None:
             raise self.fail("site_url", f"'site_url' {problem}")
         return str(site_url).rstrip("/")
@@ -504,7 +504,7 @@ class _Validator:
                 "'unsubscribe_url' must be an https:// URL containing {token}, "
                 f"got {quote(template)}",
             )
-        problem = url_problem(example)
+        problem = url_problem(example) or url_part_problem(example, base=False)
         if problem is not None:
             raise self.fail("unsubscribe_url", f"'unsubscribe_url' {problem}")
         return str(template)
@@ -668,6 +668,29 @@ def url_problem(value: str) -> str | None:
         return f"contains a control character or line break (U+{ord(char):04X}); remove it"
     what = "a space" if char == " " else f"'{char}'"
     return f"contains {what}, which a URL cannot hold; percent-encode it (%{ord(char):02X})"
+
+
+def url_part_problem(value: str, *, base: bool) -> str | None:
+    """Why ``value`` (an http(s) URL) cannot begin a link series writes, or None: login
+    details or a bad port break every link, and so does a fragment, after which the
+    rest of the link would be lost; a base URL (``base``, to which series adds a path
+    such as /u/TOKEN) cannot have a query either."""
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        return "contains login details (user@ or user:password@); remove them"
+    after_host = parts.netloc.rpartition("]")[2]  # past an IPv6 address's colons
+    if ":" in after_host:
+        port = after_host.rpartition(":")[2]
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+            return f"has an invalid port ({port or 'empty'}); use a number from 1 to 65535"
+    if "#" in value:
+        return "contains a fragment (#…), which would cut off the rest of each link; remove it"
+    if base and "?" in value:
+        return (
+            "contains a query (?…): series adds paths such as /u/TOKEN to it, so it must "
+            "be the bare address; remove it"
+        )
+    return None
 
 
 def is_web_url(value: str) -> bool:

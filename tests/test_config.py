@@ -194,6 +194,40 @@ def test_provider_settings_are_read(tmp_path: Path) -> None:
             "series.toml:2: 'unsubscribe_url' contains '\"', which a URL cannot hold; "
             "percent-encode it (%22)",
         ),
+        (
+            'site_url = "https://myblog.example?x=1"',
+            "series.toml:1: 'site_url' contains a query (?…): series adds paths such as "
+            "/u/TOKEN to it, so it must be the bare address; remove it",
+        ),
+        (
+            'site_url = "https://x.example#frag"',
+            "series.toml:1: 'site_url' contains a fragment (#…), which would cut off the "
+            "rest of each link; remove it",
+        ),
+        (
+            'site_url = "https://user:pw@x.example"',
+            "series.toml:1: 'site_url' contains login details (user@ or user:password@); "
+            "remove them",
+        ),
+        (
+            'site_url = "https://x.example:99999"',
+            "series.toml:1: 'site_url' has an invalid port (99999); use a number from 1 to 65535",
+        ),
+        (
+            'site_url = "https://x.example"\nunsubscribe_url = "https://x.example/u/{token}#top"',
+            "series.toml:2: 'unsubscribe_url' contains a fragment (#…), which would cut off "
+            "the rest of each link; remove it",
+        ),
+        (
+            'site_url = "https://x.example"\nunsubscribe_url = "https://u@x.example/{token}"',
+            "series.toml:2: 'unsubscribe_url' contains login details (user@ or "
+            "user:password@); remove them",
+        ),
+        (
+            'site_url = "https://x.example"\nunsubscribe_url = "https://x.example:0/{token}"',
+            "series.toml:2: 'unsubscribe_url' has an invalid port (0); use a number from 1 "
+            "to 65535",
+        ),
     ],
 )
 def test_urls_that_cannot_be_one_uri_are_refused(

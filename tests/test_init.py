@@ -103,6 +103,11 @@ def test_site_url_and_from_fill_in_the_required_keys(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--site-url", "myblog.example"], "is not an http(s) address"),
+        (["--site-url", "https://myblog.example?x=1"], "contains a query (?…)"),
+        (["--site-url", "https://x.example#frag"], "contains a fragment (#…)"),
+        (["--site-url", "https://user:pw@x.example"], "contains login details"),
+        (["--site-url", "https://x.example:99999"], "has an invalid port (99999)"),
+        (["--site-url", "https://x.example/a b"], "contains a space"),
         (["--from", "Ann <not an address>"], "is not a valid address"),
         (["--templates", "--site-url", "https://a.example"], "are for a new workspace"),
     ],
