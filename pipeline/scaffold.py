@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -74,6 +74,12 @@ def create_workspace(
         "requirement": json.dumps(need.spec),
     }
     files = _skeleton(root)
+    blocked = _files_in_the_way(root, files.values())
+    if blocked:
+        names = ", ".join(_shown(root, p) if p.is_relative_to(root) else str(p) for p in blocked)
+        raise UsageError(
+            f"{names} is a file where series init would make a folder; nothing changed"
+        )
     clashes = [
         t for t in files.values() if t.exists() and not (t.name == GITIGNORE and t.is_file())
     ]
@@ -166,6 +172,20 @@ def _skeleton(root: Path) -> dict[Path, Path]:
         parts[-1] = parts[-1].removesuffix(".tmpl")
         mapping[source] = root.joinpath(*parts)
     return mapping
+
+
+def _files_in_the_way(root: Path, targets: Iterable[Path]) -> list[Path]:
+    """The existing non-folders (files, or links to them) at the place of a folder that
+    some target needs, ``root`` and its parents included."""
+    found: set[Path] = set()
+    for target in targets:
+        for folder in target.parents:
+            if folder.is_dir():
+                break
+            if folder.exists() or folder.is_symlink():
+                found.add(folder)
+                break
+    return sorted(found)
 
 
 def _extend_gitignore(path: Path, wanted: str) -> list[str]:

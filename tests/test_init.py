@@ -195,6 +195,35 @@ def test_init_next_to_existing_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+@pytest.mark.parametrize(
+    ("made", "file", "shown"),
+    [
+        ("blog", "blog/subscribers", "subscribers"),
+        ("blog/.github", "blog/.github/workflows", ".github/workflows"),
+        ("blog", "blog/series", "series"),
+        ("", "blog", "{tmp}/blog"),
+    ],
+)
+def test_a_file_where_a_folder_goes_refuses_and_changes_nothing(
+    tmp_path: Path, made: str, file: str, shown: str
+) -> None:
+    """A file at the place of a folder init would make (subscribers/, .github/workflows/,
+    or the workspace folder itself, `series init afile/sub`) is one error line, exit 1,
+    before anything is written."""
+    (tmp_path / made).mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text("mine\n", encoding="utf-8")
+    before = _tree(tmp_path)
+    code, out, err = run(
+        tmp_path, "init", str(tmp_path / "blog" / "sub" if not made else tmp_path / "blog")
+    )
+    assert (code, out) == (1, "")
+    assert err == (
+        f"Error: {shown.format(tmp=tmp_path)} is a file where series init would make a "
+        "folder; nothing changed\n"
+    )
+    assert _tree(tmp_path) == before
+
+
 def test_gitignore_keeps_personal_data_and_outputs_out_of_git(tmp_path: Path) -> None:
     """git itself ignores the state database (and its -wal/-shm files), the outbox, the
     previews and the compile cache of a new workspace, and nothing init wrote."""
