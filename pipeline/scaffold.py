@@ -67,7 +67,8 @@ def create_workspace(
     sender = sender or PLACEHOLDER_SENDER
     fields = {
         "site_url": _toml_string(site_url or PLACEHOLDER_URL),
-        "from_name": _toml_string(sender.name or "Your Name"),
+        # A bare --from address gets no name, not the placeholder's "Your Name".
+        "from_name": _toml_string(sender.name),
         "from_email": _toml_string(sender.email),
         # Yesterday: already published in every timezone, so the example sends at once.
         "published": date.fromordinal(today.toordinal() - 1).isoformat(),
@@ -140,9 +141,19 @@ def fill(source: Path, fields: Mapping[str, str]) -> str:
 
 
 def placeholder_problems(config: Config) -> list[Problem]:
-    """Warnings for the example.com addresses `series init` writes until the writer
-    puts in their own."""
+    """Warnings for the example.com addresses and the "Your Name" sender name that
+    `series init` writes until the writer puts in their own."""
     found = []
+    if config.sender.name.strip().casefold() == PLACEHOLDER_SENDER.name.casefold():
+        found.append(
+            Problem(
+                config.rel(config.source),
+                key_line(config, "from.name"),
+                f"'from.name' is still the example name ({config.sender.name!r}): put in "
+                "your own (or remove it to send from the address alone)",
+                "warning",
+            )
+        )
     for key, host in (
         ("site_url", urlsplit(config.site_url).hostname or ""),
         ("from.email", config.sender.email.rpartition("@")[2]),
@@ -158,7 +169,7 @@ def placeholder_problems(config: Config) -> list[Problem]:
                     "warning",
                 )
             )
-    return found
+    return sorted(found, key=lambda p: p.line or 0)
 
 
 def _skeleton(root: Path) -> dict[Path, Path]:

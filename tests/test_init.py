@@ -64,10 +64,12 @@ def test_init_makes_a_workspace_that_works_at_once(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "series.toml:7: warning: 'site_url' is still an example address (example.com): "
         "put in your own before sending to anyone",
-        "series.toml:50: warning: 'from.email' is still an example address (example.com): "
+        "series.toml:50: warning: 'from.name' is still the example name ('Your Name'): "
+        "put in your own (or remove it to send from the address alone)",
+        "series.toml:51: warning: 'from.email' is still an example address (example.com): "
         "put in your own before sending to anyone",
     ]
-    assert err == "checked 2 article(s) in 1 series: 0 errors, 2 warnings\n"
+    assert err == "checked 2 article(s) in 1 series: 0 errors, 3 warnings\n"
     assert run(root, "check", "--strict")[0] == 1
 
     assert run(root, "preview")[0] == 0
@@ -97,6 +99,36 @@ def test_site_url_and_from_fill_in_the_required_keys(tmp_path: Path) -> None:
     assert (config.sender.name, config.sender.email) == ("Ann Lee", "ann@annwrites.example")
     code, out, err = run(root, "check", "--strict")
     assert (code, out) == (0, ""), err
+
+
+def test_a_bare_from_address_leaves_the_name_unset(tmp_path: Path) -> None:
+    """--from with an address alone writes no name (never the "Your Name" placeholder),
+    so the mail comes from the address alone and check --strict passes."""
+    code, _, err, root = _init(
+        tmp_path, "--site-url", "https://myblog.example", "--from", "ann@myblog.example"
+    )
+    assert code == 0, err
+    config = load_config(root)
+    assert (config.sender.name, config.sender.email) == ("", "ann@myblog.example")
+    code, out, err = run(root, "check", "--strict")
+    assert (code, out) == (0, ""), err
+
+
+def test_the_placeholder_name_warns_after_the_address_is_changed(tmp_path: Path) -> None:
+    """A writer who changed only from.email still sends as "Your Name": check warns at
+    from.name's line and --strict fails."""
+    code, _, err, root = _init(tmp_path, "--site-url", "https://myblog.example")
+    assert code == 0, err
+    toml = root / "series.toml"
+    toml.write_text(
+        toml.read_text().replace("you@example.com", "ann@myblog.example"), encoding="utf-8"
+    )
+    code, out, err = run(root, "check", "--strict")
+    assert code == 1
+    assert out == (
+        "series.toml:50: warning: 'from.name' is still the example name ('Your Name'): "
+        "put in your own (or remove it to send from the address alone)\n"
+    )
 
 
 @pytest.mark.parametrize(
