@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
-from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,18 +31,52 @@ def _site_url(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _sender(ctx: click.Context, param: click.Parameter, value: str | None) -> Address | None:
-    from .config import Address, sender_problem
-    from .headers import line_problem
+    from .config import Address
 
     if value is None:
         return None
-    name, email = parseaddr(value)
-    problem = sender_problem(email) if email else "is not an address"
-    if problem is None and name:
-        problem = line_problem(name)
+    parsed = parse_sender(value)
+    if isinstance(parsed, str):
+        raise click.BadParameter(
+            f'{value!r} {parsed} (use "Name <you@myblog.example>" or the address alone)'
+        )
+    return Address(parsed[1], parsed[0])
+
+
+def parse_sender(value: str) -> tuple[str, str] | str:
+    """``value`` as exactly one ``Name <address>`` or one bare address: (name, address),
+    the name cleaned as every name series sends is, or why it is neither (in words that
+    follow the value). Nothing is dropped or guessed, unlike email.utils.parseaddr."""
+    from .config import sender_problem
+    from .headers import clean_name, line_problem
+
+    problem = line_problem(value)
     if problem is not None:
-        raise click.BadParameter(f'{value!r} {problem} (use "Name <you@myblog.example>")')
-    return Address(email, name)
+        return problem
+    text = value.strip()
+    if text.count("<") > 1 or text.count(">") > 1:
+        return "names more than one address; give one"
+    if "<" in text or ">" in text:
+        match = re.fullmatch(r"([^<>]*)<([^<>]*)>(.*)", text)
+        if match is None:
+            return "has a < or > that does not enclose the address"
+        name, email, after = (part.strip() for part in match.groups())
+        if after:
+            return f"has text after the <address>: {after!r}"
+        if not email:
+            return "has no address between < and >"
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    elif re.search(r"[\s,;]", text):
+        return "is not one address (put a name before the address in <…>)"
+    else:
+        name, email = "", text
+    problem = sender_problem(email)
+    if problem is not None:
+        return problem
+    name = clean_name(name)
+    problem = line_problem(name)
+    return (name, email) if problem is None else f"has a name that {problem}"
 
 
 @click.command(name="init")

@@ -101,6 +101,22 @@ def test_site_url_and_from_fill_in_the_required_keys(tmp_path: Path) -> None:
     assert (code, out) == (0, ""), err
 
 
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ('Ann"Quote <ann@x.example>', 'Ann"Quote'),
+        ('"Lee, Ann" <ann@x.example>', "Lee, Ann"),
+        ("  Ann   Lee  <ann@x.example>", "Ann Lee"),
+    ],
+)
+def test_from_takes_one_name_and_address(tmp_path: Path, value: str, name: str) -> None:
+    """A name with a quote or (quoted) a comma is taken as written, spaces made one."""
+    code, _, err, root = _init(tmp_path, "--from", value)
+    assert code == 0, err
+    config = load_config(root)
+    assert (config.sender.name, config.sender.email) == (name, "ann@x.example")
+
+
 def test_a_bare_from_address_leaves_the_name_unset(tmp_path: Path) -> None:
     """--from with an address alone writes no name (never the "Your Name" placeholder),
     so the mail comes from the address alone and check --strict passes."""
@@ -142,6 +158,15 @@ def test_the_placeholder_name_warns_after_the_address_is_changed(tmp_path: Path)
         (["--site-url", "https://x.example/a b"], "contains a space"),
         (["--from", "Ann <not an address>"], "is not a valid address"),
         (["--templates", "--site-url", "https://a.example"], "are for a new workspace"),
+        (["--from", "Ann Lee <ann@myblog.example> extra"], "has text after the <address>: 'extra'"),
+        (["--from", "Ann <a@x.example>, Bob <b@x.example>"], "names more than one address"),
+        (["--from", "a@x.example, b@x.example"], "is not one address"),
+        (
+            ["--from", "Ann\nBcc: x@evil.example <ann@x.example>"],
+            "must be one line: it contains a line break (U+000A)",
+        ),
+        (["--from", "Ann <>"], "has no address between < and >"),
+        (["--from", "Ann <ann@x.example"], "has a < or > that does not enclose the address"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
