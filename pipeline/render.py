@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import traceback
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version
@@ -281,6 +281,22 @@ class Renderer:
         used = self.templates.files.get(name)
         return self.config.rel(used.path) if used is not None else f"templates/{name}"
 
+    def _locate_element(self, element: str) -> tuple[str, int] | None:
+        """The template file, and line, where the MJML element ``element`` is first
+        written: the workspace's own files first (an override is the usual culprit), then
+        the built-in ones; None when no template file holds it."""
+        tag = re.compile(f"<{re.escape(element)}(?=[\\s/>]|$)", re.MULTILINE)
+        for used in sorted(self.templates.files.values(), key=lambda f: (f.builtin, f.name)):
+            try:
+                text = used.path.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeError):
+                continue
+            found = tag.search(text)
+            if found is not None:
+                line = text.count("\n", 0, found.start()) + 1
+                return self.config.rel(used.path), line
+        return None
+
     def _compile_mjml(self, source: str) -> str:
         key = None
         if self.cache is not None:
@@ -296,6 +312,7 @@ class Renderer:
                 source,
                 template=self._template_label(HTML_TEMPLATE),
                 template_dir=self.config.templates_dir,
+                locate=self._locate_element,
             )
         )
         if self.cache is not None and key is not None:
@@ -319,14 +336,25 @@ def compact(html: str) -> str:
     return "".join(out)
 
 
-def compile_mjml(source: str, *, template: str, template_dir: Path) -> str:
-    """MJML → HTML; the compiler's exceptions become one RenderError naming the template."""
+def compile_mjml(
+    source: str,
+    *,
+    template: str,
+    template_dir: Path,
+    locate: Callable[[str], tuple[str, int] | None] | None = None,
+) -> str:
+    """MJML → HTML; the compiler's exceptions become one RenderError naming the template
+    (for an unknown element, the template file and line ``locate`` finds it at)."""
     from mjml import mjml_to_html  # imported late: it costs ~0.2 s and not every command needs it
 
     try:
         result = mjml_to_html(source, template_dir=template_dir)
     except KeyError as exc:
-        message = f"MJML could not compile the template: unknown MJML element <{exc.args[0]}>"
+        element = str(exc.args[0]) if exc.args else ""
+        message = f"MJML could not compile the template: unknown MJML element <{element}>"
+        found = locate(element) if locate is not None and element else None
+        if found is not None:
+            raise RenderError(Problem(found[0], found[1], message)) from None
     except AssertionError as exc:
         message = (
             f"MJML could not compile the template: unsupported input ({exc or 'assertion failed'})"

@@ -11,6 +11,7 @@ import pytest
 from pipeline.config import Config, load_config
 from pipeline.content import Series, load_series
 from pipeline.errors import RenderError
+from pipeline.loader import BUILTIN_DIR
 from pipeline.render import Personal, Renderer
 
 from .conftest import EXAMPLE_NOW, FIXTURES, ROOT, BuildWorkspace
@@ -195,7 +196,7 @@ def test_raw_html_is_escaped_by_default(workspace: BuildWorkspace) -> None:
         ),
         (
             "template_with_unknown_mjml_tag.mjml.j2",
-            "templates/email.mjml.j2: MJML could not compile the template: "
+            "templates/email.mjml.j2:5: MJML could not compile the template: "
             "unknown MJML element <mj-sparkle>",
         ),
     ],
@@ -209,6 +210,27 @@ def test_template_errors_name_the_template(
     with pytest.raises(RenderError) as caught:
         Renderer(config, now=EXAMPLE_NOW, use_cache=False).compile(series, series.articles[0])
     assert str(caught.value) == expected
+
+
+def test_an_unknown_mjml_element_in_an_override_partial_names_that_file(
+    workspace: BuildWorkspace,
+) -> None:
+    """An MJML error in a workspace partial names the partial and the element's line, not
+    the built-in email.mjml.j2 that includes it."""
+    root = workspace()
+    partial = root / "templates" / "partials" / "continue.mjml.j2"
+    partial.parent.mkdir(parents=True)
+    lines = (BUILTIN_DIR / "partials" / "continue.mjml.j2").read_text().splitlines(True)
+    lines.insert(2, "<mj-bogus>x</mj-bogus>\n")
+    partial.write_text("".join(lines), encoding="utf-8")
+    config = load_config(root)
+    (series,), _ = load_series(config)
+    with pytest.raises(RenderError) as caught:
+        Renderer(config, now=EXAMPLE_NOW, use_cache=False).compile(series, series.articles[0])
+    assert str(caught.value) == (
+        "templates/partials/continue.mjml.j2:3: MJML could not compile the template: "
+        "unknown MJML element <mj-bogus>"
+    )
 
 
 def test_compiled_mjml_is_reused_from_cache(workspace: BuildWorkspace) -> None:
