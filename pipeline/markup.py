@@ -40,6 +40,14 @@ TOO_DEEP = (
     "nested too deeply (20 lists or 40 quotes inside one another): flatten it, or the "
     "email would lose the rest of the article"
 )
+# Emphasis is paired after parsing, without markdown-it's nesting limit, so `*` * 500
+# nests 500 deep; walking that overflowed Python's stack. The same limit applies inline.
+TOO_DEEP_INLINE = (
+    f"emphasis or links nested too deeply ({MAX_NESTING} inside one another): "
+    "remove some of the * or _ marks"
+)
+# Anything else that overflows the stack (a case neither guard foresaw) is still one line.
+TOO_DEEP_OTHER = "nested too deeply to read: simplify the Markdown"
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,22 @@ class Document:
     def __init__(self, source: str, *, allow_html: bool = False) -> None:
         self._md = _parser(allow_html)
         self._env: dict[str, int] = {}
-        self.tokens = self._md.parse(source, self._env)
-
-    @property
-    def too_deep(self) -> int | None:
-        """The 0-based line of the first block nested MAX_NESTING levels deep, or None.
-        Content deeper than that would be cut from the email, so it must not be sent."""
-        return self._env.get("too_deep")
+        self.tokens: list[Token] = []
+        self.too_deep: tuple[int, str] | None = None
+        """(0-based line, message) of the first thing nested MAX_NESTING levels deep, or
+        None. Content deeper than that would be cut from the email (blocks) or could not be
+        walked (inline), so it must not be sent; ``html()`` and ``text()`` need it None."""
+        try:
+            self.tokens = self._md.parse(source, self._env)
+        except RecursionError:
+            self.too_deep = (0, TOO_DEEP_OTHER)
+            return
+        if "too_deep" in self._env:
+            self.too_deep = (self._env["too_deep"], TOO_DEEP)
+        else:
+            line = _inline_too_deep(self.tokens)
+            if line is not None:
+                self.too_deep = (line, TOO_DEEP_INLINE)
 
     def _inline(self) -> Iterator[tuple[Token, int]]:
         line = 0
@@ -114,6 +131,21 @@ class Document:
 
     def text(self, width: int = 72) -> str:
         return _TextRenderer(width).render(SyntaxTreeNode(self.tokens)).strip() + "\n"
+
+
+def _inline_too_deep(tokens: list[Token]) -> int | None:
+    """The 0-based line of the first inline element (emphasis, link) MAX_NESTING deep."""
+    for token in tokens:
+        if token.type != "inline" or not token.children:
+            continue
+        line = token.map[0] if token.map else 0
+        depth = 0
+        for child in token.children:
+            depth += child.nesting
+            if depth >= MAX_NESTING:
+                return line
+            line += child.content.count("\n") + (child.type in ("softbreak", "hardbreak"))
+    return None
 
 
 def raw_html(source: str) -> list[tuple[int, str]]:

@@ -28,7 +28,7 @@ from .config import Config
 from .content import Article, Series
 from .errors import Problem, RenderError
 from .loader import Templates
-from .markup import TOO_DEEP, Document
+from .markup import Document
 from .sources import ReadError, read_text
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ class Renderer:
         link = _Linker(self.config, series, article)
         body = Document(article.body, allow_html=self.config.raw_html)
         if body.too_deep is not None:
-            raise RenderError(Problem(article.source, article.body_line + body.too_deep, TOO_DEEP))
+            line, message = body.too_deep
+            raise RenderError(Problem(article.source, article.body_line + line, message))
         body.rewrite_links(link)
         subject = article.subject or (
             f"{article.title} ({series.title}, part {article.part} of {series.total})"
@@ -246,7 +247,8 @@ class Renderer:
                 raise RenderError(exc.problem) from None
         block = Document(self._footer_sources[name], allow_html=self.config.raw_html)
         if block.too_deep is not None:
-            raise RenderError(Problem(f"templates/footer/{name}.md", block.too_deep + 1, TOO_DEEP))
+            line, message = block.too_deep
+            raise RenderError(Problem(f"templates/footer/{name}.md", line + 1, message))
         block.rewrite_links(link)
         return {"name": name, "html": Markup(block.html()), "text": block.text()}
 

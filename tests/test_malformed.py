@@ -95,6 +95,20 @@ ARTICLE_CASES = [
         "article_with_alias_bomb",
         ["5: YAML aliases are not allowed (*a0): write the value out in full"],
     ),
+    (
+        "article_with_nested_emphasis",
+        [
+            "9: emphasis or links nested too deeply (40 inside one another): "
+            "remove some of the * or _ marks"
+        ],
+    ),
+    (
+        "article_with_nested_underscores",
+        [
+            "9: emphasis or links nested too deeply (40 inside one another): "
+            "remove some of the * or _ marks"
+        ],
+    ),
 ]
 
 
@@ -357,6 +371,43 @@ def test_list_too_deep_is_an_error(workspace: BuildWorkspace) -> None:
         1,
         "series/demo/01-deep.md:25: nested too deeply (20 lists or 40 quotes inside one "
         "another): flatten it, or the email would lose the rest of the article\n",
+    )
+
+
+@pytest.mark.parametrize("command", [["preview", "attachment/1"], ["send", "--dry-run"]])
+def test_nested_emphasis_is_refused_by_preview_and_send(
+    example_copy: Path, command: list[str]
+) -> None:
+    """Emphasis 500 deep is one line from preview and send too (it was a RecursionError
+    traceback from the text part's tree walk)."""
+    article = "series/attachment/01-attachment-theory.md"
+    shutil.copy(FIXTURES / "articles" / "article_with_nested_emphasis.md", example_copy / article)
+    assert run(example_copy, "subscribers", "import", "subscribers/example.csv")[0] == 0
+    code, out, err = run(example_copy, *command)
+    assert "Traceback" not in out + err
+    assert code == 1
+    expected = (
+        f"{article}:9: emphasis or links nested too deeply (40 inside one another): "
+        "remove some of the * or _ marks"
+    )
+    assert any(line.removeprefix("Error: ") == expected for line in (out + err).splitlines()), (
+        out + err
+    )
+
+
+def test_footer_block_with_nested_emphasis_is_one_line(workspace: BuildWorkspace) -> None:
+    """Emphasis 500 deep in a footer block is one line naming the block."""
+    root = workspace()
+    shutil.copy(
+        FIXTURES / "templates" / "footer_with_nested_emphasis.md", root / "templates/footer/note.md"
+    )
+    config = root / "series.toml"
+    config.write_text('footer = ["note"]\n' + config.read_text(), encoding="utf-8")
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "templates/footer/note.md:1: emphasis or links nested too deeply (40 inside one "
+        "another): remove some of the * or _ marks\n",
     )
 
 
