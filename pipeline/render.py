@@ -265,8 +265,10 @@ class Renderer:
             raise RenderError(self._template_problem(exc, name)) from None
         except ReadError as exc:  # a template, or one it includes, that is not UTF-8
             raise RenderError(exc.problem) from None
+        except RecursionError as exc:  # {% include %} of itself, directly or in a ring
+            raise RenderError(self._template_problem(exc, name)) from None
 
-    def _template_problem(self, exc: jinja2.TemplateError, name: str) -> Problem:
+    def _template_problem(self, exc: jinja2.TemplateError | RecursionError, name: str) -> Problem:
         path, line = f"templates/{name}", None
         if isinstance(exc, jinja2.TemplateSyntaxError) and exc.filename:
             path, line = self.config.rel(Path(exc.filename)), exc.lineno
@@ -275,7 +277,11 @@ class Renderer:
             if self.templates.is_template_file(frame.filename):
                 path, line = self.config.rel(Path(frame.filename)), frame.lineno
                 break
-        return Problem(path, line, f"template could not render: {exc.message or exc}")
+        if isinstance(exc, RecursionError):
+            message = "templates include one another without end (does one include itself?)"
+        else:
+            message = exc.message or str(exc)
+        return Problem(path, line, f"template could not render: {message}")
 
     def _template_label(self, name: str) -> str:
         """The template file as editors see it: ``templates/NAME`` in the workspace, or

@@ -411,6 +411,21 @@ def test_footer_block_with_nested_emphasis_is_one_line(workspace: BuildWorkspace
     )
 
 
+def test_template_that_includes_itself_is_one_line(workspace: BuildWorkspace) -> None:
+    """A template that includes itself is one line at the include (it was a RecursionError
+    traceback)."""
+    root = workspace()
+    shutil.copy(
+        FIXTURES / "templates" / "template_including_itself.txt.j2", root / "templates/email.txt.j2"
+    )
+    code, out, _ = check(root)
+    assert (code, out) == (
+        1,
+        "templates/email.txt.j2:1: template could not render: templates include one another "
+        "without end (does one include itself?)\n",
+    )
+
+
 def test_template_not_utf8_is_one_line(workspace: BuildWorkspace) -> None:
     """A template saved as Windows-1252 is one line naming it (Jinja raised
     UnicodeDecodeError with no file named)."""
