@@ -501,6 +501,28 @@ def test_damaged_state_db_is_one_line(example_copy: Path, damage: str, reason: s
         assert (code, out, err) == (1, "", expected), command
 
 
+@pytest.mark.parametrize("kind", ["directory", "dangling_symlink"])
+def test_unopenable_state_db_is_one_line(example_copy: Path, kind: str) -> None:
+    """A state.db that is there but cannot be opened is the same line from status and a dry
+    run (which took it for "no subscribers yet", exit 0), and a warning from check (which
+    said nothing)."""
+    state = example_copy / "subscribers" / "state.db"
+    if kind == "directory":
+        state.mkdir()
+    else:
+        state.symlink_to(example_copy / "nowhere" / "state.db")
+    expected = f"Error: database sqlite:///{state}: unable to open database file\n"
+    for command in (["status"], ["send", "--dry-run"]):
+        code, out, err = run(example_copy, *command)
+        assert (code, out, err) == (1, "", expected), command
+    code, out, _ = run(example_copy, "check")
+    assert (code, out) == (
+        0,
+        f"state: warning: could not read the state database: database sqlite:///{state}: "
+        "unable to open database file\n",
+    )
+
+
 def test_publish_date_too_far_ahead_is_an_error(workspace: BuildWorkspace) -> None:
     """published: 9999-12-31 (a writer's "never") is an error at its line, so send refuses
     the content before anything goes out (planning it overflowed datetime mid-run)."""

@@ -136,7 +136,9 @@ def state_exists(workspace: Path, url: str | None = None) -> bool:
         return True  # let open_store report the bad URL
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return True
-    return Path(parsed.database).is_file()
+    # Anything at the path counts, not only a file: a directory or a dangling symlink named
+    # state.db is a database that cannot be opened (open_store says so), not "no state yet".
+    return os.path.lexists(parsed.database)
 
 
 def open_store(
