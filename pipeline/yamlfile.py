@@ -172,6 +172,7 @@ def load_mapping(text: str, *, text_keys: Collection[str] = ()) -> Loaded:
     mapping. Raises YamlProblem for text that is not YAML, not a mapping, or refused
     (see the module's docstring); warns where a text value ends at a ``#`` comment.
     """
+    _refuse_unicode_line_breaks(text)
     loader = None
     try:
         # The reader checks every character as it is built, so build it in here.
@@ -200,6 +201,27 @@ def load_mapping(text: str, *, text_keys: Collection[str] = ()) -> Loaded:
         raise YamlProblem(0, "expected 'key: value' lines")
     lines = {str(key.value): key.start_mark.line for key, _ in node.value}
     return Loaded(data, lines, warnings)
+
+
+# Line breaks to PyYAML besides \n and \r (YAML 1.1 §5.4): NEL, LINE SEPARATOR and
+# PARAGRAPH SEPARATOR. Editors show none of them as a new line, so the YAML error PyYAML
+# gives (at a line number counted with them) points nowhere a writer can see.
+_UNICODE_LINE_BREAK = re.compile("[\x85\u2028\u2029]")
+_LINE_KEY = re.compile(r"\s*(?:-\s+)?(?P<key>[A-Za-z_][\w-]*)\s*:")
+
+
+def _refuse_unicode_line_breaks(text: str) -> None:
+    """Refuse U+0085, U+2028 and U+2029 at their line, counted as editors count lines."""
+    found = _UNICODE_LINE_BREAK.search(text)
+    if found is None:
+        return
+    line = text.count("\n", 0, found.start())
+    char = f"a line break (U+{ord(found.group()):04X})"
+    start = text.rfind("\n", 0, found.start()) + 1
+    key = _LINE_KEY.match(text, start, found.start())
+    if key is not None:
+        raise YamlProblem(line, f"'{key.group('key')}' must be one line: it contains {char}")
+    raise YamlProblem(line, f"contains {char}, which YAML reads as a new line; remove it")
 
 
 def _read_as_text(

@@ -96,6 +96,14 @@ ARTICLE_CASES = [
         ["5: YAML aliases are not allowed (*a0): write the value out in full"],
     ),
     (
+        "article_with_line_separator_in_title",
+        ["2: 'title' must be one line: it contains a line break (U+2028)"],
+    ),
+    (
+        "article_with_next_line_in_summary",
+        ["5: contains a line break (U+0085), which YAML reads as a new line; remove it"],
+    ),
+    (
         "article_with_nested_emphasis",
         [
             "9: emphasis or links nested too deeply (40 inside one another): "
