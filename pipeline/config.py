@@ -530,14 +530,20 @@ class _Validator:
             raise self.fail(where, f"'{where}.email' is required")
         name = self.typed(value, "name", str, where) or ""
         if (problem := line_problem(name)) is not None:
-            raise self.fail(f"{where}.name", f"'{where}.name' {problem}")
+            # Recorded, not raised: the address below is checked too, in the same run.
+            self.problems.extend(self.fail(f"{where}.name", f"'{where}.name' {problem}").problems)
         return Address(self.email(email, f"{where}.email"), name)
 
     def zone(self, name: str, where: str) -> ZoneInfo:
         return parse_zone(name, lambda message: self.fail(where, message))
 
     def send_window(self, value: Any, where: str) -> SendWindow | None:
-        return parse_send_window(value, where, lambda key, message: self.fail(key, message))
+        return parse_send_window(
+            value,
+            where,
+            lambda key, message: self.fail(key, message),
+            report=lambda exc: self.problems.extend(exc.problems),
+        )
 
     def utm(self, value: Any) -> Utm:
         if value is None:
@@ -608,18 +614,61 @@ def parse_zone(name: str, fail: Callable[[str], Exception]) -> ZoneInfo:
 
 
 def parse_send_window(
-    value: Any, where: str, fail: Callable[[str, str], Exception]
+    value: Any,
+    where: str,
+    fail: Callable[[str, str], Exception],
+    *,
+    report: Callable[[Any], None] | None = None,
 ) -> SendWindow | None:
-    """Validate ``{ days = ["mon", …], start = "HH:MM", end = "HH:MM" }``."""
+    """Validate ``{ days = ["mon", …], start = "HH:MM", end = "HH:MM" }``.
+
+    ``fail(key, message)`` makes the exception for a problem. Without ``report`` the
+    first problem is raised; with it, every problem of the table is handed to
+    ``report`` (so one run names them all) and the window is None if there was any."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise fail(where, f"'{where}' must be a table with days, start and end")
+    found: list[Exception] = []
+
+    def check(compute: Callable[[], _T], fallback: _T) -> _T:
+        try:
+            return compute()
+        except Exception as exc:
+            if report is None:  # every problem here comes from fail()
+                raise
+            found.append(exc)
+            return fallback
+
     for key in value:
         if key not in ("days", "start", "end"):
             hint = difflib.get_close_matches(key, ("days", "start", "end"), n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise fail(f"{where}.{key}", f"unknown key '{where}.{key}'{suggestion}")
+            check(_raise(fail(f"{where}.{key}", f"unknown key '{where}.{key}'{suggestion}")), None)
+    days: set[int] = check(lambda: _days(value, where, fail), set())
+    start = check(lambda: _clock(value.get("start", "00:00"), f"{where}.start", fail), None)
+    end = check(lambda: _clock(value.get("end", "24:00"), f"{where}.end", fail), None)
+    if start is not None and end is not None and end <= start:
+        check(
+            _raise(fail(f"{where}.end", f"'{where}.end' must be later than '{where}.start'")), None
+        )
+    if found:
+        assert report is not None
+        for exc in found:
+            report(exc)
+        return None
+    assert start is not None and end is not None
+    return SendWindow(frozenset(days), start, end)
+
+
+def _raise(exc: Exception) -> Callable[[], None]:
+    def raise_it() -> None:
+        raise exc
+
+    return raise_it
+
+
+def _days(value: dict[str, Any], where: str, fail: Callable[[str, str], Exception]) -> set[int]:
     days_value = value.get("days", list(DAY_NAMES))
     if not isinstance(days_value, list) or not days_value:
         raise fail(f"{where}.days", f'\'{where}.days\' must be a list such as ["mon", "tue"]')
@@ -629,11 +678,7 @@ def parse_send_window(
         if key not in DAY_NAMES:
             raise fail(f"{where}.days", f"'{where}.days': unknown day {quote(day)}")
         days.add(DAY_NAMES.index(key))
-    start = _clock(value.get("start", "00:00"), f"{where}.start", fail)
-    end = _clock(value.get("end", "24:00"), f"{where}.end", fail)
-    if end <= start:
-        raise fail(f"{where}.end", f"'{where}.end' must be later than '{where}.start'")
-    return SendWindow(frozenset(days), start, end)
+    return days
 
 
 def _clock(value: Any, where: str, fail: Callable[[str, str], Exception]) -> time:

@@ -292,6 +292,16 @@ CONFIG_CASES = [
         ],
     ),
     (
+        "config_with_mistakes_inside_tables",
+        [
+            "series.toml:5: 'from.name' must be one line: it contains a line break (U+000A)",
+            "series.toml:6: 'from.email' is not a valid address: "
+            "There must be something after the @-sign.",
+            "series.toml:9: 'send_window.start' must be a time such as \"09:00\", got '25:00'",
+            "series.toml:11: 'send_window.days': unknown day 'xx'",
+        ],
+    ),
+    (
         "config_with_quoted_boolean",
         [
             "series.toml:2: 'raw_html' must be a boolean (true/false), got 'true' "
