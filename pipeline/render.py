@@ -355,6 +355,13 @@ def compile_mjml(
     (for an unknown element, the template file and line ``locate`` finds it at)."""
     from mjml import mjml_to_html  # imported late: it costs ~0.2 s and not every command needs it
 
+    if not re.match(r"\s*(?:<!--.*?-->\s*)*<mjml[\s>]", source, re.DOTALL):
+        # The compiler fails on such input with an internal error that helps nobody.
+        message = (
+            "not an MJML document: the rendered template must start with <mjml> "
+            "(see the built-in email.mjml.j2)"
+        )
+        raise RenderError(Problem(template, None, message))
     try:
         result = mjml_to_html(source, template_dir=template_dir)
     except KeyError as exc:

@@ -199,6 +199,11 @@ def test_raw_html_is_escaped_by_default(workspace: BuildWorkspace) -> None:
             "templates/email.mjml.j2:5: MJML could not compile the template: "
             "unknown MJML element <mj-sparkle>",
         ),
+        (
+            "template_that_is_not_mjml.mjml.j2",
+            "templates/email.mjml.j2: not an MJML document: the rendered template must start "
+            "with <mjml> (see the built-in email.mjml.j2)",
+        ),
     ],
 )
 def test_template_errors_name_the_template(
