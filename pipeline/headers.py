@@ -209,6 +209,7 @@ def recipient_name(name: str) -> str:
     return display_name(text)
 
 
+@lru_cache(maxsize=1024)  # a batch repeats its sender, subject and fixed fields
 def format_address(email: str, name: str = "") -> str:
     """One mailbox for a From, To or Reply-To field (RFC 5322 §3.4), ASCII only:
     ``"Name" <local@domain>``, ``=?utf-8?b?…?= <local@xn--…>`` or, without a name,
@@ -218,6 +219,7 @@ def format_address(email: str, name: str = "") -> str:
     return f"{phrase} <{address}>" if phrase else address
 
 
+@lru_cache(maxsize=1024)  # a batch repeats its sender, subject and fixed fields
 def encode_text(text: str) -> str:
     """An unstructured field's value (Subject, RFC 5322 §3.6.5) in ASCII: the text
     itself when it is printable ASCII without ``=?``, else encoded-words that decode to
@@ -252,6 +254,7 @@ def encoded_words(text: str) -> str:
     )
 
 
+@lru_cache(maxsize=1024)  # a batch repeats its sender, subject and fixed fields
 def header_line(name: str, value: str, linesep: str = CRLF) -> str:
     """``Name: value`` and ``linesep``, folded (a line break before a space) to 78
     characters where whitespace allows. ``value`` must already be ASCII without control characters
