@@ -31,7 +31,7 @@ from ..plan import Enrollment, LedgerEntry, Step, next_step, window_opening
 from ..providers import Message, ProviderError, SendResult
 from ..store import StoreError, ledger
 from ..store.ledger import Claim, Due
-from .compose import first_line as one_line
+from .compose import first_line
 from .planning import Bookmark, bookmark
 from .run import Run
 
@@ -190,7 +190,7 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
         except StoreError:
             raise  # the database, not this reader: the run cannot go on
         except Exception as exc:
-            why = f"not sent: {one_line(exc)}"
+            why = f"not sent: {first_line(exc)}"
             unbuilt.append((claim, SendResult(claim.key, "failed", error=why)))
             continue
         batch.claims.append(claim)

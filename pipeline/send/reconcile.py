@@ -15,7 +15,7 @@ from ..content import Series
 from ..plan import held_until, reader_zone, window_opening
 from ..providers import Message, Pending, Provider, ProviderError
 from ..store import StoreError, ledger
-from .compose import first_line as one_line
+from .compose import first_line
 from .deliver import LEASE_LOST, Withheld, refuse_if_stopping, renew, send_batch
 from .run import LEASE, Run
 
@@ -171,7 +171,7 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
         report.unknown += len(rows)
         report.problems.append(
             f"{len(rows)} deliveries of an interrupted request stay unknown: its messages "
-            f"cannot be made again: {one_line(exc)}"
+            f"cannot be made again: {first_line(exc)}"
         )
         return
     ids = [r.id for r in rows]
