@@ -77,6 +77,7 @@ def check_workspace(config: Config, *, now: datetime, state: bool = False) -> Ch
             )
         )
     problems += placeholder_problems(config)
+    problems += compliance_problems(config)
     if state:
         from .edits import state_problems
 
@@ -144,3 +145,36 @@ def _check_raw_html(config: Config, article: Article) -> list[Problem]:
 def _same_page(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}{parts.path.rstrip('/')}"
+
+
+def compliance_problems(config: Config) -> list[Problem]:
+    """Warnings about what the law or mailbox providers ask of every email and the
+    workspace does not give: a postal address (CAN-SPAM, 15 U.S.C. 7704(a)(5)(A)(iii):
+    commercial email must show the sender's valid physical postal address)."""
+    if config.postal_address.strip():
+        return []
+    return [
+        Problem(
+            config.rel(config.source),
+            None,
+            "no postal_address: the CAN-SPAM Act requires a physical postal address in "
+            "commercial email, and bulk-sender guidelines expect one; set postal_address "
+            "(a street address or a registered P.O. box) so every footer shows it",
+            "warning",
+        )
+    ]
+
+
+def serving_note(config: Config) -> str | None:
+    """For ``series check --strict``: where the pages that emails link to must be served,
+    since no offline check can tell whether anything answers there (None when the
+    provider answers unsubscribes). One line."""
+    if config.unsubscribe != "self-hosted":
+        return None
+    url = config.unsubscribe_url
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    return (
+        f"note: emails link to {url} (unsubscribe_url): `series serve` must answer at "
+        f"{origin} for those unsubscribe pages and the signup page, or readers get a 404 "
+        "(a static blog alone cannot answer them); set unsubscribe_url to where it runs"
+    )

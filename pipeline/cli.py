@@ -92,12 +92,14 @@ def check_command(state: State, now: datetime | None, strict: bool) -> None:
 
     Example: series check
     """
-    from .check import check_workspace
+    from .check import check_workspace, serving_note
 
     config = state.config
     report = check_workspace(config, now=resolve_now(config, now), state=True)
     for problem in report.problems:
         click.echo(str(problem))
+    if strict and (note := serving_note(config)) is not None:
+        click.echo(note)
     errors, warnings = len(report.errors), len(report.warnings)
     click.echo(
         f"checked {report.articles} article(s) in {len(report.series)} series: "

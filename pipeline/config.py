@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, Problem
 from .headers import format_address, line_problem, smtputf8_problem
+from .language import DEFAULT_LANGUAGE, language_problem
 from .sources import ReadError, cut, quote, read_text, read_toml, unquote_hint
 from .workspace import nearest_workspace
 
@@ -94,6 +95,7 @@ class Config:
     mailgun_domain: str = ""
     mailgun_region: str = "us"  # or "eu"
     mailgun_batch_size: int = 1000
+    language: str = "en"  # BCP 47: the emails' <html lang>; a series may override it
 
     @property
     def series_dir(self) -> Path:
@@ -229,6 +231,7 @@ class _Validator:
         "postal_address",
         "raw_html",
         "default_name",
+        "language",
         "provider",
         "rate_limit",
         "workers",
@@ -333,6 +336,7 @@ class _Validator:
             postal_address=keep(lambda: self.typed(data, "postal_address", str), None) or "",
             raw_html=bool(keep(lambda: self.typed(data, "raw_html", bool), None)),
             default_name=keep(lambda: self.typed(data, "default_name", str), None) or "there",
+            language=keep(lambda: self.language(data), DEFAULT_LANGUAGE),
             provider=keep(lambda: self.typed(data, "provider", str), None) or "outbox",
             rate_limit=keep(lambda: self.rate_limit(data.get("rate_limit")), None),
             workers=keep(lambda: self.workers(data.get("workers")), 1),
@@ -358,6 +362,15 @@ class _Validator:
             unique = dict.fromkeys(self.problems)  # a key two settings read is reported once
             raise ConfigError(sorted(unique, key=lambda p: (p.line is None, p.line or 0)))
         return config
+
+    def language(self, data: Mapping[str, Any]) -> str:
+        if "language" not in data:
+            return DEFAULT_LANGUAGE
+        value = data["language"]
+        problem = language_problem(value)
+        if problem is not None:
+            raise self.fail("language", f"'language' {problem}")
+        return str(value)
 
     def site_url(self, data: Mapping[str, Any]) -> str:
         site_url = self.typed(data, "site_url", str)

@@ -29,6 +29,7 @@ from .config import (
 )
 from .errors import Problem
 from .headers import line_problem
+from .language import language_problem
 from .sources import ReadError, quote, read_text, unquote_hint
 from .yamlfile import YamlProblem, load_mapping
 
@@ -46,6 +47,7 @@ SERIES_KEYS = (
     "send_window",
     "timezone",
     "from",
+    "language",
 )
 ARTICLE_KEYS = (
     "title",
@@ -60,7 +62,7 @@ ARTICLE_KEYS = (
     "delay_days",
 )
 # Keys whose value is the text typed, even when YAML would read a number or a date.
-SERIES_TEXT_KEYS = ("title", "description", "url", "from", "from.name", "from.email")
+SERIES_TEXT_KEYS = ("title", "description", "url", "from", "from.name", "from.email", "language")
 ARTICLE_TEXT_KEYS = ("title", "slug", "subject", "preheader", "summary", "url")
 DEFAULT_CADENCE_DAYS = 7
 # The longest slug the delivery ledger can record (deliveries.article).
@@ -107,6 +109,7 @@ class Series:
     timezone: ZoneInfo
     send_window: SendWindow
     sender: Address
+    language: str | None = None  # BCP 47; None: the workspace's `language`
     articles: tuple[Article, ...] = field(default=())
 
     @property
@@ -190,6 +193,13 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
     if "from" in data:
         sender = _series_sender(data["from"], config.sender, report)
     url = report.url(data, "url")
+    language = None
+    if "language" in data:
+        problem = language_problem(data["language"])
+        if problem is None:
+            language = str(data["language"])
+        else:
+            report.add("language", f"'language' {problem}")
     series = Series(
         slug=directory.name,
         path=directory,
@@ -201,6 +211,7 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
         timezone=timezone,
         send_window=window,
         sender=sender,
+        language=language,
     )
     articles = []
     for path in articles_found:

@@ -11,8 +11,11 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml as escape_html
+from markdown_it.renderer import RendererHTML
 from markdown_it.rules_block import StateBlock
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
@@ -20,7 +23,11 @@ from markdown_it.tree import SyntaxTreeNode
 # Inline styles, because many mail clients drop <style> blocks. They also keep
 # wide content (tables, code, images) from pushing the layout past the screen.
 STYLES = {
-    "table_open": "width:100%;border-collapse:collapse;margin:16px 0;font-size:15px;",
+    # word-break:normal: MJML puts word-break:break-word on the text cell the article
+    # sits in, and a table inheriting it squeezes its columns until words split
+    # ("Secur/e"). Cells wrap at spaces; only long tokens get break points (<wbr>).
+    "table_open": "width:100%;border-collapse:collapse;margin:16px 0;font-size:15px;"
+    "word-break:normal;",
     "th_open": "border-bottom:2px solid #d8d2c8;padding:6px 8px;text-align:left;"
     "vertical-align:top;",
     "td_open": "border-bottom:1px solid #e8e2d8;padding:6px 8px;vertical-align:top;",
@@ -56,12 +63,92 @@ class Link:
     line: int  # 0-based line in the Markdown source
 
 
+# A run of this many characters or more without a space, in a table cell, is a long
+# token (a URL, a file path, an identifier): it gets break points, so it can wrap
+# instead of widening its column past a phone's screen. Words are shorter.
+LONG_TOKEN = 20
+# Where a long token may break: after these characters, and at least every
+# _LONG_PIECE characters between them.
+_BREAK_AFTER = "/.-_?&=#:,;@+~"
+_LONG_PIECE = 10
+_LONG_RUN = re.compile(rf"[^\s]{{{LONG_TOKEN},}}")
+
+
 @cache
 def _parser(allow_html: bool) -> MarkdownIt:
     # Building a parser compiles its rules; one per setting serves every document.
     md = MarkdownIt("commonmark", {"html": allow_html, "maxNesting": MAX_NESTING + 2})
     md.block.ruler.before("table", "nesting_guard", _nesting_guard)
-    return md.enable("table")
+    md.enable("table")
+    _break_long_tokens_in_cells(md)
+    return md
+
+
+def _break_long_tokens_in_cells(md: MarkdownIt) -> None:
+    """Make the renderer write ``<wbr>`` break points into long tokens (``LONG_TOKEN``)
+    of table cells' text and inline code; the tokens themselves are not changed, so
+    the text part stays as written."""
+    renderer = md.renderer
+    assert isinstance(renderer, RendererHTML)
+    plain_text = renderer.rules["text"]
+    plain_code = renderer.rules["code_inline"]
+
+    def cell(entering: bool) -> Callable[..., str]:
+        def rule(
+            self: RendererHTML, tokens: list[Token], idx: int, options: Any, env: dict[str, Any]
+        ) -> str:
+            env["in_cell"] = entering
+            return self.renderToken(tokens, idx, options, env)
+
+        return rule
+
+    def text(
+        self: RendererHTML, tokens: list[Token], idx: int, options: Any, env: dict[str, Any]
+    ) -> str:
+        if not env.get("in_cell"):
+            return str(plain_text(tokens, idx, options, env))
+        return breakable(tokens[idx].content)
+
+    def code(
+        self: RendererHTML, tokens: list[Token], idx: int, options: Any, env: dict[str, Any]
+    ) -> str:
+        if not env.get("in_cell"):
+            return str(plain_code(tokens, idx, options, env))
+        token = tokens[idx]
+        return f"<code{self.renderAttrs(token)}>{breakable(token.content)}</code>"
+
+    for kind in ("th", "td"):
+        md.add_render_rule(f"{kind}_open", cell(True))
+        md.add_render_rule(f"{kind}_close", cell(False))
+    md.add_render_rule("text", text)
+    md.add_render_rule("code_inline", code)
+
+
+def breakable(text: str) -> str:
+    """``text`` HTML-escaped, with ``<wbr>`` break points in each run of ``LONG_TOKEN``
+    or more characters without a space: after URL punctuation (``/``, ``.``, ``-``,
+    ``?``, ``&``, …) and at least every 10 characters. Shorter words are left whole."""
+    out = []
+    last = 0
+    for found in _LONG_RUN.finditer(text):
+        out.append(escape_html(text[last : found.start()]))
+        out.append("<wbr>".join(escape_html(piece) for piece in _pieces(found.group(0))))
+        last = found.end()
+    out.append(escape_html(text[last:]))
+    return "".join(out)
+
+
+def _pieces(token: str) -> list[str]:
+    pieces = []
+    current = ""
+    for char in token:
+        current += char
+        if char in _BREAK_AFTER or len(current) >= _LONG_PIECE:
+            pieces.append(current)
+            current = ""
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 def _nesting_guard(state: StateBlock, start: int, end: int, silent: bool) -> bool:
@@ -127,7 +214,7 @@ class Document:
             style = STYLES.get(tok.type)
             if style:
                 tok.attrSet("style", style)
-        return str(self._md.renderer.render(self.tokens, self._md.options, {}))
+        return str(self._md.renderer.render(self.tokens, self._md.options, {"in_cell": False}))
 
     def text(self, width: int = 72) -> str:
         return _TextRenderer(width).render(SyntaxTreeNode(self.tokens)).strip() + "\n"

@@ -87,6 +87,7 @@ class Enrollment:
     enrolled_at: datetime
     start_part: int
     ledger: Mapping[str, LedgerEntry]
+    first_name: str = ""  # the subscriber's first_name attribute; "": from their name
 
     def received(self) -> frozenset[str]:
         """The slugs of the articles this reader has received (state ``sent``)."""

@@ -8,12 +8,9 @@ join of escaped values, not another template run (DESIGN §4).
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import re
-import tempfile
 import traceback
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version
@@ -24,33 +21,28 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import jinja2
 from markupsafe import Markup, escape
 
+from .compiler import MjmlCache, compact, compile_mjml, set_language
 from .config import Config
 from .content import Article, Series
 from .errors import Problem, RenderError
 from .loader import Templates
 from .markup import Document
+from .personal import PERSONAL_FIELDS, Personal, field_values
 from .sources import ReadError, read_text
 
-log = logging.getLogger(__name__)
+__all__ = ["CompiledEmail", "Personal", "RenderedEmail", "Renderer", "compact", "compile_mjml"]
 
 HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
-PERSONAL_FIELDS = ("name", "email", "unsubscribe_url")
+# After the hidden preheader: zero-width non-joiners and no-break spaces, so an inbox
+# preview (Gmail ~100-140 characters, Apple Mail and Outlook up to ~200) shows the
+# preheader and then nothing, not the "Read online" line and the greeting after it.
+PREHEADER_PADDING = "\u200c\u00a0" * 120
+SIGNATURE_SEPARATOR = "-- "  # RFC 3676 §4.3
 _SENTINEL = "%%series:{}%%"
 _SENTINEL_RE = re.compile(r"%%series:(" + "|".join(PERSONAL_FIELDS) + r")%%")
 # Bumped when our compile step changes in a way the MJML source does not show.
 _CACHE_VERSION = "2"
-_PREFORMATTED = re.compile(r"(<(pre|textarea)\b.*?</\2>)", re.DOTALL | re.IGNORECASE)
-_INDENT = re.compile(r"\n[ \t]+")
-
-
-@dataclass(frozen=True)
-class Personal:
-    """What differs between two subscribers' copies of the same part."""
-
-    name: str
-    email: str
-    unsubscribe_url: str
 
 
 @dataclass(frozen=True)
@@ -93,11 +85,9 @@ class CompiledEmail:
     text: _Filled
 
     def personalise(self, who: Personal, default_name: str = "there") -> RenderedEmail:
-        raw = {
-            "name": who.name or default_name,
-            "email": who.email,
-            "unsubscribe_url": who.unsubscribe_url,
-        }
+        """``who``'s copy: their fields (``personal.field_values``) filled in, escaped
+        in the HTML part and as they are in the text part."""
+        raw = field_values(who, default_name)
         escaped = {key: str(escape(value)) for key, value in raw.items()}
         return RenderedEmail(
             self.subject, self.preheader, self.html.fill(escaped), self.text.fill(raw)
@@ -110,7 +100,7 @@ class Renderer:
     def __init__(self, config: Config, *, now: datetime, use_cache: bool = True) -> None:
         self.config = config
         self.now = now
-        self.cache = _MjmlCache(config.cache_dir / "mjml") if use_cache else None
+        self.cache = MjmlCache(config.cache_dir / "mjml") if use_cache else None
         self.templates = Templates(config.templates_dir)
         loader = self.templates.loader(config.rel)
         common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined}
@@ -129,7 +119,8 @@ class Renderer:
             received = [a.slug for a in series.articles if a.part < article.part]
         context = self.context(series, article, frozenset(received))
         mjml_source = self._render(self.html_env, HTML_TEMPLATE, context)
-        html = self._compile_mjml(mjml_source).rstrip("\n") + "\n"
+        html = set_language(self._compile_mjml(mjml_source), context["language"])
+        html = html.rstrip("\n") + "\n"
         text = self._render(self.text_env, TEXT_TEMPLATE, context)
         return CompiledEmail(
             series=series.slug,
@@ -174,10 +165,12 @@ class Renderer:
                 "summary": article.summary,
                 "url": link(article.url) if article.url else None,
                 "body_html": Markup(body.html()),
-                "body_text": body.text(),
+                "body_text": _line_ends_stripped(body.text()),
             },
             "subject": subject,
             "preheader": article.preheader or article.summary,
+            "preheader_padding": Markup(PREHEADER_PADDING),
+            "language": series.language or self.config.language,
             "continue": self._continue(series, article, received, link),
             "footer_blocks": [self._footer_block(name, link) for name in self.config.footer],
             "postal_address": self.config.postal_address,
@@ -223,6 +216,7 @@ class Renderer:
                 "published": following.is_published(self.now),
             }
         lead = series.articles[0]
+        lead_url = link(lead.url) if lead.url and lead.is_published(self.now) else None
         return {
             "part": article.part,
             "total": series.total,
@@ -230,10 +224,10 @@ class Renderer:
             "next": upcoming,
             "is_last": following is None,
             "toc": toc,
-            "lead": {
-                "title": lead.title,
-                "url": link(lead.url) if lead.url and lead.is_published(self.now) else None,
-            },
+            "lead": {"part": lead.part, "title": lead.title, "url": lead_url},
+            # "New here? Start with part 1" is for readers who started later (enrolled
+            # with --start-part): they lack part 1, and are not reading it now.
+            "show_lead": bool(lead_url) and lead is not article and lead.slug not in received,
         }
 
     def _footer_block(self, name: str, link: _Linker) -> dict[str, Any]:
@@ -250,7 +244,11 @@ class Renderer:
             line, message = block.too_deep
             raise RenderError(Problem(f"templates/footer/{name}.md", line + 1, message))
         block.rewrite_links(link)
-        return {"name": name, "html": Markup(block.html()), "text": block.text()}
+        return {
+            "name": name,
+            "html": Markup(block.html()),
+            "text": _line_ends_stripped(block.text()),
+        }
 
     # -- templates and MJML ------------------------------------------------
 
@@ -328,61 +326,6 @@ class Renderer:
         return html
 
 
-def compact(html: str) -> str:
-    """Drop the indentation MJML writes on every line (about a sixth of an email), but
-    never inside <pre> or <textarea>, where spaces are content. Smaller emails stay
-    under Gmail's clipping size longer and cost less to send."""
-    parts = _PREFORMATTED.split(html)
-    # split() yields: text, whole element, tag name, text, …; only text is touched.
-    out = []
-    for index, part in enumerate(parts):
-        kind = index % 3
-        if kind == 0:
-            out.append(_INDENT.sub("\n", part))
-        elif kind == 1:
-            out.append(part)
-    return "".join(out)
-
-
-def compile_mjml(
-    source: str,
-    *,
-    template: str,
-    template_dir: Path,
-    locate: Callable[[str], tuple[str, int] | None] | None = None,
-) -> str:
-    """MJML → HTML; the compiler's exceptions become one RenderError naming the template
-    (for an unknown element, the template file and line ``locate`` finds it at)."""
-    from mjml import mjml_to_html  # imported late: it costs ~0.2 s and not every command needs it
-
-    if not re.match(r"\s*(?:<!--.*?-->\s*)*<mjml[\s>]", source, re.DOTALL):
-        # The compiler fails on such input with an internal error that helps nobody.
-        message = (
-            "not an MJML document: the rendered template must start with <mjml> "
-            "(see the built-in email.mjml.j2)"
-        )
-        raise RenderError(Problem(template, None, message))
-    try:
-        result = mjml_to_html(source, template_dir=template_dir)
-    except KeyError as exc:
-        element = str(exc.args[0]) if exc.args else ""
-        message = f"MJML could not compile the template: unknown MJML element <{element}>"
-        found = locate(element) if locate is not None and element else None
-        if found is not None:
-            raise RenderError(Problem(found[0], found[1], message)) from None
-    except AssertionError as exc:
-        message = (
-            f"MJML could not compile the template: unsupported input ({exc or 'assertion failed'})"
-        )
-    except Exception as exc:  # the compiler has no error hierarchy of its own
-        message = f"MJML could not compile the template: {type(exc).__name__}: {exc}"
-    else:
-        if result.errors:
-            raise RenderError(Problem(template, None, f"MJML: {result.errors[0]}"))
-        return str(result.html)
-    raise RenderError(Problem(template, None, message))
-
-
 class _Linker:
     """Adds UTM parameters to links that point at the site, leaving others alone."""
 
@@ -417,30 +360,14 @@ def _arrives(seconds: float) -> str:
     return "tomorrow" if days == 1 else f"in {days} days"
 
 
+def _line_ends_stripped(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+
+
 def _tidy_text(text: str) -> str:
-    """Collapse the blank lines template logic leaves behind; end with one newline."""
-    lines = [line.rstrip() for line in text.splitlines()]
+    """Collapse the blank lines template logic leaves behind; end with one newline.
+    Trailing spaces go, except on the template's signature separator, which is "-- "
+    exactly (RFC 3676 §4.3); content reaches the template with its line ends already
+    stripped, so no line of an article can start a signature."""
+    lines = [line if line == SIGNATURE_SEPARATOR else line.rstrip() for line in text.splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
-
-
-class _MjmlCache:
-    """Compiled HTML by hash of the MJML source: a later run reuses it when nothing changed."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def get(self, key: str) -> str | None:
-        try:
-            return (self.directory / f"{key}.html").read_text(encoding="utf-8")
-        except OSError:
-            return None
-
-    def put(self, key: str, html: str) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(html)
-            os.replace(tmp, self.directory / f"{key}.html")
-        except OSError as exc:  # a read-only workspace still renders, just slower
-            log.warning("could not write the MJML cache in %s: %s", self.directory, exc)

@@ -165,7 +165,7 @@ def test_issue_example_inserted_part_is_skipped_and_nothing_is_sent_twice(
     message = last_email_to(root, ASA)
     assert message["Subject"] == "Anxious attachment (Attachment Styles, part 4 of 6)"
     text = text_of(message)
-    assert "Part 4 of 6 of Attachment Styles" in text
+    assert "Attachment Styles · part 4 of 6" in text
     assert "Next: Part 5, Avoidant attachment" in text
     assert "2. Earned security\n" in text  # out, and not in their inbox
     assert "3. Secure attachment (in your inbox)" in text

@@ -44,7 +44,7 @@ class Merge:
     templates in one batch."""
 
     template: CompiledEmail
-    values: dict[str, str]  # this recipient's fields: name, email, unsubscribe_url
+    values: dict[str, str]  # this recipient's fields: personal.PERSONAL_FIELDS
 
     def body(self, placeholder: Callable[[str, bool], str]) -> tuple[str, str]:
         """(html, text) with ``placeholder(field, in_html)`` in place of each field."""

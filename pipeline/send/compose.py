@@ -135,6 +135,7 @@ class Composer:
             e.name,
             claim.key,
             issued=issued,
+            first_name=e.first_name,
         )
 
     def build(
@@ -148,9 +149,11 @@ class Composer:
         key: str,
         *,
         issued: datetime,
+        first_name: str = "",
     ) -> Message:
         """One reader's message for ``article`` (a slug) of ``series``, as a reader who
-        has received ``received`` sees it (delivery ``key``)."""
+        has received ``received`` sees it (delivery ``key``); ``first_name`` is their
+        ``first_name`` attribute ("": the first word of ``name`` greets them)."""
         run = self.run
         compiled = self._compiled(series, article, received)
         return personal_message(
@@ -162,6 +165,7 @@ class Composer:
             to=Address(email, name),
             tag=f"{series.slug}-part{compiled.part}",
             token=lambda: run.signer.token(subscriber_id, series.slug, issued=issued),
+            first_name=first_name,
         )
 
     def _compiled(self, series: Series, slug: str, received: Collection[str]) -> CompiledEmail:
@@ -210,11 +214,13 @@ def personal_message(
     to: Address,
     tag: str,
     token: Callable[[], str],
+    first_name: str = "",
 ) -> Message:
-    """One reader's email: their name and address filled in, and their unsubscribe link
-    (a signed ``token`` in ``unsubscribe_url``, with the RFC 8058 headers) or the
-    provider's own placeholder where it manages unsubscribes."""
-    from ..render import Personal
+    """One reader's email: their name (and ``first_name`` attribute, if any) and address
+    filled in, and their unsubscribe link (a signed ``token`` in ``unsubscribe_url``,
+    with the RFC 8058 headers) or the provider's own placeholder where it manages
+    unsubscribes."""
+    from ..personal import Personal, field_values
 
     headers: dict[str, str] = {}
     url = provider.managed_unsubscribe
@@ -224,7 +230,8 @@ def personal_message(
             "List-Unsubscribe": f"<{url}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
-    rendered = compiled.personalise(Personal(to.name, to.email, url), config.default_name)
+    who = Personal(to.name, to.email, url, first_name)
+    rendered = compiled.personalise(who, config.default_name)
     return Message(
         key=key,
         sender=sender,
@@ -235,10 +242,7 @@ def personal_message(
         reply_to=config.reply_to,
         headers=headers,
         tag=tag,
-        merge=Merge(
-            compiled,
-            {"name": to.name or config.default_name, "email": to.email, "unsubscribe_url": url},
-        ),
+        merge=Merge(compiled, field_values(who, config.default_name)),
     )
 
 

@@ -162,6 +162,7 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
                 r.name,
                 r.delivery_key,
                 issued=r.attempted_at,
+                first_name=r.first_name or "",
             )
             for r in rows
         ]

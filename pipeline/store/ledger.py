@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from ..personal import FIRST_NAME_ATTRIBUTE
 from ..plan import Enrollment, LedgerEntry
 from ..tokens import Signer
 from . import Store
@@ -167,6 +168,7 @@ def iter_enrollments(
             subscribers.c.email,
             subscribers.c.name,
             subscribers.c.timezone,
+            _first_name(),
         )
         .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
         .where(*_active(series, shard))
@@ -245,9 +247,20 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
             enrolled_at=r.enrolled_at,
             start_part=r.start_part,
             ledger=ledgers.get(r.subscriber_id, {}),
+            first_name=r.first_name if isinstance(r.first_name, str) else "",
         )
         for r in rows
     ]
+
+
+def _first_name() -> sa.Label[Any]:
+    """The subscriber's ``first_name`` attribute (a CSV column kept as an attribute),
+    read inside the database (JSON_EXTRACT on SQLite, ->> on PostgreSQL); NULL when
+    absent. The greeting uses it instead of the first word of the name."""
+    value: sa.Label[Any] = (
+        subscribers.c.attributes[FIRST_NAME_ATTRIBUTE].as_string().label("first_name")
+    )
+    return value
 
 
 def save_bookmarks(
@@ -594,6 +607,7 @@ def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
                 deliveries.c.part,
                 subscribers.c.email,
                 subscribers.c.name,
+                _first_name(),
                 subscribers.c.status,
                 subscribers.c.timezone,
                 enrollments.c.start_part,

@@ -1,0 +1,72 @@
+"""What differs between two readers' copies of one part: the personal fields.
+
+Templates see them as ``reader.name``, ``reader.first_name``, ``reader.email`` and
+``reader.unsubscribe_url``; the compiled email keeps a sentinel where each goes and
+fills it in per reader (HTML-escaped in the HTML part), see pipeline/render.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .headers import clean_name
+
+PERSONAL_FIELDS = ("name", "first_name", "email", "unsubscribe_url")
+# The attribute (a CSV column kept as an attribute) that overrides the greeting name.
+FIRST_NAME_ATTRIBUTE = "first_name"
+# Punctuation after a first word that is no part of it ("Ann, PhD" greets "Ann");
+# a dot stays ("J. Smith" greets "J.").
+_TRAILING = ",;:"
+
+
+@dataclass(frozen=True)
+class Personal:
+    """One reader as an email addresses them: ``name`` (as stored, may be empty),
+    ``email``, their ``unsubscribe_url``, and ``first_name`` (their ``first_name``
+    attribute, if any; empty: taken from ``name``)."""
+
+    name: str
+    email: str
+    unsubscribe_url: str
+    first_name: str = ""
+
+
+def first_word(name: str) -> str:
+    """The first word of a name, as a greeting uses it: ``"Daniel Okafor"`` →
+    ``"Daniel"``, ``"  Ann"`` → ``"Ann"``; ``""`` for a name of only whitespace or
+    control characters. Line breaks and other control characters separate words
+    (``clean_name``), so a hostile name cannot carry a line into the text part."""
+    words = clean_name(name).split()
+    if not words:
+        return ""
+    word = words[0].rstrip(_TRAILING)
+    return word or words[0]
+
+
+def first_name_of(attributes: Mapping[str, Any] | None) -> str:
+    """The ``first_name`` attribute of a subscriber's attributes (a JSON object), as
+    text; ``""`` when it is absent or not text."""
+    if not attributes:
+        return ""
+    value = attributes.get(FIRST_NAME_ATTRIBUTE)
+    return value if isinstance(value, str) else ""
+
+
+def field_values(who: Personal, default_name: str) -> dict[str, str]:
+    """The raw (unescaped) value of each of ``PERSONAL_FIELDS`` for ``who``.
+
+    ``name`` is the whole name made one line, ``first_name`` the ``first_name``
+    attribute made one line, else the name's first word; a reader with neither (an
+    empty name, or one of only spaces or line breaks) is greeted with
+    ``default_name`` (the workspace's ``default_name``, "there" unless set) in both.
+    """
+    name = clean_name(who.name)
+    first = clean_name(who.first_name) or first_word(name)
+    return {
+        "name": name or default_name,
+        "first_name": first or default_name,
+        "email": who.email,
+        "unsubscribe_url": who.unsubscribe_url,
+    }
