@@ -70,8 +70,10 @@ LONG_TOKEN = 20
 # Where a long token may break: after these characters, and at least every
 # _LONG_PIECE characters between them.
 _BREAK_AFTER = "/.-_?&=#:,;@+~"
-_LONG_PIECE = 10
+_LONG_PIECE = 16
 _LONG_RUN = re.compile(rf"[^\s]{{{LONG_TOKEN},}}")
+_PUNCTUATION = re.escape(_BREAK_AFTER)
+_AFTER_PUNCTUATION = re.compile(rf"[^{_PUNCTUATION}]*[{_PUNCTUATION}]+|[^{_PUNCTUATION}]+$")
 
 
 @cache
@@ -127,7 +129,7 @@ def _break_long_tokens_in_cells(md: MarkdownIt) -> None:
 def breakable(text: str) -> str:
     """``text`` HTML-escaped, with ``<wbr>`` break points in each run of ``LONG_TOKEN``
     or more characters without a space: after URL punctuation (``/``, ``.``, ``-``,
-    ``?``, ``&``, …) and at least every 10 characters. Shorter words are left whole."""
+    ``?``, ``&``, …) and at least every 16 characters. Shorter words are left whole."""
     out = []
     last = 0
     for found in _LONG_RUN.finditer(text):
@@ -139,15 +141,11 @@ def breakable(text: str) -> str:
 
 
 def _pieces(token: str) -> list[str]:
+    """``token`` cut after each run of ``_BREAK_AFTER`` characters (``https://`` stays
+    whole), and pieces longer than ``_LONG_PIECE`` cut every ``_LONG_PIECE`` characters."""
     pieces = []
-    current = ""
-    for char in token:
-        current += char
-        if char in _BREAK_AFTER or len(current) >= _LONG_PIECE:
-            pieces.append(current)
-            current = ""
-    if current:
-        pieces.append(current)
+    for piece in _AFTER_PUNCTUATION.findall(token):
+        pieces += [piece[i : i + _LONG_PIECE] for i in range(0, len(piece), _LONG_PIECE)]
     return pieces
 
 

@@ -89,7 +89,37 @@ function measure(frame) {
     overflowing: overflowing,
     continueTheSeries: box(doc.getElementById("continue-the-series")),
     unsubscribe: box(doc.querySelector("a#unsubscribe")),
+    splitWords: splitWords(doc),
   };
+}
+// Words in the article's tables that the layout split across lines. A word is a run
+// of non-spaces up to and including a hyphen (a break after a hyphen is ordinary),
+// within one text node (a <wbr> ends a text node: breaking there is allowed).
+function splitWords(doc) {
+  const found = [];
+  for (const cell of doc.querySelectorAll(".article table td, .article table th")) {
+    const table = cell.closest("table");
+    const walker = doc.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const match of node.data.matchAll(/[^\\s-]+-?/g)) {
+        const range = doc.createRange();
+        range.setStart(node, match.index);
+        range.setEnd(node, match.index + match[0].length);
+        const tops = new Set();
+        for (const r of range.getClientRects()) if (r.width > 0) tops.add(Math.round(r.top));
+        if (tops.size < 2) continue;
+        const probe = doc.createElement("span");
+        probe.style.whiteSpace = "nowrap";
+        probe.textContent = match[0];
+        node.parentNode.insertBefore(probe, node);
+        const width = probe.getBoundingClientRect().width;
+        probe.remove();
+        found.push({word: match[0], width: width, table: table.getBoundingClientRect().width,
+                    cell: cell.getBoundingClientRect().width});
+      }
+    }
+  }
+  return found;
 }
 addEventListener("load", () => {
   const result = {};
@@ -115,6 +145,42 @@ PARTS = tuple(article.part for article in _example_series().articles)
 
 def _frame_id(part: int, width: int) -> str:
     return f"part{part}-{width}px"
+
+
+# A page of tables only, as phones squeeze them: four columns of long words, a URL
+# and an identifier (long tokens, which may break), rendered by the real pipeline.
+TABLES_PAGE = 99
+TABLES_ARTICLE = """---
+title: Tables on a phone
+part: 1
+published: 2026-01-01
+---
+
+| Style | Under stress | What helps |
+|---|---|---|
+| Disorganized | Misunderstandings multiply | Predictability, reassurance |
+| Secure | Reach out and talk | Unhurried conversations |
+
+| Where | What |
+|---|---|
+| https://steadyground.example/attachment/disorganized/?utm_source=newsletter | The article on the web |
+| `attachment_style_questionnaire_results` | Misunderstandings |
+"""
+
+
+def render_tables_page(tmp: Path) -> str:
+    """TABLES_ARTICLE as the example workspace's templates and settings render it."""
+    shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+    shutil.copytree(ROOT / "templates", tmp / "templates")
+    folder = tmp / "series" / "tables"
+    folder.mkdir(parents=True)
+    (folder / "series.yml").write_text("title: Tables\n", encoding="utf-8")
+    (folder / "01-tables.md").write_text(TABLES_ARTICLE, encoding="utf-8")
+    config = load_config(tmp)
+    (series,), problems = load_series(config)
+    assert not problems, problems
+    renderer = Renderer(config, now=NOW, use_cache=False)
+    return renderer.compile(series, series.articles[0]).personalise(renderer.sample()).html
 
 
 def render_parts() -> tuple[dict[int, str], str]:
@@ -223,9 +289,12 @@ def example() -> tuple[dict[int, str], str]:
 
 
 @pytest.fixture(scope="session")
-def layouts(browser: str, example: tuple[dict[int, str], str]) -> dict[Key, Layout]:
+def layouts(
+    browser: str, example: tuple[dict[int, str], str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[Key, Layout]:
     pages, _ = example
-    return measure_layouts(browser, pages, WIDTHS)
+    tables = render_tables_page(tmp_path_factory.mktemp("tables"))
+    return measure_layouts(browser, {**pages, TABLES_PAGE: tables}, WIDTHS)
 
 
 @pytest.fixture
@@ -299,3 +368,32 @@ def test_unsubscribe_link_is_visible(
     problems = visibility_problems(box, width)
     assert not problems, f"part {part} at {width} px: a#unsubscribe {problems}"
     assert box["href"] == unsubscribe_url
+
+
+with_tables = pytest.mark.parametrize(
+    ("part", "width"),
+    [
+        pytest.param(part, width, id=_frame_id(part, width))
+        for part in (*PARTS, TABLES_PAGE)
+        for width in WIDTHS
+    ],
+)
+
+
+@with_tables
+def test_tables_keep_whole_words(layout: Layout, part: int, width: int) -> None:
+    """No table cell splits a word that fits: MJML's word-break:break-word on the text
+    cell must not reach article tables ("Secur/e", "Disorgani/zed" on a phone). Only
+    long tokens (URLs, identifiers) break, at the <wbr> points the renderer puts in."""
+    split = [w for w in layout["splitWords"] if w["width"] <= w["table"] + TOLERANCE_PX]
+    shown = ", ".join(
+        f"{w['word']!r} ({w['width']:.0f} px word, {w['cell']:.0f} px cell)" for w in split[:8]
+    )
+    assert not split, f"part {part} at {width} px splits words in table cells: {shown}"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_tables_page_fits_the_screen(layouts: dict[Key, Layout], width: int) -> None:
+    """The long URL and identifier in a table wrap instead of pushing it off screen."""
+    problems = overflow_problems(layouts[(TABLES_PAGE, width)], width)
+    assert not problems, f"the tables page overflows at {width} px: {problems[:5]}"

@@ -1,0 +1,394 @@
+"""What a reader sees (issue 15): the greeting, the series line, the lead link, the
+signature, the language, the inbox preview, and the compliance nudges of `check`.
+
+End-to-end tests read the .eml files the outbox writes, with the standard library's
+MIME parser taking apart what a mailbox would receive.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from dataclasses import replace
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.check import serving_note
+from pipeline.config import load_config
+from pipeline.content import load_series
+from pipeline.language import language_problem
+from pipeline.markup import LONG_TOKEN, Document, breakable
+from pipeline.personal import Personal, field_values, first_word
+from pipeline.render import PREHEADER_PADDING, Renderer
+
+from .helpers import ENROLLED_AT, configure, run, send_at
+
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)  # parts 1-3 are out
+PART_1_PREHEADER = (
+    "Why you reach for closeness, or pull away, when a relationship starts to matter."
+)
+
+
+def _outbox(root: Path) -> dict[str, EmailMessage]:
+    """The outbox's messages by recipient address."""
+    found = {}
+    for path in (root / "outbox").rglob("*.eml"):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        found[message["To"].addresses[0].addr_spec] = message
+    return found
+
+
+def _parts(message: EmailMessage) -> tuple[str, str]:
+    """(text, html) of a multipart/alternative message."""
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    return str(text.get_content()), str(html.get_content())
+
+
+def _import(root: Path, csv: str) -> tuple[int, str, str]:
+    (root / "readers.csv").write_text(csv, encoding="utf-8")
+    return run(root, "subscribers", "import", str(root / "readers.csv"), "--now", ENROLLED_AT)
+
+
+# -- the greeting --------------------------------------------------------------
+
+READERS = (
+    "email,name,first_name,timezone,series\n"
+    "dan@example.com,Daniel Okafor,,UTC,attachment\n"
+    "mj@example.com,María José García,María José,UTC,attachment\n"
+    'lead@example.com,"   Ann Lee",,UTC,attachment\n'
+    'broken@example.com,"Bob\nBcc: x@evil.example",,UTC,attachment\n'
+    "encoded@example.com,=?utf-8?q?Eve=0AMallory?= Smith,,UTC,attachment\n"
+    'blank@example.com,"  \t ",,UTC,attachment\n'
+    'spaced@example.com,Zoe Park,"  ",UTC,attachment\n'
+)
+GREETINGS = {
+    "dan@example.com": "Daniel",
+    "mj@example.com": "María José",
+    "lead@example.com": "Ann",
+    "broken@example.com": "Bob",
+    "encoded@example.com": "=?utf-8?q?Eve=0AMallory?=",
+    "blank@example.com": "friend",
+    "spaced@example.com": "Zoe",
+}
+
+
+def test_outbox_greets_each_reader_by_first_name(example_copy: Path) -> None:
+    """The first_name column wins; else the name's first word, whatever spaces, line
+    breaks or encoded-words the name holds; a reader with no name gets default_name."""
+    configure(example_copy, 'default_name = "friend"')
+    code, out, err = _import(example_copy, READERS)
+    assert code == 0, out + err
+    code, out, err = send_at(example_copy, MONDAY)
+    assert code == 0, out + err
+    messages = _outbox(example_copy)
+    assert set(messages) == set(GREETINGS)
+    for address, first in GREETINGS.items():
+        text, html = _parts(messages[address])
+        assert f"\nHi {first},\n" in text, address
+        escaped = first.replace("&", "&amp;")
+        assert f">Hi {escaped},</p>" in html, address
+        # Nothing of a name reaches a line of its own.
+        assert "\nBcc:" not in text and "\nMallory" not in text
+
+
+def test_templates_can_use_the_whole_name_and_the_first_name(example_copy: Path) -> None:
+    """reader.name and reader.first_name are both there, escaped in the HTML part."""
+    (example_copy / "templates" / "email.txt.j2").write_text(
+        "[{{ reader.name }}] [{{ reader.first_name }}]\n", encoding="utf-8"
+    )
+    config = load_config(example_copy)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=MONDAY, use_cache=False)
+    compiled = renderer.compile(series, series.articles[0])
+    out = compiled.personalise(
+        Personal("Daniel <Okafor>", "d@example.com", "https://u.example/1", "Dan")
+    )
+    assert out.text == "[Daniel <Okafor>] [Dan]\n"
+    assert "Hi Dan," in out.html
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "expected"),
+    [
+        ("Daniel Okafor", "", "Daniel"),
+        ("  Daniel   Okafor ", "", "Daniel"),
+        ("Ann, PhD", "", "Ann"),
+        ("Ann\r\nLee", "", "Ann"),
+        ("\u2028Ann", "", "Ann"),
+        ("", "", "there"),
+        (" \n\t", "", "there"),
+        ("Daniel Okafor", "Dan", "Dan"),
+        ("Daniel Okafor", " Dan\n", "Dan"),
+        ("Daniel Okafor", "\n ", "Daniel"),
+    ],
+)
+def test_first_name_rules(name: str, first: str, expected: str) -> None:
+    values = field_values(Personal(name, "a@example.com", "https://u.example/1", first), "there")
+    assert values["first_name"] == expected
+
+
+@given(st.text())
+def test_a_first_word_is_one_line_without_spaces(name: str) -> None:
+    word = first_word(name)
+    assert not re.search(r"[\s\x00-\x1f\x7f-\x9f]", word)
+    assert word == "" or word.rstrip(",;:") in name or word in name
+
+
+# -- the series line and the lead link ------------------------------------------
+
+
+def test_late_starters_alone_are_pointed_to_part_1(example_copy: Path) -> None:
+    """A reader enrolled at part 3 is told "New here? Start with part 1"; a reader who
+    started at part 1 is not, in any part; the series line says "· part k of 5"."""
+    for address, start in (("late@example.com", "3"), ("early@example.com", "1")):
+        code, out, err = run(
+            example_copy,
+            "subscribers",
+            "add",
+            address,
+            "--series",
+            "attachment",
+            "--start-part",
+            start,
+            "--timezone",
+            "UTC",
+            "--now",
+            ENROLLED_AT,
+        )
+        assert code == 0, out + err
+    code, out, err = send_at(example_copy, MONDAY)
+    assert code == 0, out + err
+    messages = _outbox(example_copy)
+    late_text, late_html = _parts(messages["late@example.com"])
+    early_text, early_html = _parts(messages["early@example.com"])
+    assert "Attachment Styles · part 3 of 5" in late_text
+    assert "<strong>Attachment Styles</strong> · part 3 of 5" in late_html
+    assert "New here? Start with part 1: What attachment styles are" in late_text
+    assert "New here?" in late_html
+    assert "of 5 of" not in late_text + late_html
+    assert "New here?" not in early_text + early_html
+
+
+def test_readers_with_part_1_never_see_the_lead_link() -> None:
+    """Every part, as a reader who started at part 1 gets it (after every part is out)."""
+    config = load_config(Path(__file__).resolve().parent.parent)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=datetime(2027, 6, 1, tzinfo=UTC), use_cache=False)
+    for article in series.articles:
+        out = renderer.compile(series, article).personalise(renderer.sample())
+        assert "New here?" not in out.text + out.html, article.part
+
+
+# -- the signature --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("footer", [True, False])
+def test_text_signature_separator_is_dash_dash_space(footer: bool) -> None:
+    """RFC 3676: the separator line is "-- ", once, and what follows starts right
+    after it; the text ends with one newline, with or without footer blocks."""
+    config = load_config(Path(__file__).resolve().parent.parent)
+    if not footer:
+        config = replace(config, footer=(), postal_address="")
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=MONDAY, use_cache=False)
+    text = renderer.compile(series, series.articles[0]).personalise(renderer.sample()).text
+    lines = text.split("\n")
+    assert lines.count("-- ") == 1 and "--" not in lines
+    after = lines[lines.index("-- ") + 1]
+    assert after.startswith("Maya" if footer else "You're receiving this"), after
+    assert text.endswith("\n") and not text.endswith("\n\n")
+
+
+def test_an_article_line_cannot_start_a_signature(example_copy: Path) -> None:
+    """A body line "-- " (a code block) loses its space: only the footer's separator counts."""
+    article = example_copy / "series" / "attachment" / "01-attachment-theory.md"
+    article.write_text(
+        article.read_text(encoding="utf-8") + "\n```\n-- \nnot a signature\n```\n",
+        encoding="utf-8",
+    )
+    config = load_config(example_copy)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=MONDAY, use_cache=False)
+    text = renderer.compile(series, series.articles[0]).personalise(renderer.sample()).text
+    assert text.split("\n").count("-- ") == 1
+    assert text.index("not a signature") < text.index("\n-- \n")
+
+
+# -- the language ---------------------------------------------------------------
+
+
+def _html_tag(html: str) -> str:
+    found = re.search(r"<html\b[^>]*>", html)
+    assert found is not None
+    return found.group(0)
+
+
+def test_language_fills_lang_and_xml_lang(example_copy: Path) -> None:
+    """Default en; the workspace's language; a series' own language wins."""
+    run(example_copy, "subscribers", "add", "a@example.com", "--series", "attachment")
+    code, out, err = run(example_copy, "preview", "attachment/1")
+    assert code == 0, out + err
+    eml = next((example_copy / "build" / "preview").rglob("*.eml")).read_bytes()
+    parsed = email.message_from_bytes(eml, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    tag = _html_tag(_parts(parsed)[1])
+    assert ' lang="en" xml:lang="en" ' in tag and "und" not in tag
+
+    configure(example_copy, 'language = "en-GB"')
+    config = load_config(example_copy)
+    (series,), _ = load_series(config)
+    html = Renderer(config, now=MONDAY, use_cache=False).compile(series, series.articles[0])
+    assert ' lang="en-GB" xml:lang="en-GB" ' in html.html.pieces[0]
+
+    manifest = example_copy / "series" / "attachment" / "series.yml"
+    manifest.write_text(manifest.read_text() + "language: sv\n", encoding="utf-8")
+    (series,), problems = load_series(config)
+    assert problems == []
+    html = Renderer(config, now=MONDAY, use_cache=False).compile(series, series.articles[0])
+    assert ' lang="sv" xml:lang="sv" ' in _html_tag(html.html.pieces[0])
+
+
+def test_a_bad_language_is_one_line_with_its_place(example_copy: Path) -> None:
+    configure(example_copy, 'language = "english"')
+    code, out, err = run(example_copy, "check")
+    assert code == 1
+    lines = (out + err).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, lines
+    assert re.fullmatch(
+        r"Error: pyproject\.toml:\d+: 'language' must be a BCP 47 language tag such as .*"
+        r"got 'english'.*",
+        lines[0],
+    ), lines
+
+
+def test_a_bad_series_language_is_reported_at_its_line(example_copy: Path) -> None:
+    manifest = example_copy / "series" / "attachment" / "series.yml"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    manifest.write_text("\n".join([*lines, "language: en_US"]) + "\n", encoding="utf-8")
+    code, out, _ = run(example_copy, "check")
+    assert code == 1
+    assert (
+        f"series/attachment/series.yml:{len(lines) + 1}: 'language' must be a BCP 47 "
+        "language tag such as en, en-GB, de or pt-BR, got 'en_US' (write 'en-US': "
+        "hyphens, not underscores)"
+    ) in out.splitlines()
+
+
+@pytest.mark.parametrize("tag", ["en", "en-GB", "sv", "pt-BR", "zh-Hant-TW", "de-CH-1996"])
+def test_good_language_tags(tag: str) -> None:
+    assert language_problem(tag) is None
+
+
+@pytest.mark.parametrize(
+    "tag", ["english", "en_US", "en-", "", "xx", "en GB", 'en"><script>', 1, "a" * 100]
+)
+def test_bad_language_tags(tag: object) -> None:
+    problem = language_problem(tag)
+    assert problem is not None and "\n" not in problem
+
+
+# -- the inbox preview ----------------------------------------------------------
+
+
+class _Text(HTMLParser):
+    """A body's text in document order, as an inbox preview is taken from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag in ("head", "style", "title", "script"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("head", "style", "title", "script"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def test_inbox_preview_ends_with_the_preheader(example_copy: Path) -> None:
+    """The first 200 characters of the body's text (what Gmail, Apple Mail and Outlook
+    show, at most) are the preheader and then only padding, not the next visible text."""
+    run(example_copy, "subscribers", "add", "a@example.com", "--series", "attachment")
+    code, out, err = run(example_copy, "preview", "attachment/1")
+    assert code == 0, out + err
+    eml = next((example_copy / "build" / "preview").rglob("*.eml")).read_bytes()
+    parsed = email.message_from_bytes(eml, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    reader = _Text()
+    reader.feed(_parts(parsed)[1])
+    text = re.sub(r"[ \t\r\n]+", " ", "".join(reader.parts)).strip()
+    preview = text[:200]
+    assert preview.startswith(PART_1_PREHEADER)
+    rest = preview[len(PART_1_PREHEADER) :]
+    assert rest and set(rest) <= set(PREHEADER_PADDING + " "), rest[:60]
+
+
+# -- tables ----------------------------------------------------------------------
+
+
+def test_table_cells_wrap_at_spaces_and_break_only_long_tokens() -> None:
+    html = Document(
+        "| Style | Link |\n|---|---|\n| Disorganized | https://steadyground.example/a/b?c=1 |\n"
+    ).html()
+    assert "word-break:normal" in html.split(">", 1)[0]
+    assert ">Disorganized<" in html
+    assert ">https://<wbr>steadyground.<wbr>example/<wbr>a/<wbr>b?<wbr>c=<wbr>1<" in html
+    # Outside tables nothing changes.
+    assert "<wbr>" not in Document("https://steadyground.example/a/b?c=1").html()
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=120))
+def test_breakable_keeps_the_text_and_short_words(text: str) -> None:
+    out = breakable(text)
+    import html as html_module
+
+    assert html_module.unescape(out.replace("<wbr>", "")) == text
+    for word in re.split(r"\s+", text):
+        if len(word) < LONG_TOKEN:
+            assert "<wbr>" not in breakable(word)
+
+
+# -- series check -----------------------------------------------------------------
+
+
+def test_check_warns_without_a_postal_address(example_copy: Path) -> None:
+    config = example_copy / "pyproject.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(re.sub(r"(?m)^postal_address = .*\n", "", text), encoding="utf-8")
+    code, out, err = run(example_copy, "check")
+    assert code == 0
+    assert out.splitlines() == [
+        "pyproject.toml: warning: no postal_address: the CAN-SPAM Act requires a physical "
+        "postal address in commercial email, and bulk-sender guidelines expect one; set "
+        "postal_address (a street address or a registered P.O. box) so every footer shows it"
+    ]
+    assert run(example_copy, "check", "--strict")[0] == 1
+
+
+def test_strict_check_says_once_where_pages_must_be_served(example_copy: Path) -> None:
+    configure(example_copy, 'unsubscribe_url = "https://lists.steadyground.example/u/{token}"')
+    code, out, _ = run(example_copy, "check", "--strict")
+    assert code == 0
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1
+    assert "https://lists.steadyground.example/u/{token}" in notes[0]
+    assert "`series serve` must answer at https://lists.steadyground.example" in notes[0]
+    assert "note:" not in run(example_copy, "check")[1]
+    config = load_config(example_copy)
+    assert serving_note(replace(config, unsubscribe="provider")) is None
