@@ -163,7 +163,7 @@ published: 2026-01-01
 
 | Where | What |
 |---|---|
-| https://steadyground.example/attachment/disorganized/?utm_source=newsletter | The article on the web |
+| https://steadyground.example/attachment/disorganized/?utm_source=email | The web page |
 | `attachment_style_questionnaire_results` | Misunderstandings |
 """
 

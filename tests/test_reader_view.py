@@ -371,7 +371,7 @@ def test_check_warns_without_a_postal_address(example_copy: Path) -> None:
     config = example_copy / "pyproject.toml"
     text = config.read_text(encoding="utf-8")
     config.write_text(re.sub(r"(?m)^postal_address = .*\n", "", text), encoding="utf-8")
-    code, out, err = run(example_copy, "check")
+    code, out, _ = run(example_copy, "check")
     assert code == 0
     assert out.splitlines() == [
         "pyproject.toml: warning: no postal_address: the CAN-SPAM Act requires a physical "
