@@ -571,3 +571,30 @@ def test_content_free_open_stays_at_0004_when_the_mapping_is_refused(
             assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
     with pytest.raises(SeriesError, match="series 'attachment' has recorded deliveries"):
         open_store(tmp_path, database_url)
+
+
+def test_enrollments_carry_the_first_name_attribute(store: Store, tmp_path: Path) -> None:
+    """The send path reads each reader's first_name attribute inside the database
+    (JSON on SQLite, JSONB on PostgreSQL); readers without one get ""."""
+    from pipeline.store.ledger import iter_enrollments
+
+    path = tmp_path / "readers.csv"
+    path.write_text(
+        "email,name,first_name,series\n"
+        "dan@example.com,Daniel Okafor,Dan,attachment\n"
+        "ann@example.com,Ann Lee,,attachment\n"
+        'quote@example.com,Q,"O\'Brien ""Bo"" é",attachment\n',
+        encoding="utf-8",
+    )
+    report = import_csv(store, path, CATALOG, now=NOW, zone=ZONE, display="readers.csv")
+    assert report.rejected == 0
+    found = {
+        e.email: e.first_name
+        for chunk in iter_enrollments(store, "attachment", now=NOW, everything=True)
+        for e in chunk
+    }
+    assert found == {
+        "dan@example.com": "Dan",
+        "ann@example.com": "",
+        "quote@example.com": 'O\'Brien "Bo" é',
+    }
