@@ -148,6 +148,7 @@ class Renderer:
             line, message = body.too_deep
             raise RenderError(Problem(article.source, article.body_line + line, message))
         body.rewrite_links(link)
+        preheader = article.preheader or article.summary
         subject = article.subject or (
             f"{article.title} ({series.title}, part {article.part} of {series.total})"
         )
@@ -168,8 +169,9 @@ class Renderer:
                 "body_text": _line_ends_stripped(body.text()),
             },
             "subject": subject,
-            "preheader": article.preheader or article.summary,
-            "preheader_padding": Markup(PREHEADER_PADDING),
+            "preheader": preheader,
+            # Without a preheader the inbox preview is best the email's first text.
+            "preheader_padding": Markup(PREHEADER_PADDING if preheader else ""),
             "language": series.language or self.config.language,
             "continue": self._continue(series, article, received, link),
             "footer_blocks": [self._footer_block(name, link) for name in self.config.footer],

@@ -339,6 +339,18 @@ def test_inbox_preview_ends_with_the_preheader(example_copy: Path) -> None:
     assert rest and set(rest) <= set(PREHEADER_PADDING + " "), rest[:60]
 
 
+def test_no_padding_without_a_preheader(example_copy: Path) -> None:
+    """An article with neither preheader nor summary leaves the preview to its text."""
+    article = example_copy / "series" / "attachment" / "01-attachment-theory.md"
+    text = article.read_text(encoding="utf-8")
+    article.write_text(re.sub(r"(?m)^(preheader|summary): .*\n", "", text), encoding="utf-8")
+    config = load_config(example_copy)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=MONDAY, use_cache=False)
+    html = renderer.compile(series, series.articles[0]).personalise(renderer.sample()).html
+    assert "\u200c" not in html
+
+
 # -- tables ----------------------------------------------------------------------
 
 
