@@ -99,6 +99,7 @@ class MjmlCache:
 
 _HTML_TAG = re.compile(r"<html\b[^>]*>", re.IGNORECASE)
 _LANG_ATTRIBUTE = re.compile(r'\s(?:xml:)?lang="[^"]*"', re.IGNORECASE)
+_WRAPPER_UNDETERMINED = re.compile(r'(<div\b[^>]*\brole="article"[^>]*?\s)lang="und"')
 
 
 def set_language(html: str, language: str) -> str:
@@ -116,4 +117,8 @@ def set_language(html: str, language: str) -> str:
         language = own.group(1)
     bare = _LANG_ATTRIBUTE.sub("", tag)
     marked = f'{bare[:5]} lang="{language}" xml:lang="{language}"{bare[5:]}'
-    return html[: found.start()] + marked + html[found.end() :]
+    rest = html[found.end() :]
+    # MJML repeats the template's lang (or "und") on the body's wrapper, which wins over
+    # <html> for everything inside it.
+    rest = _WRAPPER_UNDETERMINED.sub(rf'\g<1>lang="{language}"', rest, count=1)
+    return html[: found.start()] + marked + rest

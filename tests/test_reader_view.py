@@ -258,6 +258,24 @@ def test_language_fills_lang_and_xml_lang(example_copy: Path) -> None:
     assert ' lang="sv" xml:lang="sv" ' in _html_tag(html.html.pieces[0])
 
 
+def test_a_template_without_lang_still_gets_the_language(example_copy: Path) -> None:
+    """A workspace's own email.mjml.j2 that does not say <mjml lang> (MJML then writes
+    "und" on <html> and on the body's wrapper) gets the configured language in both."""
+    builtin = (Path(__file__).resolve().parent.parent / "pipeline" / "templates").joinpath(
+        "email.mjml.j2"
+    )
+    source = builtin.read_text(encoding="utf-8").replace('<mjml lang="{{ language }}">', "<mjml>")
+    (example_copy / "templates" / "email.mjml.j2").write_text(source, encoding="utf-8")
+    configure(example_copy, 'language = "de"')
+    config = load_config(example_copy)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=MONDAY, use_cache=False)
+    html = renderer.compile(series, series.articles[0]).personalise(renderer.sample()).html
+    assert 'lang="und"' not in html
+    assert ' lang="de" xml:lang="de" ' in _html_tag(html)
+    assert re.search(r'<div [^>]*role="article" lang="de"', html)
+
+
 def test_a_bad_language_is_one_line_with_its_place(example_copy: Path) -> None:
     configure(example_copy, 'language = "english"')
     code, out, err = run(example_copy, "check")
