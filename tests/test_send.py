@@ -77,9 +77,14 @@ def test_first_run_sends_part_one_to_everyone(enrolled: Path) -> None:
     html = asa.get_body(preferencelist=("html",))
     assert html is not None
     assert f'href="{unsubscribe}"' in html.get_content()
-    assert "Hi Åsa Berg," in html.get_content()
-    # Yuki starts at part 2.
-    assert by_to["yuki.tanaka@example.com"]["Subject"].startswith("Secure attachment")
+    assert "Hi Åsa," in html.get_content()  # by first name
+    assert "New here?" not in html.get_content()
+    # Yuki starts at part 2, so her email points her to part 1.
+    yuki = by_to["yuki.tanaka@example.com"]
+    assert yuki["Subject"].startswith("Secure attachment")
+    yuki_text = yuki.get_body(preferencelist=("plain",))
+    assert yuki_text is not None
+    assert "New here? Start with part 1: What attachment styles are" in yuki_text.get_content()
     # Every unsubscribe link is personal.
     assert len({m["List-Unsubscribe"] for m in messages}) == 6
 
