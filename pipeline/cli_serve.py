@@ -34,7 +34,8 @@ def serve_command(state: State, *, host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
         # A name such as localhost may give one socket per address: no single port then.
         bound = getattr(server, "effective_port", port)
-        click.echo(f"Serving unsubscribe pages on http://{shown}:{bound}/ (Ctrl-C to stop)")
+        pages = "unsubscribe pages" + (" and signup form" if app.signup is not None else "")
+        click.echo(f"Serving {pages} on http://{shown}:{bound}/ (Ctrl-C to stop)")
         # waitress ends its loop quietly on Ctrl-C; a service manager's SIGTERM is
         # made to do the same, so both stop the server cleanly.
         previous = signal.signal(signal.SIGTERM, _stop)

@@ -151,7 +151,10 @@ def export_command(state: State, file: Path | None) -> None:
 
 
 @subscribers_group.command(name="list")
-@click.option("--status", help=f"Only subscribers with this status ({', '.join(STATUSES)}).")
+@click.option(
+    "--status",
+    help=f"Only subscribers with this status ({', '.join(STATUSES)}), or pending signups.",
+)
 @click.option("--series", "series", help="Only subscribers enrolled in this series.")
 @click.pass_obj
 def list_command(state: State, status: str | None, series: str | None) -> None:
@@ -164,6 +167,10 @@ def list_command(state: State, status: str | None, series: str | None) -> None:
     catalog = state.catalog()
     if series is not None and (error := catalog.check_series(series)):
         raise SubscriberError(error)
+    if status == "pending":  # signups waiting for their double opt-in confirmation
+        from .cli_signup import list_pending
+
+        return list_pending(state, series)
     with _store(state) as store:
         rows = [
             (

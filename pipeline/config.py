@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError, Problem
 from .headers import format_address, line_problem, smtputf8_problem
 from .language import DEFAULT_LANGUAGE, language_problem
+from .signup_config import SignupConfig, parse_signup
 from .sources import ReadError, cut, quote, read_text, read_toml, unquote_hint
 from .workspace import nearest_workspace
 
@@ -96,6 +97,7 @@ class Config:
     mailgun_region: str = "us"  # or "eu"
     mailgun_batch_size: int = 1000
     language: str = "en"  # BCP 47: the emails' <html lang>; a series may override it
+    signup: SignupConfig = SignupConfig()  # noqa: RUF009 (frozen)  the form of `series serve`
 
     @property
     def series_dir(self) -> Path:
@@ -241,6 +243,7 @@ class _Validator:
         "mailgun",
         "unsubscribe_url",
         "unsubscribe",
+        "signup",
     )
 
     def __init__(self, root: Path, source: Path, prefix: str, text: str) -> None:
@@ -357,6 +360,7 @@ class _Validator:
                 lambda: self.choice(mailgun, "region", ("us", "eu"), "mailgun"), "us"
             ),
             mailgun_batch_size=keep(lambda: self.batch_size(mailgun, "mailgun", 1000), 1000),
+            signup=keep(lambda: parse_signup(self, data.get("signup"), site_url), SignupConfig()),
         )
         if self.problems:
             unique = dict.fromkeys(self.problems)  # a key two settings read is reported once

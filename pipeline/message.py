@@ -56,8 +56,9 @@ def build_message(
         ("Subject", encode_text(email.subject)),
         ("Date", format_datetime(date)),
         ("Message-ID", make_msgid(domain=domain)),
-        ("List-Unsubscribe", list_unsubscribe(f"<{unsubscribe_url}>")),
-        ("List-Unsubscribe-Post", ONE_CLICK),
+        # Only bulk mail has one; a double opt-in confirmation (unsubscribe_url "") not.
+        ("List-Unsubscribe", list_unsubscribe(f"<{unsubscribe_url}>") if unsubscribe_url else None),
+        ("List-Unsubscribe-Post", ONE_CLICK if unsubscribe_url else None),
         *(extra_headers or {}).items(),
     ]
     head = "".join(header_line(name, value, LINESEP) for name, value in fields if value is not None)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .config import Config
+    from .signup_web import SignupApp
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,15 @@ class UnsubscribeApp:
         self.signer = signer
         self.titles = titles or {}
         self.clock = clock
+        self.signup: SignupApp | None = None  # /subscribe and /confirm/… when signup is on
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        response = self.dispatch(_Request(environ))
-        response.headers.update(SECURITY_HEADERS)
+        if self.signup is not None and self.signup.handles(environ.get("PATH_INFO", "")):
+            response = self.signup(environ)
+        else:
+            response = self.dispatch(_Request(environ))
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -369,7 +375,13 @@ def make_app(
     with store.connect() as conn:
         signer = link_signer(conn)
     titles = {series.slug: series.title for series in series_list}
-    return UnsubscribeApp(config, store, signer, titles=titles, clock=clock)
+    app = UnsubscribeApp(config, store, signer, titles=titles, clock=clock)
+    # A database left before 0007 (see open_store's content_free) has no signups table.
+    if config.signup.enabled and store.upgrade_refused is None:
+        from .signup_web import SignupApp
+
+        app.signup = SignupApp(config, store, series_list, clock=clock)
+    return app
 
 
 def app_from_environment() -> UnsubscribeApp:

@@ -177,3 +177,22 @@ settings = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# Requests to join a series through `series serve`, until their confirmation link
+# expires (0007). Confirmed rows stay until then too, so that a used link says so.
+signups = sa.Table(
+    "signups",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, index=False),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("series", sa.String(100), nullable=False),
+    sa.Column("form", sa.String(200), nullable=False, server_default=""),
+    sa.Column("page", sa.String(500), nullable=False, server_default=""),
+    sa.Column("ip", sa.String(64), nullable=False, server_default=""),
+    sa.Column("user_agent", sa.String(500), nullable=False, server_default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("last_sent_at", UTCDateTime),
+    sa.Column("confirmed_at", UTCDateTime),
+)

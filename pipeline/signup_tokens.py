@@ -1,0 +1,116 @@
+"""Signed confirmation links for double opt-in: they name one signup (its address and
+series), expire, and cannot be forged or altered.
+
+Signed with SERIES_SECRET_KEY when it is set, else with the random key kept in the
+state database: the key the unsubscribe links use (pipeline/tokens.py), but through
+a key derived for this purpose alone, so that no unsubscribe token is ever a valid
+confirmation token or the reverse. HMAC-SHA256 (RFC 2104), compared in constant time.
+
+A token is ``base64url(payload).base64url(mac)`` with payload
+``c1.<signup id>.<expiry, Unix seconds>.<series slug>.<address digest>``: the address
+itself is not in the link (links end up in logs), only a keyed digest of it, which the
+stored signup must match.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Connection
+
+from .tokens import SECRET_ENV
+
+_VERSION = "c1"
+_PURPOSE = b"series double opt-in confirmation v1"
+
+
+@dataclass(frozen=True)
+class ConfirmSubject:
+    """What a genuine confirmation token says."""
+
+    signup_id: int
+    series: str
+    expires: datetime
+    address_digest: str
+
+
+class ConfirmSigner:
+    """Makes and checks confirmation tokens with one key (bytes)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hmac.new(key, _PURPOSE, hashlib.sha256).digest()
+
+    @classmethod
+    def for_store(cls, conn: Connection) -> ConfirmSigner:
+        """The workspace's signer: SERIES_SECRET_KEY, else the stored link-signing key
+        (as tokens.Signer.from_environment chooses for unsubscribe links)."""
+        from .store.ledger import setting
+
+        secret = os.environ.get(SECRET_ENV, "")
+        if secret:
+            return cls(secret.encode("utf-8"))
+        return cls(bytes.fromhex(setting(conn, "link_signing_key")))
+
+    def digest(self, email: str) -> str:
+        """A short keyed digest of a (normalised) address, as the token carries it."""
+        mac = hmac.new(self._key, b"address\0" + email.encode("utf-8"), hashlib.sha256)
+        return _b64(mac.digest()[:12])
+
+    def token(self, signup_id: int, series: str, email: str, *, expires: datetime) -> str:
+        """The token for signup ``signup_id`` (to ``series``, for ``email``), valid until
+        ``expires`` (whole seconds)."""
+        stamp = int(expires.timestamp())
+        payload = f"{_VERSION}.{signup_id}.{stamp}.{series}.{self.digest(email)}".encode()
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+
+    def verify(self, token: str) -> ConfirmSubject | None:
+        """The subject of a genuine token (expired or not: the caller compares
+        ``expires`` with its clock); None for anything forged, altered or malformed."""
+        if len(token) > 400:
+            return None
+        try:
+            payload_part, mac_part = token.split(".")
+            payload = _unb64(payload_part)
+            mac = _unb64(mac_part)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        try:
+            version, number, stamp, series, digest = payload.decode("ascii").split(".")
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if version != _VERSION or not _is_number(number) or not _is_number(stamp) or not series:
+            return None
+        try:
+            expires = datetime.fromtimestamp(int(stamp), UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+        return ConfirmSubject(int(number), series, expires, digest)
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, b"token\0" + payload, hashlib.sha256).digest()[:18]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    """Strict: only the one canonical spelling of a value is accepted."""
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not base64") from exc
+    if _b64(data) != text:
+        raise ValueError("not canonical base64")
+    return data
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) < 20

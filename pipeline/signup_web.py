@@ -1,0 +1,462 @@
+"""The signup routes of `series serve` (double opt-in), mounted beside the unsubscribe
+pages by pipeline/web.py.
+
+``GET /subscribe[?series=SLUG]``
+    The form: email, optional name, the series (a choice when several are offered).
+``POST /subscribe``
+    ``application/x-www-form-urlencoded`` (the form, or a copy embedded in the writer's
+    blog) or ``application/json`` ``{"email", "name", "series"}``. The same "check your
+    inbox" answer whether or not the address is known; 400 with the reason, and nothing
+    stored, for a bad address or a series not offered. Form posts go on to ``next``
+    (a form field or ``signup.next``) when that is on site_url's host.
+``OPTIONS /subscribe``
+    CORS preflight: allowed for ``signup.allowed_origins`` only.
+``GET /confirm/<token>``
+    A page with a Confirm button; a GET never confirms (mail scanners follow links).
+``POST /confirm/<token>``
+    Confirms, once.
+
+Abuse: a filled-in honeypot field ``website`` gets the normal answer and nothing else
+happens; one confirmation email per address per 10 minutes; ``signup.per_ip_per_hour``
+POSTs per IP address (kept in memory, per process); bodies over 8 KB are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wrappers import Request, Response
+
+from . import signup
+from .config import Config
+from .content import Series
+from .errors import SeriesError
+from .signup_config import same_site
+from .signup_email import ConfirmMailer
+from .signup_pages import FormState, confirm_page, form_page, text_page
+from .signup_tokens import ConfirmSigner
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+BODY_LIMIT = 8 * 1024  # a signup is a few hundred bytes
+PATHS = ("/subscribe", "/confirm/")
+CHECK_INBOX = "Check your inbox"
+
+
+class _SignupRequest(Request):
+    max_content_length = BODY_LIMIT
+    max_form_memory_size = BODY_LIMIT
+    max_form_parts = 20
+
+
+class IpLimiter:
+    """At most ``per_hour`` requests per IP address in any hour (0: no limit), in memory."""
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, ip: str, now: float) -> float | None:
+        """None if this request may go on (and it is counted); else seconds to wait."""
+        if self.per_hour <= 0:
+            return None
+        with self._lock:
+            if len(self._seen) > 10_000:  # forget addresses that went quiet
+                self._seen = {k: v for k, v in self._seen.items() if v and v[-1] > now - 3600}
+            times = self._seen.setdefault(ip, deque())
+            while times and times[0] <= now - 3600:
+                times.popleft()
+            if len(times) >= self.per_hour:
+                return max(1.0, times[0] + 3600 - now)
+            times.append(now)
+            return None
+
+
+class SignupApp:
+    """Handles the signup paths; the unsubscribe app asks ``handles`` first."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        series_list: Sequence[Series],
+        *,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.settings = config.signup
+        self.store = store
+        self.clock = clock
+        self.series = {s.slug: s for s in series_list}
+        missing = [slug for slug in self.settings.series or () if slug not in self.series]
+        if missing:
+            raise SeriesError(
+                f"{config.rel(config.source)}: signup.series names "
+                f"{', '.join(repr(m) for m in missing)}, not a series of this workspace "
+                f"(series: {', '.join(sorted(self.series)) or 'none'})"
+            )
+        with store.connect() as conn:
+            self.signer = ConfirmSigner.for_store(conn)
+        self.mailer = ConfirmMailer(config, self.series)
+        self.limiter = IpLimiter(self.settings.per_ip_per_hour)
+        site = urlsplit(config.site_url)
+        self.site_origin = f"{site.scheme}://{site.netloc}"
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path == PATHS[0] or path.startswith(PATHS[1])
+
+    def offered(self) -> dict[str, str]:
+        """slug → title of the series the form offers now: those in ``signup.series``
+        (default: all), each with at least one published part."""
+        now = self.clock()
+        names = self.settings.series or tuple(sorted(self.series))
+        return {
+            slug: self.series[slug].title
+            for slug in names
+            if any(a.is_published(now) for a in self.series[slug].articles)
+        }
+
+    def __call__(self, environ: Mapping[str, Any]) -> Response:
+        request = _SignupRequest(dict(environ))
+        try:
+            response = self.dispatch(request)
+        except RequestEntityTooLarge:
+            response = self.answer(request, 413, "Too much data", "That request is too large.")
+        except SeriesError as exc:
+            # The database is out of reach (or a template broke): say so, store nothing.
+            log.warning("signup request not handled: %s", exc)
+            response = self.answer(
+                request,
+                503,
+                "Please try again later",
+                "Signups cannot be taken just now. Nothing was stored.",
+            )
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; "
+            f"form-action 'self' {self.site_origin}; frame-ancestors 'none'; base-uri 'none'"
+        )
+        return response
+
+    def dispatch(self, request: Request) -> Response:
+        if not self.settings.enabled:
+            return self.answer(request, 404, "Signup is closed", "This site takes no signups here.")
+        if request.path == PATHS[0]:
+            if request.method == "OPTIONS":
+                return self.preflight(request)
+            if request.method == "POST":
+                return self.subscribe(request)
+            if request.method in ("GET", "HEAD"):
+                return self.show_form(request)
+            return self.not_allowed("GET, HEAD, POST, OPTIONS")
+        token = request.path[len(PATHS[1]) :]
+        if not token or "/" in token:
+            return self.answer(request, 404, "Not found", "There is no page here.")
+        if request.method == "POST":
+            return self.confirm(request, token)
+        if request.method in ("GET", "HEAD"):
+            return self.show_confirm(token)
+        return self.not_allowed("GET, HEAD, POST")
+
+    # -- the form ---------------------------------------------------------------
+
+    def show_form(self, request: Request) -> Response:
+        offered = self.offered()
+        wanted = request.args.get("series", "")
+        if not offered:
+            return self.html(
+                503,
+                text_page(
+                    self.config,
+                    "Nothing to subscribe to yet",
+                    "No series is open for signups yet. Please come back later.",
+                ),
+            )
+        if wanted and wanted not in offered:
+            state = FormState(
+                series="",
+                error=f"There is no series '{wanted[:100]}' to join here; please choose one below.",
+                error_field="series",
+            )
+            return self.html(404, form_page(self.config, offered, state))
+        return self.html(200, form_page(self.config, offered, FormState(series=wanted)))
+
+    def preflight(self, request: Request) -> Response:
+        origin = request.headers.get("Origin", "")
+        if origin.lower() not in self.settings.allowed_origins:
+            return Response(status=403)
+        response = Response(status=204)
+        response.headers.update(
+            {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "Content-Type",
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            }
+        )
+        return response
+
+    def subscribe(self, request: Request) -> Response:
+        as_json = request.mimetype == "application/json"
+        origin = request.headers.get("Origin", "")
+        if as_json and origin and origin.lower() not in self.settings.allowed_origins:
+            return self.answer(
+                request, 403, "Not allowed", "This site may not sign people up here."
+            )
+        wait = self.limiter.allow(self.ip(request), self.clock().timestamp())
+        if wait is not None:
+            response = self.answer(
+                request,
+                429,
+                "Too many requests",
+                "Too many signups from your network just now. Please try again later.",
+            )
+            response.headers["Retry-After"] = str(int(wait))
+            return response
+        fields = self.fields(request, as_json)
+        if fields is None:
+            return self.answer(
+                request,
+                415 if not as_json else 400,
+                "Not understood",
+                "Send the form (urlencoded) or a JSON object with email, name and series.",
+            )
+        offered = self.offered()
+        if len(offered) == 1 and not fields.get("series"):
+            fields["series"] = next(iter(offered))
+        if fields.get("website", "").strip():
+            log.info("signup with the honeypot filled in ignored (%s)", self.ip(request))
+            return self.accepted(request, fields)
+        raw = signup.Request(
+            email=fields.get("email", ""),
+            name=fields.get("name", ""),
+            series=fields.get("series", ""),
+            form=fields.get("form", "") or ("json" if as_json else "form"),
+            page=request.headers.get("Referer", "") or origin,
+            ip=self.ip(request),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        try:
+            checked = signup.checked(raw, offered)
+        except signup.SignupRefused as exc:
+            return self.refused(request, offered, fields, exc)
+        now = self.clock()
+        issued = signup.register(
+            self.store,
+            self.signer,
+            checked,
+            now=now,
+            lifetime=timedelta(hours=self.settings.token_hours),
+        )
+        if issued is not None:
+            sent = self.mailer.send(
+                issued.series, issued.email, issued.token, key=str(issued.signup_id)
+            )
+            if sent == "retry":
+                signup.not_sent(self.store, issued)
+                return self.answer(
+                    request,
+                    503,
+                    "Please try again in a few minutes",
+                    "The confirmation email could not be sent just now. Nothing was stored.",
+                )
+        return self.accepted(request, fields)
+
+    def fields(self, request: Request, as_json: bool) -> dict[str, str] | None:
+        """The submitted fields as strings; None when the body is not a form or an object."""
+        if as_json:
+            try:
+                data = json.loads(request.get_data(cache=False) or b"null")
+            except (ValueError, UnicodeDecodeError):
+                return None
+            if not isinstance(data, dict):
+                return None
+            return {
+                k: v if isinstance(v, str) else "" for k, v in data.items() if isinstance(k, str)
+            }
+        if request.mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return None
+        return {key: request.form.get(key, "") for key in request.form}
+
+    def accepted(self, request: Request, fields: Mapping[str, str]) -> Response:
+        """The one answer for every accepted signup, known address or not."""
+        title = self.offered().get(fields.get("series", ""), self.config.site_name)
+        text = (
+            f"If the address is right, an email is on its way with a link to confirm your "
+            f"subscription to {title}. Nothing is sent until you confirm. Nothing there in "
+            "a few minutes? Look in your spam folder."
+        )
+        if request.mimetype == "application/json":
+            return self.json(request, 200, {"ok": True, "message": text})
+        target = fields.get("next", "") or self.settings.next_url
+        if target and same_site(target, self.config.site_url):
+            return Response(status=303, headers={"Location": target})
+        return self.html(200, text_page(self.config, CHECK_INBOX, text))
+
+    def refused(
+        self,
+        request: Request,
+        offered: Mapping[str, str],
+        fields: Mapping[str, str],
+        exc: signup.SignupRefused,
+    ) -> Response:
+        if request.mimetype == "application/json":
+            return self.json(request, 400, {"ok": False, "field": exc.field, "error": exc.message})
+        state = FormState(
+            email=fields.get("email", "")[:254],
+            name=fields.get("name", "")[:200],
+            series=fields.get("series", ""),
+            error=exc.message,
+            error_field=exc.field,
+        )
+        return self.html(400, form_page(self.config, offered, state))
+
+    # -- the confirmation link ---------------------------------------------------
+
+    def show_confirm(self, token: str) -> Response:
+        found = signup.look_up(
+            self.store, self.signer, token, now=self.clock(), offered=self.offered()
+        )
+        if found.state != "ready":
+            return self.link_state(found)
+        assert found.series is not None
+        return self.html(200, confirm_page(self.config, self.title(found.series)))
+
+    def confirm(self, request: Request, token: str) -> Response:
+        if request.form.get("confirm") != "yes":
+            return self.html(
+                400,
+                text_page(
+                    self.config,
+                    "Nothing to do",
+                    "Use the Confirm button on this page. Nothing was changed.",
+                ),
+            )
+        found, joined = signup.confirm(
+            self.store,
+            self.signer,
+            token,
+            now=self.clock(),
+            offered=self.offered(),
+            first_parts={slug: s.articles[0].part for slug, s in self.series.items() if s.articles},
+            ip=self.ip(request),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        if joined is None:
+            return self.link_state(found)
+        assert found.series is not None
+        title = self.title(found.series)
+        if joined == "already":
+            return self.html(
+                200,
+                text_page(
+                    self.config,
+                    f"You already get {title}",
+                    "Nothing changed: the next part arrives as planned.",
+                ),
+            )
+        log.info("signup %s confirmed for %s", joined, found.series)
+        return self.html(
+            200,
+            text_page(
+                self.config,
+                f"You are subscribed to {title}",
+                f"Thank you. The first email of {title} is on its way soon; the next parts follow "
+                "on their schedule. Every email has a link to unsubscribe.",
+            ),
+        )
+
+    def link_state(self, found: signup.Found) -> Response:
+        series = found.series or ""
+        title = self.title(series) if series else self.config.site_name
+        pages = {
+            "invalid": (
+                400,
+                "This link is not valid",
+                "The confirmation link is incomplete or has been changed. Open it again "
+                "from the email, or sign up again.",
+                "",
+            ),
+            "expired": (
+                410,
+                "This link has expired",
+                f"Confirmation links work for a limited time, and this one has run out. "
+                f"Sign up again to get a new one for {title}.",
+                series,
+            ),
+            "gone": (
+                410,
+                "This link no longer works",
+                "This confirmation link has been replaced or removed. Sign up again to "
+                "get a new one.",
+                series,
+            ),
+            "used": (
+                410,
+                "This link was already used",
+                f"This subscription to {title} was already confirmed with this link, "
+                "which works only once. If you have since unsubscribed, sign up again.",
+                series,
+            ),
+            "unavailable": (
+                410,
+                f"{title} is not open for signups",
+                "This series no longer takes new readers here. Nothing was changed.",
+                "",
+            ),
+        }
+        status, heading, text, again = pages[found.state]
+        return self.html(status, text_page(self.config, heading, text, again=again))
+
+    # -- helpers ----------------------------------------------------------------
+
+    def ip(self, request: Request) -> str:
+        """The client's address: with ``signup.trusted_proxies`` = N, the address the
+        Nth proxy from us saw (X-Forwarded-For), else the connection's."""
+        proxies = self.settings.trusted_proxies
+        if proxies:
+            hops = [
+                h.strip()
+                for h in request.headers.get("X-Forwarded-For", "").split(",")
+                if h.strip()
+            ]
+            if len(hops) >= proxies:
+                return hops[-proxies][:64]
+        return (request.remote_addr or "")[:64]
+
+    def title(self, slug: str) -> str:
+        series = self.series.get(slug)
+        return series.title if series is not None else slug
+
+    def answer(self, request: Request, status: int, title: str, text: str) -> Response:
+        if request.mimetype == "application/json":
+            return self.json(request, status, {"ok": False, "error": text})
+        return self.html(status, text_page(self.config, title, text))
+
+    def json(self, request: Request, status: int, body: Mapping[str, Any]) -> Response:
+        response = Response(json.dumps(body), status, mimetype="application/json")
+        origin = request.headers.get("Origin", "")
+        if origin and origin.lower() in self.settings.allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    def html(self, status: int, body: str) -> Response:
+        return Response(body, status, mimetype="text/html")
+
+    @staticmethod
+    def not_allowed(allow: str) -> Response:
+        return Response(
+            "method not allowed\n", 405, headers={"Allow": allow}, mimetype="text/plain"
+        )
