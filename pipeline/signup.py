@@ -184,7 +184,7 @@ def not_sent(store: Store, issued: Issued) -> None:
 
 def purge_expired(conn: Connection, now: datetime) -> int:
     """Delete signups whose links have expired, confirmed or not; how many."""
-    return conn.execute(signups.delete().where(signups.c.expires_at < now)).rowcount or 0
+    return conn.execute(signups.delete().where(signups.c.expires_at <= now)).rowcount or 0
 
 
 def look_up(
@@ -377,7 +377,7 @@ def iter_pending(store: Store, *, now: datetime, series: str | None = None) -> I
         purge_expired(conn, now)
     query = (
         sa.select(signups)
-        .where(signups.c.confirmed_at.is_(None), signups.c.expires_at >= now)
+        .where(signups.c.confirmed_at.is_(None), signups.c.expires_at > now)
         .order_by(signups.c.id)
     )
     if series is not None:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.store import open_store
+from pipeline.store.migrate import HEAD
 from pipeline.store.schema import subscribers
 
 from .conftest import FIXTURES
@@ -135,7 +136,7 @@ def test_db_upgrade(example_copy: Path) -> None:
     """`series db upgrade` creates the schema and says which revision it is at."""
     code, out, _ = run(example_copy, "db", "upgrade")
     assert code == 0
-    assert out.startswith("database sqlite:///") and out.endswith("is at schema revision 0005\n")
+    assert out.startswith("database sqlite:///") and out.endswith(f"is at schema revision {HEAD}\n")
 
 
 def test_database_url_password_not_printed(
@@ -509,7 +510,7 @@ def test_unsubscribe_works_where_the_upgrade_is_refused(example_copy: Path) -> N
 
     assert code == 0, out + err
     assert err.startswith(
-        "Warning: cannot upgrade the database to schema 0005 while series 'attachment' has "
+        f"Warning: cannot upgrade the database to schema {HEAD} while series 'attachment' has "
         "content errors (series/attachment/02-secure.md:"
     )
     assert run(example_copy, "subscribers", "list")[0] == 1

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from pipeline.errors import SeriesError
 from pipeline.importer import ImportReport, export_csv, import_csv
 from pipeline.store import Store, StoreError, open_store, safe_url
-from pipeline.store.migrate import upgrade
+from pipeline.store.migrate import HEAD, upgrade
 from pipeline.store.schema import (
     deliveries,
     enrollments,
@@ -416,8 +416,8 @@ def test_migration_0005_refuses_content_with_errors(database_url: str, example_c
     anxious.write_text(anxious.read_text().replace("title:", "titel:", 1), encoding="utf-8")
     with pytest.raises(
         SeriesError,
-        match=r"cannot upgrade the database to schema 0005 while series 'attachment' has content "
-        r"errors \(series/attachment/03-anxious.md:2: unknown key 'titel'",
+        match=rf"cannot upgrade the database to schema {HEAD} while series 'attachment' has "
+        r"content errors \(series/attachment/03-anxious.md:2: unknown key 'titel'",
     ):
         open_store(example_copy, database_url)
     engine = sa.create_engine(database_url)
@@ -523,7 +523,7 @@ def test_migration_0005_refuses_a_workspace_without_the_series(
     code, out, err = run(web, "subscribers", "list")
     assert code == 1, out + err
     assert err == (
-        "Error: cannot upgrade the database to schema 0005 from here: series 'attachment' has "
+        f"Error: cannot upgrade the database to schema {HEAD} from here: series 'attachment' has "
         f"recorded deliveries and no series/attachment/ folder in {web}; run `series db "
         "upgrade` in the workspace that holds the series (the upgrade matches each recorded "
         "part to its article there)\n"
@@ -554,7 +554,7 @@ def test_migration_0005_ignores_errors_in_parts_nobody_received(
     draft = example_copy / "series" / "attachment" / "09-wip.md"
     draft.write_text("---\ntitle: Work in progress\npart: 9\ndraft: true\n---\n", encoding="utf-8")
     with open_store(example_copy, database_url) as store, store.connect() as conn:
-        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0005"
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == HEAD
 
 
 def test_content_free_open_stays_at_0004_when_the_mapping_is_refused(
