@@ -320,7 +320,8 @@ def test_send_cmd(
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.pass_obj
 def serve_cmd(state: State, host: str, port: int) -> None:
-    """Serve the self-hosted unsubscribe pages (GET and one-click POST on /u/<token>).
+    """Serve the self-hosted unsubscribe pages (GET and one-click POST on /u/<token>),
+    and with [signup] enabled the signup form (/subscribe) and its double opt-in links.
 
     Example: series serve --host 0.0.0.0 --port 8080
     """

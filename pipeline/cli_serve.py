@@ -1,4 +1,5 @@
-"""`series serve`: the self-hosted unsubscribe pages (built in pipeline/web.py)."""
+"""`series serve`: the self-hosted unsubscribe pages (built in pipeline/web.py) and the
+signup form with double opt-in (pipeline/signup_web.py)."""
 
 from __future__ import annotations
 
