@@ -722,3 +722,87 @@ def test_store_errors_are_a_503(site: SignupSite) -> None:
     response = site.subscribe()
     assert response.status_code == 503 and "Nothing was stored" in response.text
     assert site.get("/confirm/abc.def").status_code == 400  # a forged link needs no database
+
+
+# -- the real `series serve` -----------------------------------------------------------
+
+
+def test_series_serve_end_to_end(
+    workspace: BuildWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`series serve` as a process: form post, the emailed link (GET, then POST), and the
+    next `series send` sends part 1; the secret key never shows."""
+    import os
+    import select
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import requests
+
+    from .signup_site import token_in
+
+    monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    root = build(workspace, SIGNUP + f'confirm_url = "{url}/confirm/{{token}}"\n')
+    secret = "serve-signup-secret-51c2"
+    env = {**os.environ, SECRET_ENV: secret}
+    env.pop("SERIES_DATABASE_URL", None)
+    command = [sys.executable, "-m", "pipeline", "-w", str(root), "serve", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "series serve printed nothing within 30 s"
+        line = proc.stdout.readline().decode()
+        assert line == f"Serving unsubscribe pages and signup form on {url}/ (Ctrl-C to stop)\n"
+        form = requests.get(f"{url}/subscribe", timeout=10)
+        assert form.status_code == 200 and form.headers["Server"] == "series"
+        posted = requests.post(
+            f"{url}/subscribe",
+            data={"email": ANN, "series": "demo"},
+            timeout=10,
+            allow_redirects=False,
+        )
+        assert posted.status_code == 200 and heading(posted.text) == "Check your inbox"
+        [message] = sorted((root / "outbox").glob("signup-*.eml"))
+        raw = message.read_bytes()
+        assert secret.encode() not in raw
+        link = f"{url}/confirm/{token_in(raw)}"
+        assert heading(requests.get(link, timeout=10).text).startswith("Confirm your subscription")
+        done = requests.post(link, data={"confirm": "yes"}, timeout=10)
+        assert done.status_code == 200 and heading(done.text) == "You are subscribed to Demo Series"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err.decode()
+    assert secret not in line + out.decode() + err.decode()
+    # Confirmed at the real clock: send just after, with the send window opened to every hour.
+    from datetime import UTC, datetime
+
+    toml = root / "series.toml"
+    toml.write_text(
+        toml.read_text(encoding="utf-8")
+        .replace(
+            'days = ["mon", "tue", "wed", "thu", "fri"]',
+            'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]',
+        )
+        .replace('start = "09:00"', 'start = "00:00"')
+        .replace('end = "17:00"', 'end = "24:00"'),
+        encoding="utf-8",
+    )
+    later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    code, _, errors = run(root, "send", "--now", later)
+    assert code == 0, errors
+    parts = [p for p in (root / "outbox").glob("*.eml") if not p.name.startswith("signup")]
+    assert (
+        len(parts) == 1
+        and b"Subject: A valid article (Demo Series, part 1 of 1)" in parts[0].read_bytes()
+    )
