@@ -78,6 +78,10 @@ def check_workspace(config: Config, *, now: datetime, state: bool = False) -> Ch
         )
     problems += placeholder_problems(config)
     problems += compliance_problems(config)
+    if config.signup.enabled:
+        from .signup_email import signup_problems
+
+        problems += signup_problems(config, series_list)
     if state:
         from .edits import state_problems
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Literal
@@ -154,6 +155,32 @@ class ConfirmMailer:
                     )
                 )
         return ConfirmEmail(subject, html, text, series.sender)
+
+
+def signup_problems(config: Config, series_list: Sequence[Series]) -> list[Problem]:
+    """For `series check` with signup on: a series ``signup.series`` names that the
+    workspace does not have, and a confirmation template that does not render (each
+    reported once)."""
+    slugs = {s.slug for s in series_list}
+    problems = [
+        Problem(
+            config.rel(config.source),
+            None,
+            f"signup.series names '{slug}', not a series "
+            f"of this workspace (series: {', '.join(sorted(slugs)) or 'none'})",
+        )
+        for slug in config.signup.series or ()
+        if slug not in slugs
+    ]
+    mailer = ConfirmMailer(config, {s.slug: s for s in series_list})
+    found: dict[Problem, None] = {}
+    for slug in config.signup.series or sorted(slugs):
+        if slug in slugs:
+            try:
+                mailer.email(slug)
+            except RenderError as exc:
+                found[exc.problem] = None
+    return problems + list(found)
 
 
 def lifetime_words(lifetime: timedelta) -> str:

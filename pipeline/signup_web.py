@@ -108,6 +108,8 @@ class SignupApp:
         with store.connect() as conn:
             self.signer = ConfirmSigner.for_store(conn)
         self.mailer = ConfirmMailer(config, self.series)
+        for slug in self.settings.series or sorted(self.series):
+            self.mailer.email(slug)  # a broken template stops `series serve` here, not a reader
         self.limiter = IpLimiter(self.settings.per_ip_per_hour)
         site = urlsplit(config.site_url)
         self.site_origin = f"{site.scheme}://{site.netloc}"

@@ -349,7 +349,10 @@ def test_init_templates_ejects_the_built_in_templates_once(tmp_path: Path) -> No
     (root / "templates" / "email.txt.j2").write_text("edited\n", encoding="utf-8")
     code, out, err = run(root, "init", "--templates")
     assert code == 1 and out == ""
-    assert err.startswith("Error: templates/email.mjml.j2, templates/email.txt.j2,")
+    assert err.startswith(
+        "Error: templates/confirm.mjml.j2, templates/confirm.subject.j2, "
+        "templates/confirm.txt.j2, templates/email.mjml.j2, templates/email.txt.j2,"
+    )
     assert "nothing copied" in err
     assert (root / "templates" / "email.txt.j2").read_text() == "edited\n"
 

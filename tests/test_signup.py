@@ -311,3 +311,39 @@ def test_serve_refuses_an_unknown_offered_series(workspace: BuildWorkspace) -> N
 def test_same_site(url: str, ok: bool) -> None:
     """Only http(s) URLs on site_url's host are followed."""
     assert same_site(url, "https://blog.example") is ok
+
+
+def test_check_and_serve_report_a_broken_confirmation_template(workspace: BuildWorkspace) -> None:
+    """With signup on, `series check` renders the confirmation email and names a broken
+    override; `series serve` refuses to start with the same line."""
+    from .helpers import run
+
+    root = workspace()
+    with (root / "series.toml").open("a", encoding="utf-8") as out:
+        out.write("\n[signup]\nenabled = true\n")
+    assert run(root, "check")[0] == 0
+    (root / "templates" / "confirm.txt.j2").write_text(
+        "Hello,\n{{ confirm_url }}\n{% if %}\n", encoding="utf-8"
+    )
+    code, out, err = run(root, "check")
+    assert code == 1
+    line = "templates/confirm.txt.j2:3: template syntax error: Expected an expression, got 'end of statement block'"
+    assert line in out + err
+    code, _, err = run(root, "serve", "--port", "65535")
+    assert (code, err) == (1, f"Error: {line}\n")
+
+
+def test_a_confirmation_template_without_the_link_is_refused(workspace: BuildWorkspace) -> None:
+    """An override that leaves out {{ confirm_url }} would mail a useless email: an error."""
+    from .helpers import run
+
+    root = workspace()
+    with (root / "series.toml").open("a", encoding="utf-8") as out:
+        out.write("\n[signup]\nenabled = true\n")
+    (root / "templates" / "confirm.txt.j2").write_text("Hello!\n", encoding="utf-8")
+    code, out, err = run(root, "check")
+    assert code == 1
+    assert (
+        "templates/confirm.txt.j2: the confirmation email must show {{ confirm_url }}, the "
+        "link that confirms the subscription" in out + err
+    )
