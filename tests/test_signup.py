@@ -327,7 +327,10 @@ def test_check_and_serve_report_a_broken_confirmation_template(workspace: BuildW
     )
     code, out, err = run(root, "check")
     assert code == 1
-    line = "templates/confirm.txt.j2:3: template syntax error: Expected an expression, got 'end of statement block'"
+    line = (
+        "templates/confirm.txt.j2:3: template syntax error: Expected an expression, got "
+        "'end of statement block'"
+    )
     assert line in out + err
     code, _, err = run(root, "serve", "--port", "65535")
     assert (code, err) == (1, f"Error: {line}\n")
