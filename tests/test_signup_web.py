@@ -806,3 +806,66 @@ def test_series_serve_end_to_end(
         len(parts) == 1
         and b"Subject: A valid article (Demo Series, part 1 of 1)" in parts[0].read_bytes()
     )
+
+
+# -- hostile input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        (
+            '{"email": "ann@example.com", "series": "demo"}'.encode("utf-16"),
+            "application/json",
+            200,
+        ),
+        (b'\xef\xbb\xbf{"email": "ann@example.com", "series": "demo"}', "application/json", 200),
+        (b'{"email": ["ann@example.com"], "series": "demo"}', "application/json", 400),
+        (
+            b'{"email": "ann@example.com\\r\\nBcc: x@example.com", "series": "demo"}',
+            "application/json",
+            400,
+        ),
+        # werkzeug keeps undecodable escapes as text: "%ff%fe@example.com" is a valid address.
+        (b"email=%FF%FE%40example.com&series=demo", "application/x-www-form-urlencoded", 200),
+        (b"email=ann%40example.com&series=demo%00", "application/x-www-form-urlencoded", 400),
+        (b"\xff\xfe\x00garbage", "application/json", 400),
+    ],
+    ids=["utf-16", "bom", "list", "header-injection", "bad-utf8", "nul", "garbage"],
+)
+def test_hostile_bodies_never_break_the_server(
+    site: SignupSite, body: bytes, content_type: str, expected: int
+) -> None:
+    """Odd encodings and values get a clear 200 or 4xx, never a 500; no header injection."""
+    response = site.post(data=body, headers={"Content-Type": content_type, "Origin": ORIGIN})
+    assert response.status_code == expected, response.text
+    for raw in site.new_emails():
+        assert b"Bcc" not in raw
+    assert site.get("/subscribe").status_code == 200  # the server still answers
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(site: SignupSite) -> None:
+    """X-Forwarded-For from anyone could be forged: without trusted_proxies it is ignored."""
+    site.post(data={"email": ANN, "series": "demo"}, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert site.rows(signups)[-1].ip == "127.0.0.1"
+
+
+def test_behind_one_trusted_proxy_the_forwarded_address_counts(
+    workspace: BuildWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trusted_proxies = 1: the last X-Forwarded-For entry is the reader's address, recorded
+    and limited per address (two readers behind the proxy are not one)."""
+    extra = "trusted_proxies = 1\n"
+    monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
+    root = build(workspace, SIGNUP.replace("per_ip_per_hour = 0", "per_ip_per_hour = 1") + extra)
+    for site in serve(root, Clock()):
+        first = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}
+        assert site.post(data={"email": ANN, "series": "demo"}, headers=first).status_code == 200
+        assert site.rows(signups)[-1].ip == "203.0.113.9"
+        again = site.post(data={"email": "b@example.com", "series": "demo"}, headers=first)
+        assert again.status_code == 429
+        other = {"X-Forwarded-For": "203.0.113.10"}
+        assert (
+            site.post(data={"email": "b@example.com", "series": "demo"}, headers=other).status_code
+            == 200
+        )
