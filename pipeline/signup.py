@@ -81,6 +81,7 @@ class Issued:
     series: str
     expires: datetime
     token: str
+    created: bool  # a new signup (False: a pending one renewed)
 
 
 @dataclass(frozen=True)
@@ -164,22 +165,27 @@ def register(
             # Earlier links to the same signup keep working until their own expiry.
             conn.execute(signups.update().where(signups.c.id == existing).values(**values))
             signup_id = int(existing)
+            created = False
         else:
+            created = True
             signup_id = conn.execute(
                 signups.insert()
                 .values(email=request.email, series=request.series, created_at=now, **values)
                 .returning(signups.c.id)
             ).scalar_one()
     token = signer.token(signup_id, request.series, request.email, expires=expires)
-    return Issued(signup_id, request.email, request.series, expires, token)
+    return Issued(signup_id, request.email, request.series, expires, token, created)
 
 
 def not_sent(store: Store, issued: Issued) -> None:
-    """The confirmation email could not be handed over: let the person ask again now."""
+    """The confirmation email could not be handed over: forget a new signup, and let the
+    person ask again at once either way."""
     with store.begin() as conn:
-        conn.execute(
-            signups.update().where(signups.c.id == issued.signup_id).values(last_sent_at=None)
-        )
+        mine = signups.c.id == issued.signup_id
+        if issued.created:
+            conn.execute(signups.delete().where(mine))
+        else:
+            conn.execute(signups.update().where(mine).values(last_sent_at=None))
 
 
 def purge_expired(conn: Connection, now: datetime) -> int:

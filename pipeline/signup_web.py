@@ -116,6 +116,7 @@ class SignupApp:
 
     @staticmethod
     def handles(path: str) -> bool:
+        """Whether a request path is one of the signup routes."""
         return path == PATHS[0] or path.startswith(PATHS[1])
 
     def offered(self) -> dict[str, str]:
@@ -151,6 +152,7 @@ class SignupApp:
         return response
 
     def dispatch(self, request: Request) -> Response:
+        """Route one request (the module docstring lists the routes)."""
         if not self.settings.enabled:
             return self.answer(request, 404, "Signup is closed", "This site takes no signups here.")
         if request.path == PATHS[0]:
@@ -173,6 +175,7 @@ class SignupApp:
     # -- the form ---------------------------------------------------------------
 
     def show_form(self, request: Request) -> Response:
+        """GET /subscribe: the form, ``?series=`` chosen; 404 for a series not offered."""
         offered = self.offered()
         wanted = request.args.get("series", "")
         if not offered:
@@ -194,6 +197,7 @@ class SignupApp:
         return self.html(200, form_page(self.config, offered, FormState(series=wanted)))
 
     def preflight(self, request: Request) -> Response:
+        """OPTIONS /subscribe: 204 with CORS headers for an allowed Origin, else 403."""
         origin = request.headers.get("Origin", "")
         if origin.lower() not in self.settings.allowed_origins:
             return Response(status=403)
@@ -210,6 +214,8 @@ class SignupApp:
         return response
 
     def subscribe(self, request: Request) -> Response:
+        """POST /subscribe: check, limit, store and mail; one answer for every accepted
+        signup (``accepted``), 4xx with the reason for a refused one."""
         as_json = request.mimetype == "application/json"
         origin = request.headers.get("Origin", "")
         if as_json and origin and origin.lower() not in self.settings.allowed_origins:
@@ -327,6 +333,7 @@ class SignupApp:
     # -- the confirmation link ---------------------------------------------------
 
     def show_confirm(self, token: str) -> Response:
+        """GET /confirm/<token>: the Confirm button, or what is wrong with the link."""
         found = signup.look_up(
             self.store, self.signer, token, now=self.clock(), offered=self.offered()
         )
@@ -336,6 +343,7 @@ class SignupApp:
         return self.html(200, confirm_page(self.config, self.title(found.series)))
 
     def confirm(self, request: Request, token: str) -> Response:
+        """POST /confirm/<token> with confirm=yes: confirm once and say what changed."""
         if request.form.get("confirm") != "yes":
             return self.html(
                 400,
@@ -380,6 +388,7 @@ class SignupApp:
         )
 
     def link_state(self, found: signup.Found) -> Response:
+        """The page for a link that cannot be confirmed (invalid, expired, used, …)."""
         series = found.series or ""
         title = self.title(series) if series else self.config.site_name
         pages = {
@@ -438,15 +447,18 @@ class SignupApp:
         return (request.remote_addr or "")[:64]
 
     def title(self, slug: str) -> str:
+        """A series' title (its slug when it is gone from the workspace)."""
         series = self.series.get(slug)
         return series.title if series is not None else slug
 
     def answer(self, request: Request, status: int, title: str, text: str) -> Response:
+        """An error as JSON for a JSON request, else as a page."""
         if request.mimetype == "application/json":
             return self.json(request, status, {"ok": False, "error": text})
         return self.html(status, text_page(self.config, title, text))
 
     def json(self, request: Request, status: int, body: Mapping[str, Any]) -> Response:
+        """A JSON answer, with the CORS header when the Origin is allowed."""
         response = Response(json.dumps(body), status, mimetype="application/json")
         origin = request.headers.get("Origin", "")
         if origin and origin.lower() in self.settings.allowed_origins:
@@ -455,10 +467,12 @@ class SignupApp:
         return response
 
     def html(self, status: int, body: str) -> Response:
+        """A page."""
         return Response(body, status, mimetype="text/html")
 
     @staticmethod
     def not_allowed(allow: str) -> Response:
+        """405 with the methods the path takes."""
         return Response(
             "method not allowed\n", 405, headers={"Allow": allow}, mimetype="text/plain"
         )

@@ -685,10 +685,15 @@ def test_provider_failure_is_a_503_and_the_person_may_ask_again(
     postmark.fail_next("500")
     response = postmark_site.subscribe()
     assert response.status_code == 503 and "could not be sent" in response.text
+    assert postmark_site.rows(signups) == []  # "Nothing was stored" holds
+    assert postmark_site.subscribe().status_code == 200
+    postmark.fail_next("503")  # a renewal that fails keeps the signup, and asking again works
+    postmark_site.clock.now = START + timedelta(minutes=11)
+    assert postmark_site.subscribe().status_code == 503
     [row] = postmark_site.rows(signups)
     assert row.last_sent_at is None
     assert postmark_site.subscribe().status_code == 200
-    assert len(postmark.accepted) == 1
+    assert len(postmark.accepted) == 2
 
 
 def test_suppressed_address_gets_the_same_answer(
