@@ -28,6 +28,7 @@ from .store.schema import (
     STATUSES,
     deliveries,
     enrollments,
+    signups,
     status_changes,
     subscribers,
     suppressions,
@@ -361,6 +362,7 @@ def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> st
         )
         conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber.id))
         conn.execute(enrollments.delete().where(enrollments.c.subscriber_id == subscriber.id))
+        conn.execute(signups.delete().where(signups.c.email == subscriber.email))
         conn.execute(subscribers.delete().where(subscribers.c.id == subscriber.id))
         exists = conn.execute(
             sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)

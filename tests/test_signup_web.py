@@ -874,3 +874,12 @@ def test_behind_one_trusted_proxy_the_forwarded_address_counts(
             site.post(data={"email": "b@example.com", "series": "demo"}, headers=other).status_code
             == 200
         )
+
+
+def test_erasing_a_subscriber_deletes_their_pending_signups(site: SignupSite) -> None:
+    """`subscribers remove` leaves no pending signup holding the address."""
+    site.add(ANN, "demo")
+    site.subscribe(series="other")
+    assert len(site.rows(signups)) == 1
+    remove(site.store, ANN, now=START)
+    assert site.rows(signups) == []
