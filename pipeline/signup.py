@@ -303,7 +303,8 @@ def _join(
     else:
         subscriber_id = person.id
         changes: dict[str, object] = {}
-        if row.name and row.name != person.name:
+        # The name typed into a form replaces no name an active reader already has.
+        if row.name and row.name != person.name and (not person.name or person.status != "active"):
             changes["name"] = row.name
         if person.status != "active":
             consent["previously"] = person.status

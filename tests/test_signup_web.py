@@ -883,3 +883,17 @@ def test_erasing_a_subscriber_deletes_their_pending_signups(site: SignupSite) ->
     assert len(site.rows(signups)) == 1
     remove(site.store, ANN, now=START)
     assert site.rows(signups) == []
+
+
+def test_a_form_does_not_rename_an_active_reader(site: SignupSite) -> None:
+    """The name typed into a form replaces an active reader's name only when they had none."""
+    from pipeline.subscribers import add_subscriber
+
+    add_subscriber(site.store, site.catalog, ANN, now=START, series="demo", name="Ann")
+    site.post(data={"email": ANN, "series": "other", "name": "Someone Else"})
+    assert confirm(site, site.token())[0] == 200
+    assert find(site.store, ANN).name == "Ann"
+    site.add("bo@example.com", "demo")
+    site.post(data={"email": "bo@example.com", "series": "other", "name": "Bo"})
+    assert confirm(site, site.token())[0] == 200
+    assert find(site.store, "bo@example.com").name == "Bo"
