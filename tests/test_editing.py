@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline.store import open_store
+from pipeline.store.migrate import HEAD
 from pipeline.store.schema import deliveries, subscribers
 
 from .databases import database_at_0004
@@ -268,7 +269,7 @@ def test_check_reads_an_old_database_without_changing_it(example_copy: Path) -> 
     lines = check(example_copy)
     assert (
         "subscribers/state.db: warning: the state database is at schema revision 0004 (this "
-        "version: 0005); upgrading it (`series db upgrade`, or any command that opens it "
+        f"version: {HEAD}); upgrading it (`series db upgrade`, or any command that opens it "
         "except `check`, `preview`, `test-send` and `send --dry-run`) matches each delivery "
         "to the article that has its part number then, so upgrade before renumbering, "
         "inserting or renaming parts"

@@ -39,6 +39,9 @@ def test_a_workspace_without_templates_uses_the_built_in_ones(
     assert _render(root) == with_folder
     files = Templates(root / "templates").files
     assert sorted(files) == [
+        "confirm.mjml.j2",
+        "confirm.subject.j2",
+        "confirm.txt.j2",
         "email.mjml.j2",
         "email.txt.j2",
         "partials/continue.mjml.j2",
