@@ -143,3 +143,29 @@ def serve(root: Path, clock: Clock) -> Iterator[SignupSite]:
         finally:
             server.shutdown()
             thread.join(timeout=10)
+
+
+ORIGIN = "https://blog.example"
+
+
+def open_site(workspace: BuildWorkspace, monkeypatch: Any) -> Iterator[SignupSite]:
+    """The `site` fixture of the signup tests: the workspace served with signup on."""
+    monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SERIES_SECRET_KEY", raising=False)
+    yield from serve(build(workspace), Clock())
+
+
+def configured(workspace: BuildWorkspace, monkeypatch: Any, extra: str) -> Iterator[SignupSite]:
+    """The workspace served with ``extra`` lines added to its [signup] table."""
+    monkeypatch.delenv("SERIES_DATABASE_URL", raising=False)
+    yield from serve(build(workspace, SIGNUP + extra), Clock())
+
+
+def confirm(site: SignupSite, token: str, **headers: str) -> tuple[int, str]:
+    """POST the confirmation page's button: (status, page)."""
+    response = site.post(f"/confirm/{token}", data={"confirm": "yes"}, headers=headers)
+    return response.status_code, response.text
+
+
+def heading(html: str) -> str:
+    return html.split("<h1>", 1)[1].split("</h1>", 1)[0]
