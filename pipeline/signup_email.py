@@ -23,12 +23,12 @@ from typing import Any, Literal
 import jinja2
 from markupsafe import Markup, escape
 
+from .compiler import compact, compile_mjml, set_language
 from .config import Address, Config
 from .content import Series
 from .errors import Problem, RenderError, SeriesError
 from .loader import Templates
 from .providers import Message, ProviderError, get_provider
-from .render import compact, compile_mjml
 from .signup_config import confirm_template
 from .sources import ReadError
 
@@ -136,6 +136,7 @@ class ConfirmMailer:
             "lifetime": lifetime_words(timedelta(hours=config.signup.token_hours)),
             "postal_address": config.postal_address,
             "confirm_url": Markup(_URL_MARK),
+            "language": series.language or config.language,
         }
         subject = " ".join(_render(text_env, SUBJECT_TEMPLATE, context).split())
         context["subject"] = subject
@@ -143,6 +144,7 @@ class ConfirmMailer:
         used = templates.files.get(HTML_TEMPLATE)
         label = config.rel(used.path) if used is not None else f"templates/{HTML_TEMPLATE}"
         html = compact(compile_mjml(mjml, template=label, template_dir=config.templates_dir))
+        html = set_language(html, str(context["language"]))
         text = _render(text_env, TEXT_TEMPLATE, context).strip() + "\n"
         for name, body in ((HTML_TEMPLATE, html), (TEXT_TEMPLATE, text)):
             if _URL_MARK not in body:

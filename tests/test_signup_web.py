@@ -112,6 +112,7 @@ def test_form_post_sends_a_confirmation_and_stores_a_pending_signup(site: Signup
         assert "48 hours" in part
         assert "Ann" not in part.replace("Another", "")  # the typed name is never mailed
     assert "Yes, subscribe me" in html
+    assert '<html lang="en" xml:lang="en"' in html  # the workspace's language
     assert site.rows(subscribers) == [] and site.rows(enrollments) == []
     [pending] = site.rows(signups)
     assert (pending.email, pending.name, pending.series) == ("ann@example.com", "Ann", "other")
