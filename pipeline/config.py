@@ -532,7 +532,7 @@ class _Validator:
             raise self.fail(where, f"'{where}' {problem}")
         from email_validator import validate_email
 
-        return validate_email(value, check_deliverability=False).normalized
+        return validate_email(value, check_deliverability=False, strict=True).normalized
 
     def address(self, value: Any, where: str) -> Address | None:
         if value is None:
@@ -594,7 +594,7 @@ def sender_problem(value: str) -> str | None:
     from email_validator import EmailNotValidError, validate_email
 
     try:
-        validate_email(value, check_deliverability=False)
+        validate_email(value, check_deliverability=False, strict=True)
     except EmailNotValidError as exc:
         return f"is not a valid address: {exc}"
     problem = smtputf8_problem(value)

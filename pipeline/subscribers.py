@@ -35,6 +35,9 @@ from .store.schema import (
 )
 
 Outcome = Literal["imported", "updated", "unchanged"]
+# RFC 5321 section 4.5.3.1.1: a local part is at most 64 octets. email-validator checks
+# it only in strict mode.
+LOCAL_PART_LIMIT = 64
 ERASED_REASON = "erased"
 
 
@@ -116,11 +119,20 @@ def sendable_email(raw: str) -> str:
     """A new address, as ``normalise_email`` gives it, that series can also send to: the
     one rule for ``subscribers add``, import and ``test-send --to``. An IDN domain is
     fine (it goes out in ASCII); a non-ASCII local part is refused, since it would need
-    SMTPUTF8 (RFC 6531). ValueError says why."""
+    SMTPUTF8 (RFC 6531), and so is one longer than 64 octets (RFC 5321). ValueError
+    says why."""
     address = normalise_email(raw)
     problem = smtputf8_problem(address)
     if problem is not None:
         raise ValueError(f"{address}: {problem}")
+    local = address.rpartition("@")[0]
+    if len(local.encode("utf-8")) > LOCAL_PART_LIMIT:
+        # An address already on the list stays findable (normalise_email): only new ones
+        # are held to the limit.
+        raise ValueError(
+            f"invalid email {quote(raw.strip())}: the part before the @ is {len(local)} "
+            f"characters long; at most {LOCAL_PART_LIMIT} are allowed (RFC 5321)"
+        )
     return address
 
 
@@ -341,7 +353,16 @@ def unsubscribe(
 
 
 def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> str:
-    """Erase a person's data; keep only a keyed hash so the address cannot come back."""
+    """Erase a person's data; keep only a keyed hash so the address cannot come back.
+
+    In one transaction: their subscriber, enrollment and delivery rows are deleted, their
+    audit rows lose the reference to them, and every stored text naming their address
+    is scrubbed (``store.erasure.scrub_mentions``). Then the database's own copies go
+    (``store.erasure.clear_traces``: the SQLite write-ahead log, free pages; VACUUM on
+    PostgreSQL). Returns what was done, in words, with a warning line if the database
+    could not drop its copies yet."""
+    from .store.erasure import clear_traces, scrub_mentions
+
     subscriber = find(store, email)
     with store.begin() as conn:
         digest = store.email_hash(conn, subscriber.email)
@@ -354,6 +375,7 @@ def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> st
             now=now,
             reason=ERASED_REASON,
         )
+        scrub_mentions(conn, subscriber.id, subscriber.email, subscriber.name)
         # The audit trail stays, without anything that names the person.
         conn.execute(
             status_changes.update()
@@ -373,7 +395,9 @@ def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> st
                     email_hash=digest, reason=ERASED_REASON, created_at=now
                 )
             )
-    return f"erased {subscriber.email}: personal data deleted, address kept only as a hash"
+    done = f"erased {subscriber.email}: personal data deleted, address kept only as a hash"
+    left = clear_traces(store)
+    return done if left is None else f"{done}\nWarning: {left}"
 
 
 def iter_subscribers(

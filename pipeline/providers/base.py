@@ -17,6 +17,7 @@ from markupsafe import escape
 
 from ..config import Address
 from ..errors import MessageBuildError, SeriesError
+from ..redact import provider_text
 from ..headers import (
     ascii_email,
     clean_name,
@@ -77,6 +78,10 @@ class Message:
 
 @dataclass(frozen=True)
 class SendResult:
+    """One message's outcome. ``error`` is stored in the ledger and printed, so it is
+    scrubbed as it is made (``redact.provider_text``: no secret, no address), whichever
+    adapter or stage wrote it."""
+
     key: str
     outcome: Outcome
     message_id: str | None = None
@@ -84,6 +89,10 @@ class SendResult:
     # For a failure about the recipient (invalid, inactive, suppressed): the status
     # the subscriber now has. Such failures are never retried.
     subscriber_status: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.error:
+            object.__setattr__(self, "error", provider_text(self.error))
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,10 @@ class Suppression:
 
     email: str
     status: SuppressedAs
-    reason: str  # the provider's own words, for the audit trail
+    reason: str  # the provider's own words, for the audit trail (scrubbed: no address)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", provider_text(self.reason))
 
 
 class ProviderError(SeriesError):
@@ -119,7 +131,9 @@ class ProviderError(SeriesError):
         maybe_sent: bool = False,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        # Printed, logged and stored as the last error of every delivery of a request:
+        # scrubbed here, for every provider (a proxy or server may echo the request).
+        super().__init__(provider_text(message))
         self.retryable = retryable
         self.auth = auth
         self.maybe_sent = maybe_sent

@@ -16,6 +16,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from ..redact import scrub_secrets
 from .base import ProviderError
 
 
@@ -98,10 +99,9 @@ class HttpClient:
         return self.scrub(f"{self.name}: {what}")
 
     def scrub(self, text: str) -> str:
-        """Text that may echo a request (a provider's error body) with the secrets blanked."""
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        """Text that may echo a request (a provider's error body) with the secrets blanked
+        (``redact.scrub_secrets``; what is built from it is scrubbed again in base.py)."""
+        return scrub_secrets(text, self.secrets)
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:

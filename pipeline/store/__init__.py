@@ -20,12 +20,15 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ..errors import SeriesError
+from ..redact import database_secrets, mask_database_url, scrub_secrets
 from . import schema
 from .migrate import BEFORE_ARTICLES, MappingRefused, upgrade
 
 log = logging.getLogger(__name__)
 
 DATABASE_URL_ENV = "SERIES_DATABASE_URL"
+# scheme://user:…@…@host: more than one @ before the host.
+_AUTHORITY_WITH_TWO_ATS = re.compile(r"[A-Za-z][\w+.-]*://[^/?#]*@[^/?#]*@")
 
 
 class StoreError(SeriesError):
@@ -41,11 +44,9 @@ def database_url(workspace: Path, environ: dict[str, str] | None = None) -> str:
 
 
 def safe_url(url: str) -> str:
-    """The URL as it may be shown: the password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+    """The URL as it may be shown: every password in it replaced by *** (in the user
+    part, also with an unencoded @; as ?password=…; in a keyword DSN)."""
+    return mask_database_url(url)
 
 
 class Store:
@@ -179,6 +180,13 @@ def _engine(url: str) -> Engine:
         ) from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
+    if _AUTHORITY_WITH_TWO_ATS.match(url):
+        # user:p@ss@host parses as host "ss@host": the password's tail would be shown
+        # as a host name in every connection error. libpq reads it so too.
+        raise StoreError(
+            f"{DATABASE_URL_ENV} has an @ in its password: percent-encode it as %40 "
+            f"({safe_url(url)})"
+        )
     if parsed.get_backend_name() != "postgresql":
         raise StoreError(
             f"unsupported database {parsed.get_backend_name()!r} in {safe_url(url)}: "
@@ -207,6 +215,9 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Deleted content is overwritten with zeros, not left in free pages and free
+        # space within pages: an erased person's address must not stay in the file.
+        cursor.execute("PRAGMA secure_delete=ON")
         # 16 MB of page cache (the default is 2 MB): the ledger's indexes of a large
         # list stay in memory while a run writes to them.
         cursor.execute("PRAGMA cache_size=-16384")
@@ -245,13 +256,9 @@ def _refuse_empty_file(path: Path, shown: str) -> None:
 
 
 def _scrub(message: str, url: str) -> str:
-    """Drop the password from a driver message, in case a driver ever echoes it."""
-    try:
-        password = make_url(url).password
-    except ArgumentError:
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
+    """A driver's message, first line only, with the database password (in any form the
+    URL holds it) and every other known secret blanked, in case a driver echoes them."""
+    message = scrub_secrets(message, database_secrets(url))
     return message.strip().splitlines()[0] if message.strip() else message
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from ..personal import FIRST_NAME_ATTRIBUTE
 from ..plan import Enrollment, LedgerEntry
+from ..redact import scrub_addresses
 from ..tokens import Signer
 from . import Store
 from .schema import (
@@ -563,7 +564,8 @@ def record_status(
     series: str | None = None,
     reason: str = "",
 ) -> None:
-    """Audit one status change: who or what changed it, when, and why."""
+    """Audit one status change: who or what changed it, when, and why. The reason is
+    kept after the person is erased, so it never holds an address (``[address]``)."""
     conn.execute(
         status_changes.insert().values(
             subscriber_id=subscriber_id,
@@ -571,7 +573,7 @@ def record_status(
             old_status=old,
             new_status=new,
             actor=actor,
-            reason=reason,
+            reason=scrub_addresses(reason),
             created_at=now,
         )
     )

@@ -21,6 +21,8 @@ SCRIPT_LOCATION = "pipeline.store:migrations"
 HEAD = "0007"
 # The last revision that needs no content (0005 matches recorded parts to articles).
 BEFORE_ARTICLES = "0004"
+# The revision that matches recorded parts to articles (what MappingRefused is about).
+ARTICLES = "0005"
 
 
 def _alembic_config() -> AlembicConfig:
@@ -143,7 +145,7 @@ def current_articles(
                 )
             if uncertain:
                 raise MappingRefused(
-                    f"cannot upgrade the database to schema {HEAD} while series '{name}' has "
+                    f"cannot upgrade the database to schema {ARTICLES} while series '{name}' has "
                     f"content errors ({problem}): the upgrade matches each recorded part to the "
                     "article that has that part number now; fix the content (`series check`) "
                     "and run again"
@@ -153,7 +155,7 @@ def current_articles(
 
 def _not_here(series: str, why: str) -> MappingRefused:
     return MappingRefused(
-        f"cannot upgrade the database to schema {HEAD} from here: series '{series}' has "
+        f"cannot upgrade the database to schema {ARTICLES} from here: series '{series}' has "
         f"recorded deliveries and {why}; run `series db upgrade` in the workspace that "
         "holds the series (the upgrade matches each recorded part to its article there)"
     )
