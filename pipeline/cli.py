@@ -178,6 +178,12 @@ cli.add_command(init_command)
     is_flag=True,
     help="Send without first reading the provider's bounce, complaint and unsubscribe lists.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Sign unsubscribe links with this SERIES_SECRET_KEY although earlier links were "
+    "signed with another (a deliberate key rotation; see the README).",
+)
 @click.pass_obj
 def send_cmd(
     state: State,
@@ -188,6 +194,7 @@ def send_cmd(
     provider_name: str | None,
     output_format: str,
     skip_sync: bool,
+    force: bool,
 ) -> None:
     """Send every part that is due, one per reader; --dry-run shows who would get what and why.
 
@@ -203,6 +210,7 @@ def send_cmd(
         provider_name=provider_name,
         output_format=output_format,
         skip_sync=skip_sync,
+        force=force,
     )
 
 
@@ -318,8 +326,13 @@ def test_send_cmd(
 @cli.command(name="serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start although SERIES_SECRET_KEY is not the key `series send` signed links with.",
+)
 @click.pass_obj
-def serve_cmd(state: State, host: str, port: int) -> None:
+def serve_cmd(state: State, host: str, port: int, force: bool) -> None:
     """Serve the self-hosted unsubscribe pages (GET and one-click POST on /u/<token>),
     and with [signup] enabled the signup form (/subscribe) and its double opt-in links.
 
@@ -327,7 +340,7 @@ def serve_cmd(state: State, host: str, port: int) -> None:
     """
     from .cli_serve import serve_command
 
-    serve_command(state, host=host, port=port)
+    serve_command(state, host=host, port=port, force=force)
 
 
 def _plural(count: int, word: str) -> str:

@@ -43,6 +43,7 @@ def send_command(
     provider_name: str | None,
     output_format: str,
     skip_sync: bool = False,
+    force: bool = False,
 ) -> None:
     from .providers import get_provider
     from .send import SendOptions, dry_run_rows, send_due
@@ -65,12 +66,16 @@ def send_command(
     with open_store(config.root, migrate=not dry_run) as store:
         if dry_run:
             store.require_current_schema()
+            _check_link_key(store, force=force, write=False)
             from .providers.outbox import OutboxProvider  # never used: nothing is sent
 
             report = send_due(config, store, OutboxProvider(config.root / "outbox"), options)
             _print_plan(dry_run_rows(report), output_format, report, config.timezone)
             return
         assert provider is not None
+        rotated = _check_link_key(store, force=force, write=True)
+        if rotated:
+            click.echo(f"Warning: {rotated}", err=True)
         with _stop_on_signals(options.stop):
             if skip_sync:
                 click.echo("suppression sync skipped (--skip-sync)", err=True)
@@ -112,6 +117,19 @@ def send_command(
         sys.exit(1)
     if report.failed:
         sys.exit(1)
+
+
+def _check_link_key(store: Store, *, force: bool, write: bool) -> str | None:
+    """Refuse (KeyMismatch) to sign links with another key than the links already sent;
+    a real run records the key's fingerprint. Returns a warning after a rotation."""
+    from .store.ledger import link_signer
+    from .store.linkkeys import check_send_key
+
+    if not write:
+        with store.connect() as conn:
+            return check_send_key(conn, link_signer(conn), force=force, write=False)
+    with store.begin() as conn:
+        return check_send_key(conn, link_signer(conn), force=force)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .cli import State
 
 
-def serve_command(state: State, *, host: str, port: int) -> None:
+def serve_command(state: State, *, host: str, port: int, force: bool = False) -> None:
     """Serve until Ctrl-C, with waitress; one line says where."""
     import waitress
 
@@ -27,7 +27,9 @@ def serve_command(state: State, *, host: str, port: int) -> None:
     config = state.config
     with open_store(config.root, content_free=True) as store:
         warn_upgrade_refused(store)
-        app = make_app(config, store)
+        app = make_app(config, store, force=force)
+        for warning in app.warnings:
+            click.echo(f"Warning: {warning}", err=True)
         try:
             server = waitress.create_server(app, host=host, port=port, ident="series")
         except OSError as exc:

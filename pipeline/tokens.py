@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 SECRET_ENV = "SERIES_SECRET_KEY"
+# During a key rotation: the key links already in inboxes were signed with, still
+# accepted when verifying (never used to sign).
+PREVIOUS_SECRET_ENV = "SERIES_PREVIOUS_SECRET_KEY"
 _VERSION = "2"
 # The subscriber id of links in test sends (`series test-send`): nobody to unsubscribe.
 TEST_SUBSCRIBER = 0
@@ -28,14 +31,39 @@ class TokenSubject:
     issued: datetime  # when the email carrying the token was made
 
 
+def fingerprint(key: bytes) -> str:
+    """A short name for a signing key that does not reveal it: 16 hex digits of
+    SHA-256 over a fixed label and the key. Stored with what was sent, so that
+    `series send` and `series serve` can tell whether they sign and verify with the
+    key the links in inboxes were made with."""
+    return hashlib.sha256(b"series link-signing key\0" + key).hexdigest()[:16]
+
+
 class Signer:
-    def __init__(self, key: bytes) -> None:
+    """Signs with ``key``; verifies with ``key`` and each of ``previous``."""
+
+    def __init__(self, key: bytes, previous: tuple[bytes, ...] = ()) -> None:
         self._key = key
+        self._previous = tuple(k for k in previous if k and k != key)
 
     @classmethod
     def from_environment(cls, stored_key: str) -> Signer:
+        """SERIES_SECRET_KEY (else the database's own key, ``stored_key`` in hex), and
+        SERIES_PREVIOUS_SECRET_KEY for verifying links signed before a rotation."""
         secret = os.environ.get(SECRET_ENV, "")
-        return cls(secret.encode("utf-8") if secret else bytes.fromhex(stored_key))
+        previous = os.environ.get(PREVIOUS_SECRET_ENV, "")
+        key = secret.encode("utf-8") if secret else bytes.fromhex(stored_key)
+        return cls(key, (previous.encode("utf-8"),) if previous else ())
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the key this signer signs with."""
+        return fingerprint(self._key)
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        """The fingerprints of every key this signer accepts."""
+        return frozenset(fingerprint(k) for k in (self._key, *self._previous))
 
     def token(self, subscriber_id: int, series: str | None, *, issued: datetime) -> str:
         stamp = int(issued.timestamp())
@@ -50,7 +78,10 @@ class Signer:
             mac = _unb64(mac_part)
         except ValueError:
             return None
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        if not any(
+            hmac.compare_digest(mac, self._mac(payload, key))
+            for key in (self._key, *self._previous)
+        ):
             return None
         try:
             version, subscriber, stamp, series = payload.decode().split(".", 3)
@@ -64,8 +95,8 @@ class Signer:
             return None
         return TokenSubject(int(subscriber), series or None, issued)
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:18]
+    def _mac(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return hmac.new(key or self._key, payload, hashlib.sha256).digest()[:18]
 
 
 def _b64(data: bytes) -> str:

@@ -35,6 +35,7 @@ from .errors import SeriesError
 from .pages import Answer, render_page
 from .store import Store, open_store
 from .store.ledger import link_signer
+from .store.linkkeys import check_serve_key
 from .store.schema import enrollments, status_changes, subscribers
 from .subscribers import SubscriberError, unsubscribe
 from .tokens import TEST_SUBSCRIBER, Signer, TokenSubject
@@ -113,6 +114,7 @@ class UnsubscribeApp:
         self.titles = titles or {}
         self.clock = clock
         self.signup: SignupApp | None = None  # /subscribe and /confirm/… when signup is on
+        self.warnings: list[str] = []  # for the operator, when the app starts
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.signup is not None and self.signup.handles(environ.get("PATH_INFO", "")):
@@ -367,13 +369,19 @@ def make_app(
     store: Store,
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    force: bool = False,
 ) -> UnsubscribeApp:
-    """The app for this workspace: its series titles, its store, its signing key."""
+    """The app for this workspace: its series titles, its store, its signing key.
+
+    Raises KeyMismatch (a SeriesError) when the key is not the one `series send`
+    signed links with, unless ``force``; ``app.warnings`` lists what the operator must
+    hear (links from before a key rotation that will be refused)."""
     from .content import load_series
 
     series_list, _ = load_series(config)  # content problems are for `series check`
     with store.connect() as conn:
         signer = link_signer(conn)
+        warnings = check_serve_key(conn, signer, force=force)
     titles = {series.slug: series.title for series in series_list}
     app = UnsubscribeApp(config, store, signer, titles=titles, clock=clock)
     # A database left before 0007 (see open_store's content_free) has no signups table.
@@ -381,6 +389,7 @@ def make_app(
         from .signup_web import SignupApp
 
         app.signup = SignupApp(config, store, series_list, clock=clock)
+    app.warnings = warnings
     return app
 
 

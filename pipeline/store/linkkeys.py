@@ -1,0 +1,116 @@
+"""Keys that match: `series send` and `series serve` must use the key links were signed with.
+
+The state database keeps the fingerprint (``tokens.fingerprint``, never the key) of
+the key the unsubscribe links already sent were signed with, and after a deliberate
+rotation (``--force``) the fingerprint of the key before it. A process whose key
+does not match refuses to start with one line: a `series serve` that cannot verify
+the links in inboxes would tell every reader their link is "not valid", and a
+`series send` signing with another key than `series serve` verifies with would send
+links nobody can use.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..errors import SeriesError
+from ..tokens import PREVIOUS_SECRET_ENV, SECRET_ENV, Signer
+from .schema import deliveries, settings
+
+SIGNED_WITH = "link_key_fingerprint"
+SIGNED_BEFORE = "link_key_previous_fingerprint"
+ROTATION = 'see README, "Rotating the link-signing key"'
+
+
+class KeyMismatch(SeriesError):
+    """The link-signing key of this process is not the one links were signed with."""
+
+
+def stored_fingerprints(conn: Connection) -> tuple[str | None, str | None]:
+    """(fingerprint links are signed with, the one before the last rotation)."""
+    found = dict(
+        conn.execute(
+            sa.select(settings.c.key, settings.c.value).where(
+                settings.c.key.in_((SIGNED_WITH, SIGNED_BEFORE))
+            )
+        ).all()
+    )
+    return found.get(SIGNED_WITH), found.get(SIGNED_BEFORE)
+
+
+def check_send_key(
+    conn: Connection, signer: Signer, *, force: bool, write: bool = True
+) -> str | None:
+    """Before `series send` signs links with ``signer``: raise KeyMismatch when links
+    already sent (a delivery that is not merely failed) were signed with another key,
+    unless ``force`` (a deliberate rotation). With ``write`` (in the caller's write
+    transaction) the key's fingerprint is recorded as the one links are signed with.
+    Returns a warning line after a rotation, else None."""
+    current, before = stored_fingerprints(conn)
+    mine = signer.fingerprint
+    if current == mine:
+        return None
+    if current is not None and _links_sent(conn) and not force:
+        raise KeyMismatch(
+            f"the link-signing key (fingerprint {mine}) is not the one the unsubscribe links "
+            f"already sent were signed with ({current}): set {SECRET_ENV} as it was for "
+            f"earlier sends (or leave it unset if it was), or pass --force to sign with this "
+            f"key from now on ({ROTATION})"
+        )
+    warning = None
+    if current is not None and _links_sent(conn):
+        warning = (
+            f"signing links with a new key (fingerprint {mine}, was {current}): run "
+            f"`series serve` with {SECRET_ENV} set to the new key and {PREVIOUS_SECRET_ENV} "
+            "to the old one, so links already in inboxes keep working"
+        )
+    if write:
+        _put(conn, SIGNED_WITH, mine)
+        if warning is not None and current is not None:
+            _put(conn, SIGNED_BEFORE, current)
+    return warning if write else None
+
+
+def check_serve_key(conn: Connection, signer: Signer, *, force: bool) -> list[str]:
+    """Before `series serve` verifies links with ``signer``: raise KeyMismatch when none
+    of its keys is the one links are signed with (unless ``force``). Returns warning
+    lines: the key before the last rotation is not among its keys (links from before
+    it are refused), or ``force`` let a mismatch through."""
+    current, before = stored_fingerprints(conn)
+    accepted = signer.fingerprints
+    warnings = []
+    if current is not None and current not in accepted:
+        if not force:
+            raise KeyMismatch(
+                f"the link-signing key (fingerprint {signer.fingerprint}) is not the one "
+                f"`series send` signed the unsubscribe links with ({current}): every link "
+                f"would be refused as not valid; set {SECRET_ENV} as `series send` has it "
+                f"(or leave it unset on both), or pass --force ({ROTATION})"
+            )
+        warnings.append(
+            f"--force: links signed with the key {current} will be refused as not valid"
+        )
+    if before is not None and before not in accepted:
+        warnings.append(
+            f"links signed before the last key rotation (key {before}) will be refused as "
+            f"not valid; set {PREVIOUS_SECRET_ENV} to that key while they may still be used"
+        )
+    return warnings
+
+
+def _links_sent(conn: Connection) -> bool:
+    return (
+        conn.execute(
+            sa.select(deliveries.c.id).where(deliveries.c.state != "failed").limit(1)
+        ).first()
+        is not None
+    )
+
+
+def _put(conn: Connection, key: str, value: str) -> None:
+    # An upsert: two runs starting at once must not collide on the key.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(settings).values(key=key, value=value)
+    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
