@@ -17,6 +17,7 @@ from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
 from .errors import ConfigError, ContentError, SeriesError
+from .redact import scrub_secrets
 
 if TYPE_CHECKING:
     from .subscribers import Catalog
@@ -59,7 +60,8 @@ class SeriesGroup(click.Group):
                 click.echo(f"Error: {problem}", err=True)
             ctx.exit(1)
         except SeriesError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            # The last net: whatever a message quotes, no secret of the environment.
+            click.echo(f"Error: {scrub_secrets(str(exc))}", err=True)
             ctx.exit(1)
 
 

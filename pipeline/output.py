@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from .redact import terminal_text
+
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Columns padded to their widest cell; the header underlined."""
-    materialised = [list(map(str, row)) for row in rows]
+    """Columns padded to their widest cell; the header underlined. A cell's control
+    characters (a name's escape sequence) are shown as escapes, never acted on by the
+    terminal (``redact.terminal_text``)."""
+    materialised = [[terminal_text(str(cell)) for cell in row] for row in rows]
     widths = [len(h) for h in header]
     for row in materialised:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]

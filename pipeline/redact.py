@@ -112,8 +112,9 @@ def scrub_addresses(text: str) -> str:
 
 
 def provider_text(text: str, extra: Iterable[str] = ()) -> str:
-    """A provider's words as series prints and stores them: no secret, no address."""
-    return scrub_addresses(scrub_secrets(text, extra))
+    """A provider's words as series prints and stores them: no secret, no address, and
+    no control character a terminal would act on (shown as escapes)."""
+    return terminal_text(scrub_addresses(scrub_secrets(text, extra)))
 
 
 def terminal_text(text: str) -> str:

@@ -313,43 +313,60 @@ def unsubscribe(
     store: Store, email: str, *, now: datetime, series: str | None = None, actor: str = "cli"
 ) -> str:
     """Unsubscribe from one series, or from everything. Returns what was done, in words."""
+    return leave(store, email, now=now, series=series, actor=actor)[1]
+
+
+def leave(
+    store: Store, email: str, *, now: datetime, series: str | None = None, actor: str = "cli"
+) -> tuple[bool, str]:
+    """Unsubscribe from one series, or from everything: (whether this call changed
+    anything, what was done in words). The change and its audit row are one step: of
+    any number of requests at once (a mailbox's one-click sent many times), exactly one
+    changes the status and writes the audit row; the others find it done. Raises
+    SubscriberError when there is no such subscriber (or enrollment)."""
     subscriber = find(store, email)
     with store.begin() as conn:
+        status = conn.execute(
+            sa.select(subscribers.c.status).where(subscribers.c.id == subscriber.id)
+        ).scalar()
+        if status is None:
+            raise SubscriberError(f"no subscriber {subscriber.email}")
         if series is None:
-            if subscriber.status == "unsubscribed":
-                return f"{subscriber.email} was already unsubscribed"
-            conn.execute(
-                subscribers.update()
-                .where(subscribers.c.id == subscriber.id)
-                .values(status="unsubscribed", updated_at=now)
+            # Changed only from the status read here: a request that lost the race to
+            # another one changes nothing and writes no audit row.
+            changed = (
+                status != "unsubscribed"
+                and conn.execute(
+                    subscribers.update()
+                    .where(subscribers.c.id == subscriber.id, subscribers.c.status == status)
+                    .values(status="unsubscribed", updated_at=now)
+                ).rowcount
             )
-            record_status(
-                conn, subscriber.id, subscriber.status, "unsubscribed", actor=actor, now=now
-            )
-            return f"unsubscribed {subscriber.email} from all series"
+            if not changed:
+                return False, f"{subscriber.email} was already unsubscribed"
+            record_status(conn, subscriber.id, status, "unsubscribed", actor=actor, now=now)
+            return True, f"unsubscribed {subscriber.email} from all series"
         enrolled = next((e for e in subscriber.enrollments if e.series == series), None)
         if enrolled is None:
             names = ", ".join(e.series for e in subscriber.enrollments) or "none"
             raise SubscriberError(
                 f"{subscriber.email} is not enrolled in '{series}' (enrolled in: {names})"
             )
-        if enrolled.unsubscribed:
-            return f"{subscriber.email} was already unsubscribed from {series}"
-        conn.execute(
+        changed = conn.execute(
             enrollments.update()
-            .where(enrollments.c.subscriber_id == subscriber.id, enrollments.c.series == series)
+            .where(
+                enrollments.c.subscriber_id == subscriber.id,
+                enrollments.c.series == series,
+                enrollments.c.unsubscribed_at.is_(None),
+            )
             .values(unsubscribed_at=now)
-        )
+        ).rowcount
+        if not changed:
+            return False, f"{subscriber.email} was already unsubscribed from {series}"
         record_status(
-            conn,
-            subscriber.id,
-            subscriber.status,
-            "unsubscribed",
-            actor=actor,
-            now=now,
-            series=series,
+            conn, subscriber.id, status, "unsubscribed", actor=actor, now=now, series=series
         )
-        return f"unsubscribed {subscriber.email} from {series}"
+        return True, f"unsubscribed {subscriber.email} from {series}"
 
 
 def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> str:

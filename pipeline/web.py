@@ -37,7 +37,7 @@ from .store import Store, open_store
 from .store.ledger import link_signer
 from .store.linkkeys import check_serve_key
 from .store.schema import enrollments, status_changes, subscribers
-from .subscribers import SubscriberError, unsubscribe
+from .subscribers import SubscriberError, leave
 from .tokens import TEST_SUBSCRIBER, Signer, TokenSubject
 
 if TYPE_CHECKING:
@@ -258,8 +258,16 @@ class UnsubscribeApp:
                 f"No more parts of {title} will be sent to you.",
                 (self.everything(),) if reader.status == "active" else (),
             )
-        if not self.unsubscribe(reader, series, actor):
+        done = self.unsubscribe(reader, series, actor)
+        if done is None:
             return self.gone()
+        if not done:
+            return Answer(
+                200,
+                f"You had already unsubscribed from {title}",
+                f"No more parts of {title} will be sent to you.",
+                (self.everything(),) if reader.status == "active" else (),
+            )
         return Answer(
             200,
             f"You are unsubscribed from {title}",
@@ -273,22 +281,30 @@ class UnsubscribeApp:
         # Bounced or complained addresses get nothing already; that status is kept.
         if reader.status != "active":
             return self.already_out()
-        if not self.unsubscribe(reader, None, actor):
+        done = self.unsubscribe(reader, None, actor)
+        if done is None:
             return self.gone()
+        if not done:
+            return self.already_out()
         return Answer(
             200,
             "You are unsubscribed",
             f"You will not get any more emails from {site}.",
         )
 
-    def unsubscribe(self, reader: Reader, series: str | None, actor: str) -> bool:
-        """Record it (with its audit entry); False if the person was erased meanwhile."""
+    def unsubscribe(self, reader: Reader, series: str | None, actor: str) -> bool | None:
+        """Record it with its audit entry, in one step: True if this request made the
+        change, False if another one had made it already (many one-click requests at
+        once), None if the person was erased meanwhile."""
         try:
-            unsubscribe(self.store, reader.email, now=self.clock(), series=series, actor=actor)
+            changed, _ = leave(
+                self.store, reader.email, now=self.clock(), series=series, actor=actor
+            )
         except SubscriberError:
-            return False
-        log.info("subscriber %d unsubscribed from %s (%s)", reader.id, series or "all", actor)
-        return True
+            return None
+        if changed:
+            log.info("subscriber %d unsubscribed from %s (%s)", reader.id, series or "all", actor)
+        return changed
 
     def gone(self) -> Answer:
         return Answer(

@@ -17,7 +17,6 @@ from markupsafe import escape
 
 from ..config import Address
 from ..errors import MessageBuildError, SeriesError
-from ..redact import provider_text
 from ..headers import (
     ascii_email,
     clean_name,
@@ -27,6 +26,7 @@ from ..headers import (
     list_unsubscribe,
     one_line,
 )
+from ..redact import provider_text
 
 if TYPE_CHECKING:
     from ..render import CompiledEmail

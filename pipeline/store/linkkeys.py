@@ -48,7 +48,7 @@ def check_send_key(
     unless ``force`` (a deliberate rotation). With ``write`` (in the caller's write
     transaction) the key's fingerprint is recorded as the one links are signed with.
     Returns a warning line after a rotation, else None."""
-    current, before = stored_fingerprints(conn)
+    current, _ = stored_fingerprints(conn)
     mine = signer.fingerprint
     if current == mine:
         return None
