@@ -1,0 +1,204 @@
+"""`series subscribers remove` leaves nothing readable: not in any table, not in the
+SQLite files (write-ahead log included) while `series serve` holds its connections.
+
+The person is first sent a part, unsubscribes through the web page, comes back, and
+is bounced by Postmark with a 406 that names their address; then they are erased."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from pipeline.store import open_store
+from pipeline.store.schema import metadata, status_changes
+
+from .fake_postmark import FakePostmark
+from .helpers import ENROLLED_AT, closed_port, configure, run, send_at
+
+ADDRESS = "zed.erase.me@example.com"
+NAME = "Zenobia Quillfeather"
+MONDAY = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+FRIDAY = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+
+
+@contextmanager
+def serving(root: Path) -> Iterator[str]:
+    """`series serve` in its own process, on the environment's database; its URL."""
+    port = closed_port()
+    command = [sys.executable, "-m", "pipeline", "-w", str(root), "serve", "--port", str(port)]
+    proc = subprocess.Popen(
+        command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "series serve printed nothing within 60 s"
+        assert proc.stdout.readline().startswith(b"Serving")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def token_sent_to(fake: FakePostmark, address: str) -> str:
+    """The unsubscribe token in the List-Unsubscribe header Postmark received for ADDRESS."""
+    for request in reversed(fake.batch_requests()):
+        for message in request.body:
+            if address in message["To"]:
+                header = next(
+                    h["Value"] for h in message["Headers"] if h["Name"] == "List-Unsubscribe"
+                )
+                return str(header.strip("<>").rsplit("/u/", 1)[1])
+    raise AssertionError(f"nothing was sent to {address}")
+
+
+def database_texts(url: str) -> str:
+    """Every value of every table, as text, lower case."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = []
+            for table in [*metadata.sorted_tables, sa.table("alembic_version")]:
+                if isinstance(table, sa.Table):
+                    rows = conn.execute(sa.select(table)).all()
+                else:
+                    rows = conn.execute(sa.text("SELECT * FROM alembic_version")).all()
+                found += [repr(tuple(row)) for row in rows]
+        return "\n".join(found).lower()
+    finally:
+        engine.dispose()
+
+
+def database_file_bytes(url: str) -> dict[str, bytes]:
+    """For SQLite: every file of the database (main, -wal, -shm, -journal), lower case."""
+    path = Path(sa.make_url(url).database or "")
+    files = {}
+    for candidate in path.parent.glob(path.name + "*"):
+        files[candidate.name] = candidate.read_bytes().lower()
+    return files
+
+
+def test_remove_leaves_nothing_readable_while_serve_runs(
+    example_copy: Path,
+    postmark: FakePostmark,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Erasing a person who was sent a part, unsubscribed on the web page and bounced
+    at Postmark leaves their address and name in no table and, on SQLite, in no byte of
+    state.db, state.db-wal or state.db-shm, with `series serve` running throughout."""
+    monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
+    configure(example_copy, 'provider = "postmark"')
+    csv = example_copy / "one.csv"
+    csv.write_text(f"email,name,series\n{ADDRESS},{NAME},attachment\n", encoding="utf-8")
+    assert run(example_copy, "subscribers", "import", str(csv), "--now", ENROLLED_AT)[0] == 0
+    code, out, err = send_at(example_copy, MONDAY)
+    assert code == 0, out + err
+
+    with serving(example_copy) as url:
+        token = token_sent_to(postmark, ADDRESS)
+        page = requests.post(f"{url}/u/{token}", data={"scope": "all"}, timeout=30)
+        assert page.status_code == 200 and "You are unsubscribed" in page.text
+        code, out, err = run(example_copy, "subscribers", "add", ADDRESS, "--resubscribe")
+        assert code == 0, out + err
+        postmark.inactive.add(ADDRESS)  # not on the suppression list: the send meets a 406
+        code, out, err = send_at(example_copy, FRIDAY)
+        assert code == 1 and "406" in err, out + err
+        with open_store(example_copy, database_url) as store, store.connect() as conn:
+            actors = conn.execute(sa.select(status_changes.c.actor)).scalars().all()
+        assert {"web:page", "provider:postmark"} <= set(actors)
+        # The serve process has answered a request: it holds an open connection now.
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+        code, out, err = run(example_copy, "subscribers", "remove", ADDRESS)
+        assert code == 0, out + err
+        assert out == f"erased {ADDRESS}: personal data deleted, address kept only as a hash\n"
+
+        texts = database_texts(database_url)
+        assert ADDRESS not in texts and NAME.lower() not in texts
+        assert "quillfeather" not in texts and "zed.erase.me" not in texts
+        if database_url.startswith("sqlite"):
+            files = database_file_bytes(database_url)
+            assert "state.db" in files
+            for name, data in files.items():
+                for needle in (ADDRESS, "zed.erase.me", "quillfeather"):
+                    assert needle.encode() not in data, f"{needle} found in {name}"
+        # The page still answers the erased person's link, without naming them.
+        page = requests.post(f"{url}/u/{token}", data={"List-Unsubscribe": "One-Click"}, timeout=30)
+        assert page.status_code == 200 and "Nothing left to unsubscribe" in page.text
+
+
+def test_audit_reasons_never_carry_an_address(
+    example_copy: Path, postmark: FakePostmark, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider's 406 naming the address is stored (audit reason and last error) with
+    its code and text, the address replaced by [address]."""
+    monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
+    configure(example_copy, 'provider = "postmark"')
+    csv = example_copy / "one.csv"
+    csv.write_text(f"email,name,series\n{ADDRESS},{NAME},attachment\n", encoding="utf-8")
+    assert run(example_copy, "subscribers", "import", str(csv), "--now", ENROLLED_AT)[0] == 0
+    postmark.inactive.add(ADDRESS)
+    code, _out, err = send_at(example_copy, MONDAY)
+    assert code == 1
+    assert f"{ADDRESS}: part 1 of attachment failed: 406: You tried to send to recipient(s)" in err
+    assert ADDRESS not in err.split("failed: ", 1)[1]
+    with open_store(example_copy, database_url) as store, store.connect() as conn:
+        reason = conn.execute(
+            sa.select(status_changes.c.reason).where(status_changes.c.actor == "provider:postmark")
+        ).scalar_one()
+        error = conn.execute(sa.text("SELECT last_error FROM deliveries")).scalar_one()
+    assert reason.startswith("406: ") and "Found inactive addresses: [address]" in reason
+    assert error == reason and ADDRESS not in reason
+
+
+def test_migration_0006_scrubs_addresses_already_stored(
+    database_url: str, example_copy: Path
+) -> None:
+    """Reasons and errors stored by earlier versions lose their addresses (and any
+    credential) when the database is upgraded; other text is left as it was."""
+    from .databases import database_at_0004
+
+    database_at_0004(database_url)
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO status_changes (subscriber_id, new_status, actor, reason, created_at) "
+                "VALUES (NULL, 'bounced', 'provider:postmark', :r, :t), "
+                "(NULL, 'unsubscribed', 'cli', 'erased', :t)"
+            ),
+            {
+                "r": "406: Found inactive addresses: Gone.Person@Example.com.",
+                "t": datetime.now(UTC),
+            },
+        )
+        conn.execute(
+            sa.text("UPDATE deliveries SET last_error = :e WHERE part = 3"),
+            {
+                "e": "400: 'to' parameter is not a valid address: gone.person@example.com "
+                "(Authorization: Basic YXBpOmtleS1zZWNyZXQ=)"
+            },
+        )
+    engine.dispose()
+    with open_store(example_copy, database_url) as store, store.connect() as conn:
+        reasons = (
+            conn.execute(sa.select(status_changes.c.reason).order_by(status_changes.c.id))
+            .scalars()
+            .all()
+        )
+        error = conn.execute(sa.text("SELECT last_error FROM deliveries WHERE part = 3")).scalar()
+    assert reasons == ["406: Found inactive addresses: [address].", "erased"]
+    assert error == (
+        "400: 'to' parameter is not a valid address: [address] (Authorization: Basic ***)"
+    )
