@@ -10,6 +10,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -79,6 +80,29 @@ def database_texts(url: str) -> str:
         engine.dispose()
 
 
+def vacuumed(url: str) -> set[str]:
+    """PostgreSQL: which of the person's tables a VACUUM has run on (its statistics are
+    published when the VACUUM's backend reports them: wait for them a little)."""
+    engine = sa.create_engine(url)
+    try:
+        for _ in range(50):
+            with engine.connect() as conn:
+                names = set(
+                    conn.execute(
+                        sa.text(
+                            "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT "
+                            "NULL AND relname IN ('subscribers', 'enrollments', 'deliveries')"
+                        )
+                    ).scalars()
+                )
+            if len(names) == 3:
+                break
+            time.sleep(0.2)
+        return names
+    finally:
+        engine.dispose()
+
+
 def database_file_bytes(url: str) -> dict[str, bytes]:
     """For SQLite: every file of the database (main, -wal, -shm, -journal), lower case."""
     path = Path(sa.make_url(url).database or "")
@@ -127,6 +151,8 @@ def test_remove_leaves_nothing_readable_while_serve_runs(
         texts = database_texts(database_url)
         assert ADDRESS not in texts and NAME.lower() not in texts
         assert "quillfeather" not in texts and "zed.erase.me" not in texts
+        if database_url.startswith("postgresql"):
+            assert vacuumed(database_url) == {"subscribers", "enrollments", "deliveries"}
         if database_url.startswith("sqlite"):
             files = database_file_bytes(database_url)
             assert "state.db" in files
