@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..redact import scrub_addresses
 from . import Store
-from .schema import deliveries, settings, status_changes
+from .schema import deliveries, status_changes
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,3 @@ def _postgresql(store: Store) -> str | None:
             "as the tables' owner"
         )
     return None
-
-
-def mark_clean(conn: Connection) -> None:
-    """For a new database: nothing was ever deleted without secure_delete."""
-    conn.execute(sa.delete(settings).where(settings.c.key == CLEAN_MARK))
-    conn.execute(settings.insert().values(key=CLEAN_MARK, value="1"))
