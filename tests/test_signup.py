@@ -40,10 +40,10 @@ def ask(address: str = "ann@example.com", series: str = "demo") -> Request:
 def test_migration_0007_adds_signups_and_keeps_everything(
     database_url: str, tmp_path: Path
 ) -> None:
-    """From 0005 with a subscriber in it: the table appears, the subscriber stays; down
+    """From 0006 with a subscriber in it: the table appears, the subscriber stays; down
     and up again work."""
     engine = sa.create_engine(database_url)
-    upgrade(engine, "0005", workspace=tmp_path)
+    upgrade(engine, "0006", workspace=tmp_path)
     with engine.begin() as conn:
         conn.execute(
             subscribers.insert().values(
@@ -56,7 +56,7 @@ def test_migration_0007_adds_signups_and_keeps_everything(
                 attributes={},
             )
         )
-    assert upgrade(engine, workspace=tmp_path) == ("0005", "0007")
+    assert upgrade(engine, workspace=tmp_path) == ("0006", "0007")
     with engine.connect() as conn:
         assert sa.inspect(conn).has_table("signups")
         assert conn.scalar(sa.select(subscribers.c.email)) == "old@example.com"
@@ -65,10 +65,10 @@ def test_migration_0007_adds_signups_and_keeps_everything(
     with engine.begin() as conn:
         config = _alembic_config()
         config.attributes["connection"] = conn
-        command.downgrade(config, "0005")
+        command.downgrade(config, "0006")
     with engine.connect() as conn:
         assert not sa.inspect(conn).has_table("signups")
-    assert upgrade(engine, workspace=tmp_path) == ("0005", "0007")
+    assert upgrade(engine, workspace=tmp_path) == ("0006", "0007")
     engine.dispose()
 
 

@@ -416,7 +416,7 @@ def test_migration_0005_refuses_content_with_errors(database_url: str, example_c
     anxious.write_text(anxious.read_text().replace("title:", "titel:", 1), encoding="utf-8")
     with pytest.raises(
         SeriesError,
-        match=rf"cannot upgrade the database to schema {HEAD} while series 'attachment' has "
+        match=rf"cannot upgrade the database to schema 0005 while series 'attachment' has "
         r"content errors \(series/attachment/03-anxious.md:2: unknown key 'titel'",
     ):
         open_store(example_copy, database_url)
@@ -524,7 +524,7 @@ def test_migration_0005_refuses_a_workspace_without_the_series(
     code, out, err = run(web, "subscribers", "list")
     assert code == 1, out + err
     assert err == (
-        f"Error: cannot upgrade the database to schema {HEAD} from here: series 'attachment' has "
+        f"Error: cannot upgrade the database to schema 0005 from here: series 'attachment' has "
         f"recorded deliveries and no series/attachment/ folder in {web}; run `series db "
         "upgrade` in the workspace that holds the series (the upgrade matches each recorded "
         "part to its article there)\n"
