@@ -10,6 +10,11 @@ Targets (issue 4, this 2-core machine): >= 5,000 messages/s; <= 1 s for the
 nothing-due run; peak RSS <= 300 MB at 1,000,000 subscribers.
 
     python bench/send.py [--subscribers 100000] [--idle 1000000] [--runs 3]
+    python bench/send.py --subscribers 0 --idle 0 --outbox 5000 --against REV
+
+3. With ``--outbox N``: N due messages sent to the outbox provider (the default, one
+   .eml file each), messages/s end to end (issue 16 target: >= 5x the outbox rate of
+   the email-package build, about 280 messages/s).
 
 With ``--against REV`` the same runs are made, alternating, with the code of git
 revision REV (exported to a temporary folder), and both medians are printed: the
@@ -169,6 +174,38 @@ def bench_idle(count: int, runs: int, name: str = "this tree", code: Path = ROOT
         )
 
 
+def outbox_once(count: int, workers: int | None, code: Path) -> float:
+    """One `series send` of COUNT due messages to the outbox provider (the default: an
+    .eml file per message) with the code at CODE: its seconds."""
+    with tempfile.TemporaryDirectory(prefix="series-bench-outbox-") as tmp:
+        workspace = make_workspace(Path(tmp), workers, code)
+        env = {**os.environ}
+        env.pop("SERIES_DATABASE_URL", None)
+        readers = Path(tmp) / "readers.csv"
+        write_csv(readers, count)
+        series(workspace, "subscribers", "import", str(readers), env=env, code=code)
+        seconds, _, out = series(workspace, "send", "--provider", "outbox", env=env, code=code)
+        written = sum(1 for _ in (workspace / "outbox").glob("*.eml"))
+        if not out.startswith(f"sent {count}, failed 0") or written != count:
+            sys.exit(f"expected {count} .eml files, got: {out.strip()} ({written} written)")
+        return seconds
+
+
+def bench_outbox(count: int, runs: int, workers: int | None, against: dict[str, Path]) -> None:
+    """`series send` to the outbox: messages/s end to end, alternating with AGAINST."""
+    trees = {"this tree": ROOT, **against}
+    timings: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(runs):
+        for name, code in trees.items():
+            timings[name].append(outbox_once(count, workers, code))
+    for name, seconds in timings.items():
+        median = statistics.median(seconds)
+        print(
+            f"outbox ({name}): {count:,} .eml files, {runs} run(s), median {median:.1f} s, "
+            f"{count / median:,.0f} messages/s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +215,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, help="sending processes (default: the config's)")
     parser.add_argument("--against", metavar="REV", help="also measure git revision REV")
+    parser.add_argument(
+        "--outbox",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send N messages to the outbox provider (.eml files) and print messages/s",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="series-bench-rev-") as tmp:
         against = {}
@@ -185,6 +229,8 @@ def main() -> None:
             against[args.against] = export_revision(args.against, Path(tmp))
         if args.subscribers:
             bench_send(args.subscribers, args.runs, args.workers, against)
+        if args.outbox:
+            bench_outbox(args.outbox, args.runs, args.workers, against)
         if args.idle:
             for name, code in {"this tree": ROOT, **against}.items():
                 bench_idle(args.idle, args.runs, name, code)

@@ -1,19 +1,18 @@
 """A rendered email → the complete raw message (multipart/alternative, all headers).
 
-The header block is written here, line by line, from pipeline/headers.py; only the
-MIME body (the text and HTML parts) comes from the email package. Its default policy
-is kept away from our header values on purpose: it decodes encoded-words it finds in
-a value and writes the result back raw, and it turns a long List-Unsubscribe into
-encoded-words that mailbox providers cannot read.
+The header block is written here, line by line, from pipeline/headers.py, and the
+MIME body by pipeline/mime.py: raw bytes, as an HTTP provider's request is built from
+the rendered part, not through the email package (whose object model costs
+milliseconds per message, and whose default header policy decodes encoded-words it
+finds in a value and writes the result back raw).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from email import policy
-from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from typing import Protocol
 
 from .config import Address
 from .headers import (
@@ -23,14 +22,25 @@ from .headers import (
     header_line,
     list_unsubscribe,
 )
-from .render import RenderedEmail
+from .mime import alternative
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 LINESEP = "\n"
 
 
+class Content(Protocol):
+    """What a message says: a ``render.RenderedEmail`` or a ``providers.Message``."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def html(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
 def build_message(
-    email: RenderedEmail,
+    email: Content,
     *,
     sender: Address,
     to: Address,
@@ -38,13 +48,16 @@ def build_message(
     date: datetime,
     reply_to: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
 ) -> bytes:
     """The message as RFC 5322 bytes, ready for an ``.eml`` file or a relay, with LF
     line ends as local files have them (whatever hands it to SMTP makes them CRLF).
     Headers: From, To, Reply-To, Subject, Date, Message-ID, RFC 8058 one-click
     unsubscribe (``List-Unsubscribe: <https://…>``, never encoded, and
     ``List-Unsubscribe-Post``), then ``extra_headers``. Body: the text part first,
-    the HTML part preferred (multipart/alternative).
+    the HTML part preferred (multipart/alternative), each in the transfer encoding
+    that keeps it smallest (pipeline/mime.py); ``body``, when given, is that MIME body
+    already built from ``email`` (``mime.alternative_of``).
 
     Raises MessageBuildError when this reader's message cannot be built (an address
     that cannot be sent, a header that cannot be one field)."""
@@ -62,12 +75,4 @@ def build_message(
         *(extra_headers or {}).items(),
     ]
     head = "".join(header_line(name, value, LINESEP) for name, value in fields if value is not None)
-    return head.encode("ascii") + _body(email.text, email.html)
-
-
-def _body(text: str, html: str) -> bytes:
-    """The MIME-Version and Content-Type fields and the multipart/alternative body."""
-    body = EmailMessage(policy=policy.default)
-    body.set_content(text)
-    body.add_alternative(html, subtype="html")
-    return body.as_bytes()
+    return head.encode("ascii") + (body or alternative(email.text, email.html))

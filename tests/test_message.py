@@ -52,6 +52,7 @@ def test_any_name_and_subject_give_one_recipient_and_no_extra_field(
     write, lines of at most 998 octets, one To recipient (the reader, in ASCII), and
     decodes to the name and subject as cleaned of control characters."""
     raw = build(name, subject)
+    assert all(len(line) <= 998 for line in raw.split(b"\n"))  # the body's lines too
 
     fields = raw_fields(raw)
     assert [field for field, _ in fields] == EML_FIELDS

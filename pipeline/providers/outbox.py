@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MessageBuildError
 from ..message import build_message
-from ..render import RenderedEmail
+from ..mime import alternative_of, filled_part
 from .base import Message, Pending, Provider, SendResult
 
 
@@ -35,7 +35,7 @@ class OutboxProvider(Provider):
             path = self.directory / _file_name(message)
             try:
                 raw = build_message(
-                    RenderedEmail(message.subject, "", message.html, message.text),
+                    message,
                     sender=message.sender,
                     to=message.to,
                     unsubscribe_url=message.headers.get("List-Unsubscribe", "").strip("<>"),
@@ -47,6 +47,7 @@ class OutboxProvider(Provider):
                         if name not in ("List-Unsubscribe", "List-Unsubscribe-Post")
                     }
                     | {"X-Series-Delivery": message.key},
+                    body=_body(message),
                 )
             except MessageBuildError as exc:
                 # This reader only: the others' files are written all the same.
@@ -68,6 +69,22 @@ class OutboxProvider(Provider):
                 if key in wanted:
                     found[key] = path.name
         return found
+
+
+def _body(message: Message) -> bytes | None:
+    """The message's MIME body from its compiled part, as the HTTP providers' requests
+    are made from it: the fixed lines are encoded once per part, only those holding
+    this reader's fields per message. None when the message has no compiled part (it
+    is then encoded whole)."""
+    merge = message.merge
+    if merge is None:
+        return None
+    html_values = {name: merge.value(name, in_html=True) for name in merge.values}
+    text = filled_part(merge.template.text, merge.values, "plain", message.text)
+    html = filled_part(merge.template.html, html_values, "html", message.html)
+    if text is None or html is None:
+        return None
+    return alternative_of([text, html])
 
 
 def _file_name(message: Message) -> str:
