@@ -14,7 +14,7 @@ from .render import Renderer
 from .scaffold import placeholder_problems
 from .sources import cut
 
-# Gmail clips a message whose HTML is larger than this.
+# Gmail clips a message whose HTML part, as received (encoded), is larger than this.
 GMAIL_CLIP_BYTES = 102 * 1024
 
 
@@ -53,17 +53,7 @@ def check_workspace(config: Config, *, now: datetime, state: bool = False) -> Ch
                 # A broken template breaks every part: report it once.
                 template_problems.add(exc.problem)
                 continue
-            size = len(email.html.encode("utf-8"))
-            if size > GMAIL_CLIP_BYTES:
-                problems.append(
-                    Problem(
-                        article.source,
-                        article.body_line,
-                        f"the email's HTML is {size / 1024:.0f} KB; Gmail clips messages "
-                        f"over 102 KB, so shorten the article or split it",
-                        "warning",
-                    )
-                )
+            problems += _check_clipping(config, article, email.html)
     problems += sorted(template_problems, key=lambda p: (p.path, p.line or 0))
     if config.unsubscribe == "self-hosted" and not config.unsubscribe_url.startswith("https://"):
         problems.append(
@@ -87,6 +77,31 @@ def check_workspace(config: Config, *, now: datetime, state: bool = False) -> Ch
 
         problems += state_problems(config, series_list)
     return CheckReport(series_list, problems)
+
+
+def _check_clipping(config: Config, article: Article, html: str) -> list[Problem]:
+    """A warning, for the whole file, when the email's HTML part as the mailbox receives
+    it (transfer-encoded) passes Gmail's clipping size: as series writes it for the
+    outbox, or as quoted-printable for a provider's API, which encodes the part itself
+    (SendGrid's always does so): a Cyrillic or Greek article triples there."""
+    from .mime import QUOTED_PRINTABLE, encoded_size, quoted_printable_size
+
+    if config.provider == "outbox":
+        size, encoding = encoded_size(html)
+    else:
+        size, encoding = quoted_printable_size(html), QUOTED_PRINTABLE
+    if size <= GMAIL_CLIP_BYTES:
+        return []
+    return [
+        Problem(
+            article.source,
+            None,
+            f"the email's HTML part is {size / 1024:.0f} KB as {config.provider} sends it "
+            f"({encoding}); Gmail clips messages over 102 KB, so shorten the article or "
+            "split it",
+            "warning",
+        )
+    ]
 
 
 def _check_links(series: Series, article: Article, now: datetime) -> list[Problem]:

@@ -166,7 +166,7 @@ def test_email_over_gmail_clip_size_warns(workspace: BuildWorkspace) -> None:
     article.write_text(article.read_text() + f"\n{paragraph}\n" * 80, encoding="utf-8")
     (problem,) = check_workspace(load_config(root), now=EXAMPLE_NOW).problems
     assert problem.severity == "warning"
-    assert str(problem).startswith("series/demo/01-valid.md:8: warning: the email's HTML is ")
+    assert str(problem).startswith("series/demo/01-valid.md: warning: the email's HTML part is ")
     assert str(problem).endswith(
         "Gmail clips messages over 102 KB, so shorten the article or split it"
     )
