@@ -46,33 +46,6 @@ FIRST_BACKOFF = 1.0
 LONGEST_BACKOFF = 60.0
 
 
-class RateLimiter:
-    """At most ``rate`` messages per second, across batches."""
-
-    def __init__(
-        self, rate: float | None, monotonic: Callable[[], float], sleep: Callable[[float], None]
-    ) -> None:
-        self.rate = rate
-        self.monotonic = monotonic
-        self.sleep = sleep
-        self.next_free = monotonic()
-
-    def wait(self, count: int) -> None:
-        """Wait until ``count`` more messages may go out, and book them."""
-        if not self.rate:
-            return
-        now = self.monotonic()
-        if self.next_free > now:
-            self.sleep(self.next_free - now)
-            now = self.next_free
-        self.next_free = max(now, self.next_free) + count / self.rate
-
-    def refund(self, count: int) -> None:
-        """``count`` of the messages booked by the last ``wait`` will not go out."""
-        if self.rate and count > 0:
-            self.next_free -= count / self.rate
-
-
 class Withheld(Exception):
     """A request was not handed to the provider (why, in one line): ``lost`` of its
     claims were no longer this run's, or the run is stopping, or no reader of it was
@@ -119,7 +92,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
         else:
             group = (series.slug, "", everything)
         by_email.setdefault(group, []).append(item)
-    size = provider.batch_size
+    size = run.limiter.batch_size(provider.batch_size)
     batches = [
         (run.series[slug], items[start : start + size])
         for (slug, _, _), items in by_email.items()
@@ -134,7 +107,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 if run.stopping():
                     break
                 batch = _claim(run, series, items)
-                run.limiter.refund(len(items) - len(batch.claims))
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
                     _finish(run, finished, also_release=batch.claims)
@@ -145,6 +117,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 if batch.claims:
                     # The sender is idle now (the last request was answered): the first
                     # gate runs here, so its transaction never waits on this thread's.
+                    run.limiter.charge(len(batch.claims))  # the rate limit, as it goes
                     try:
                         messages, key = _hand_over(run, batch, False)
                     except Withheld as exc:
@@ -327,6 +300,7 @@ def send_batch(
     for attempt in range(RETRIES + 1):
         try:
             if attempt or not gated:
+                run.limiter.charge(len(messages))  # before the gate: no lease waits on it
                 messages, key = gate(maybe_sent)
         except Withheld as exc:
             if not maybe_sent:
@@ -334,8 +308,11 @@ def send_batch(
             why = f"not repeated ({exc}) after an attempt that may have been sent"
             return [SendResult(m.key, "unknown", error=why) for m in messages]
         try:
-            return provider.send(messages, batch_key=key)
+            results = provider.send(messages, batch_key=key)
+            run.limiter.settle()
+            return results
         except ProviderError as exc:
+            run.limiter.settle()
             if exc.auth and maybe_sent:
                 run.halt = exc
                 return [SendResult(m.key, "unknown", error=str(exc)) for m in messages]

@@ -23,7 +23,7 @@ from ..tokens import Signer
 
 if TYPE_CHECKING:
     from .compose import Composer
-    from .deliver import RateLimiter
+    from .limiter import RateLimiter
 
 LEASE = timedelta(minutes=15)
 # How often a sleeping run (rate limit, backoff) looks whether it was asked to stop.
@@ -131,7 +131,7 @@ class Run:
         report: SendReport,
     ) -> None:
         from .compose import Composer
-        from .deliver import RateLimiter
+        from .limiter import RateLimiter
 
         self.config = config
         self.store = store

@@ -29,7 +29,8 @@ from ..plan import Step
 from ..providers import ProviderError, get_provider
 from ..store import ledger, open_store
 from ..store.ledger import Due
-from .deliver import RateLimiter, deliver
+from .deliver import deliver
+from .limiter import RateLimiter
 from .planning import mark_planned, needs_full_plan, plan
 from .run import Run, SendReport, Stop
 
