@@ -16,8 +16,9 @@ from functools import cached_property
 from pathlib import Path
 
 import jinja2
+from jinja2.loaders import split_template_path
 
-from .sources import TemplateLoader
+from .sources import read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -75,3 +76,29 @@ class Templates:
 def builtin_files() -> list[Path]:
     """The built-in templates, for copying into a workspace (``series init --templates``)."""
     return sorted(p for p in BUILTIN_DIR.rglob("*") if p.is_file())
+
+
+class TemplateLoader(jinja2.BaseLoader):
+    """Jinja templates from ``directory``, read as every source file is (read_text);
+    ``shown`` turns a path into the path messages print."""
+
+    def __init__(self, directory: Path, shown: Callable[[Path], str]) -> None:
+        self.directory = directory
+        self.shown = shown
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        path = self.directory.joinpath(*split_template_path(template))
+        if not path.is_file():
+            raise jinja2.TemplateNotFound(template)
+        text = read_text(path, self.shown(path), what="a template")
+        mtime = path.stat().st_mtime
+
+        def uptodate() -> bool:
+            try:
+                return path.stat().st_mtime == mtime
+            except OSError:
+                return False
+
+        return text, str(path), uptodate

@@ -12,12 +12,8 @@ from __future__ import annotations
 import codecs
 import re
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import jinja2
-from jinja2.loaders import split_template_path
 
 from .errors import Problem, SeriesError
 
@@ -132,32 +128,6 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any], str]:
         raise ReadError(
             Problem(shown, None, "invalid TOML: arrays or tables nested too deeply")
         ) from None
-
-
-class TemplateLoader(jinja2.BaseLoader):
-    """Jinja templates from ``directory``, read as every source file is (read_text);
-    ``shown`` turns a path into the path messages print."""
-
-    def __init__(self, directory: Path, shown: Callable[[Path], str]) -> None:
-        self.directory = directory
-        self.shown = shown
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
-        path = self.directory.joinpath(*split_template_path(template))
-        if not path.is_file():
-            raise jinja2.TemplateNotFound(template)
-        text = read_text(path, self.shown(path), what="a template")
-        mtime = path.stat().st_mtime
-
-        def uptodate() -> bool:
-            try:
-                return path.stat().st_mtime == mtime
-            except OSError:
-                return False
-
-        return text, str(path), uptodate
 
 
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:

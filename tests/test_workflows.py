@@ -243,3 +243,24 @@ def test_send_checks_before_sending_and_always_summarises(send: dict[Any, Any]) 
 def test_ci_runs_what_users_run() -> None:
     """ci.yml runs .ci/run, which runs the README's test command."""
     assert any(".ci/run" in str(step.get("run", "")) for step in _steps(_load("ci.yml")))
+
+
+@pytest.mark.parametrize("text", [None, GENERATED["send.yml"]], ids=["this repo", "generated"])
+def test_send_keeps_the_compiled_emails_between_runs(text: str | None) -> None:
+    """The hourly send restores .series-cache/ (actions/cache) before series check, keyed
+    on the content, the templates and the version of series, so an unchanged part's
+    MJML is not compiled again every hour."""
+    steps = _steps(_load("send.yml", text))
+    caches = [
+        i
+        for i, step in enumerate(steps)
+        if str(step.get("uses", "")).startswith("actions/cache@")
+        and step["with"]["path"] == ".series-cache"
+    ]
+    assert len(caches) == 1
+    key = steps[caches[0]]["with"]["key"]
+    for hashed in ("'series/**'", "'templates/**'", "'series.toml'", "'pyproject.toml'"):
+        assert hashed in key
+    assert "env.SERIES_REQUIREMENT" in key
+    checks = [i for i, step in enumerate(steps) if _runs_series(step, "check")]
+    assert caches[0] < min(checks)

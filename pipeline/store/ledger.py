@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from ..personal import FIRST_NAME_ATTRIBUTE
@@ -72,7 +72,7 @@ def plan_marker(conn: Connection, series: str) -> str | None:
 
 def set_plan_marker(conn: Connection, series: str, version: str) -> None:
     # An upsert: two runs finishing a full plan at once must not collide on the key.
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    dialect = _dialect(conn)
     insert = dialect.insert(settings).values(key=f"plan:{series}", value=version)
     conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": version}))
 
@@ -438,9 +438,17 @@ def batch_key(delivery_keys: Iterable[str]) -> str:
 def _insert_ignoring_duplicates(conn: Connection) -> Any:
     """INSERT … ON CONFLICT DO NOTHING, into the untyped table (values come converted)."""
     table = untyped(deliveries)
+    return _dialect(conn).insert(table)
+
+
+def _dialect(conn: Connection) -> Any:
+    """The dialect module with ON CONFLICT inserts for ``conn``'s database; PostgreSQL's
+    is imported only when it is the database (a SQLite run starts faster without it)."""
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql
+    return sqlite
 
 
 def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 STATUSES = ("active", "unsubscribed", "bounced", "complained")
@@ -50,7 +49,19 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+class JSONType(sa.types.TypeDecorator[Any]):
+    """JSON; JSONB on PostgreSQL. The PostgreSQL dialect is imported only when it is the
+    database's: a run on SQLite does not pay for it at start-up."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(sa.JSON())
 
 
 def untyped(table: sa.Table) -> sa.TableClause:
@@ -78,7 +89,7 @@ subscribers = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("source", sa.String(200), nullable=False, server_default=""),
-    sa.Column("attributes", JSONType, nullable=False),
+    sa.Column("attributes", JSONType(), nullable=False),
     sa.CheckConstraint(f"status IN {STATUSES}", name="subscribers_status"),
 )
 
