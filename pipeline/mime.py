@@ -153,6 +153,8 @@ def filled_part(
     encoded once per part and kept, and this reader's ``values``: only the few lines
     holding a personal field are encoded per message. None when ``expected`` is not
     the pieces filled with ``values`` (the caller then encodes ``expected`` whole)."""
+    if any(f not in values for f in filled.fields):
+        return None
     if sum(map(len, filled.pieces)) + sum(len(values[f]) for f in filled.fields) != len(expected):
         return None
     layout = _layout(filled)
