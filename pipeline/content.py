@@ -48,6 +48,7 @@ SERIES_KEYS = (
     "timezone",
     "from",
     "language",
+    "paused",
 )
 ARTICLE_KEYS = (
     "title",
@@ -111,6 +112,8 @@ class Series:
     sender: Address
     language: str | None = None  # BCP 47; None: the workspace's `language`
     articles: tuple[Article, ...] = field(default=())
+    # `paused: true` in series.yml: every reader is held where they are.
+    paused: bool = False
 
     @property
     def total(self) -> int:
@@ -200,6 +203,7 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
             language = str(data["language"])
         else:
             report.add("language", f"'language' {problem}")
+    paused = report.boolean(data, "paused")
     series = Series(
         slug=directory.name,
         path=directory,
@@ -212,6 +216,7 @@ def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Serie
         send_window=window,
         sender=sender,
         language=language,
+        paused=bool(paused),
     )
     articles = []
     for path in articles_found:

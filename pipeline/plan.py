@@ -33,6 +33,23 @@ readers started"):
   articles had identities that no article had at the upgrade) counts as a received
   position N: the reader is at least past every article numbered N or less today, so
   a ledger upgraded without the content never starts a reader over.
+
+Editors steer readers (README "Steering readers"):
+
+- A paused enrollment is never handed to the planner (the store leaves it out); it
+  keeps its ledger, so on resume the next article is the one after their position,
+  due at its normal time, or at once if that passed while they were paused; still
+  one article per run, then the normal delays from that email.
+- A ``skipped`` ledger entry (the reader was moved past the article) counts for the
+  position like a received one, and is never proposed; it is not received.
+- A moved reader (``moved_to``, at ``moved_at``) continues at that article: entries at
+  or after it from before the move do not count for the position (they still are
+  never proposed again), so a reader moved back gets the articles from there that
+  they do not have, in order. The article moved to is due at once (the send window
+  still holds), then the normal delays.
+- A series with ``paused: true`` holds every reader: what would be due, held,
+  scheduled or waiting is "series paused" instead, and nothing is sent; the
+  fingerprint includes the flag, so everyone is planned again when it is lifted.
 """
 
 from __future__ import annotations
@@ -49,9 +66,21 @@ from .config import ALWAYS, DAY_NAMES, SendWindow
 from .content import Article, Series
 
 StepKind = Literal[
-    "due", "held", "scheduled", "waiting", "in_flight", "unknown", "gave_up", "complete"
+    "due",
+    "held",
+    "scheduled",
+    "waiting",
+    "in_flight",
+    "unknown",
+    "gave_up",
+    "complete",
+    "paused",
 ]
-LedgerState = Literal["claimed", "sent", "failed", "unknown"]
+LedgerState = Literal["claimed", "sent", "failed", "unknown", "skipped"]
+# Ledger states that place a reader past an article: they have it, or were moved past it.
+PAST = ("sent", "skipped")
+SERIES_PAUSED = "series paused"
+MOVE = "the move"  # ``previous`` for the first article after an editor moved the reader
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 END_OF_DAY = time(23, 59, 59)  # how the config keeps an end of "24:00"
@@ -88,6 +117,9 @@ class Enrollment:
     start_part: int
     ledger: Mapping[str, LedgerEntry]
     first_name: str = ""  # the subscriber's first_name attribute; "": from their name
+    # Where an editor moved the reader (an article slug) and when; None: never moved.
+    moved_to: str | None = None
+    moved_at: datetime | None = None
 
     def received(self) -> frozenset[str]:
         """The slugs of the articles this reader has received (state ``sent``)."""
@@ -116,8 +148,17 @@ class Step:
 
 def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     """The next thing to do for one active enrollment (the rules: module docstring)."""
+    step = _next_step(series, enrollment, now)
+    if series.paused and step.kind in ("due", "held", "scheduled", "waiting"):
+        # Held where they are; nothing to wake for until the content changes.
+        return Step("paused", SERIES_PAUSED, step.part, article=step.article)
+    return step
+
+
+def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     ledger = enrollment.ledger
-    if not ledger:  # most readers before their first email: no history to place
+    moved = _move_index(series, enrollment)
+    if not ledger and moved is None:  # most readers before their first email
         first = next((a for a in series.articles if a.part >= enrollment.start_part), None)
         if first is None:
             return Step("complete", "completed: every part sent")
@@ -128,13 +169,24 @@ def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     position = -1
     for index, article in enumerate(series.articles):
         entry = ledger.get(article.slug)
-        if entry is not None and entry.state == "sent":
+        if entry is not None and entry.state in PAST and _counts(entry, index, moved, enrollment):
             position = index
-    position = max(position, _placeholder_position(series, ledger))
+    placeholder = _placeholder_position(series, ledger)
+    if moved is not None:
+        placeholder = min(placeholder, moved - 1)
+    position = max(position, placeholder)
     # Nothing after the position has been received (it is the last received article),
     # and with no position nothing in the series has: the next article is never one
-    # the reader has.
-    if position >= 0:
+    # the reader has. A moved reader continues at the article moved to, and may have
+    # some after it from before the move: those are left out.
+    following: tuple[Article, ...]
+    if moved is not None:
+        following = tuple(
+            a
+            for a in series.articles[max(position + 1, moved) :]
+            if (seen := ledger.get(a.slug)) is None or seen.state not in PAST
+        )
+    elif position >= 0:
         following = series.articles[position + 1 :]
     else:  # nothing they received is still in the series: they start where they enrolled
         following = tuple(a for a in series.articles if a.part >= enrollment.start_part)
@@ -149,11 +201,35 @@ def next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
             moment = sent.sent_at or sent.updated_at
             if latest is None or moment > latest[0]:
                 latest = (moment, slug)
+    moved_at = enrollment.moved_at
+    if moved is not None and moved_at is not None and (latest is None or moved_at > latest[0]):
+        # Moved since their latest email: the article moved to is due at once.
+        return _step_for(series, enrollment, article, MOVE, moved_at, entry, now)
     if latest is None:
         return _step_for(series, enrollment, article, None, None, entry, now)
     previous = series.article(latest[1])
     after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
     return _step_for(series, enrollment, article, after, latest[0], entry, now)
+
+
+def _move_index(series: Series, enrollment: Enrollment) -> int | None:
+    """The index today of the article the reader was moved to (None: not moved, or
+    that article is no longer in the series, and the move no longer matters)."""
+    if enrollment.moved_to is None:
+        return None
+    for index, article in enumerate(series.articles):
+        if article.slug == enrollment.moved_to:
+            return index
+    return None
+
+
+def _counts(entry: LedgerEntry, index: int, moved: int | None, enrollment: Enrollment) -> bool:
+    """Whether a received or skipped entry places the reader: always, unless they were
+    moved back before it (an entry at or after the article moved to, from before the
+    move, is behind the move)."""
+    if moved is None or index < moved or enrollment.moved_at is None:
+        return True
+    return (entry.sent_at or entry.updated_at) > enrollment.moved_at
 
 
 def _placeholder_position(series: Series, ledger: Mapping[str, LedgerEntry]) -> int:
@@ -230,6 +306,9 @@ def _step_for(
         base, reason = enrollment.enrolled_at, "first part"
         if enrollment.start_part > series.articles[0].part:
             reason = f"first part (starting at part {enrollment.start_part})"
+    elif previous is MOVE:
+        base = previous_sent
+        reason = f"moved to part {part} on {previous_sent.astimezone(zone).date().isoformat()}"
     else:
         # Wall-clock arithmetic in the reader's zone: "7 days later" is the same local
         # time a week later, even across a daylight-saving change.
@@ -373,6 +452,8 @@ def fingerprint(series: Series) -> str:
             sorted(DAY_NAMES[d] for d in window.days),
             window.start.isoformat(),
             window.end.isoformat(),
+            # Only when set, so that the fingerprints of unpaused series stay as they were.
+            *(("paused",) if series.paused else ()),
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

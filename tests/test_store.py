@@ -403,7 +403,7 @@ def test_migration_0005_gives_each_delivery_its_article(
                 "SELECT sql FROM sqlite_master WHERE name = 'deliveries'"
             ).scalar()
         assert "WHERE state IN ('claimed', 'unknown')" in index
-        assert "CHECK (state IN ('claimed', 'sent', 'failed', 'unknown'))" in table
+        assert "CHECK (state IN ('claimed', 'sent', 'failed', 'unknown', 'skipped'))" in table
         assert "ON DELETE CASCADE" in table
     store.close()
 

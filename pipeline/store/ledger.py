@@ -166,6 +166,8 @@ def iter_enrollments(
             enrollments.c.enrolled_at,
             enrollments.c.start_part,
             enrollments.c.next_due_at,
+            enrollments.c.moved_to,
+            enrollments.c.moved_at,
             subscribers.c.email,
             subscribers.c.name,
             subscribers.c.timezone,
@@ -249,6 +251,8 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
             start_part=r.start_part,
             ledger=ledgers.get(r.subscriber_id, {}),
             first_name=r.first_name if isinstance(r.first_name, str) else "",
+            moved_to=r.moved_to,
+            moved_at=r.moved_at,
         )
         for r in rows
     ]
@@ -571,9 +575,11 @@ def record_status(
     now: datetime,
     series: str | None = None,
     reason: str = "",
+    via: tuple[str, str] | None = None,
 ) -> None:
-    """Audit one status change: who or what changed it, when, and why. The reason is
-    kept after the person is erased, so it never holds an address (``[address]``)."""
+    """Audit one status change: who or what changed it, when, and why; ``via``: the
+    (series, article slug) of the email whose link asked for it, when known. The reason
+    is kept after the person is erased, so it never holds an address (``[address]``)."""
     conn.execute(
         status_changes.insert().values(
             subscriber_id=subscriber_id,
@@ -583,6 +589,8 @@ def record_status(
             actor=actor,
             reason=scrub_addresses(reason),
             created_at=now,
+            via_series=via[0] if via else None,
+            via_article=via[1] if via else None,
         )
     )
 

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 STATUSES = ("active", "unsubscribed", "bounced", "complained")
-DELIVERY_STATES = ("claimed", "sent", "failed", "unknown")
+# "skipped" (0008): an article an editor moved the reader past; never sent to them.
+DELIVERY_STATES = ("claimed", "sent", "failed", "unknown", "skipped")
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -114,6 +115,10 @@ enrollments = sa.Table(
     # the content changes) and for which series fingerprint (NULL: plan it next run).
     sa.Column("next_due_at", UTCDateTime),
     sa.Column("plan_version", sa.String(32)),
+    # Where an editor moved the reader (`series subscribers move`, 0008): the slug of
+    # the article they continue at, and when; None: never moved.
+    sa.Column("moved_to", sa.String(200)),
+    sa.Column("moved_at", UTCDateTime),
     sa.UniqueConstraint("subscriber_id", "series", name="enrollments_once_per_series"),
 )
 
@@ -170,6 +175,10 @@ status_changes = sa.Table(
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The email the change came from, when its link said (0008): series and article
+    # slug. `series status` counts the leave against that article.
+    sa.Column("via_series", sa.String(100)),
+    sa.Column("via_article", sa.String(200)),
 )
 
 # Addresses erased at the person's request, as keyed hashes: a later import of the
