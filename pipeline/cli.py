@@ -12,7 +12,9 @@ import click
 
 from .cli_init import init_command
 from .cli_options import now_option, resolve_now
-from .cli_send import resolve_command, send_command, status_command
+from .cli_send import resolve_command, send_command
+from .cli_status import FORMATS, status_command
+from .cli_steer import pause_command  # noqa: F401  (adds pause, resume, move, show)
 from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
@@ -219,14 +221,23 @@ def send_cmd(
 @cli.command(name="status")
 @click.option("--series", "series", help="Only this series (its slug).")
 @now_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table for people; json or csv (one row per article) for machines and spreadsheets.",
+)
 @click.pass_obj
-def status_cmd(state: State, series: str | None, now: datetime | None) -> None:
-    """Show the funnel per series and part: sent, due, scheduled, waiting, failed, unknown.
+def status_cmd(state: State, series: str | None, now: datetime | None, output_format: str) -> None:
+    """Show the funnel per series and part: sent, skipped, due, scheduled, waiting, failed,
+    unknown, and where readers left (unsubscribed, bounced, complained) and completed.
 
-    Example: series status --series attachment
+    Example: series status --series attachment --format csv > status.csv
     """
     config = state.config
-    status_command(state, now=resolve_now(config, now), series=series)
+    status_command(state, now=resolve_now(config, now), series=series, output_format=output_format)
 
 
 @cli.command(name="resolve")

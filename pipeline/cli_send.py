@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from .providers import Provider
     from .send import Planned, SendReport
     from .send.run import Stop
-    from .status import Stuck
     from .store import Store
 
 
@@ -97,8 +95,8 @@ def send_command(
                 if bar is not None:
                     bar.__exit__(None, None, None)
                 provider.close()
-    for problem in report.problems:
-        click.echo(problem, err=True)
+    for line in report.warnings + report.problems:
+        click.echo(line, err=True)
     click.echo(report.summary())
     if report.resolved:
         click.echo(f"resolved {report.resolved} delivery(ies) left unknown by an earlier run")
@@ -209,120 +207,12 @@ def _print_plan(
             )
         )
     skipped = f" ({report.skipped} more held back by --limit)" if report.skipped else ""
+    paused = sum(1 for r in rows if r.kind == "paused")
+    held = f"; {paused} held by a paused series" if paused else ""
     click.echo(
         f"dry run: would send {len(due)} email(s) now{skipped}; "
-        f"{len(rows) - len(due)} waiting or scheduled; nothing was sent or written",
+        f"{len(rows) - len(due) - paused} waiting or scheduled{held}; nothing was sent or written",
         err=True,
-    )
-
-
-def status_command(state: State, *, now: datetime, series: str | None) -> None:
-    from .plan import MAX_ATTEMPTS
-    from .send import load_selected
-    from .status import PART_COLUMNS, series_status
-    from .store import open_store
-
-    config = state.config
-    series_list = load_selected(config, series)
-    with open_store(config.root) as store:
-        report = series_status(store, series_list, now)
-    for index, status in enumerate(report):
-        if index:
-            click.echo()
-        total = status.series.total
-        click.echo(f"{status.series.title} ({status.series.slug}), {total} part(s)")
-        rows = []
-        for article in status.series.articles:
-            counts = status.articles.get(article.slug) or Counter()
-            state_note = (
-                "draft"
-                if article.draft
-                else ("published" if article.is_published(now) else "not published")
-            )
-            rows.append(
-                (
-                    str(article.part),
-                    article.slug,
-                    article.title,
-                    state_note,
-                    *(str(counts.get(column, 0)) for column in PART_COLUMNS),
-                    _when(status.next_due.get(article.slug), config.timezone),
-                )
-            )
-        click.echo(
-            format_table(
-                (
-                    "PART",
-                    "ARTICLE",
-                    "TITLE",
-                    "STATE",
-                    *(c.upper() for c in PART_COLUMNS),
-                    f"NEXT DUE ({config.timezone.key})",
-                ),
-                rows,
-            )
-        )
-        for (part, held), count in sorted(status.held.items()):
-            click.echo(f"part {part}: {count} reader(s) {held}, in their own time")
-        if status.gone:
-            click.echo(
-                "no longer in the series (renamed? give the new file the old `slug:`; "
-                "removed: never sent again):"
-            )
-            click.echo(
-                format_table(
-                    ("ARTICLE", "SENT", "FAILED", "UNKNOWN"),
-                    (
-                        (slug, *(str(counts.get(c, 0)) for c in ("sent", "failed", "unknown")))
-                        for slug, counts in status.gone.items()
-                    ),
-                )
-            )
-        if status.unknown:
-            _listing(
-                f"{len(status.unknown)} delivery(ies) with an unknown outcome: the provider may "
-                "or may not have sent them. Check its activity log, then decide each with "
-                f"`series resolve {status.series.slug}/PART EMAIL --sent` (the reader has it) "
-                "or `--not-sent` (a later run sends it); an article no longer in the series "
-                "is named by its slug:",
-                f"SINCE ({config.timezone.key})",
-                [(u, _when(u.since, config.timezone)) for u in status.unknown],
-            )
-        if status.failed:
-            gone = sum(1 for f in status.failed if f.part is None)
-            never = (
-                f" ({gone} of an article no longer in the series: never tried again)"
-                if gone
-                else ""
-            )
-            _listing(
-                f"{len(status.failed)} failed delivery(ies): a later run tries each again "
-                f"until it has failed {MAX_ATTEMPTS} times{never}. Fix what the error names, "
-                f"then `series resolve {status.series.slug} --retry` sends them again; for an "
-                "address series cannot send to, `series subscribers unsubscribe EMAIL`:",
-                "ATTEMPTS",
-                [(f, str(f.attempts)) for f in status.failed],
-            )
-        e = status.enrollments
-        click.echo(
-            f"enrollments: {e['active']} active, {e['completed']} completed, "
-            f"{e['paused']} paused, {e['unsubscribed']} unsubscribed, "
-            f"{e['bounced'] + e['complained']} bounced or complained"
-        )
-
-
-def _listing(intro: str, column: str, rows: list[tuple[Stuck, str]]) -> None:
-    """Deliveries one by one after what to do about them: email, part (today's number, or
-    the slug of an article no longer in the series), COLUMN, error."""
-    click.echo(intro)
-    click.echo(
-        format_table(
-            ("EMAIL", "PART", column, "LAST ERROR"),
-            (
-                (d.email, d.article if d.part is None else str(d.part), value, d.error[:80])
-                for d, value in rows
-            ),
-        )
     )
 
 

@@ -46,7 +46,8 @@ Editors steer readers (README "Steering readers"):
   or after it from before the move do not count for the position (they still are
   never proposed again), so a reader moved back gets the articles from there that
   they do not have, in order. The article moved to is due at once (the send window
-  still holds), then the normal delays.
+  still holds), then the normal delays; one they already have is not sent again, and
+  the next they lack comes at its normal time.
 - A series with ``paused: true`` holds every reader: what would be due, held,
   scheduled or waiting is "series paused" instead, and nothing is sent; the
   fingerprint includes the flag, so everyone is planned again when it is lifted.
@@ -202,8 +203,13 @@ def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
             if latest is None or moment > latest[0]:
                 latest = (moment, slug)
     moved_at = enrollment.moved_at
-    if moved is not None and moved_at is not None and (latest is None or moved_at > latest[0]):
-        # Moved since their latest email: the article moved to is due at once.
+    if (
+        article.slug == enrollment.moved_to
+        and moved_at is not None
+        and (latest is None or moved_at > latest[0])
+    ):
+        # Moved to it since their latest email: it is due at once (a reader they
+        # already have it for goes on with the next one at its normal time).
         return _step_for(series, enrollment, article, MOVE, moved_at, entry, now)
     if latest is None:
         return _step_for(series, enrollment, article, None, None, entry, now)

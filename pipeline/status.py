@@ -13,12 +13,25 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from .content import Series
+from .dropoff import DropOff, drop_off
 from .errors import SeriesError
 from .plan import held_until, next_step, reader_zone
 from .store import Store, ledger
 from .store.schema import deliveries, enrollments, subscribers
 
-PART_COLUMNS = ("sent", "due now", "held", "scheduled", "waiting", "failed", "unknown")
+# "skipped": readers an editor moved past the article; "paused": readers held by
+# `paused: true` in series.yml, at the article they get next.
+PART_COLUMNS = (
+    "sent",
+    "skipped",
+    "due now",
+    "held",
+    "scheduled",
+    "waiting",
+    "paused",
+    "failed",
+    "unknown",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class SeriesStatus:
     failed: list[Stuck] = field(default_factory=list)
     # (part, "held until Mon 09:00 (send window)" in the reader's time) → readers
     held: Counter[tuple[int, str]] = field(default_factory=Counter)
+    dropoff: DropOff = field(default_factory=DropOff)
 
     @property
     def gone(self) -> dict[str, Counter[str]]:
@@ -75,6 +89,7 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
             status.enrollments.update(_enrollment_counts(conn, series.slug))
             status.unknown = _stuck(conn, series, "unknown")
             status.failed = _stuck(conn, series, "failed")
+            status.dropoff = drop_off(conn, series)
         # Due, scheduled and waiting come from the planner itself, so status and send agree.
         for chunk in ledger.iter_enrollments(store, series.slug, now=now, everything=True):
             for enrollment in chunk:
@@ -90,6 +105,7 @@ def series_status(store: Store, series_list: list[Series], now: datetime) -> lis
                     "held": "held",
                     "scheduled": "scheduled",
                     "waiting": "waiting",
+                    "paused": "paused",
                 }.get(step.kind)
                 if column:
                     status.articles.setdefault(step.article, Counter())[column] += 1

@@ -52,6 +52,12 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     series_list = load_selected(config, options.only)
     report = SendReport()
     run = Run(config, store, provider, options, report)
+    report.warnings += [
+        f"{s.source}/series.yml: series paused (paused: true): nothing is sent to its readers "
+        "until the line is removed"
+        for s in series_list
+        if s.paused
+    ]
     if options.dry_run:
         from ..edits import history_problems
 

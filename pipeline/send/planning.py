@@ -107,6 +107,7 @@ def dry_run_rows(report: SendReport) -> list[Planned]:
         "unknown": 4,
         "waiting": 5,
         "gave_up": 6,
+        "paused": 7,
     }
     never = datetime.max.replace(tzinfo=UTC)
     return sorted(

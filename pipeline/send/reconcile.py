@@ -122,6 +122,14 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
             left += rows
             continue
         series = by_slug[rows[0].series]
+        if series.paused:
+            # Repeating it may send: it waits, unknown, until the series is resumed.
+            report.unknown += len(rows)
+            report.problems.append(
+                f"{len(rows)} deliveries of an interrupted request stay unknown while "
+                f"{series.slug} is paused: repeating it may send it"
+            )
+            continue
         missing = sorted((r.article, r.part) for r in rows if series.article(r.article) is None)
         if missing:
             slug, part = missing[0]

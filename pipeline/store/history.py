@@ -79,7 +79,8 @@ def readers_past(conn: Connection, series: str, order: Sequence[tuple[str, int]]
     ]
     histories = (
         sa.select(deliveries.c.subscriber_id, sa.func.max(index).label("position"), *masks)
-        .where(deliveries.c.series == series, deliveries.c.state == "sent")
+        # A skipped article (the reader was moved past it) is one they are not missing.
+        .where(deliveries.c.series == series, deliveries.c.state.in_(("sent", "skipped")))
         .group_by(deliveries.c.subscriber_id)
         .subquery()
     )
