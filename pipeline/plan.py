@@ -206,7 +206,7 @@ def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     if (
         article.slug == enrollment.moved_to
         and moved_at is not None
-        and (latest is None or moved_at > latest[0])
+        and (latest is None or moved_at >= latest[0])
     ):
         # Moved to it since their latest email: it is due at once (a reader they
         # already have it for goes on with the next one at its normal time).

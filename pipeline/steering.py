@@ -76,7 +76,7 @@ def set_paused(
             record_status(
                 conn,
                 subscriber.id,
-                subscriber.status,
+                None,
                 word,
                 actor=actor,
                 now=now,

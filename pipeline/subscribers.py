@@ -310,20 +310,36 @@ def find(store: Store, email: str) -> Subscriber:
 
 
 def unsubscribe(
-    store: Store, email: str, *, now: datetime, series: str | None = None, actor: str = "cli"
+    store: Store,
+    email: str,
+    *,
+    now: datetime,
+    series: str | None = None,
+    actor: str = "cli",
+    via: tuple[str, str] | None = None,
 ) -> str:
-    """Unsubscribe from one series, or from everything. Returns what was done, in words."""
-    return leave(store, email, now=now, series=series, actor=actor)[1]
+    """Unsubscribe from one series, or from everything. ``via``: the (series, article
+    slug) of the email whose link asked, recorded in the audit for `series status`.
+    Returns what was done, in words."""
+    return leave(store, email, now=now, series=series, actor=actor, via=via)[1]
 
 
 def leave(
-    store: Store, email: str, *, now: datetime, series: str | None = None, actor: str = "cli"
+    store: Store,
+    email: str,
+    *,
+    now: datetime,
+    series: str | None = None,
+    actor: str = "cli",
+    via: tuple[str, str] | None = None,
 ) -> tuple[bool, str]:
     """Unsubscribe from one series, or from everything: (whether this call changed
     anything, what was done in words). The change and its audit row are one step: of
     any number of requests at once (a mailbox's one-click sent many times), exactly one
-    changes the status and writes the audit row; the others find it done. Raises
-    SubscriberError when there is no such subscriber (or enrollment)."""
+    changes the status and writes the audit row; the others find it done. ``via``: the
+    (series, article slug) of the email whose link asked, recorded in the audit for
+    `series status`. Raises SubscriberError when there is no such subscriber (or
+    enrollment)."""
     subscriber = find(store, email)
     with store.begin() as conn:
         status = conn.execute(
@@ -344,7 +360,9 @@ def leave(
             )
             if not changed:
                 return False, f"{subscriber.email} was already unsubscribed"
-            record_status(conn, subscriber.id, status, "unsubscribed", actor=actor, now=now)
+            record_status(
+                conn, subscriber.id, status, "unsubscribed", actor=actor, now=now, via=via
+            )
             return True, f"unsubscribed {subscriber.email} from all series"
         enrolled = next((e for e in subscriber.enrollments if e.series == series), None)
         if enrolled is None:
@@ -364,7 +382,14 @@ def leave(
         if not changed:
             return False, f"{subscriber.email} was already unsubscribed from {series}"
         record_status(
-            conn, subscriber.id, status, "unsubscribed", actor=actor, now=now, series=series
+            conn,
+            subscriber.id,
+            status,
+            "unsubscribed",
+            actor=actor,
+            now=now,
+            series=series,
+            via=via,
         )
         return True, f"unsubscribed {subscriber.email} from {series}"
 

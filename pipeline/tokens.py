@@ -1,9 +1,12 @@
-"""Signed unsubscribe tokens: they name a subscriber and a series and cannot be forged.
+"""Signed unsubscribe tokens: they name a subscriber, a series and the article of the
+email, and cannot be forged.
 
 HMAC-SHA256 with SERIES_SECRET_KEY when it is set, else with a random key kept in
 the state database (so the default workspace needs no secret). Compared in
 constant time. A token also carries when its email was made, so a link from before
-a person subscribed again no longer unsubscribes them.
+a person subscribed again no longer unsubscribes them, and (since version 3) the
+article the email carried, so that `series status` counts an unsubscribe against
+that article. Version 2 tokens (no article) in emails sent before stay valid.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ SECRET_ENV = "SERIES_SECRET_KEY"
 # During a key rotation: the key links already in inboxes were signed with, still
 # accepted when verifying (never used to sign).
 PREVIOUS_SECRET_ENV = "SERIES_PREVIOUS_SECRET_KEY"
-_VERSION = "2"
+_VERSION = "3"
+_OLD_VERSION = "2"  # subscriber, time and series; no article
 # The subscriber id of links in test sends (`series test-send`): nobody to unsubscribe.
 TEST_SUBSCRIBER = 0
 
@@ -29,6 +33,7 @@ class TokenSubject:
     subscriber_id: int
     series: str | None  # None: every series
     issued: datetime  # when the email carrying the token was made
+    article: str | None = None  # the slug of the email's article (None: not known)
 
 
 def fingerprint(key: bytes) -> str:
@@ -65,9 +70,20 @@ class Signer:
         """The fingerprints of every key this signer accepts."""
         return frozenset(fingerprint(k) for k in (self._key, *self._previous))
 
-    def token(self, subscriber_id: int, series: str | None, *, issued: datetime) -> str:
+    def token(
+        self,
+        subscriber_id: int,
+        series: str | None,
+        *,
+        issued: datetime,
+        article: str | None = None,
+    ) -> str:
+        """A token for one email: ``issued`` (whole seconds) is when it was made,
+        ``article`` the slug of the article it carries."""
         stamp = int(issued.timestamp())
-        payload = f"{_VERSION}.{subscriber_id}.{stamp}.{series or ''}".encode()
+        name = series or ""
+        # The series' length first: a slug may hold any character but "/", dots too.
+        payload = f"{_VERSION}.{subscriber_id}.{stamp}.{len(name)}.{name}{article or ''}".encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def verify(self, token: str) -> TokenSubject | None:
@@ -84,16 +100,26 @@ class Signer:
         ):
             return None
         try:
-            version, subscriber, stamp, series = payload.decode().split(".", 3)
+            version, subscriber, stamp, rest = payload.decode().split(".", 3)
         except ValueError:
             return None
-        if version != _VERSION or not _is_number(subscriber) or not _is_number(stamp):
+        article = None
+        if version == _VERSION:
+            length, _, named = rest.partition(".")
+            if not _is_number(length) or int(length) > len(named):
+                return None
+            series, article = named[: int(length)], named[int(length) :] or None
+        elif version == _OLD_VERSION:
+            series = rest
+        else:
+            return None
+        if not _is_number(subscriber) or not _is_number(stamp):
             return None
         try:
             issued = datetime.fromtimestamp(int(stamp), UTC)
         except (OverflowError, OSError, ValueError):
             return None
-        return TokenSubject(int(subscriber), series or None, issued)
+        return TokenSubject(int(subscriber), series or None, issued, article)
 
     def _mac(self, payload: bytes, key: bytes | None = None) -> bytes:
         return hmac.new(key or self._key, payload, hashlib.sha256).digest()[:18]

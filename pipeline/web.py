@@ -205,10 +205,12 @@ class UnsubscribeApp:
         actor = ONE_CLICK_ACTOR if action == "one-click" else PAGE_ACTOR
         if scope == "series" and subject.series is None:
             return Answer(400, "Nothing to do", "This link names no series. Nothing was changed.")
+        # The email the link came from, so that `series status` counts the leave there.
+        via = (subject.series, subject.article) if subject.series and subject.article else None
         if scope == "all":
-            return self.leave_all(reader, actor)
+            return self.leave_all(reader, actor, via)
         assert subject.series is not None
-        return self.leave_series(reader, subject.series, actor)
+        return self.leave_series(reader, subject.series, actor, via)
 
     def offer(self, subject: TokenSubject, reader: Reader) -> Answer:
         """The page a GET shows: the choices still open to this person."""
@@ -248,7 +250,9 @@ class UnsubscribeApp:
     def everything(self) -> tuple[str, str]:
         return ("all", f"Unsubscribe from everything from {self.config.site_name}")
 
-    def leave_series(self, reader: Reader, series: str, actor: str) -> Answer:
+    def leave_series(
+        self, reader: Reader, series: str, actor: str, via: tuple[str, str] | None = None
+    ) -> Answer:
         title = self.title(series)
         site = self.config.site_name
         if not reader.enrolled or reader.left_series:
@@ -258,7 +262,7 @@ class UnsubscribeApp:
                 f"No more parts of {title} will be sent to you.",
                 (self.everything(),) if reader.status == "active" else (),
             )
-        done = self.unsubscribe(reader, series, actor)
+        done = self.unsubscribe(reader, series, actor, via)
         if done is None:
             return self.gone()
         if not done:
@@ -276,12 +280,12 @@ class UnsubscribeApp:
             (self.everything(),) if reader.status == "active" else (),
         )
 
-    def leave_all(self, reader: Reader, actor: str) -> Answer:
+    def leave_all(self, reader: Reader, actor: str, via: tuple[str, str] | None = None) -> Answer:
         site = self.config.site_name
         # Bounced or complained addresses get nothing already; that status is kept.
         if reader.status != "active":
             return self.already_out()
-        done = self.unsubscribe(reader, None, actor)
+        done = self.unsubscribe(reader, None, actor, via)
         if done is None:
             return self.gone()
         if not done:
@@ -292,13 +296,16 @@ class UnsubscribeApp:
             f"You will not get any more emails from {site}.",
         )
 
-    def unsubscribe(self, reader: Reader, series: str | None, actor: str) -> bool | None:
-        """Record it with its audit entry, in one step: True if this request made the
-        change, False if another one had made it already (many one-click requests at
-        once), None if the person was erased meanwhile."""
+    def unsubscribe(
+        self, reader: Reader, series: str | None, actor: str, via: tuple[str, str] | None = None
+    ) -> bool | None:
+        """Record it with its audit entry (naming the email ``via`` it came from, when the
+        link said), in one step: True if this request made the change, False if another
+        one had made it already (many one-click requests at once), None if the person
+        was erased meanwhile."""
         try:
             changed, _ = leave(
-                self.store, reader.email, now=self.clock(), series=series, actor=actor
+                self.store, reader.email, now=self.clock(), series=series, actor=actor, via=via
             )
         except SubscriberError:
             return None

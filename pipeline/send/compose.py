@@ -164,7 +164,9 @@ class Composer:
             sender=series.sender,
             to=Address(email, name),
             tag=f"{series.slug}-part{compiled.part}",
-            token=lambda: run.signer.token(subscriber_id, series.slug, issued=issued),
+            token=lambda: run.signer.token(
+                subscriber_id, series.slug, issued=issued, article=article
+            ),
             first_name=first_name,
         )
 
