@@ -47,7 +47,7 @@ class Workspace:
     def send(self, when: datetime) -> str:
         return self.ok("send", "--now", when.isoformat())
 
-    def add(self, email: str, timezone: str = "Europe/Stockholm") -> None:
+    def add(self, email: str, timezone: str = "Europe/Stockholm", at: str = ENROLLED_AT) -> None:
         self.ok(
             "subscribers",
             "add",
@@ -57,7 +57,7 @@ class Workspace:
             "--timezone",
             timezone,
             "--now",
-            ENROLLED_AT,
+            at,
         )
 
     def parts_received(self, email: str) -> list[int]:
