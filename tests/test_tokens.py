@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.tokens import SECRET_ENV, TEST_SUBSCRIBER, Signer, TokenSubject
 
@@ -157,3 +159,43 @@ def test_test_send_subscriber_round_trips() -> None:
     signer = Signer(KEY)
     subject = signer.verify(signer.token(TEST_SUBSCRIBER, "s", issued=ISSUED))
     assert subject is not None and subject.subscriber_id == TEST_SUBSCRIBER
+
+
+def test_token_names_the_article_of_its_email() -> None:
+    """Version 3 tokens carry the email's article, however its slug and the series' look."""
+    signer = Signer(KEY)
+    subject = signer.verify(signer.token(5, "v2.0", issued=ISSUED, article="3.anxious.v2"))
+    assert subject == TokenSubject(5, "v2.0", ISSUED.replace(microsecond=0), "3.anxious.v2")
+
+
+def test_version_2_tokens_in_emails_already_sent_still_verify() -> None:
+    """A link made before tokens named the article verifies, with article None."""
+    payload = b"2.42.1764322215.attachment.v2"
+    mac = hmac.new(KEY, payload, "sha256").digest()[:18]
+    subject = Signer(KEY).verify(f"{b64(payload)}.{b64(mac)}")
+    assert subject == TokenSubject(
+        42, "attachment.v2", datetime.fromtimestamp(1764322215, UTC), None
+    )
+
+
+@pytest.mark.parametrize("payload", [b"3.42.1764322215.9.short", b"3.42.1764322215.x.s", b"3.4"])
+def test_version_3_with_a_bad_length_is_refused(payload: bytes) -> None:
+    """A signed version 3 payload whose series length does not fit is refused."""
+    mac = hmac.new(KEY, payload, "sha256").digest()[:18]
+    assert Signer(KEY).verify(f"{b64(payload)}.{b64(mac)}") is None
+
+
+@given(
+    series=st.one_of(st.none(), st.text(min_size=1, max_size=100).filter(lambda s: "/" not in s)),
+    article=st.one_of(st.none(), st.text(min_size=1, max_size=200)),
+    who=st.integers(min_value=0, max_value=2**40),
+)
+def test_any_series_and_article_round_trip(
+    series: str | None, article: str | None, who: int
+) -> None:
+    """Whatever characters a series or article slug holds (dots, line breaks, any
+    script), the token gives back exactly those."""
+    signer = Signer(KEY)
+    subject = signer.verify(signer.token(who, series, issued=ISSUED, article=article))
+    assert subject is not None
+    assert (subject.subscriber_id, subject.series, subject.article) == (who, series, article)
