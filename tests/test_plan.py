@@ -574,3 +574,87 @@ def test_placeholder_history_counts_as_a_position() -> None:
     step = next_step(claimed, enrollment(only_one), at(26))
     assert (step.kind, step.part) == ("due", 2)
     assert next_step(s, enrollment({"part-9": ledger["part-1"]}), at(26)).kind == "complete"
+
+
+# Editors steering readers (README "Steering readers"): skipped entries, moves, a paused
+# series. Plain values: the ledger as the commands leave it.
+
+
+def _sent(at: datetime) -> LedgerEntry:
+    return LedgerEntry("sent", 1, at, at)
+
+
+def _skipped(at: datetime) -> LedgerEntry:
+    return LedgerEntry("skipped", 0, at)
+
+
+def _moved(ledger: dict[str, LedgerEntry], to: str, at: datetime) -> Enrollment:
+    base = enrollment(ledger)
+    return Enrollment(**{**base.__dict__, "moved_to": to, "moved_at": at})
+
+
+def test_skipped_articles_place_the_reader_but_are_never_proposed() -> None:
+    """Moved ahead to part 4 from part 1: 2 and 3 are skipped, part 4 is due at once,
+    and after it comes 5, never 2 or 3."""
+    s = series(*(part(n) for n in range(1, 6)))
+    moved_at = T0 + timedelta(days=1)
+    ledger = {"p1": _sent(T0), "p2": _skipped(moved_at), "p3": _skipped(moved_at)}
+    step = next_step(s, _moved(ledger, "p4", moved_at), moved_at)
+    assert (step.kind, step.article, step.due_at) == ("due", "p4", moved_at)
+    assert step.reason.startswith("moved to part 4 on")
+    ledger["p4"] = _sent(moved_at)
+    step = next_step(s, _moved(ledger, "p4", moved_at), moved_at + timedelta(days=7))
+    assert (step.kind, step.article) == ("due", "p5")
+    assert step.due_at == moved_at + timedelta(days=7)  # the normal delay from part 4
+
+
+def test_moved_back_gets_only_what_it_lacks_in_order() -> None:
+    """Received 1 and 4 (2, 3 skipped by an earlier move), moved back to 2: 2, then 3,
+    then 5; part 4 is never proposed again."""
+    s = series(*(part(n) for n in range(1, 6)))
+    back = T0 + timedelta(days=10)
+    ledger = {"p1": _sent(T0), "p4": _sent(T0 + timedelta(days=1))}
+    proposed = []
+    now = back
+    for _ in range(4):
+        step = next_step(s, _moved(ledger, "p2", back), now)
+        if step.kind == "complete":
+            break
+        now = max(now, step.due_at or now)
+        assert step.article is not None
+        proposed.append(step.article)
+        ledger[step.article] = _sent(now)
+    assert proposed == ["p2", "p3", "p5"]
+
+
+def test_moved_back_to_a_part_they_have_waits_the_normal_delay() -> None:
+    """Moved back to a part they received, the next part they lack is not rushed: it
+    comes at its normal time after their latest email."""
+    s = series(*(part(n) for n in range(1, 4)))
+    ledger = {"p1": _sent(T0), "p2": _sent(T0 + timedelta(days=7))}
+    moved_at = T0 + timedelta(days=8)
+    step = next_step(s, _moved(ledger, "p1", moved_at), moved_at)
+    assert (step.kind, step.article) == ("scheduled", "p3")
+    assert step.due_at == T0 + timedelta(days=14)
+
+
+def test_paused_series_holds_every_step_and_changes_the_fingerprint() -> None:
+    """`paused: true`: a due, scheduled or waiting step is "series paused" at the same
+    article, with nothing to wake for; pausing or resuming plans everyone again."""
+    plain = series(part(1), part(2), part(3, published=None))
+    paused = Series(**{**plain.__dict__, "paused": True})
+    for ledger, now in (
+        ({}, T0),
+        ({"p1": _sent(T0)}, T0 + timedelta(days=1)),
+        ({"p1": _sent(T0), "p2": _sent(T0)}, T0 + timedelta(days=30)),
+    ):
+        before = next_step(plain, enrollment(ledger), now)
+        held = next_step(paused, enrollment(ledger), now)
+        assert before.kind in ("due", "scheduled", "waiting")
+        assert (held.kind, held.reason, held.article, held.wake_at) == (
+            "paused",
+            "series paused",
+            before.article,
+            None,
+        )
+    assert fingerprint(paused) != fingerprint(plain)  # everyone is planned again
