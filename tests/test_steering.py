@@ -213,6 +213,8 @@ def test_move_ahead_skips_parts_and_status_counts_them_apart(ws: Workspace) -> N
     parts = {p["article"]: (p["sent"], p["skipped"]) for p in status["parts"]}
     assert parts["secure"] == (1, 1)  # Bea's, Ann's
     assert parts["avoidant"] == (2, 0)
+    check = ws.ok("check", "--now", when)
+    assert "warning" not in check  # skipped parts are not parts the reader misses
     table = ws.ok("status", "--now", when).splitlines()
     assert table[1].split()[4:6] == ["SENT", "SKIPPED"]
     assert table[4].split()[-10:-8] == ["1", "1"]  # part 2: sent, skipped
