@@ -341,6 +341,8 @@ def leave(
     `series status`. Raises SubscriberError when there is no such subscriber (or
     enrollment)."""
     subscriber = find(store, email)
+    if store.upgrade_refused is not None:
+        via = None  # left before schema 0008 (content-free open): nowhere to record it
     with store.begin() as conn:
         status = conn.execute(
             sa.select(subscribers.c.status).where(subscribers.c.id == subscriber.id)
@@ -490,8 +492,17 @@ def _with_enrollments(conn: Connection, rows: Sequence[Any]) -> list[Subscriber]
     )
     last = {(r.subscriber_id, r.series): r.last_part for r in conn.execute(sent)}
     by_subscriber: dict[int, list[Enrollment]] = {}
+    # The columns named, not the table: a database left at 0004 (see open_store) lacks
+    # the newer ones.
     for e in conn.execute(
-        sa.select(enrollments)
+        sa.select(
+            enrollments.c.subscriber_id,
+            enrollments.c.series,
+            enrollments.c.start_part,
+            enrollments.c.paused,
+            enrollments.c.completed_at,
+            enrollments.c.unsubscribed_at,
+        )
         .where(enrollments.c.subscriber_id.in_(ids))
         .order_by(enrollments.c.series)
     ):

@@ -527,6 +527,14 @@ def test_app_from_environment_serves_an_old_database_from_a_config_only_folder(
         assert "series 'attachment' has recorded deliveries" in (app.store.upgrade_refused or "")
         with serving(app) as served:
             assert get(f"{served}/healthz").status_code == 200
+            # A link that names its email's article (schema 0008) still unsubscribes: the
+            # article is not recorded where the schema has no place for it.
+            token = app.signer.token(1, "attachment", issued=CLICKED, article="secure")
+            answer = requests.post(f"{served}/u/{token}", data=ONE_CLICK, timeout=10)
+            assert answer.status_code == 200 and answer.text.startswith("You are unsubscribed")
+        with app.store.connect() as conn:
+            left = conn.scalar(sa.select(sa.func.count()).select_from(status_changes))
+        assert left == 1
     finally:
         app.store.close()
 

@@ -580,19 +580,18 @@ def record_status(
     """Audit one status change: who or what changed it, when, and why; ``via``: the
     (series, article slug) of the email whose link asked for it, when known. The reason
     is kept after the person is erased, so it never holds an address (``[address]``)."""
-    conn.execute(
-        status_changes.insert().values(
-            subscriber_id=subscriber_id,
-            series=series,
-            old_status=old,
-            new_status=new,
-            actor=actor,
-            reason=scrub_addresses(reason),
-            created_at=now,
-            via_series=via[0] if via else None,
-            via_article=via[1] if via else None,
-        )
-    )
+    values: dict[str, Any] = {
+        "subscriber_id": subscriber_id,
+        "series": series,
+        "old_status": old,
+        "new_status": new,
+        "actor": actor,
+        "reason": scrub_addresses(reason),
+        "created_at": now,
+    }
+    if via is not None:  # only then: a database left at 0004 (see open_store) has no such columns
+        values.update(via_series=via[0], via_article=via[1])
+    conn.execute(status_changes.insert().values(**values))
 
 
 def expire_claims(conn: Connection, now: datetime) -> int:
