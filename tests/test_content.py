@@ -117,6 +117,18 @@ def test_series_yml_unknown_key_and_bad_cadence(workspace: BuildWorkspace) -> No
     ]
 
 
+def test_series_yml_paused_is_true_or_false(workspace: BuildWorkspace) -> None:
+    """`paused` takes YAML 1.2's true or false; `yes` or a typo is an error at its line."""
+    root = workspace(series_yml="title: Demo\npaused: yes\npausd: true\n")
+    problems = problems_of(root)
+    assert "series/demo/series.yml:3: unknown key 'pausd' (did you mean 'paused'?)" in problems
+    assert any(
+        p.startswith("series/demo/series.yml:2: 'paused' must be true or false") for p in problems
+    )
+    (root / "series" / "demo" / "series.yml").write_text("title: Demo\npaused: true\n")
+    assert problems_of(root) == []
+
+
 def test_every_problem_is_reported_at_once(workspace: BuildWorkspace) -> None:
     """Problems in several files are all collected, not just the first."""
     root = workspace(
