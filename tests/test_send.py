@@ -229,7 +229,8 @@ def test_status_table(enrolled: Path) -> None:
     header = lines[1].split()
     assert header[:4] == ["PART", "ARTICLE", "TITLE", "STATE"]
     part1 = lines[3].split()
-    assert part1[0] == "1" and part1[-8:-1] == ["5", "0", "0", "0", "0", "0", "0"]
+    # sent, skipped, due now, held, scheduled, waiting, paused, failed, unknown
+    assert part1[0] == "1" and part1[-10:-1] == ["5", "0", "0", "0", "0", "0", "0", "0", "0"]
     part2 = lines[4]
     assert header[-3:] == ["NEXT", "DUE", "(Europe/Stockholm)"]  # the workspace's zone
     assert "2026-12-04 11:00" in part2  # next due: 4 days after part 1 (10:00 UTC)

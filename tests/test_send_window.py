@@ -151,8 +151,9 @@ def test_a_run_at_night_holds_readers_outside_their_window(windowed: Path) -> No
     assert "part 1: 4 reader(s) held until Tue 09:00 (send window), in their own time" in status
     part1 = next(line for line in status.splitlines() if line.startswith("1 ")).split()
     counts = part1[part1.index("published") + 1 :]
-    # sent, due now, held, scheduled, waiting, failed, unknown; next due: the first opening
-    assert counts == ["1", "0", "4", "0", "0", "0", "0", "2026-12-01", "09:00"]
+    # sent, skipped, due now, held, scheduled, waiting, paused, failed, unknown; next due:
+    # the first opening
+    assert counts == ["1", "0", "0", "4", "0", "0", "0", "0", "0", "2026-12-01", "09:00"]
     # Stockholm's opening: Åsa only (London is at 08:00, the Americas are asleep).
     assert run(windowed, "send", "--now", TUESDAY_OPENING.isoformat())[1].startswith("sent 1,")
     assert states(windowed)["asa.berg@example.com"] == "sent"
