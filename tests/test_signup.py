@@ -19,7 +19,7 @@ from pipeline.signup import Request, checked, confirm, iter_pending, look_up, re
 from pipeline.signup_config import confirm_template, same_site
 from pipeline.signup_tokens import ConfirmSigner
 from pipeline.store import open_store
-from pipeline.store.migrate import _alembic_config, upgrade
+from pipeline.store.migrate import HEAD, _alembic_config, upgrade
 from pipeline.store.schema import enrollments, signups, status_changes, subscribers
 
 from .conftest import BuildWorkspace
@@ -56,7 +56,7 @@ def test_migration_0007_adds_signups_and_keeps_everything(
                 attributes={},
             )
         )
-    assert upgrade(engine, workspace=tmp_path) == ("0006", "0007")
+    assert upgrade(engine, workspace=tmp_path) == ("0006", HEAD)
     with engine.connect() as conn:
         assert sa.inspect(conn).has_table("signups")
         assert conn.scalar(sa.select(subscribers.c.email)) == "old@example.com"
@@ -68,7 +68,7 @@ def test_migration_0007_adds_signups_and_keeps_everything(
         command.downgrade(config, "0006")
     with engine.connect() as conn:
         assert not sa.inspect(conn).has_table("signups")
-    assert upgrade(engine, workspace=tmp_path) == ("0006", "0007")
+    assert upgrade(engine, workspace=tmp_path) == ("0006", HEAD)
     engine.dispose()
 
 
