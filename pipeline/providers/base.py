@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from markupsafe import escape
@@ -18,6 +19,9 @@ from markupsafe import escape
 from ..config import Address
 from ..errors import MessageBuildError, SeriesError
 from ..headers import (
+    CONTROL,
+    FOLD_AT,
+    MAX_LINE,
     ascii_email,
     clean_name,
     encode_text,
@@ -211,25 +215,58 @@ def in_order(messages: Sequence[Message], *results: Iterable[SendResult]) -> lis
 
 
 def _on_the_wire(message: Message) -> Message:
-    sender = Address(ascii_email(message.sender.email), clean_name(message.sender.name))
+    sender, reply_to, subject = _fixed_fields(message.sender, message.reply_to, message.subject)
     to = Address(ascii_email(message.to.email), clean_name(message.to.name))
-    reply_to = ascii_email(message.reply_to) if message.reply_to else None
-    headers = {
-        name: list_unsubscribe(value) if name == "List-Unsubscribe" else value
-        for name, value in message.headers.items()
-    }
-    header_line("From", sender.formatted())
-    header_line("To", to.formatted())
-    header_line("Subject", encode_text(message.subject))
-    if reply_to:
-        header_line("Reply-To", format_address(reply_to))
+    # The reader's mailbox: ASCII without control characters by construction, so the
+    # To line can only fail by length (a word over the line limit).
+    formatted = to.formatted()
+    if len(formatted) > MAX_LINE - len("To: "):
+        header_line("To", formatted)
+    headers = message.headers
+    unsubscribe = headers.get("List-Unsubscribe")
+    plain = unsubscribe is not None and _plain_line("List-Unsubscribe", unsubscribe)
+    if unsubscribe is not None and not plain:
+        headers = {**headers, "List-Unsubscribe": list_unsubscribe(unsubscribe)}
     for name, value in headers.items():
-        header_line(name, value)
+        if not (plain and name == "List-Unsubscribe"):
+            header_line(name, value)  # the fixed fields are remembered by header_line
+    if (
+        sender == message.sender
+        and to == message.to
+        and reply_to == message.reply_to
+        and subject == message.subject
+        and headers is message.headers
+    ):
+        return message  # already as it goes on the wire (the usual case): no copy
     return replace(
-        message,
-        sender=sender,
-        to=to,
-        reply_to=reply_to,
-        subject=one_line(message.subject),
-        headers=headers,
+        message, sender=sender, to=to, reply_to=reply_to, subject=subject, headers=headers
+    )
+
+
+@lru_cache(maxsize=256)  # a batch repeats its sender, reply address and subject
+def _fixed_fields(
+    sender: Address, reply_to: str | None, subject: str
+) -> tuple[Address, str | None, str]:
+    """The sender, Reply-To address and subject as they go on the wire, each checked to
+    make a header line. Raises MessageBuildError (not remembered: each message that
+    carries them fails alike)."""
+    wire_sender = Address(ascii_email(sender.email), clean_name(sender.name))
+    wire_reply_to = ascii_email(reply_to) if reply_to else None
+    header_line("From", wire_sender.formatted())
+    header_line("Subject", encode_text(subject))
+    if wire_reply_to:
+        header_line("Reply-To", format_address(wire_reply_to))
+    return wire_sender, wire_reply_to, one_line(subject)
+
+
+def _plain_line(name: str, value: str) -> bool:
+    """Whether ``name: value`` is one short line of ASCII without control characters:
+    written as it is, nothing to encode or fold (a reader's List-Unsubscribe, usually)."""
+    return (
+        (
+            len(name) + len(value) + 2 <= FOLD_AT
+            or (len(name) + len(value) + 2 <= MAX_LINE and " " not in value)
+        )
+        and value.isascii()
+        and CONTROL.search(value) is None
     )
