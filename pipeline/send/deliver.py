@@ -107,19 +107,25 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 if run.stopping():
                     break
                 batch = _claim(run, series, items)
+                handover: _Handover | None = None
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
-                    _finish(run, finished, also_release=batch.claims)
+                    # The next request's gate joins this one's record transaction.
+                    handover = _finish(run, finished, also_release=batch.claims, next_batch=batch)
                     del finished  # its messages go now, not once the next batch is built
-                if batch.claims and run.stopping():
+                if (batch.claims or batch.held) and run.stopping():
+                    run.report.held += batch.held
                     _release(run, batch.claims)
                     break
-                if batch.claims:
+                if batch.claims or handover is not None:
                     # The sender is idle now (the last request was answered): the first
                     # gate runs here, so its transaction never waits on this thread's.
                     run.limiter.charge(len(batch.claims))  # the rate limit, as it goes
                     try:
-                        messages, key = _hand_over(run, batch, False)
+                        if handover is None:
+                            messages, key = _hand_over(run, batch, False)
+                        else:
+                            messages, key = handover.result()
                     except Withheld as exc:
                         _withheld(run, batch, exc)
                         continue
@@ -140,14 +146,9 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
     now, and build each one's message. A reader outside it is bookmarked for its next
     opening; a message that cannot be built fails that delivery alone."""
     clock = run.clock()
-    inside: list[Due] = []
-    held: list[Bookmark] = []
-    for item in items:
-        opening = window_opening(series, item.enrollment.timezone, clock)
-        if opening is None:
-            inside.append(item)
-        else:
-            held.append(_held(run, series, item.enrollment, opening))
+    closed = _closed(series, [item.enrollment for item in items], clock)
+    inside = [item for i, item in enumerate(items) if i not in closed]
+    held: list[Bookmark] = [_held(run, series, items[i].enrollment, o) for i, o in closed.items()]
     with run.store.begin() as conn:
         ledger.save_bookmarks(conn, held)
         claims = ledger.claim(
@@ -189,29 +190,72 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     recorded. Raises Withheld when the run is stopping, a claim is no longer this
     run's, or nobody is left."""
     refuse_if_stopping(run)
-    clock = run.clock()
+    handover = _Handover(run, batch, maybe_sent)
+    with run.store.begin() as conn:
+        handover.write(conn)
+    return handover.result()
+
+
+class _Handover:
+    """The gate's work for one attempt of ``batch`` (see `_hand_over`), in three steps
+    so that its transaction can be the one that records the request before it: the
+    readers whose window closed are found now, ``write`` gives them back and renews
+    the lease on the others in the caller's transaction, ``result`` says what may go."""
+
+    def __init__(self, run: Run, batch: _Batch, maybe_sent: bool) -> None:
+        self.run = run
+        self.batch = batch
+        self.clock = run.clock()
+        self.closed = _closed(batch.series, [c.enrollment for c in batch.claims], self.clock)
+        self.refused: Withheld | None = None
+        if self.closed and maybe_sent:
+            self.refused = Withheld("the send window closed before the request could be repeated")
+        self.lost = 0
+
+    def write(self, conn: Connection) -> None:
+        """Give back the readers outside their window and renew this run's lease on
+        the rest, recording the request's key (in the caller's transaction)."""
+        if self.refused is not None:
+            return
+        run, batch, closed = self.run, self.batch, self.closed
+        held = [batch.claims[i] for i in closed]
+        bookmarks = [
+            _held(run, batch.series, batch.claims[i].enrollment, o) for i, o in closed.items()
+        ]
+        if closed:
+            batch.claims = [c for i, c in enumerate(batch.claims) if i not in closed]
+            batch.messages = [m for i, m in enumerate(batch.messages) if i not in closed]
+            batch.held += len(held)
+            ledger.release(conn, held, token=run.token)
+            ledger.save_bookmarks(conn, bookmarks)
+        self.lost = renew(run, conn, [c.id for c in batch.claims], self.clock, batch=batch.key)
+
+    def result(self) -> tuple[Sequence[Message], str]:
+        """The messages that may go and their key; raises Withheld when none may."""
+        if self.refused is not None:
+            raise self.refused
+        if self.lost:
+            raise Withheld(LEASE_LOST, lost=self.lost)
+        if not self.batch.claims:
+            raise Withheld("the send window closed")
+        return self.batch.messages, self.batch.key
+
+
+def _closed(
+    series: Series, enrollments: Sequence[Enrollment], clock: datetime
+) -> dict[int, datetime]:
+    """Index → when the window opens next, for each reader outside their send window at
+    ``clock`` (computed once per time zone: a batch's readers share a few)."""
+    by_zone: dict[str | None, datetime | None] = {}
     closed = {}
-    for index, claim in enumerate(batch.claims):
-        opening = window_opening(batch.series, claim.enrollment.timezone, clock)
+    for index, enrollment in enumerate(enrollments):
+        zone = enrollment.timezone
+        if zone not in by_zone:
+            by_zone[zone] = window_opening(series, zone, clock)
+        opening = by_zone[zone]
         if opening is not None:
             closed[index] = opening
-    if closed and maybe_sent:
-        raise Withheld("the send window closed before the request could be repeated")
-    held = [batch.claims[i] for i in closed]
-    bookmarks = [_held(run, batch.series, batch.claims[i].enrollment, o) for i, o in closed.items()]
-    keep = [i for i in range(len(batch.claims)) if i not in closed]
-    batch.claims = [batch.claims[i] for i in keep]
-    batch.messages = [batch.messages[i] for i in keep]
-    batch.held += len(held)
-    with run.store.begin() as conn:
-        ledger.release(conn, held, token=run.token)
-        ledger.save_bookmarks(conn, bookmarks)
-        lost = renew(run, conn, [c.id for c in batch.claims], clock, batch=batch.key)
-    if lost:
-        raise Withheld(LEASE_LOST, lost=lost)
-    if not batch.claims:
-        raise Withheld("the send window closed")
-    return batch.messages, batch.key
+    return closed
 
 
 def refuse_if_stopping(run: Run) -> None:
@@ -234,8 +278,12 @@ def renew(
     )
 
 
-def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:
-    """Record the answer to a request (in the main thread); give back what was not sent."""
+def _finish(
+    run: Run, batch: _Batch, *, also_release: Sequence[Claim], next_batch: _Batch | None = None
+) -> _Handover | None:
+    """Record the answer to a request (in the main thread); give back what was not sent.
+    With ``next_batch`` (claimed, not yet handed over), its first gate is passed in the
+    same transaction and returned; None when it was not (the caller passes it then)."""
     assert batch.result is not None
     wait([batch.result])  # the gate has had its say by the time an answer is there
     run.report.held += batch.held
@@ -249,13 +297,17 @@ def _finish(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> None:
         raise
     except Withheld as exc:
         _withheld(run, batch, exc)
-        return
-    _record(run, batch.series, batch.claims, results)
+        return None
+    handover = None
+    if next_batch is not None and next_batch.claims and run.halt is None and not run.stopping():
+        handover = _Handover(run, next_batch, False)
+    _record(run, batch.series, batch.claims, results, then=handover)
     if run.options.on_progress:
         run.options.on_progress(len(batch.claims))
     if run.halt is not None:
         _release(run, also_release)
         run.stop_if_halted()
+    return handover
 
 
 def _withheld(run: Run, batch: _Batch, exc: Withheld) -> None:
@@ -335,8 +387,15 @@ def send_batch(
 
 
 def _record(
-    run: Run, series: Series, claims: Sequence[Claim], results: Sequence[SendResult]
+    run: Run,
+    series: Series,
+    claims: Sequence[Claim],
+    results: Sequence[SendResult],
+    *,
+    then: _Handover | None = None,
 ) -> None:
+    """Record a request's outcomes and each reader's next bookmark in one transaction;
+    ``then``: the next request's gate, passed in the same transaction."""
     # Sends count from the run's time, the same for every reader of the run (so a
     # part due "4 days later" is due at the same hour); the ledger's clock moves on.
     now = run.options.now
@@ -376,6 +435,8 @@ def _record(
             bookmarks.append(bookmark(updated, next_step(series, updated, now), version, now))
         ledger.record(conn, rows, token=run.token, now=clock, sent_at=now)
         ledger.save_bookmarks(conn, bookmarks)
+        if then is not None:
+            then.write(conn)
 
 
 def _with_entry(enrollment: Enrollment, article: str, entry: LedgerEntry) -> Enrollment:
