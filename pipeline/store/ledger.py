@@ -308,7 +308,12 @@ def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -
     fixed = compiled.params  # values written into the statement, same for every row
     if compiled.positional:
         names = compiled.positiontup or []
-        parameters: list[Any] = [tuple({**fixed, **row}[n] for n in names) for row in rows]
+        first = rows[0] if rows else {}
+        # Each position reads the row or the fixed values, decided once for all rows.
+        picks = [(n in first, n, fixed.get(n)) for n in names]
+        parameters: list[Any] = [
+            tuple(row[n] if in_row else value for in_row, n, value in picks) for row in rows
+        ]
     else:
         parameters = [{**fixed, **row} for row in rows]
     conn.exec_driver_sql(compiled.string, parameters)
@@ -356,6 +361,10 @@ def claim(
             .returning(table.c.id, table.c.subscriber_id, table.c.article, table.c.delivery_key)
         )
         db_now, db_until = to_db(conn.dialect, now), to_db(conn.dialect, until)
+        keys = [uuid.uuid4().hex for _ in fresh]
+        # The request's key as it will be if every insert succeeds and nothing is taken
+        # back (the usual case): then no second write of these rows is needed below.
+        hoped = None if retry else batch_key(keys)
         inserted = conn.execute(
             insert,
             [
@@ -366,16 +375,24 @@ def claim(
                     "part": d.part,
                     "state": "claimed",
                     "attempts": 1,
-                    "delivery_key": uuid.uuid4().hex,
+                    "delivery_key": key,
                     "claim_token": token,
                     "claimed_until": db_until,
                     "created_at": db_now,
                     "updated_at": db_now,
                     "attempted_at": db_now,
+                    "batch": hoped,
                 }
-                for d in fresh
+                for d, key in zip(fresh, keys, strict=True)
             ],
         ).all()
+        if len(inserted) == len(fresh) and hoped is not None:
+            for row in inserted:
+                d = by_key[(row.subscriber_id, row.article)]
+                claims.append(
+                    Claim(row.id, row.delivery_key, d.enrollment, d.article, d.part, 1, True)
+                )
+            return claims
         for row in inserted:
             d = by_key[(row.subscriber_id, row.article)]
             claims.append(Claim(row.id, row.delivery_key, d.enrollment, d.article, d.part, 1, True))
@@ -506,6 +523,29 @@ def extend_claims(
         .values(**values)
     )
     return int(result.rowcount or 0)
+
+
+def held_claims(
+    conn: Connection, ids: Sequence[int], *, token: str, until: datetime, batch: str
+) -> int:
+    """How many of the claims ``ids`` this run holds with a lease lasting past ``until``,
+    already recorded under the request key ``batch``: a read, for the gate to skip the
+    write of `extend_claims` when nothing about them needs to change."""
+    if not ids:
+        return 0
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(deliveries)
+            .where(
+                deliveries.c.id.in_(ids),
+                deliveries.c.claim_token == token,
+                deliveries.c.state == "claimed",
+                deliveries.c.claimed_until > until,
+                deliveries.c.batch == batch,
+            )
+        ).scalar_one()
+    )
 
 
 def record(
