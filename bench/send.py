@@ -1,30 +1,33 @@
-"""Benchmark: `series send` end to end against a fake Postmark on 127.0.0.1, and an idle run.
+"""Benchmark: `series send` end to end against a fake Postmark on 127.0.0.1, measured
+against the machine's limit, and its memory, PostgreSQL and several processes.
 
-1. N subscribers (default 100,000) each due part 1 of the example series; one full
-   `series send --provider postmark` (batches of 500) against the fake Postmark
-   running in its own process. Prints messages/s end to end and the send's peak RSS.
-2. M enrollments (default 1,000,000) with nothing due: the first run plans them all
-   (peak RSS reported), then a second run with nothing due is timed.
+1. The limit ratio: N readers (default 100,000) each due part 1 of the example series.
+   `bench/limit.py` (only the unavoidable work: fill three personal fields into the
+   rendered part, orjson, POST batches of 500) and `series send --provider postmark`
+   send the same messages to the same fake Postmark, alternating, with 1 and 2
+   workers; prints messages/s, peak memory (PSS, each page counted once across the
+   processes) and `series / limit` (wall time). Target <= 1.4x.
+2. Memory: M readers due (default 1,000,000): peak PSS of `series send --dry-run` and
+   of the send itself. Target <= 300 MB each.
+3. Idle: the same M enrollments with nothing due; the nothing-due run, target <= 1 s.
+4. With --postgres: the same send on PostgreSQL against SQLite (target <= 1.25x), and
+   two `series send` processes started at once against one PostgreSQL against one
+   process (target >= 1.7x), every message counted at the fake server (no duplicates).
 
-Targets (issue 4, this 2-core machine): >= 5,000 messages/s; <= 1 s for the
-nothing-due run; peak RSS <= 300 MB at 1,000,000 subscribers.
+    python bench/send.py [--subscribers 100000] [--workers 1,2] [--memory 1000000]
+                         [--idle 1000000] [--postgres] [--runs 3] [--against REV]
 
-    python bench/send.py [--subscribers 100000] [--idle 1000000] [--runs 3]
-    python bench/send.py --subscribers 0 --idle 0 --outbox 5000 --against REV
-
-3. With ``--outbox N``: N due messages sent to the outbox provider (the default, one
-   .eml file each), messages/s end to end (issue 16 target: >= 5x the outbox rate of
-   the email-package build, about 280 messages/s).
-
-With ``--against REV`` the same runs are made, alternating, with the code of git
-revision REV (exported to a temporary folder), and both medians are printed: the
-machine's noise then weighs on both sides alike.
+With ``--against REV`` the sends of section 1 are also made, alternating, with the
+code of git revision REV (exported to a temporary folder), and every median printed:
+the machine's noise then weighs on all sides alike. CPU seconds (user + system of
+`series` and its workers) are printed too: on a shared machine they are steadier.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -64,47 +70,81 @@ def write_csv(path: Path, count: int) -> None:
             fh.write(f"reader{i:07d}@example.com,Reader {i},attachment\n")
 
 
+@dataclass(frozen=True)
+class Timed:
+    seconds: float  # wall time
+    peak_mb: float  # peak PSS of the process tree
+    cpu: float  # user + system seconds of the process tree
+    out: str
+
+
 def series(
     workspace: Path, *args: str, env: dict[str, str], code: Path = ROOT
 ) -> tuple[float, float, str]:
     """Run `series ARGS` in the workspace with the package of the tree at CODE: (seconds,
-    peak RSS of its process tree in MB, stdout). The tree matters: a large send forks
+    peak PSS of its process tree in MB, stdout). The tree matters: a large send forks
     worker processes."""
-    command = [sys.executable, "-m", "pipeline", "--workspace", str(workspace), *args]
-    env = {**env, "PYTHONPATH": str(code)}
+    timed = run_timed(series_command(workspace, *args), env={**env, "PYTHONPATH": str(code)})
+    return timed.seconds, timed.peak_mb, timed.out
+
+
+def series_command(workspace: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "--workspace", str(workspace), *args]
+
+
+def run_timed(*commands: list[str], env: dict[str, str], cwd: Path = ROOT) -> Timed:
+    """Start COMMANDS at once and wait for all: wall time, peak PSS of all their
+    processes together, CPU seconds, and their joined stdout. Exits on a failure."""
+    cpu_before = _children_cpu()
     started = time.perf_counter()
-    process = subprocess.Popen(
-        command, env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    processes = [
+        subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for command in commands
+    ]
     peak = 0
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
-        while not stop.wait(0.2):  # often enough for a peak, rarely enough to cost nothing
-            peak = max(peak, _tree_rss_kb(process.pid))
+        while not stop.wait(0.2):  # often enough for a peak, rarely enough to cost little
+            peak = max(peak, sum(_tree_pss_kb(p.pid) for p in processes))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out_bytes, err_bytes = process.communicate()
+    outputs = [p.communicate() for p in processes]
     elapsed = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
     stop.set()
     sampler.join()
-    out, err = out_bytes.decode(), err_bytes.decode()
-    if process.returncode != 0:
-        sys.exit(f"series {' '.join(args)} failed: {out}{err}")
-    return elapsed, peak / 1024, out
+    out = "".join(o.decode() for o, _ in outputs)
+    for process, (o, e) in zip(processes, outputs, strict=True):
+        if process.returncode != 0:
+            sys.exit(f"{' '.join(process.args)} failed: {o.decode()}{e.decode()}")
+    return Timed(elapsed, peak / 1024, cpu, out)
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc (Linux)."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree_pss_kb(root: int) -> int:
+    """Proportional set size of a process and all its descendants, from /proc (Linux):
+    pages shared between them (a forked worker's) are counted once in all."""
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            try:
+                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                key = "Pss:"
+            except OSError:
+                text = Path(f"/proc/{pid}/status").read_text()
+                key = "VmRSS:"
+            for line in text.splitlines():
+                if line.startswith(key):
                     total += int(line.split()[1])
+                    break
             for task in Path(f"/proc/{pid}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
@@ -112,98 +152,216 @@ def _tree_rss_kb(root: int) -> int:
     return total
 
 
-def send_once(count: int, workers: int | None, code: Path) -> tuple[float, float]:
-    """One full send of COUNT due messages with the code at CODE: (seconds, peak MB)."""
+class Setup:
+    """A workspace with COUNT readers imported, in a temporary folder, for one run."""
+
+    def __init__(
+        self, tmp: Path, count: int, code: Path, *, workers: int | None, database: str | None
+    ) -> None:
+        self.workspace = make_workspace(tmp, workers, code)
+        self.code = code
+        self.env = {**os.environ, "POSTMARK_SERVER_TOKEN": TOKEN, "PYTHONPATH": str(code)}
+        self.env.pop("SERIES_DATABASE_URL", None)
+        if database is not None:
+            self.env["SERIES_DATABASE_URL"] = database
+        self.readers = tmp / "readers.csv"
+        if not self.readers.exists():
+            write_csv(self.readers, count)
+        run_timed(
+            series_command(self.workspace, "subscribers", "import", str(self.readers)),
+            env=self.env,
+            cwd=code,
+        )
+
+    def send(self, fake_url: str, *extra: str, processes: int = 1) -> Timed:
+        env = {**self.env, "SERIES_PROVIDER_URL": fake_url}
+        command = series_command(self.workspace, "send", "--provider", "postmark", *extra)
+        return run_timed(*[command] * processes, env=env, cwd=self.code)
+
+
+def write_part(workspace: Path, path: Path) -> None:
+    """Part 1 of the example series rendered once, as `bench/limit.py` reads it."""
+    import orjson
+
+    from pipeline.config import load_config
+    from pipeline.content import load_series
+    from pipeline.render import Renderer
+
+    config = load_config(workspace)
+    series_list, _ = load_series(config)
+    series = series_list[0]
+    compiled = Renderer(config, now=datetime.now(UTC), use_cache=False).compile(
+        series, series.articles[0]
+    )
+    part = {
+        "series": series.slug,
+        "subject": compiled.subject,
+        "sender": series.sender.formatted(),
+        "html": {"pieces": compiled.html.pieces, "fields": compiled.html.fields},
+        "text": {"pieces": compiled.text.pieces, "fields": compiled.text.fields},
+        "unsubscribe_url": config.unsubscribe_url,
+        "key": os.urandom(32).hex(),
+    }
+    path.write_bytes(orjson.dumps(part))
+
+
+def send_once(
+    count: int, workers: int | None, code: Path, database: str | None = None, processes: int = 1
+) -> Timed:
+    """One full send of COUNT due messages with the code at CODE, by PROCESSES `series
+    send` started at once; checks that the fake server got each message exactly once."""
     with tempfile.TemporaryDirectory(prefix="series-bench-send-") as tmp:
-        workspace = make_workspace(Path(tmp), workers, code)
-        env = {**os.environ, "POSTMARK_SERVER_TOKEN": TOKEN}
-        env.pop("SERIES_DATABASE_URL", None)
-        readers = Path(tmp) / "readers.csv"
-        write_csv(readers, count)
-        series(workspace, "subscribers", "import", str(readers), env=env, code=code)
-        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
-            env["SERIES_PROVIDER_URL"] = fake.url
-            seconds, peak, out = series(
-                workspace, "send", "--provider", "postmark", env=env, code=code
+        with ExitStack() as stack:
+            if database == "postgresql":
+                database = stack.enter_context(_postgres_database())
+            setup = Setup(Path(tmp), count, code, workers=workers, database=database)
+            with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
+                timed = setup.send(fake.url, processes=processes)
+                accepted = list(fake.accepted)
+        sent = sum(
+            int(line.split(",")[0].split()[1])
+            for line in timed.out.splitlines()
+            if line.startswith("sent ")
+        )
+        twice = [to for to, n in Counter(a["to"] for a in accepted).items() if n > 1]
+        if sent != count or len(accepted) != count or twice:
+            sys.exit(
+                f"expected {count} messages once each, got: {timed.out.strip()} "
+                f"({len(accepted)} accepted, {len(twice)} readers more than once)"
             )
-            accepted = len(fake.accepted)
-        if not out.startswith(f"sent {count}, failed 0") or accepted != count:
-            sys.exit(f"expected {count} messages, got: {out.strip()} ({accepted} accepted)")
-        return seconds, peak
+        return timed
 
 
-def bench_send(count: int, runs: int, workers: int | None, against: dict[str, Path]) -> None:
-    trees = {"this tree": ROOT, **against}
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
-    for _ in range(runs):
-        for name, code in trees.items():  # alternating, so noise hits both alike
-            results[name].append(send_once(count, workers, code))
-    for name, timings in results.items():
-        seconds = statistics.median(r[0] for r in timings)
-        print(f"send ({name}): {count:,} messages, {runs} run(s), median {seconds:.1f} s")
-        print(f"  messages/s end to end: {count / seconds:,.0f}   (target >= 5,000)")
-        print(f"  peak RSS of series send (all its processes): {max(r[1] for r in timings):.0f} MB")
-
-
-def bench_idle(count: int, runs: int, name: str = "this tree", code: Path = ROOT) -> None:
-    with tempfile.TemporaryDirectory(prefix="series-bench-idle-") as tmp:
-        workspace = make_workspace(Path(tmp), code=code)
-        env = {**os.environ}
-        env.pop("SERIES_DATABASE_URL", None)
+def limit_once(count: int, workers: int, part: Path) -> Timed:
+    """The limit client on the same COUNT readers, with WORKERS processes."""
+    with tempfile.TemporaryDirectory(prefix="series-bench-limit-") as tmp:
         readers = Path(tmp) / "readers.csv"
         write_csv(readers, count)
-        seconds, _, _ = series(workspace, "subscribers", "import", str(readers), env=env, code=code)
-        print(f"idle ({name}): imported {count:,} subscribers in {seconds:.1f} s")
+        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
+            command = [sys.executable, str(ROOT / "bench" / "limit.py"), str(part), str(readers)]
+            command += [fake.url, "--token", TOKEN, "--processes", str(workers)]
+            timed = run_timed(command, env=dict(os.environ))
+            accepted = len(fake.accepted)
+        if accepted != count:
+            sys.exit(f"the limit client: {accepted} of {count} accepted")
+        return timed
+
+
+def bench_limit(
+    count: int, runs: int, workers_list: list[int], against: dict[str, Path], note: list[str]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="series-bench-part-") as tmp:
+        part = Path(tmp) / "part.json"
+        write_part(ROOT, part)
+        for workers in workers_list:
+            trees = {"this tree": ROOT, **against}
+            results: dict[str, list[Timed]] = {"limit": [], **{name: [] for name in trees}}
+            for _ in range(runs):  # alternating, so noise hits all alike
+                results["limit"].append(limit_once(count, workers, part))
+                for name, code in trees.items():
+                    results[name].append(send_once(count, workers, code))
+            limit = statistics.median(r.seconds for r in results["limit"])
+            limit_cpu = statistics.median(r.cpu for r in results["limit"])
+            print(f"send, {count:,} messages, {workers} worker(s), {runs} run(s), medians:")
+            for name, timings in results.items():
+                seconds = statistics.median(r.seconds for r in timings)
+                cpu = statistics.median(r.cpu for r in timings)
+                peak = max(r.peak_mb for r in timings)
+                print(
+                    f"  {name:>10}: {seconds:6.1f} s, {count / seconds:7,.0f} msg/s, "
+                    f"CPU {cpu:5.1f} s, peak PSS {peak:4.0f} MB, "
+                    f"÷ limit {seconds / limit:.2f}x (CPU {cpu / limit_cpu:.2f}x)"
+                )
+            ratio = statistics.median(r.seconds for r in results["this tree"]) / limit
+            note.append(
+                f"series ÷ limit, {workers} worker(s), {count:,} messages: {ratio:.2f}x "
+                "(target <= 1.4x)"
+            )
+
+
+def bench_memory(count: int, note: list[str]) -> None:
+    """Peak PSS of a dry run and of the send with COUNT readers due."""
+    with tempfile.TemporaryDirectory(prefix="series-bench-memory-") as tmp:
+        started = time.perf_counter()
+        setup = Setup(Path(tmp), count, ROOT, workers=None, database=None)
+        print(f"memory: imported {count:,} readers in {time.perf_counter() - started:.0f} s")
+        env = dict(setup.env)
+        dry = run_timed(series_command(setup.workspace, "send", "--dry-run"), env=env, cwd=ROOT)
+        lines = dry.out.count("\n")
+        print(f"  dry run: {dry.seconds:.1f} s, peak PSS {dry.peak_mb:.0f} MB ({lines:,} lines)")
+        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
+            sent = setup.send(fake.url)
+            accepted = len(fake.accepted)
+        print(
+            f"  send: {sent.seconds:.1f} s ({count / sent.seconds:,.0f} msg/s), "
+            f"peak PSS {sent.peak_mb:.0f} MB, {accepted:,} accepted"
+        )
+        note.append(
+            f"{count:,} due: dry run peak {dry.peak_mb:.0f} MB, send peak {sent.peak_mb:.0f} MB "
+            "(target <= 300 MB each)"
+        )
+
+
+def bench_idle(count: int, runs: int, note: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="series-bench-idle-") as tmp:
+        started = time.perf_counter()
+        setup = Setup(Path(tmp), count, ROOT, workers=None, database=None)
+        print(f"idle: imported {count:,} subscribers in {time.perf_counter() - started:.1f} s")
         # Before anyone enrolled: part 1 is not due yet for anybody.
         before = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        seconds, peak, out = series(workspace, "send", "--now", before, env=env, code=code)
-        assert out.startswith("sent 0,"), out
+        command = series_command(setup.workspace, "send", "--now", before)
+        first = run_timed(command, env=setup.env)
+        assert first.out.startswith("sent 0,"), first.out
         print(
-            f"  first run plans all {count:,}: {seconds:.1f} s, peak RSS {peak:.0f} MB"
-            "   (target <= 300 MB)"
+            f"  first run plans all {count:,}: {first.seconds:.1f} s, "
+            f"peak PSS {first.peak_mb:.0f} MB"
         )
-        timings = []
-        for _ in range(runs):
-            seconds, peak, out = series(workspace, "send", "--now", before, env=env, code=code)
-            assert out.startswith("sent 0,"), out
-            timings.append((seconds, peak))
-        median = statistics.median(t[0] for t in timings)
-        print(
-            f"  nothing-due run: median {median:.2f} s over {runs} run(s), "
-            f"peak RSS {max(t[1] for t in timings):.0f} MB   (target <= 1 s)"
-        )
+        timings = [run_timed(command, env=setup.env) for _ in range(runs)]
+        median = statistics.median(t.seconds for t in timings)
+        print(f"  nothing-due run: median {median:.2f} s over {runs} run(s)")
+        note.append(f"nothing-due run, {count:,} enrollments: {median:.2f} s (target <= 1 s)")
 
 
-def outbox_once(count: int, workers: int | None, code: Path) -> float:
-    """One `series send` of COUNT due messages to the outbox provider (the default: an
-    .eml file per message) with the code at CODE: its seconds."""
-    with tempfile.TemporaryDirectory(prefix="series-bench-outbox-") as tmp:
-        workspace = make_workspace(Path(tmp), workers, code)
-        env = {**os.environ}
-        env.pop("SERIES_DATABASE_URL", None)
-        readers = Path(tmp) / "readers.csv"
-        write_csv(readers, count)
-        series(workspace, "subscribers", "import", str(readers), env=env, code=code)
-        seconds, _, out = series(workspace, "send", "--provider", "outbox", env=env, code=code)
-        written = sum(1 for _ in (workspace / "outbox").glob("*.eml"))
-        if not out.startswith(f"sent {count}, failed 0") or written != count:
-            sys.exit(f"expected {count} .eml files, got: {out.strip()} ({written} written)")
-        return seconds
-
-
-def bench_outbox(count: int, runs: int, workers: int | None, against: dict[str, Path]) -> None:
-    """`series send` to the outbox: messages/s end to end, alternating with AGAINST."""
-    trees = {"this tree": ROOT, **against}
-    timings: dict[str, list[float]] = {name: [] for name in trees}
+def bench_postgres(count: int, runs: int, note: list[str]) -> None:
+    """The same send on SQLite and PostgreSQL, then two processes against one."""
+    sqlite, postgres, one, two = [], [], [], []
     for _ in range(runs):
-        for name, code in trees.items():
-            timings[name].append(outbox_once(count, workers, code))
-    for name, seconds in timings.items():
-        median = statistics.median(seconds)
-        print(
-            f"outbox ({name}): {count:,} .eml files, {runs} run(s), median {median:.1f} s, "
-            f"{count / median:,.0f} messages/s"
-        )
+        sqlite.append(send_once(count, 1, ROOT))
+        postgres.append(send_once(count, 1, ROOT, "postgresql"))
+    for _ in range(runs):
+        one.append(send_once(count, 1, ROOT, "postgresql"))
+        two.append(send_once(count, 1, ROOT, "postgresql", processes=2))
+    s = statistics.median(t.seconds for t in sqlite)
+    p = statistics.median(t.seconds for t in postgres)
+    print(f"PostgreSQL vs SQLite, {count:,} messages, 1 worker: {p:.1f} s vs {s:.1f} s")
+    note.append(f"PostgreSQL ÷ SQLite: {p / s:.2f}x (target <= 1.25x)")
+    o = statistics.median(t.seconds for t in one)
+    w = statistics.median(t.seconds for t in two)
+    print(f"two series send at once vs one, PostgreSQL: {w:.1f} s vs {o:.1f} s, no duplicates")
+    note.append(f"two processes ÷ one (throughput): {o / w:.2f}x (target >= 1.7x)")
+
+
+def _postgres_database():  # type: ignore[no-untyped-def]
+    """A fresh database on a throwaway PostgreSQL server (see tests/databases.py)."""
+    from contextlib import contextmanager
+
+    from tests.databases import fresh_database, postgres_server
+
+    @contextmanager
+    def database():  # type: ignore[no-untyped-def]
+        global _SERVER
+        if _SERVER is None:
+            _SERVER = _STACK.enter_context(postgres_server())
+            if _SERVER is None:
+                sys.exit("--postgres needs PostgreSQL's binaries (apt-get install postgresql)")
+        with fresh_database(_SERVER) as url:
+            yield url
+
+    return database()
+
+
+_STACK = ExitStack()
+_SERVER: str | None = None
 
 
 def main() -> None:
@@ -211,29 +369,30 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--subscribers", type=int, default=100_000)
-    parser.add_argument("--idle", type=int, default=1_000_000)
+    parser.add_argument("--workers", default="1,2", help="worker counts to measure, e.g. 1,2")
+    parser.add_argument("--memory", type=int, default=1_000_000, help="readers due (0: skip)")
+    parser.add_argument("--idle", type=int, default=1_000_000, help="enrollments (0: skip)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL sections")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workers", type=int, help="sending processes (default: the config's)")
     parser.add_argument("--against", metavar="REV", help="also measure git revision REV")
-    parser.add_argument(
-        "--outbox",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also send N messages to the outbox provider (.eml files) and print messages/s",
-    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="series-bench-rev-") as tmp:
+    note: list[str] = []
+    with _STACK, tempfile.TemporaryDirectory(prefix="series-bench-rev-") as tmp:
         against = {}
         if args.against:
             against[args.against] = export_revision(args.against, Path(tmp))
         if args.subscribers:
-            bench_send(args.subscribers, args.runs, args.workers, against)
-        if args.outbox:
-            bench_outbox(args.outbox, args.runs, args.workers, against)
+            workers = [int(w) for w in args.workers.split(",")]
+            bench_limit(args.subscribers, args.runs, workers, against, note)
+        if args.memory:
+            bench_memory(args.memory, note)
         if args.idle:
-            for name, code in {"this tree": ROOT, **against}.items():
-                bench_idle(args.idle, args.runs, name, code)
+            bench_idle(args.idle, args.runs, note)
+        if args.postgres and args.subscribers:
+            bench_postgres(args.subscribers, args.runs, note)
+    print("\nAgainst the targets (issue 16), from this run:")
+    for line in note:
+        print(f"  {line}")
 
 
 def export_revision(revision: str, directory: Path) -> Path:
