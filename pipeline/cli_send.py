@@ -6,7 +6,8 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from .errors import SeriesError
-from .output import format_table
+from .output import format_table, table_lines
 
 if TYPE_CHECKING:
     from .cli import State
@@ -169,49 +170,35 @@ def _sync(store: Store, provider: Provider, now: datetime) -> None:
 
 
 def _print_plan(
-    rows: list[Planned], output_format: str, report: SendReport, zone: ZoneInfo
+    rows: Iterable[Planned], output_format: str, report: SendReport, zone: ZoneInfo
 ) -> None:
-    due = [r for r in rows if r.kind == "due"]
+    """Print the plan as it is read from ``rows`` (which may be read twice: a table's
+    column widths first), never holding a long plan's text in memory."""
     for warning in report.warnings:
         click.echo(warning, err=True)
     if output_format == "json":
-        payload: list[dict[str, Any]] = [
-            {
-                "email": r.email,
-                "series": r.series,
-                "part": r.part,
-                "title": r.title,
-                "due_at": r.due_at.isoformat() if r.due_at else None,
-                "status": r.kind,
-                "why": r.reason,
-            }
-            for r in rows
-        ]
-        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        _print_json_plan(rows)
         return
-    if rows:
-        click.echo(
-            format_table(
-                ("EMAIL", "SERIES", "PART", "TITLE", f"DUE ({zone.key})", "WHY"),
-                (
-                    (
-                        r.email,
-                        r.series,
-                        str(r.part or "-"),
-                        r.title,
-                        "now" if r.kind == "due" else _when(r.due_at, zone),
-                        r.reason,
-                    )
-                    for r in rows
-                ),
-            )
-        )
+    header = ("EMAIL", "SERIES", "PART", "TITLE", f"DUE ({zone.key})", "WHY")
+
+    def cells(r: Planned) -> tuple[str, ...]:
+        when = "now" if r.kind == "due" else _when(r.due_at, zone)
+        return (r.email, r.series, str(r.part or "-"), r.title, when, r.reason)
+
+    widths = [len(h) for h in header]
+    count = due = paused = 0
+    for r in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, cells(r), strict=True)]
+        count += 1
+        due += r.kind == "due"
+        paused += r.kind == "paused"
+    if count:
+        _echo_lines(table_lines(header, widths, (cells(r) for r in rows)))
     skipped = f" ({report.skipped} more held back by --limit)" if report.skipped else ""
-    paused = sum(1 for r in rows if r.kind == "paused")
     held = f"; {paused} held by a paused series" if paused else ""
     click.echo(
-        f"dry run: would send {len(due)} email(s) now{skipped}; "
-        f"{len(rows) - len(due) - paused} waiting or scheduled{held}; nothing was sent or written",
+        f"dry run: would send {due} email(s) now{skipped}; "
+        f"{count - due - paused} waiting or scheduled{held}; nothing was sent or written",
         err=True,
     )
 
@@ -289,3 +276,41 @@ def _article_of(state: State, series: str, ref: str) -> str:
             "(`series status` lists unknown deliveries with theirs)"
         )
     return article.slug
+
+
+def _print_json_plan(rows: Iterable[Planned]) -> None:
+    """The plan as a JSON array, as ``json.dumps(rows, indent=2)`` writes it, one row at
+    a time."""
+
+    def items() -> Iterator[str]:
+        first = True
+        for r in rows:
+            item = {
+                "email": r.email,
+                "series": r.series,
+                "part": r.part,
+                "title": r.title,
+                "due_at": r.due_at.isoformat() if r.due_at else None,
+                "status": r.kind,
+                "why": r.reason,
+            }
+            text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            yield ("[\n  " if first else ",\n  ") + text
+            first = False
+        yield "[]" if first else "\n]"
+
+    _echo_lines(items(), joiner="")
+
+
+def _echo_lines(lines: Iterable[str], joiner: str = "\n", every: int = 2000) -> None:
+    """Echo text pieces joined by ``joiner``, in groups (each echo flushes), ending with
+    a line break."""
+    group: list[str] = []
+    started = False
+    for line in lines:
+        group.append(line)
+        if len(group) >= every:
+            click.echo((joiner if started else "") + joiner.join(group), nl=False)
+            started = True
+            group = []
+    click.echo((joiner if started and group else "") + joiner.join(group))

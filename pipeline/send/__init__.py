@@ -13,6 +13,7 @@ shared out to processes for large runs); `run` holds what they share.
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 
 from ..config import Config
 from ..content import Series, load_series
@@ -23,7 +24,15 @@ from ..store import Store
 from ..store.ledger import Due
 from .compose import personal_message
 from .deliver import RETRIES, deliver
-from .planning import dry_run_rows, hold_back, mark_planned, needs_full_plan, plan
+from .planning import (
+    dry_run_rows,
+    hold_back,
+    mark_planned,
+    needs_full_plan,
+    plan,
+    plan_chunks,
+    to_plan,
+)
 from .reconcile import reconcile
 from .run import LEASE, Planned, Run, SendOptions, SendReport
 from .workers import plan_and_deliver_in_parallel, workers_for
@@ -75,6 +84,11 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         plan_and_deliver_in_parallel(run, series_list, workers)
         return report
     full = [s for s in series_list if needs_full_plan(run, s)]
+    if options.limit is None and not options.dry_run:
+        _plan_and_deliver_in_chunks(run, series_list)
+        if not run.stopped():
+            mark_planned(run, full)
+        return report
     due: list[tuple[Series, Due, Step]] = []
     for series in series_list:
         due += plan(run, series)
@@ -97,6 +111,29 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     if not run.stopped():
         mark_planned(run, full)
     return report
+
+
+def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None:
+    """Plan a chunk of enrollments, send what is due in it, then the next: memory holds
+    one chunk, not the list. Every article that can go out is rendered before the
+    first chunk is planned (a broken template stops the run before anything is sent)."""
+    options = run.options
+    if options.on_total:
+        options.on_total(to_plan(run, series_list))
+    prepared = False
+    for series in series_list:
+        for due in plan_chunks(run, series):
+            if run.stopped():
+                return
+            if not due:
+                continue
+            if not prepared:
+                run.composer.prepare(series_list, due)
+                gc.freeze()  # the compiled emails live to the end of the run; see above
+                prepared = True
+            else:
+                run.composer.prepare_due(due)
+            deliver(run, due)
 
 
 def load_selected(config: Config, only: str | None) -> list[Series]:

@@ -4,14 +4,14 @@ everyone with nothing due."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from ..content import Series
 from ..plan import Enrollment, Step, fingerprint, next_step
 from ..store import ledger
 from ..store.ledger import Due
-from .run import Planned, Run, SendReport
+from .run import Planned, PlannedRows, Run, SendReport
 
 Bookmark = tuple[int, datetime | None, str, datetime | None]
 
@@ -27,16 +27,26 @@ def plan(
 ) -> list[tuple[Series, Due, Step]]:
     """Plan one series (or one worker's share of it): the deliveries due now. The
     others get their bookmark; in a dry run each step is noted in the report."""
+    return [item for chunk in plan_chunks(run, series, shard) for item in chunk]
+
+
+def plan_chunks(
+    run: Run, series: Series, shard: tuple[int, int] | None = None
+) -> Iterator[list[tuple[Series, Due, Step]]]:
+    """`plan`, one chunk of enrollments (``ledger.CHUNK``) at a time, each chunk's due
+    deliveries sorted by due time: a run that sends each chunk before planning the
+    next holds one chunk in memory, however long the list. The enrollments a chunk
+    sends are not read again by later chunks (the pages follow their index)."""
     now = run.options.now
     dry_run = run.options.dry_run
     run.series[series.slug] = series
     version = fingerprint(series)
     run.versions[series.slug] = version
     everything = needs_full_plan(run, series)
-    due: list[tuple[Series, Due, Step]] = []
     for chunk in ledger.iter_enrollments(
         run.store, series.slug, now=now, everything=everything, shard=shard
     ):
+        due: list[tuple[Series, Due, Step]] = []
         bookmarks = []
         for enrollment in chunk:
             step = next_step(series, enrollment, now)
@@ -49,7 +59,24 @@ def plan(
         if not dry_run:
             with run.store.begin() as conn:
                 ledger.save_bookmarks(conn, bookmarks)
-    return due
+        due.sort(key=lambda item: item[2].due_at or now)
+        yield due
+
+
+def to_plan(run: Run, series_list: Sequence[Series]) -> int:
+    """How many enrollments this run looks at: what a progress bar counts up to before
+    the plan is known (each is sent at most one part)."""
+    with run.store.connect() as conn:
+        return sum(
+            ledger.count_to_plan(
+                conn,
+                s.slug,
+                now=run.options.now,
+                everything=needs_full_plan(run, s),
+                cap=2**62,
+            )
+            for s in series_list
+        )
 
 
 def hold_back(run: Run, items: Sequence[tuple[Series, Due, Step]]) -> None:
@@ -97,20 +124,7 @@ def _note(report: SendReport, series: Series, enrollment: Enrollment, step: Step
     )
 
 
-def dry_run_rows(report: SendReport) -> list[Planned]:
-    """The plan in the order an editor reads it: due now first, then by time."""
-    order = {
-        "due": 0,
-        "held": 1,
-        "scheduled": 2,
-        "in_flight": 3,
-        "unknown": 4,
-        "waiting": 5,
-        "gave_up": 6,
-        "paused": 7,
-    }
-    never = datetime.max.replace(tzinfo=UTC)
-    return sorted(
-        report.planned,
-        key=lambda p: (order.get(p.kind, 9), p.due_at or never, p.series, p.email),
-    )
+def dry_run_rows(report: SendReport) -> PlannedRows:
+    """The plan in the order an editor reads it: due now first, then by time. Iterable
+    more than once, without holding a long plan in memory (see `PlannedRows`)."""
+    return report.planned

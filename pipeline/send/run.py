@@ -6,14 +6,17 @@ in this package and works on one `Run`.
 
 from __future__ import annotations
 
+import heapq
 import os
+import pickle
 import signal
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, ClassVar
 
 from ..config import Config
 from ..content import Series
@@ -43,6 +46,69 @@ class Planned:
     reason: str
 
 
+class PlannedRows:
+    """The lines of a dry run's plan, in the order an editor reads them (`ORDER`: due
+    now first, then by time), held in memory up to ``SPILL`` lines: beyond, each full
+    buffer is sorted and written to a temporary file, and reading merges the files. A
+    plan of a million readers takes the memory of one buffer."""
+
+    SPILL = 20_000
+    ORDER: ClassVar[dict[str, int]] = {
+        "due": 0,
+        "held": 1,
+        "scheduled": 2,
+        "in_flight": 3,
+        "unknown": 4,
+        "waiting": 5,
+        "gave_up": 6,
+        "paused": 7,
+    }
+
+    def __init__(self) -> None:
+        self._buffer: list[Planned] = []
+        self._files: list[IO[bytes]] = []
+        self._count = 0
+
+    @classmethod
+    def key(cls, p: Planned) -> tuple[int, datetime, str, str]:
+        never = datetime.max.replace(tzinfo=UTC)
+        return (cls.ORDER.get(p.kind, 9), p.due_at or never, p.series, p.email)
+
+    def append(self, row: Planned) -> None:
+        self._buffer.append(row)
+        self._count += 1
+        if len(self._buffer) >= self.SPILL:
+            self._spill()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Planned]:
+        """Every line, sorted; may be read more than once."""
+        self._buffer.sort(key=self.key)
+        runs = [self._read(f) for f in self._files]
+        return heapq.merge(*runs, iter(list(self._buffer)), key=self.key)
+
+    def _spill(self) -> None:
+        self._buffer.sort(key=self.key)
+        spill = tempfile.TemporaryFile(prefix="series-plan-")  # noqa: SIM115 (lives with the report)
+        for start in range(0, len(self._buffer), 1000):
+            pickle.dump(self._buffer[start : start + 1000], spill)
+        self._files.append(spill)
+        self._buffer = []
+
+    @staticmethod
+    def _read(spill: IO[bytes]) -> Iterator[Planned]:
+        spill.seek(0)
+        end = spill.seek(0, 2)
+        position = 0
+        while position < end:
+            spill.seek(position)
+            rows = pickle.load(spill)  # a file this run wrote itself
+            position = spill.tell()
+            yield from rows
+
+
 @dataclass
 class SendReport:
     sent: int = 0
@@ -55,7 +121,7 @@ class SendReport:
     # time their message was to be handed over: given back for its next opening.
     held: int = 0
     stopped: str | None = None  # the signal that stopped the run early ("SIGTERM")
-    planned: list[Planned] = field(default_factory=list)
+    planned: PlannedRows = field(default_factory=PlannedRows)
     problems: list[str] = field(default_factory=list)
     # Where the content no longer matches what readers received (dry runs only).
     warnings: list[str] = field(default_factory=list)

@@ -25,13 +25,11 @@ from typing import Any
 
 from ..content import Series
 from ..errors import SeriesError
-from ..plan import Step
 from ..providers import ProviderError, get_provider
 from ..store import ledger, open_store
-from ..store.ledger import Due
 from .deliver import deliver
 from .limiter import RateLimiter
-from .planning import mark_planned, needs_full_plan, plan
+from .planning import mark_planned, needs_full_plan, plan_chunks, to_plan
 from .run import Run, SendReport, Stop
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -65,6 +63,8 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
     full = [s for s in series_list if needs_full_plan(run, s)]
     context = multiprocessing.get_context("fork")
     events: multiprocessing.queues.Queue[tuple[Any, ...]] = context.Queue()
+    # The bar counts up to the enrollments to look at: the workers plan as they send.
+    total = to_plan(run, series_list) if options.on_total else 0
     run.store.engine.dispose()  # no connection may be shared across a fork
     parent = os.getpid()
     children = [
@@ -95,7 +95,7 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
             planned.append(event[1])
             if len(planned) == workers:
                 if options.on_total:
-                    options.on_total(sum(planned))
+                    options.on_total(total)
                 if options.on_progress and sent_early:
                     options.on_progress(sent_early)
             continue
@@ -149,17 +149,17 @@ def _worker(
         run.provider = get_provider(options.provider_name, run.config)
         run.report = SendReport()
         options.on_progress = lambda count: events.put(("progress", count))
-        due: list[tuple[Series, Due, Step]] = []
-        for series in series_list:
-            due += plan(run, series, shard)
-        due.sort(key=lambda item: item[2].due_at or options.now)
-        # Histories an edit made unusual need their own emails, rendered before this
-        # worker sends anything (the parent rendered the in-order ones).
-        run.composer.prepare_due(due)
-        events.put(("planned", len(due)))
+        events.put(("planned", 0))
         gc.freeze()
-        if not run.stopped():
-            deliver(run, due)
+        # One chunk of this worker's share at a time: planned, then sent.
+        for series in series_list:
+            for due in plan_chunks(run, series, shard):
+                if run.stopped():
+                    break
+                # Histories an edit made unusual need their own emails (the parent
+                # rendered the in-order ones).
+                run.composer.prepare_due(due)
+                deliver(run, due)
         # A SIGTERM to this worker alone stops it too: the report says so, and the
         # parent reports the run as stopped (exit 1), not as an ordinary one.
         run.stopped()

@@ -151,7 +151,7 @@ def iter_enrollments(
     now: datetime,
     everything: bool,
     shard: tuple[int, int] | None = None,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> Iterator[list[Enrollment]]:
     """Active enrollments of a series in chunks, each with its ledger.
 
@@ -175,7 +175,7 @@ def iter_enrollments(
         )
         .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
         .where(*_active(series, shard))
-        .limit(chunk)
+        .limit(chunk or CHUNK)
     )
     # Each query pages in the order of the index that serves it, so a run with
     # nothing to do reads nothing: (series, id), (series, plan_version, id), and
