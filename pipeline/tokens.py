@@ -12,7 +12,6 @@ that article. Version 2 tokens (no article) in emails sent before stay valid.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -122,7 +121,7 @@ class Signer:
         return TokenSubject(int(subscriber), series or None, issued, article)
 
     def _mac(self, payload: bytes, key: bytes | None = None) -> bytes:
-        return hmac.new(key or self._key, payload, hashlib.sha256).digest()[:18]
+        return hmac.digest(key or self._key, payload, "sha256")[:18]  # one C call (OpenSSL)
 
 
 def _b64(data: bytes) -> str:

@@ -412,6 +412,7 @@ def _record(
     version = run.versions[series.slug]
     rows = []
     bookmarks = []
+    steps = _NextSteps(series, now)
     with run.store.begin() as conn:
         for claim in claims:
             result = outcome.get(claim.key) or SendResult(claim.key, "unknown", error="no result")
@@ -438,12 +439,33 @@ def _record(
             entry = LedgerEntry(
                 result.outcome, claim.attempts, now, now if result.outcome == "sent" else None
             )
-            updated = _with_entry(claim.enrollment, claim.article, entry)
-            bookmarks.append(bookmark(updated, next_step(series, updated, now), version, now))
+            bookmarks.append(bookmark(claim.enrollment, steps.after(claim, entry), version, now))
         ledger.record(conn, rows, token=run.token, now=clock, sent_at=now)
         ledger.save_bookmarks(conn, bookmarks)
         if then is not None:
             then.write(conn)
+
+
+class _NextSteps:
+    """Each reader's next step once a delivery's outcome is in its ledger. The planner
+    is pure (plan.py): readers alike in everything it reads (start part, time zone,
+    enrollment time and ledger) have the same next step, so a batch of readers who
+    started together asks it once."""
+
+    def __init__(self, series: Series, now: datetime) -> None:
+        self.series = series
+        self.now = now
+        self.known: dict[object, Step] = {}
+
+    def after(self, claim: Claim, entry: LedgerEntry) -> Step:
+        e = claim.enrollment
+        others = tuple(sorted((k, v) for k, v in e.ledger.items() if k != claim.article))
+        key = (e.start_part, e.timezone, e.enrolled_at, claim.article, entry, others)
+        step = self.known.get(key)
+        if step is None:
+            updated = _with_entry(e, claim.article, entry)
+            step = self.known[key] = next_step(self.series, updated, self.now)
+        return step
 
 
 def _with_entry(enrollment: Enrollment, article: str, entry: LedgerEntry) -> Enrollment:

@@ -48,8 +48,17 @@ def plan_chunks(
     ):
         due: list[tuple[Series, Due, Step]] = []
         bookmarks = []
+        steps: dict[object, Step] = {}  # the planner is pure: alike readers, one call
         for enrollment in chunk:
-            step = next_step(series, enrollment, now)
+            key = (
+                enrollment.start_part,
+                enrollment.timezone,
+                enrollment.enrolled_at,
+                tuple(sorted(enrollment.ledger.items())),
+            )
+            step = steps.get(key)
+            if step is None:
+                step = steps[key] = next_step(series, enrollment, now)
             if dry_run:
                 _note(run.report, series, enrollment, step)
             if step.is_due and step.article is not None and step.part is not None:
