@@ -5,7 +5,13 @@ same as when everything fitted in one chunk."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,3 +84,81 @@ def test_a_dry_run_longer_than_the_memory_buffer_prints_the_same_plan(
         assert run(example_copy, *args, "--format", fmt) == (code, out, err)
     rows = json.loads(whole["json"][1])
     assert len(rows) == 25 and {r["status"] for r in rows} == {"due"}
+
+
+@pytest.fixture
+def postgres_workspace(
+    example_copy: Path, postgres_admin_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """The example workspace on a fresh PostgreSQL database."""
+    from .databases import HOW_TO, fresh_database
+
+    if postgres_admin_url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{HOW_TO} (CI must not skip PostgreSQL)")
+        pytest.skip(HOW_TO)
+    with fresh_database(postgres_admin_url) as url:
+        monkeypatch.setenv("SERIES_DATABASE_URL", url)
+        yield example_copy
+
+
+def test_a_share_another_run_holds_is_sent_once_that_run_lets_go(
+    postgres_workspace: Path,
+) -> None:
+    """PostgreSQL: a run finds one share of the series locked by another run; it sends
+    every other share first, waits for that one and then plans it like the rest: every
+    reader gets part 1 exactly once."""
+    import os
+    import zlib
+
+    from pipeline.send.planning import SHARES
+
+    emails = import_readers(postgres_workspace, 40)
+    engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
+    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
+    with engine.connect() as other:
+        assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, 3))).scalar()
+        other.commit()
+        timer = threading.Timer(
+            1.5,
+            lambda: (
+                other.execute(sa.select(sa.func.pg_advisory_unlock(key, 3))),
+                other.commit(),
+            ),
+        )
+        timer.start()
+        started = time.monotonic()
+        code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+        timer.join()
+    engine.dispose()
+    assert code == 0, out + err
+    assert out.startswith("sent 40, failed 0"), out + err
+    assert time.monotonic() - started >= 1.5 and SHARES > 3
+    assert sent_per_reader(postgres_workspace) == Counter({e: 1 for e in emails})
+
+
+def test_two_runs_at_once_on_postgresql_send_each_reader_one_email(
+    postgres_workspace: Path,
+) -> None:
+    """Two `series send` processes started together against one database (two machines'
+    scheduled jobs): 60 readers, 60 .eml files, each reader once, both summaries adding
+    up to 60."""
+    import_readers(postgres_workspace, 60)
+    command = [sys.executable, "-m", "pipeline", "send", "--now", MONDAY.isoformat()]
+    env = {**os.environ, "SERIES_WORKSPACE": str(postgres_workspace)}
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    sent = sum(int(out.decode().split(",")[0].split()[1]) for out, _ in outputs)
+    files = list((postgres_workspace / "outbox").glob("*.eml"))
+    recipients = Counter(
+        line.split(":", 1)[1].strip()
+        for f in files
+        for line in f.read_bytes().decode().splitlines()
+        if line.startswith("To:")
+    )
+    assert sent == 60 and len(files) == 60
+    assert len(recipients) == 60 and set(recipients.values()) == {1}

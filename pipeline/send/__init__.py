@@ -31,6 +31,7 @@ from .planning import (
     needs_full_plan,
     plan,
     plan_chunks,
+    shares,
     to_plan,
 )
 from .reconcile import reconcile
@@ -120,20 +121,29 @@ def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None
     options = run.options
     if options.on_total:
         options.on_total(to_plan(run, series_list))
-    prepared = False
     for series in series_list:
-        for due in plan_chunks(run, series):
+        for share in shares(run, series):
+            _deliver_share(run, series_list, series, share)
             if run.stopped():
                 return
-            if not due:
-                continue
-            if not prepared:
-                run.composer.prepare(series_list, due)
-                gc.freeze()  # the compiled emails live to the end of the run; see above
-                prepared = True
-            else:
-                run.composer.prepare_due(due)
-            deliver(run, due)
+
+
+def _deliver_share(
+    run: Run, series_list: Sequence[Series], series: Series, share: tuple[int, int] | None
+) -> None:
+    """Plan and send one share of a series' enrollments (see `planning.shares`), chunk by
+    chunk; render everything first, before the first delivery of the run."""
+    for due in plan_chunks(run, series, share):
+        if run.stopped():
+            return
+        if not due:
+            continue
+        if run.composer.renderer is None:
+            run.composer.prepare(series_list, due)
+            gc.freeze()  # the compiled emails live to the end of the run; see above
+        else:
+            run.composer.prepare_due(due)
+        deliver(run, due)
 
 
 def load_selected(config: Config, only: str | None) -> list[Series]:

@@ -4,6 +4,8 @@ everyone with nothing due."""
 
 from __future__ import annotations
 
+import random
+import zlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
@@ -86,6 +88,62 @@ def to_plan(run: Run, series_list: Sequence[Series]) -> int:
             )
             for s in series_list
         )
+
+
+# PostgreSQL: a series' enrollments are split into this many shares (by id), and each
+# `series send` takes the shares no other run is working on first.
+SHARES = 16
+SHARE_POLL = 0.5  # seconds between looks at a share another run holds
+
+
+def shares(run: Run, series: Series) -> Iterator[tuple[int, int] | None]:
+    """The parts of a series' enrollments this run plans and sends, one at a time, as
+    ``shard`` arguments of `plan_chunks`. SQLite (one machine, usually one run): the
+    whole series at once (None). PostgreSQL, where several runs on several machines may
+    work on one list: ``SHARES`` shares, each held with a session advisory lock while
+    this run works on it; a share another run holds is left for the end (by then that
+    run has sent it, and planning it again finds nothing due), so concurrent runs
+    share the work instead of racing for the same claims. The claims still decide who
+    sends what: the locks only spread the work."""
+    if run.store.dialect != "postgresql":
+        yield None
+        return
+    import sqlalchemy as sa
+
+    key = zlib.crc32(series.slug.encode("utf-8")) & 0x7FFFFFFF
+    start = random.randrange(SHARES)  # runs started at once begin apart
+    order = [(start + k) % SHARES for k in range(SHARES)]
+    busy = []
+    with run.store.engine.connect() as locks:  # its own session: the locks are its own
+
+        def lock(share: int, *, wait: bool) -> bool:
+            while True:
+                call = sa.func.pg_try_advisory_lock(key, share)
+                got = bool(locks.execute(sa.select(call)).scalar())
+                locks.commit()  # a session lock outlives the transaction; hold none open
+                if got or not wait or run.stopping():
+                    return got
+                run.sleep(SHARE_POLL)  # the other run is on it; a stop cuts this short
+
+        def unlock(share: int) -> None:
+            locks.execute(sa.select(sa.func.pg_advisory_unlock(key, share)))
+            locks.commit()
+
+        for share in order:
+            if not lock(share, wait=False):
+                busy.append(share)
+                continue
+            try:
+                yield (share, SHARES)
+            finally:
+                unlock(share)
+        for share in busy:
+            if not lock(share, wait=True):
+                return  # stopping: the run ends without this share
+            try:
+                yield (share, SHARES)
+            finally:
+                unlock(share)
 
 
 def hold_back(run: Run, items: Sequence[tuple[Series, Due, Step]]) -> None:
