@@ -90,6 +90,13 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
         if not run.stopped():
             mark_planned(run, full)
         return report
+    if options.dry_run and options.limit is None:
+        # The plan goes into the report (spilled to files when long), chunk by chunk.
+        for series in series_list:
+            for due_now in plan_chunks(run, series):
+                run.composer.prepare(series_list, due_now)
+        run.composer.prepare(series_list)
+        return report
     due: list[tuple[Series, Due, Step]] = []
     for series in series_list:
         due += plan(run, series)
