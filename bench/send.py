@@ -36,7 +36,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,9 +118,9 @@ def run_timed(*commands: list[str], env: dict[str, str], cwd: Path = ROOT) -> Ti
     stop.set()
     sampler.join()
     out = "".join(o.decode() for o, _ in outputs)
-    for process, (o, e) in zip(processes, outputs, strict=True):
+    for command, process, (o, e) in zip(commands, processes, outputs, strict=True):
         if process.returncode != 0:
-            sys.exit(f"{' '.join(process.args)} failed: {o.decode()}{e.decode()}")
+            sys.exit(f"{' '.join(command)} failed: {o.decode()}{e.decode()}")
     return Timed(elapsed, peak / 1024, cpu, out)
 
 
@@ -341,14 +342,14 @@ def bench_postgres(count: int, runs: int, note: list[str]) -> None:
     note.append(f"two processes ÷ one (throughput): {o / w:.2f}x (target >= 1.7x)")
 
 
-def _postgres_database():  # type: ignore[no-untyped-def]
+def _postgres_database() -> AbstractContextManager[str]:
     """A fresh database on a throwaway PostgreSQL server (see tests/databases.py)."""
     from contextlib import contextmanager
 
     from tests.databases import fresh_database, postgres_server
 
     @contextmanager
-    def database():  # type: ignore[no-untyped-def]
+    def database() -> Iterator[str]:
         global _SERVER
         if _SERVER is None:
             _SERVER = _STACK.enter_context(postgres_server())
