@@ -135,22 +135,38 @@ def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None
                 return
 
 
+# Due deliveries sent as one stream (one batch in flight while the next is prepared):
+# chunks of the plan are gathered up to this many first, so the stream seldom restarts.
+SEND_GROUP = 20_000
+
+
 def _deliver_share(
     run: Run, series_list: Sequence[Series], series: Series, share: tuple[int, int] | None
 ) -> None:
     """Plan and send one share of a series' enrollments (see `planning.shares`), chunk by
     chunk; render everything first, before the first delivery of the run."""
+    pending: list[tuple[Series, Due, Step]] = []
     for due in plan_chunks(run, series, share):
         if run.stopped():
             return
-        if not due:
-            continue
-        if run.composer.renderer is None:
-            run.composer.prepare(series_list, due)
-            gc.freeze()  # the compiled emails live to the end of the run; see above
-        else:
-            run.composer.prepare_due(due)
-        deliver(run, due)
+        pending += due
+        if len(pending) >= SEND_GROUP:
+            _deliver_group(run, series_list, pending)
+            pending = []
+    if pending and not run.stopped():
+        _deliver_group(run, series_list, pending)
+
+
+def _deliver_group(
+    run: Run, series_list: Sequence[Series], due: list[tuple[Series, Due, Step]]
+) -> None:
+    due.sort(key=lambda item: item[2].due_at or run.options.now)
+    if run.composer.renderer is None:
+        run.composer.prepare(series_list, due)
+        gc.freeze()  # the compiled emails live to the end of the run; see above
+    else:
+        run.composer.prepare_due(due)
+    deliver(run, due)
 
 
 def load_selected(config: Config, only: str | None) -> list[Series]:
