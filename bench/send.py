@@ -13,9 +13,13 @@ against the machine's limit, and its memory, PostgreSQL and several processes.
 4. With --postgres: the same send on PostgreSQL against SQLite (target <= 1.25x), and
    two `series send` processes started at once against one PostgreSQL against one
    process (target >= 1.7x), every message counted at the fake server (no duplicates).
+5. The outbox: N messages (default 10,000) sent to the default provider, one .eml file
+   each; messages/s end to end (target: >= 5x the rate of the email-package build, which
+   `--against` an older revision shows side by side).
 
     python bench/send.py [--subscribers 100000] [--workers 1,2] [--memory 1000000]
-                         [--idle 1000000] [--postgres] [--runs 3] [--against REV]
+                         [--idle 1000000] [--postgres] [--outbox 10000] [--runs 3]
+                         [--against REV]
 
 With ``--against REV`` the sends of section 1 are also made, alternating, with the
 code of git revision REV (exported to a temporary folder), and every median printed:
@@ -365,6 +369,40 @@ _STACK = ExitStack()
 _SERVER: str | None = None
 
 
+def outbox_once(count: int, code: Path) -> float:
+    """One `series send` of COUNT due messages to the outbox provider (the default: an
+    .eml file per message) with the code at CODE: its seconds."""
+    with tempfile.TemporaryDirectory(prefix="series-bench-outbox-") as tmp:
+        workspace = make_workspace(Path(tmp), None, code)
+        env = {**os.environ}
+        env.pop("SERIES_DATABASE_URL", None)
+        readers = Path(tmp) / "readers.csv"
+        write_csv(readers, count)
+        series(workspace, "subscribers", "import", str(readers), env=env, code=code)
+        seconds, _, out = series(workspace, "send", "--provider", "outbox", env=env, code=code)
+        written = sum(1 for _ in (workspace / "outbox").glob("*.eml"))
+        if not out.startswith(f"sent {count}, failed 0") or written != count:
+            sys.exit(f"expected {count} .eml files, got: {out.strip()} ({written} written)")
+        return seconds
+
+
+def bench_outbox(count: int, runs: int, against: dict[str, Path], note: list[str]) -> None:
+    """`series send` to the outbox: messages/s end to end, alternating with AGAINST."""
+    trees = {"this tree": ROOT, **against}
+    timings: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(runs):
+        for name, code in trees.items():
+            timings[name].append(outbox_once(count, code))
+    for name, seconds in timings.items():
+        median = statistics.median(seconds)
+        print(
+            f"outbox ({name}): {count:,} .eml files, {runs} run(s), median {median:.1f} s, "
+            f"{count / median:,.0f} messages/s"
+        )
+    rate = count / statistics.median(timings["this tree"])
+    note.append(f"outbox: {rate:,.0f} messages/s (target >= 5x the email-package build)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -374,6 +412,9 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=1_000_000, help="readers due (0: skip)")
     parser.add_argument("--idle", type=int, default=1_000_000, help="enrollments (0: skip)")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL sections")
+    parser.add_argument(
+        "--outbox", type=int, default=10_000, help="messages to the outbox provider (0: skip)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--against", metavar="REV", help="also measure git revision REV")
     args = parser.parse_args()
@@ -391,6 +432,8 @@ def main() -> None:
             bench_idle(args.idle, args.runs, note)
         if args.postgres and args.subscribers:
             bench_postgres(args.subscribers, args.runs, note)
+        if args.outbox:
+            bench_outbox(args.outbox, args.runs, against, note)
     print("\nAgainst the targets (issue 16), from this run:")
     for line in note:
         print(f"  {line}")

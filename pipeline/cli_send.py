@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,7 +15,8 @@ from zoneinfo import ZoneInfo
 import click
 
 from .errors import SeriesError
-from .output import format_table, table_lines
+from .output import table_lines
+from .redact import terminal_text
 
 if TYPE_CHECKING:
     from .cli import State
@@ -183,7 +183,8 @@ def _print_plan(
 
     def cells(r: Planned) -> tuple[str, ...]:
         when = "now" if r.kind == "due" else _when(r.due_at, zone)
-        return (r.email, r.series, str(r.part or "-"), r.title, when, r.reason)
+        row = (r.email, r.series, str(r.part or "-"), r.title, when, r.reason)
+        return tuple(terminal_text(cell) for cell in row)  # as format_table shows them
 
     widths = [len(h) for h in header]
     count = due = paused = 0

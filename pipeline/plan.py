@@ -122,6 +122,22 @@ class Enrollment:
     moved_to: str | None = None
     moved_at: datetime | None = None
 
+    def plan_key(self, without: str | None = None) -> tuple[object, ...]:
+        """Everything ``next_step`` reads of this enrollment (not who the reader is):
+        two enrollments with equal keys get the same step, so a send asks the planner
+        once per key. ``without``: leave that article's ledger entry out. A field the
+        planner starts to read belongs here."""
+        ledger = tuple(sorted((k, v) for k, v in self.ledger.items() if k != without))
+        return (
+            self.timezone,
+            self.series,
+            self.enrolled_at,
+            self.start_part,
+            self.moved_to,
+            self.moved_at,
+            ledger,
+        )
+
     def received(self) -> frozenset[str]:
         """The slugs of the articles this reader has received (state ``sent``)."""
         return frozenset(slug for slug, entry in self.ledger.items() if entry.state == "sent")

@@ -12,6 +12,7 @@ that article. Version 2 tokens (no article) in emails sent before stay valid.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import os
 from dataclasses import dataclass

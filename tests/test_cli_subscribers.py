@@ -510,7 +510,7 @@ def test_unsubscribe_works_where_the_upgrade_is_refused(example_copy: Path) -> N
 
     assert code == 0, out + err
     assert err.startswith(
-        f"Warning: cannot upgrade the database to schema 0005 while series 'attachment' has "
+        "Warning: cannot upgrade the database to schema 0005 while series 'attachment' has "
         "content errors (series/attachment/02-secure.md:"
     )
     assert run(example_copy, "subscribers", "list")[0] == 1

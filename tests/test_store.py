@@ -416,7 +416,7 @@ def test_migration_0005_refuses_content_with_errors(database_url: str, example_c
     anxious.write_text(anxious.read_text().replace("title:", "titel:", 1), encoding="utf-8")
     with pytest.raises(
         SeriesError,
-        match=rf"cannot upgrade the database to schema 0005 while series 'attachment' has "
+        match=r"cannot upgrade the database to schema 0005 while series 'attachment' has "
         r"content errors \(series/attachment/03-anxious.md:2: unknown key 'titel'",
     ):
         open_store(example_copy, database_url)

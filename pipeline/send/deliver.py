@@ -448,8 +448,8 @@ def _record(
 
 class _NextSteps:
     """Each reader's next step once a delivery's outcome is in its ledger. The planner
-    is pure (plan.py): readers alike in everything it reads (start part, time zone,
-    enrollment time and ledger) have the same next step, so a batch of readers who
+    is pure (plan.py): readers alike in everything it reads (``Enrollment.plan_key``)
+    have the same next step, so a batch of readers who
     started together asks it once."""
 
     def __init__(self, series: Series, now: datetime) -> None:
@@ -459,8 +459,7 @@ class _NextSteps:
 
     def after(self, claim: Claim, entry: LedgerEntry) -> Step:
         e = claim.enrollment
-        others = tuple(sorted((k, v) for k, v in e.ledger.items() if k != claim.article))
-        key = (e.start_part, e.timezone, e.enrolled_at, claim.article, entry, others)
+        key = (e.plan_key(without=claim.article), claim.article, entry)
         step = self.known.get(key)
         if step is None:
             updated = _with_entry(e, claim.article, entry)

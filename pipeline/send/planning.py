@@ -52,12 +52,7 @@ def plan_chunks(
         bookmarks = []
         steps: dict[object, Step] = {}  # the planner is pure: alike readers, one call
         for enrollment in chunk:
-            key = (
-                enrollment.start_part,
-                enrollment.timezone,
-                enrollment.enrolled_at,
-                tuple(sorted(enrollment.ledger.items())),
-            )
+            key = enrollment.plan_key()
             step = steps.get(key)
             if step is None:
                 step = steps[key] = next_step(series, enrollment, now)
