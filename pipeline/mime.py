@@ -36,6 +36,7 @@ QUOTED_PRINTABLE = "quoted-printable"
 BASE64 = "base64"
 MAX_LINE = 998  # octets per line, without the line end (RFC 5322 §2.1.1)
 LF = b"\n"
+QP_LINE = 76  # characters in a quoted-printable line, soft break included
 _ASCII = bytes(range(128))
 
 
@@ -68,10 +69,28 @@ def encode(data: bytes, encoding: str) -> bytes:
     """``data`` (from ``part_bytes``) in ``encoding``, LF line ends, ending with one."""
     if encoding == QUOTED_PRINTABLE:
         encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+        encoded = LF.join(_fold_qp(line) for line in encoded.split(LF))
         return encoded if encoded.endswith(LF) else encoded + LF
     if encoding == BASE64:
         return base64.encodebytes(data)
     return data
+
+
+def _fold_qp(line: bytes) -> bytes:
+    """``line`` with soft line breaks so that no piece passes 76 characters (RFC 2045
+    section 6.7, rule 5). binascii breaks long lines itself but does not count the
+    ``=20`` it writes for a space at a line's end, which can make 77 or 78; an escape
+    (``=XX``) is never cut in two."""
+    pieces = []
+    while len(line) > QP_LINE:
+        cut = QP_LINE - 1  # room for the "=" of the soft break
+        escape = line.rfind(b"=", cut - 2, cut)
+        if escape != -1:
+            cut = escape
+        pieces.append(line[:cut] + b"=")
+        line = line[cut:]
+    pieces.append(line)
+    return LF.join(pieces)
 
 
 def text_part(text: str, subtype: str) -> tuple[bytes, bytes]:

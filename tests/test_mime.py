@@ -51,6 +51,7 @@ def parts_of(raw: bytes) -> list[tuple[str, bytes]]:
 @example(text="Hi\r\nthere\rfriend", html="<p>\0</p>")
 @example(text="." * 999, html="ж" * 600)
 @example(text="--=_0", html="a \n.\nFrom x\n")
+@example(text="é\n" + "x" * 74 + " \nb", html="é\n" + "x" * 75 + " \n")  # "=20" at 76
 def test_any_text_gives_parts_that_parse_back_within_the_limits(text: str, html: str) -> None:
     """Whatever a part holds, every line of the body is at most 998 octets, a part is
     ASCII unless declared 8bit, quoted-printable and base64 lines are at most 76
