@@ -194,12 +194,18 @@ def filled_part(
     encoding = _Stats.total(stats).encoding()
     if encoding == QUOTED_PRINTABLE:
         body = b"".join(
-            segment.quoted_printable() if isinstance(segment, _Static) else encode(data, encoding)
+            segment.quoted_printable() if isinstance(segment, _Static) else _qp_lines(data)
             for segment, data in zip(layout.segments, chunks, strict=True)
         )
     else:
         body = encode(b"".join(chunks), encoding)
     return _part_head(subtype, encoding), body
+
+
+def _qp_lines(data: bytes) -> bytes:
+    """Quoted-printable of a reader's lines; nothing for none (a field that ends the
+    part empty), where ``encode`` would give the one line end a whole part ends with."""
+    return encode(data, QUOTED_PRINTABLE) if data else b""
 
 
 @dataclass(frozen=True)
