@@ -23,11 +23,12 @@ from markdown_it.tree import SyntaxTreeNode
 # Inline styles, because many mail clients drop <style> blocks. They also keep
 # wide content (tables, code, images) from pushing the layout past the screen.
 STYLES = {
-    # word-break:normal: MJML puts word-break:break-word on the text cell the article
-    # sits in, and a table inheriting it squeezes its columns until words split
-    # ("Secur/e"). Cells wrap at spaces; only long tokens get break points (<wbr>).
+    # word-break/overflow-wrap normal: MJML puts word-break:break-word on the text cell
+    # the article sits in, and a table inheriting it (or overflow-wrap:anywhere) squeezes
+    # its columns until words split ("Secur/e"). Cells wrap at spaces; only tokens too
+    # long for any phone get break points (<wbr>, see LONG_TOKEN).
     "table_open": "width:100%;border-collapse:collapse;margin:16px 0;font-size:15px;"
-    "word-break:normal;",
+    "word-break:normal;overflow-wrap:normal;",
     "th_open": "border-bottom:2px solid #d8d2c8;padding:6px 8px;text-align:left;"
     "vertical-align:top;",
     "td_open": "border-bottom:1px solid #e8e2d8;padding:6px 8px;vertical-align:top;",
@@ -63,19 +64,17 @@ class Link:
     line: int  # 0-based line in the Markdown source
 
 
-# A run of this many characters or more without a space, in a table cell, is a long
-# token (a URL, a file path, an identifier): it gets break points, so it can wrap
-# instead of widening its column past a phone's screen. Words are shorter.
-LONG_TOKEN = 20
-# Where a long token may break: after these characters, and at least every
-# _LONG_PIECE characters between them.
-_BREAK_AFTER = "/.-_?&=#:,;@+~"
+# A table cell's text wraps at spaces and after hyphens only: a word that fits is never
+# split. A token longer than LONG_TOKEN grapheme clusters (about what a 375 px phone's
+# table can hold at 15 px: a URL, a file path, a long identifier) could never fit, so
+# it gets break points (<wbr>) instead of widening its column past the screen: after
+# URL punctuation, and at least every _LONG_PIECE clusters between. Break points fall
+# only between grapheme clusters (UAX #29, via `regex`'s \X), never inside a Hindi
+# conjunct or an emoji ZWJ sequence.
+LONG_TOKEN = 34
+_BREAK_AFTER = "/.?&=#_:;,@+~"
 _LONG_PIECE = 16
-_LONG_RUN = re.compile(rf"[^\s]{{{LONG_TOKEN},}}")
-_PUNCTUATION = re.escape(_BREAK_AFTER)
-_AFTER_PUNCTUATION = re.compile(rf"[^{_PUNCTUATION}]*[{_PUNCTUATION}]+|[^{_PUNCTUATION}]+$")
-
-
+_TOKEN = re.compile(r"\S+")
 @cache
 def _parser(allow_html: bool) -> MarkdownIt:
     # Building a parser compiles its rules; one per setting serves every document.
@@ -127,25 +126,45 @@ def _break_long_tokens_in_cells(md: MarkdownIt) -> None:
 
 
 def breakable(text: str) -> str:
-    """``text`` HTML-escaped, with ``<wbr>`` break points in each run of ``LONG_TOKEN``
-    or more characters without a space: after URL punctuation (``/``, ``.``, ``-``,
-    ``?``, ``&``, …) and at least every 16 characters. Shorter words are left whole."""
+    """``text`` HTML-escaped, with ``<wbr>`` break points in each run of more than
+    ``LONG_TOKEN`` grapheme clusters without a space: after URL punctuation (``/``,
+    ``.``, ``?``, ``&``, …) and at least every ``_LONG_PIECE`` clusters. Anything
+    shorter (every ordinary word, ``user.preferences.theme``) is left whole."""
     out = []
     last = 0
-    for found in _LONG_RUN.finditer(text):
+    for found in _TOKEN.finditer(text):
+        clusters = _clusters(found.group(0))
+        if len(clusters) <= LONG_TOKEN:
+            continue
         out.append(escape_html(text[last : found.start()]))
-        out.append("<wbr>".join(escape_html(piece) for piece in _pieces(found.group(0))))
+        out.append("<wbr>".join(escape_html(piece) for piece in _pieces(clusters)))
         last = found.end()
     out.append(escape_html(text[last:]))
     return "".join(out)
 
 
-def _pieces(token: str) -> list[str]:
-    """``token`` cut after each run of ``_BREAK_AFTER`` characters (``https://`` stays
-    whole), and pieces longer than ``_LONG_PIECE`` cut every ``_LONG_PIECE`` characters."""
-    pieces = []
-    for piece in _AFTER_PUNCTUATION.findall(token):
-        pieces += [piece[i : i + _LONG_PIECE] for i in range(0, len(piece), _LONG_PIECE)]
+def _clusters(token: str) -> list[str]:
+    """``token``'s extended grapheme clusters (UAX #29), as a reader sees its characters."""
+    import regex
+
+    return list(regex.findall(r"\X", token))
+
+
+def _pieces(clusters: list[str]) -> list[str]:
+    """A long token's grapheme ``clusters`` joined into pieces: a piece ends after a
+    run of ``_BREAK_AFTER`` punctuation (``https://`` stays whole) or after
+    ``_LONG_PIECE`` clusters without one."""
+    pieces: list[str] = []
+    piece: list[str] = []
+    for index, cluster in enumerate(clusters):
+        piece.append(cluster)
+        after = clusters[index + 1] if index + 1 < len(clusters) else ""
+        ends_run = cluster[0] in _BREAK_AFTER and after[:1] not in _BREAK_AFTER
+        if ends_run or len(piece) >= _LONG_PIECE:
+            pieces.append("".join(piece))
+            piece = []
+    if piece:
+        pieces.append("".join(piece))
     return pieces
 
 

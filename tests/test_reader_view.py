@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -390,8 +392,60 @@ def test_breakable_keeps_the_text_and_short_words(text: str) -> None:
 
     assert html_module.unescape(out.replace("<wbr>", "")) == text
     for word in re.split(r"\s+", text):
-        if len(word) < LONG_TOKEN:
+        if len(regex.findall(r"\X", word)) <= LONG_TOKEN:
             assert "<wbr>" not in breakable(word)
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "Rechtsschutzversicherung",
+        "Krankenversicherungsbeitrag",
+        "Datenschutzgrundverordnungen",
+        "Avrupalılaştırılamayanlardan",
+        "user.preferences.theme",
+        "attachment_style_results",
+        "https://blog.example/a/b",
+    ],
+)
+def test_words_that_fit_a_phone_get_no_break_points(word: str) -> None:
+    """A word that a phone's table can hold is never given a break point (it was given
+    one every 16 characters, and Chromium split "Rechtsschutzvers/icherung" at 600 px)."""
+    html = Document(f"| A | B |\n|---|---|\n| {word} | `{word}` |\n").html()
+    assert "<wbr>" not in html
+    assert "overflow-wrap:normal" in html.split(">", 1)[0]
+
+
+def _wbr_offsets(out: str) -> tuple[str, list[int]]:
+    import html as html_module
+
+    pieces = [html_module.unescape(p) for p in out.split("<wbr>")]
+    offsets = [sum(len(p) for p in pieces[: i + 1]) for i in range(len(pieces) - 1)]
+    return "".join(pieces), offsets
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "क्षत्रिय" * 12,  # Hindi conjuncts: consonant + virama + consonant is one cluster
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466" * 40,  # ZWJ family
+        "e\u0301" * 50,  # e + combining acute
+        "https://blog.example/" + "\U0001f1e9\U0001f1ea" * 30,  # flags: regional indicators
+    ],
+)
+def test_break_points_fall_between_grapheme_clusters(token: str) -> None:
+    text, offsets = _wbr_offsets(breakable(token))
+    assert text == token and offsets, "a token this long gets break points"
+    boundaries = set(itertools.accumulate(len(c) for c in regex.findall(r"\X", token)))
+    assert set(offsets) <= boundaries
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=30, max_size=200))
+def test_break_points_never_split_a_cluster(text: str) -> None:
+    plain, offsets = _wbr_offsets(breakable(text))
+    boundaries = set(itertools.accumulate(len(c) for c in regex.findall(r"\X", text)))
+    assert plain == text
+    assert set(offsets) <= boundaries
 
 
 # -- series check -----------------------------------------------------------------
