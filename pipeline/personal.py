@@ -7,6 +7,8 @@ fills it in per reader (HTML-escaped in the HTML part), see pipeline/render.py.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,24 @@ FIRST_NAME_ATTRIBUTE = "first_name"
 # Punctuation after a first word that is no part of it ("Ann, PhD" greets "Ann");
 # a dot stays ("J. Smith" greets "J.").
 _TRAILING = ",;:"
+# Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): an
+# unterminated one in a name would reorder the rest of the greeting line ("Hi ,nnA").
+# Names in right-to-left scripts need none of them: the bidi algorithm orders them.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def shown_name(name: str) -> str:
+    """``name`` as an email may show it: ``clean_name`` (one line, single spaces),
+    without a leading byte-order mark (U+FEFF) or any bidi embedding, override or
+    isolate, and ``""`` when nothing visible is left: a name of only format
+    characters (Unicode category Cf: U+200B, U+FEFF, U+200E, …) and spaces."""
+    name = clean_name(_BIDI_CONTROLS.sub("", name).lstrip("\ufeff"))
+    return name.strip() if _visible(name) else ""
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character other than whitespace and format characters."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
 
 
 @dataclass(frozen=True)
@@ -37,12 +57,13 @@ def first_word(name: str) -> str:
     """The first word of a name, as a greeting uses it: ``"Daniel Okafor"`` →
     ``"Daniel"``, ``"  Ann"`` → ``"Ann"``; ``""`` for a name of only whitespace or
     control characters. Line breaks and other control characters separate words
-    (``clean_name``), so a hostile name cannot carry a line into the text part."""
-    words = clean_name(name).split()
+    (``clean_name``), so a hostile name cannot carry a line into the text part; a
+    "word" of only invisible format characters (U+200B) is skipped."""
+    words = [word for word in shown_name(name).split() if _visible(word)]
     if not words:
         return ""
     word = words[0].rstrip(_TRAILING)
-    return word or words[0]
+    return word if _visible(word) else words[0]
 
 
 def first_name_of(attributes: Mapping[str, Any] | None) -> str:
@@ -59,11 +80,12 @@ def field_values(who: Personal, default_name: str) -> dict[str, str]:
 
     ``name`` is the whole name made one line, ``first_name`` the ``first_name``
     attribute made one line, else the name's first word; a reader with neither (an
-    empty name, or one of only spaces or line breaks) is greeted with
-    ``default_name`` (the workspace's ``default_name``, "there" unless set) in both.
+    empty name, or one of only spaces, line breaks or invisible format characters) is
+    greeted with ``default_name`` (the workspace's ``default_name``, "there" unless
+    set) in both. Both go through ``shown_name``: no bidi override reaches the email.
     """
-    name = clean_name(who.name)
-    first = clean_name(who.first_name) or first_word(name)
+    name = shown_name(who.name)
+    first = shown_name(who.first_name) or first_word(name)
     return {
         "name": name or default_name,
         "first_name": first or default_name,

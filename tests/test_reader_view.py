@@ -11,6 +11,7 @@ import email
 import email.policy
 import itertools
 import re
+import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -72,6 +73,8 @@ READERS = (
     "encoded@example.com,=?utf-8?q?Eve=0AMallory?= Smith,,UTC,attachment\n"
     'blank@example.com,"  \t ",,UTC,attachment\n'
     'spaced@example.com,Zoe Park,"  ",UTC,attachment\n'
+    "zwsp@example.com,\u200b,,UTC,attachment\n"
+    "rlo@example.com,\u202eAnn Lee,,UTC,attachment\n"
 )
 GREETINGS = {
     "dan@example.com": "Daniel",
@@ -81,6 +84,8 @@ GREETINGS = {
     "encoded@example.com": "=?utf-8?q?Eve=0AMallory?=",
     "blank@example.com": "friend",
     "spaced@example.com": "Zoe",
+    "zwsp@example.com": "friend",
+    "rlo@example.com": "Ann",
 }
 
 
@@ -132,11 +137,37 @@ def test_templates_can_use_the_whole_name_and_the_first_name(example_copy: Path)
         ("Daniel Okafor", "Dan", "Dan"),
         ("Daniel Okafor", " Dan\n", "Dan"),
         ("Daniel Okafor", "\n ", "Daniel"),
+        # Invisible names (issue 15 review): format characters and spaces are no name.
+        ("\u200b", "", "there"),
+        ("\ufeff", "", "there"),
+        ("\u200e\u200f\u2060", "", "there"),
+        ("\u202e", "", "there"),
+        ("\u2066\u202a \u200b", "", "there"),
+        ("Daniel Okafor", "\u200b", "Daniel"),
+        ("\ufeffAnn Lee", "", "Ann"),
+        ("\u200b Ann Lee", "", "Ann"),
+        ("\u202eAnn Lee", "", "Ann"),
+        ("Ann\u202e", "", "Ann"),
+        ("Daniel", "\u2067Dan", "Dan"),
+        ("دانيال أوكافور", "", "دانيال"),
     ],
 )
 def test_first_name_rules(name: str, first: str, expected: str) -> None:
     values = field_values(Personal(name, "a@example.com", "https://u.example/1", first), "there")
     assert values["first_name"] == expected
+
+
+@given(st.text(), st.text())
+def test_no_bidi_control_or_invisible_greeting_reaches_the_email(name: str, first: str) -> None:
+    """Whatever a name holds, the greeting and the name have no bidi embedding,
+    override or isolate (which would reorder "Hi …," around them) and are never only
+    invisible: a name of format characters and spaces gets the default name."""
+    values = field_values(Personal(name, "a@example.com", "https://u.example/1", first), "there")
+    for key in ("name", "first_name"):
+        value = values[key]
+        assert not re.search("[\u202a-\u202e\u2066-\u2069]", value)
+        assert not value.startswith("\ufeff")
+        assert any(not c.isspace() and unicodedata.category(c) != "Cf" for c in value)
 
 
 @given(st.text())
