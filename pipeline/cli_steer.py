@@ -131,11 +131,14 @@ def show_command(state: State, email: str, now: datetime | None) -> None:
 
 
 def _format_story(found: Story, zone: ZoneInfo, series: dict[str, Any]) -> str:
+    from .personal import first_name_of
+
     person = found.subscriber
     zone_name = zone.key
     lines = [
         f"{person.email}",
         f"name: {person.name or '-'}",
+        *([f"first name: {first}"] if (first := first_name_of(person.attributes)) else []),
         f"status: {person.status}",
         f"timezone: {person.timezone or 'none (the series or workspace timezone)'}",
         f"subscribed: {_when(person.created_at, zone)} ({zone_name}), "

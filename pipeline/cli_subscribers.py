@@ -53,6 +53,10 @@ def subscribers_group() -> None:
 @subscribers_group.command(name="add")
 @click.argument("email")
 @click.option("--name", help="The subscriber's name, used in the greeting.")
+@click.option(
+    "--first-name",
+    help="The name the greeting uses (default: the first word of --name); '' removes it.",
+)
 @click.option("--series", "series", help="Enroll in this series (its slug).")
 @click.option("--start-part", type=click.IntRange(min=1), help="Start at this part (default 1).")
 @click.option("--timezone", help="IANA timezone for the send window, e.g. Europe/Stockholm.")
@@ -65,6 +69,7 @@ def add_command(
     state: State,
     email: str,
     name: str | None,
+    first_name: str | None,
     series: str | None,
     start_part: int | None,
     timezone: str | None,
@@ -73,7 +78,8 @@ def add_command(
 ) -> None:
     """Add or update one subscriber, optionally enrolling them in a series.
 
-    Example: series subscribers add ann@example.com --name Ann --series attachment
+    Example: series subscribers add ann@example.com --name "Ann Lee" --first-name Annie
+    --series attachment
     """
     from .subscribers import add_subscriber
 
@@ -84,6 +90,7 @@ def add_command(
             email,
             now=resolve_now(state.config, now),
             name=name,
+            first_name=first_name,
             series=series,
             start_part=start_part,
             timezone=timezone,

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from .csvfile import CsvFileError, header_cells, restore
 from .headers import clean_name, control_character
+from .personal import FIRST_NAME_ATTRIBUTE as FIRST_NAME
 from .sources import quote
 from .store.schema import STATUSES, enrollments, subscribers
 from .subscribers import Catalog, check_timezone, sendable_email
@@ -40,6 +41,12 @@ PROGRESS_PREFIX = "progress:"
 COLUMN_NAMES = {
     **{name.replace("_", ""): name for name in (*KNOWN_COLUMNS, *EXPORT_ONLY)},
     "emailaddress": "email",
+    # The greeting's first name (kept as the first_name attribute, personal.py), as
+    # Excel, Mailchimp ("First Name", merge tag FNAME) and Google Contacts ("Given
+    # Name") export it.
+    "firstname": FIRST_NAME,
+    "fname": FIRST_NAME,
+    "givenname": FIRST_NAME,
 }
 _SPACING = re.compile(r"[\s_-]+")
 # The most characters a cell can hold: the column's size in the database (schema.py)
@@ -49,6 +56,7 @@ MAX_ATTRIBUTE = 10_000
 LIMITS = {
     "email": column_size(subscribers.c.email),
     "name": column_size(subscribers.c.name),
+    FIRST_NAME: column_size(subscribers.c.name),  # a part of a name: as long as names
     "timezone": column_size(subscribers.c.timezone),
     "series": column_size(enrollments.c.series),
     "status": column_size(subscribers.c.status),
@@ -166,7 +174,7 @@ def parse_row(
         if index is None or index >= len(cells):
             return ""
         value = cells[index].strip()
-        if len(value) > LIMITS[key] and key != "name":
+        if len(value) > LIMITS[key] and key not in ("name", FIRST_NAME):
             raise ValueError(_too_long(columns.header[index], len(value), LIMITS[key]))
         return value
 
@@ -211,14 +219,10 @@ def parse_row(
             if not value:
                 continue
         attributes[key] = value
-    typed = cell("name")
-    name = clean_name(typed) or None
-    if name is not None and len(name) > LIMITS["name"]:
-        header = columns.header[columns.fields["name"]]
-        raise ValueError(_too_long(header, len(name), LIMITS["name"]))
-    if name != (typed or None):
-        found = control_character(typed)
-        notes.append(f"the name had {found}; stored as {name or ''!r}")
+    name = _clean_name(cell("name"), "name", columns, notes)
+    first_name = _clean_name(cell(FIRST_NAME), "first name", columns, notes)
+    if first_name is not None:
+        attributes[FIRST_NAME] = first_name
     return Row(
         line=line,
         email=email,
@@ -231,6 +235,24 @@ def parse_row(
         attributes=attributes,
         notes=tuple(notes),
     )
+
+
+def _clean_name(typed: str, what: str, columns: Columns, notes: list[str]) -> str | None:
+    """A name or first name cell (stripped) as stored: ``clean_name``'d (control
+    characters such as line breaks become spaces, runs of spaces one), or None when
+    nothing is left (an empty cell leaves what is stored unchanged). Appends a note
+    to ``notes`` when the stored text differs from the cell; ValueError when it is
+    longer than the name column holds."""
+    name = clean_name(typed) or None
+    if name is not None and len(name) > LIMITS["name"]:
+        key = "name" if what == "name" else FIRST_NAME
+        header = columns.header[columns.fields[key]]
+        raise ValueError(_too_long(header, len(name), LIMITS["name"]))
+    if name != (typed or None):
+        found = control_character(typed)
+        had = found if found is not None else "runs of more than one space"
+        notes.append(f"the {what} had {had}; stored as {name or ''!r}")
+    return name
 
 
 def _moment(text: str, zone: ZoneInfo) -> datetime | None:

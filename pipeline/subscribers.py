@@ -21,6 +21,7 @@ from .config import parse_zone
 from .content import Series
 from .errors import SeriesError
 from .headers import clean_name, smtputf8_problem
+from .personal import FIRST_NAME_ATTRIBUTE
 from .sources import quote
 from .store import Store
 from .store.ledger import record_status
@@ -35,6 +36,9 @@ from .store.schema import (
 )
 
 Outcome = Literal["imported", "updated", "unchanged"]
+# The most characters a name (and a first name, which greets by part of it) may have:
+# the name column's size (store/schema.py).
+NAME_LENGTH: int = subscribers.c.name.type.length  # type: ignore[attr-defined]
 # RFC 5321 section 4.5.3.1.1: a local part is at most 64 octets. email-validator checks
 # it only in strict mode.
 LOCAL_PART_LIMIT = 64
@@ -172,11 +176,22 @@ def add_subscriber(
     timezone: str | None = None,
     resubscribe: bool = False,
     actor: str = "cli",
+    first_name: str | None = None,
 ) -> Outcome:
     """Create or update one subscriber and, with ``series``, enroll them. The name is
-    stored cleaned (``clean_name``); an address series cannot send to is refused."""
+    stored cleaned (``clean_name``); an address series cannot send to is refused.
+    ``first_name`` (the greeting's, kept as the ``first_name`` attribute) is cleaned
+    the same way; ``""`` (or only spaces) removes it, None leaves it as it is.
+    SubscriberError when a name or first name is longer than the name column holds."""
     if name is not None:
         name = clean_name(name)
+    if first_name is not None:
+        first_name = clean_name(first_name)
+    for what, value in (("name", name), ("first name", first_name)):
+        if value is not None and len(value) > NAME_LENGTH:
+            raise SubscriberError(
+                f"the {what} is {len(value):,} characters long (at most {NAME_LENGTH:,})"
+            )
     try:
         address = sendable_email(email)
         if timezone is not None:
@@ -206,7 +221,7 @@ def add_subscriber(
                     created_at=now,
                     updated_at=now,
                     source=actor,
-                    attributes={},
+                    attributes={FIRST_NAME_ATTRIBUTE: first_name} if first_name else {},
                 )
                 .returning(subscribers.c.id)
             ).scalar_one()
@@ -227,6 +242,14 @@ def add_subscriber(
                 changes["name"] = name
             if timezone is not None and timezone != row.timezone:
                 changes["timezone"] = timezone
+            if first_name is not None:
+                attributes = dict(row.attributes or {})
+                if first_name:
+                    attributes[FIRST_NAME_ATTRIBUTE] = first_name
+                else:
+                    attributes.pop(FIRST_NAME_ATTRIBUTE, None)
+                if attributes != (row.attributes or {}):
+                    changes["attributes"] = attributes
             if changes:
                 conn.execute(
                     subscribers.update()

@@ -244,3 +244,53 @@ def test_attributes_named_like_columns_survive_a_round_trip(
     report = import_csv(second, exported, CATALOG, now=NOW, zone=UTC)
     assert report.problems == []
     assert state(second) == state(first)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["first_name", "First Name", "First_Name", "FIRSTNAME", "first-name", "FNAME", "Given Name"],
+)
+def test_first_name_column_spellings(sqlite_store: Store, tmp_path: Path, header: str) -> None:
+    """Excel, Mailchimp and Google Contacts spellings of the first-name column fill the
+    first_name the greeting uses (it was taken only when spelled exactly first_name)."""
+    report = import_text(
+        sqlite_store, tmp_path / "a.csv", f"Email,Name,{header}\na@example.com,Daniel Okafor,Dan\n"
+    )
+    assert (report.imported, report.problems) == (1, [])
+    assert find(sqlite_store, "a@example.com").attributes == {"first_name": "Dan"}
+
+
+def test_first_name_is_cleaned_like_a_name(sqlite_store: Store, tmp_path: Path) -> None:
+    """Line breaks become spaces with a warning, as for names; a first name longer than
+    a name may be is that row's problem; an empty cell keeps the stored first name."""
+    long = "D" * (csvrows.LIMITS["name"] + 1)
+    report = import_text(
+        sqlite_store,
+        tmp_path / "a.csv",
+        'email,First Name\na@example.com,"Dan\nBcc: x@evil.example"\n'
+        f"b@example.com,{long}\nc@example.com,Cy\n",
+    )
+    assert problems(report) == [
+        "a.csv:2: warning: the first name had a line break (U+000A); stored as "
+        "'Dan Bcc: x@evil.example'",
+        f"a.csv:4: the 'First Name' cell is {len(long):,} characters long (at most 200)",
+    ]
+    assert find(sqlite_store, "a@example.com").attributes == {
+        "first_name": "Dan Bcc: x@evil.example"
+    }
+    report = import_text(sqlite_store, tmp_path / "b.csv", "email,first_name\nc@example.com,\n")
+    assert (report.unchanged, report.problems) == (1, [])
+    assert find(sqlite_store, "c@example.com").attributes == {"first_name": "Cy"}
+
+
+def test_a_name_with_runs_of_spaces_is_reported_in_words(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """The warning said "the name had None" when only spaces were made one."""
+    report = import_text(
+        sqlite_store, tmp_path / "a.csv", 'email,name\na@example.com,"  Leading  Spaces  "\n'
+    )
+    assert problems(report) == [
+        "a.csv:2: warning: the name had runs of more than one space; stored as 'Leading Spaces'"
+    ]
+    assert find(sqlite_store, "a@example.com").name == "Leading Spaces"

@@ -124,6 +124,34 @@ def test_templates_can_use_the_whole_name_and_the_first_name(example_copy: Path)
     assert "Hi Dan," in out.html
 
 
+def test_subscribers_add_takes_a_first_name(example_copy: Path) -> None:
+    """`subscribers add --first-name` sets the greeting's name; '' removes it again."""
+
+    def add(*args: str) -> None:
+        code, out, err = run(
+            example_copy, "subscribers", "add", "dan@example.com", *args, "--now", ENROLLED_AT
+        )
+        assert code == 0, out + err
+
+    add("--name", "Daniel Okafor", "--first-name", " Dan\nny ", "--series", "attachment",
+        "--timezone", "UTC")  # fmt: skip
+    code, out, err = send_at(example_copy, MONDAY)
+    assert code == 0, out + err
+    text, html = _parts(_outbox(example_copy)["dan@example.com"])
+    assert "\nHi Dan ny,\n" in text and ">Hi Dan ny,</p>" in html
+    code, out, _ = run(example_copy, "subscribers", "show", "dan@example.com")
+    assert "Dan ny" in out
+    add("--first-name", "")
+    code, out, _ = run(example_copy, "subscribers", "show", "dan@example.com")
+    assert "Dan ny" not in out
+    code, out, err = run(
+        example_copy, "subscribers", "add", "dan@example.com", "--first-name", "D" * 201
+    )
+    assert code != 0
+    assert "the first name is 201 characters long (at most 200)" in out + err
+    assert "Traceback" not in out + err
+
+
 @pytest.mark.parametrize(
     ("name", "first", "expected"),
     [
