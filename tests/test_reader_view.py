@@ -376,6 +376,24 @@ def test_bad_language_tags(tag: object) -> None:
     assert problem is not None and "\n" not in problem
 
 
+@pytest.mark.parametrize(
+    ("tag", "why"),
+    [
+        ("en-US-US", "(not a valid BCP 47 tag: a subtag is repeated or out of place)"),
+        ("xx", "('xx' is not a registered language)"),
+        ("und", "('und' means an undetermined language, which tells a screen reader nothing"),
+        ("und-US", "('und' means an undetermined language"),
+        ("zxx", "('zxx' means no linguistic content, which tells a screen reader nothing"),
+        ("mul", "('mul' means several languages"),
+    ],
+)
+def test_language_problems_say_what_is_wrong(tag: str, why: str) -> None:
+    """A repeated region is not called "not a registered language"; the tags that name
+    no language (und, zxx, mul) are refused, as lang="und" helps no screen reader."""
+    problem = language_problem(tag)
+    assert problem is not None and why in problem
+
+
 # -- the inbox preview ----------------------------------------------------------
 
 
