@@ -34,10 +34,24 @@ __all__ = ["CompiledEmail", "Personal", "RenderedEmail", "Renderer", "compact", 
 
 HTML_TEMPLATE = "email.mjml.j2"
 TEXT_TEMPLATE = "email.txt.j2"
-# After the hidden preheader: zero-width non-joiners and no-break spaces, so an inbox
+# After the hidden preheader: no-break spaces and zero-width non-joiners, so an inbox
 # preview (Gmail ~100-140 characters, Apple Mail and Outlook up to ~200) shows the
 # preheader and then nothing, not the "Read online" line and the greeting after it.
-PREHEADER_PADDING = "\u200c\u00a0" * 120
+# Only as many pairs as fill PREVIEW_CHARACTERS with the preheader: each pair is 15
+# bytes quoted-printable, and 120 of them were 1.9 KB in every message. A pair ends
+# with the non-joiner: a trailing no-break space is trimmed with the line's spaces.
+PREHEADER_PADDING = "\u00a0\u200c"
+PREVIEW_CHARACTERS = 200
+
+
+def preheader_padding(preheader: str) -> str:
+    """The padding that follows ``preheader`` (a one-line text): PREHEADER_PADDING
+    pairs until the two fill PREVIEW_CHARACTERS characters; ``""`` when there is no
+    preheader (the preview is then best the email's first text) or it is that long."""
+    if not preheader:
+        return ""
+    missing = max(0, PREVIEW_CHARACTERS - len(preheader))
+    return PREHEADER_PADDING * -(-missing // len(PREHEADER_PADDING))
 SIGNATURE_SEPARATOR = "-- "  # RFC 3676 §4.3
 _SENTINEL = "%%series:{}%%"
 _SENTINEL_RE = re.compile(r"%%series:(" + "|".join(PERSONAL_FIELDS) + r")%%")
@@ -170,8 +184,7 @@ class Renderer:
             },
             "subject": subject,
             "preheader": preheader,
-            # Without a preheader the inbox preview is best the email's first text.
-            "preheader_padding": Markup(PREHEADER_PADDING if preheader else ""),
+            "preheader_padding": Markup(preheader_padding(preheader or "")),
             "language": series.language or self.config.language,
             "continue": self._continue(series, article, received, link),
             "footer_blocks": [self._footer_block(name, link) for name in self.config.footer],

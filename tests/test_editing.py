@@ -167,7 +167,7 @@ def test_issue_example_inserted_part_is_skipped_and_nothing_is_sent_twice(
     assert message["Subject"] == "Anxious attachment (Attachment Styles, part 4 of 6)"
     text = text_of(message)
     assert "Attachment Styles · part 4 of 6" in text
-    assert "Next: Part 5, Avoidant attachment" in text
+    assert "Next: part 5, Avoidant attachment" in text
     assert "2. Earned security\n" in text  # out, and not in their inbox
     assert "3. Secure attachment (in your inbox)" in text
     for address, received in history(root).items():

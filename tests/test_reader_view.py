@@ -29,7 +29,7 @@ from pipeline.content import load_series
 from pipeline.language import language_problem
 from pipeline.markup import LONG_TOKEN, Document, breakable
 from pipeline.personal import Personal, field_values, first_word
-from pipeline.render import PREHEADER_PADDING, Renderer
+from pipeline.render import PREHEADER_PADDING, PREVIEW_CHARACTERS, Renderer, preheader_padding
 
 from .helpers import ENROLLED_AT, configure, run, send_at
 
@@ -250,6 +250,20 @@ def test_readers_with_part_1_never_see_the_lead_link() -> None:
         assert "New here?" not in out.text + out.html, article.part
 
 
+def test_part_is_lower_case_wherever_the_email_says_it() -> None:
+    """The series line says "· part 3 of 5"; the continue block said "Next: Part 4",
+    in both parts: one spelling everywhere (the default subject too)."""
+    config = load_config(Path(__file__).resolve().parent.parent)
+    (series,), _ = load_series(config)
+    renderer = Renderer(config, now=datetime(2027, 6, 1, tzinfo=UTC), use_cache=False)
+    for article in series.articles:
+        out = renderer.compile(series, article).personalise(renderer.sample())
+        assert not re.search(r"\bPart \d", out.text + out.html), article.part
+        if article.part < series.total:
+            assert f"Next: part {article.part + 1}, " in out.text
+            assert f"Next: <strong>part {article.part + 1}, " in out.html
+
+
 # -- the signature --------------------------------------------------------------
 
 
@@ -434,6 +448,27 @@ def test_inbox_preview_ends_with_the_preheader(example_copy: Path) -> None:
     assert preview.startswith(PART_1_PREHEADER)
     rest = preview[len(PART_1_PREHEADER) :]
     assert rest and set(rest) <= set(PREHEADER_PADDING + " "), rest[:60]
+
+
+@pytest.mark.parametrize("length", [1, 10, 80, 150, 199, 200, 201, 400])
+def test_padding_fills_the_preview_and_no_more(length: int) -> None:
+    """Preheader and padding fill PREVIEW_CHARACTERS (Apple Mail and Outlook show up
+    to ~200), with at most one character more; a preheader that long needs none."""
+    padding = preheader_padding("p" * length)
+    assert set(padding) <= set(PREHEADER_PADDING)
+    assert PREVIEW_CHARACTERS <= length + len(padding) <= max(length, PREVIEW_CHARACTERS + 1)
+
+
+def test_padding_costs_what_the_preview_needs(example_copy: Path) -> None:
+    """In the raw .eml (quoted-printable), part 1's 80-character preheader is followed
+    by 60 pairs: 120 characters to reach 200, about 0.9 KB, not 120 pairs (1.9 KB)."""
+    run(example_copy, "subscribers", "add", "a@example.com", "--series", "attachment")
+    code, out, err = run(example_copy, "preview", "attachment/1")
+    assert code == 0, out + err
+    raw = next((example_copy / "build" / "preview").rglob("*.eml")).read_bytes()
+    unfolded = raw.replace(b"=\r\n", b"").replace(b"=\n", b"")
+    assert len(PART_1_PREHEADER) == 80
+    assert unfolded.count(b"=C2=A0=E2=80=8C") == 60
 
 
 def test_no_padding_without_a_preheader(example_copy: Path) -> None:

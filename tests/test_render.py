@@ -104,7 +104,7 @@ def test_continue_block_states(example: tuple[Config, Series]) -> None:
     html, text = render(config, series, 3)
     block = text[text.index("CONTINUE THE SERIES") :]
     assert "Attachment Styles · part 3 of 5" in block
-    assert "Next: Part 4, Avoidant attachment, coming soon." in block
+    assert "Next: part 4, Avoidant attachment, coming soon." in block
     assert re.search(r"1\. What attachment styles are \(in your inbox\)\n\s+https://", block)
     assert "3. Anxious attachment (you are here)" in block
     assert "4. Avoidant attachment (coming soon)" in block
@@ -117,8 +117,8 @@ def test_continue_block_states(example: tuple[Config, Series]) -> None:
 def test_next_part_arrival_follows_its_delay(example: tuple[Config, Series]) -> None:
     """The next part's arrival comes from its delay: cadence for part 2, delay_days for part 3."""
     config, series = example
-    assert "Next: Part 2, Secure attachment, in 4 days." in render(config, series, 1)[1]
-    assert "Next: Part 3, Anxious attachment, in 5 days." in render(config, series, 2)[1]
+    assert "Next: part 2, Secure attachment, in 4 days." in render(config, series, 1)[1]
+    assert "Next: part 3, Anxious attachment, in 5 days." in render(config, series, 2)[1]
 
 
 def test_last_part_and_publication_over_time(example: tuple[Config, Series]) -> None:
