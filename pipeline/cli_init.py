@@ -43,6 +43,19 @@ def _sender(ctx: click.Context, param: click.Parameter, value: str | None) -> Ad
     return Address(parsed[1], parsed[0])
 
 
+def _postal_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from .headers import line_problem
+
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("is empty: give the street address or P.O. box")
+    problem = line_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"{problem} (an address on several lines: edit series.toml)")
+    return value.strip()
+
+
 def parse_sender(value: str) -> tuple[str, str] | str:
     """``value`` as exactly one ``Name <address>`` or one bare address: (name, address),
     the name cleaned as every name series sends is, or why it is neither (in words that
@@ -101,6 +114,13 @@ def parse_sender(value: str) -> tuple[str, str] | str:
     metavar='"NAME <EMAIL>"',
     help="Who the emails come from (default: a you@example.com placeholder).",
 )
+@click.option(
+    "--postal-address",
+    callback=_postal_address,
+    metavar='"ADDRESS"',
+    help="The postal address every footer shows (CAN-SPAM); without it `series check "
+    "--strict`, as the CI runs it, fails until series.toml sets one.",
+)
 @click.pass_obj
 def init_command(
     state: State,
@@ -108,12 +128,14 @@ def init_command(
     templates: bool,
     site_url: str | None,
     sender: Address | None,
+    postal_address: str | None,
 ) -> None:
     """Make a new workspace in DIR (default: the current folder): series.toml, an
     example series, subscribers/, .gitignore and GitHub workflows. With --templates,
     copy the built-in email templates into an existing workspace instead.
 
     Example: series init myblog --site-url https://myblog.example --from "Ann <ann@myblog.example>"
+    --postal-address "Ann Lee, 1 Main Street, 12345 Springfield"
     """
     from .config import find_workspace
     from .scaffold import create_workspace, eject_templates
@@ -121,8 +143,11 @@ def init_command(
     # Without DIR: the workspace this folder is in, if any (where a new one is refused).
     root = (directory or find_workspace(state.workspace)).resolve()
     if templates:
-        if site_url or sender:
-            raise click.UsageError("--site-url and --from are for a new workspace, not --templates")
+        if site_url or sender or postal_address:
+            raise click.UsageError(
+                "--site-url, --from and --postal-address are for a new workspace, "
+                "not --templates"
+            )
         for path in eject_templates(root):
             click.echo(f"copied {path.relative_to(root).as_posix()}")
         click.echo(
@@ -130,13 +155,24 @@ def init_command(
             "those you change, and the rest follow new versions of series."
         )
         return
-    made = create_workspace(root, site_url=site_url, sender=sender, today=datetime.now(UTC).date())
+    made = create_workspace(
+        root,
+        site_url=site_url,
+        sender=sender,
+        postal_address=postal_address,
+        today=datetime.now(UTC).date(),
+    )
     click.echo(f"Made a series workspace in {_shown(root)}/:")
     for path in made.written:
         click.echo(f"  {path.relative_to(root).as_posix()}")
     if made.gitignore_added:
         click.echo(f"  .gitignore (added {', '.join(made.gitignore_added)})")
-    _next_steps(root, made.series, placeholders=not (site_url and sender))
+    missing = [
+        *([] if site_url else ["your site_url"]),
+        *([] if sender else ["your from address"]),
+        *([] if postal_address else ["your postal_address (CAN-SPAM)"]),
+    ]
+    _next_steps(root, made.series, missing)
     if not made.requirement.exact:
         click.echo(
             f"\nThe workflows install {made.requirement.spec}: this copy of series was not "
@@ -144,12 +180,13 @@ def init_command(
         )
 
 
-def _next_steps(root: Path, series: str, *, placeholders: bool) -> None:
+def _next_steps(root: Path, series: str, missing: list[str]) -> None:
+    """Print what to do next; ``missing``: what series.toml still needs, in words."""
     steps = []
     if root != Path.cwd().resolve():
         steps.append((f"cd {_shown(root)}", ""))
-    if placeholders:
-        steps.append(("$EDITOR series.toml", "your site_url and from address"))
+    if missing:
+        steps.append(("$EDITOR series.toml", _joined(missing)))
     steps += [
         ("series check", "validate everything"),
         ("series preview", "the emails, in build/preview/"),
@@ -164,6 +201,16 @@ def _next_steps(root: Path, series: str, *, placeholders: bool) -> None:
         "To send for real, set provider in series.toml and the provider's key in the "
         "environment; .github/workflows/send.yml says what scheduled sends need."
     )
+    if any("postal_address" in item for item in missing):
+        click.echo(
+            "The check workflow runs `series check --strict`, which fails until "
+            "series.toml sets postal_address."
+        )
+
+
+def _joined(items: list[str]) -> str:
+    """``["a", "b", "c"]`` → ``"a, b and c"``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _shown(path: Path) -> str:

@@ -47,16 +47,21 @@ class NewWorkspace:
     series: str  # the example series' slug
 
 
+PLACEHOLDER_POSTAL_ADDRESS = "My Blog, 1 Main Street, 12345 Springfield"
+
+
 def create_workspace(
     root: Path,
     *,
     site_url: str | None = None,
     sender: Address | None = None,
+    postal_address: str | None = None,
     today: date,
 ) -> NewWorkspace:
     """Lay out a new workspace in ``root`` (made if missing). Raises UsageError, having
     changed nothing, when ``root`` already is a workspace or holds a file it would write
-    (an existing .gitignore is extended instead)."""
+    (an existing .gitignore is extended instead). ``postal_address`` (one line) is
+    written as set; None leaves the key commented out, with an example."""
     existing = configured_by(root) if root.is_dir() else None
     if existing is not None:
         raise UsageError(
@@ -70,6 +75,12 @@ def create_workspace(
         # A bare --from address gets no name, not the placeholder's "Your Name".
         "from_name": _toml_string(sender.name),
         "from_email": _toml_string(sender.email),
+        # Without --postal-address the key stays commented out, with an example to edit.
+        "postal_address": (
+            f"postal_address = {_toml_string(postal_address)}"
+            if postal_address
+            else f"# postal_address = {_toml_string(PLACEHOLDER_POSTAL_ADDRESS)}"
+        ),
         # Yesterday: already published in every timezone, so the example sends at once.
         "published": date.fromordinal(today.toordinal() - 1).isoformat(),
         "requirement": json.dumps(need.spec),

@@ -82,9 +82,9 @@ def test_init_makes_a_workspace_that_works_at_once(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "series.toml:7: warning: 'site_url' is still an example address (example.com): "
         "put in your own before sending to anyone",
-        "series.toml:56: warning: 'from.name' is still the example name ('Your Name'): "
+        "series.toml:57: warning: 'from.name' is still the example name ('Your Name'): "
         "put in your own (or remove it to send from the address alone)",
-        "series.toml:57: warning: 'from.email' is still an example address (example.com): "
+        "series.toml:58: warning: 'from.email' is still an example address (example.com): "
         "put in your own before sending to anyone",
         NO_POSTAL_ADDRESS,
     ]
@@ -122,6 +122,58 @@ def test_site_url_and_from_fill_in_the_required_keys(tmp_path: Path) -> None:
     _set_postal_address(root)
     code, out, err = run(root, "check", "--strict")
     assert (code, _warnings(out)) == (0, []), err
+
+
+def test_postal_address_makes_a_workspace_whose_ci_passes(tmp_path: Path) -> None:
+    """With --site-url, --from and --postal-address the new workspace passes the
+    `series check --strict` its own check workflow runs; the footer shows the address."""
+    address = "Ann Lee, 1 Main Street, 12345 Springfield"
+    code, out, err, root = _init(
+        tmp_path,
+        "--site-url",
+        "https://annwrites.example",
+        "--from",
+        "Ann Lee <ann@annwrites.example>",
+        "--postal-address",
+        f"  {address} ",
+    )
+    assert code == 0, err
+    assert "your postal_address" not in out and "fails until" not in out
+    assert "series check --strict" in (root / ".github" / "workflows" / "check.yml").read_text()
+    assert load_config(root).postal_address == address
+    code, out, err = run(root, "check", "--strict")
+    assert (code, _warnings(out)) == (0, []), out + err
+    assert run(root, "preview")[0] == 0
+    eml = next((root / "build" / "preview" / SLUG).glob("*.eml")).read_text()
+    assert "12345 Springfield" in eml
+
+
+def test_without_a_postal_address_init_says_so_up_front(tmp_path: Path) -> None:
+    """A writer who gives --site-url and --from is told, in the next steps, that
+    series.toml still needs postal_address and that the CI's strict check fails."""
+    code, out, err, root = _init(
+        tmp_path, "--site-url", "https://annwrites.example", "--from", "ann@annwrites.example"
+    )
+    assert code == 0, err
+    assert re.search(r"\$EDITOR series.toml +# your postal_address \(CAN-SPAM\)\n", out)
+    assert (
+        "The check workflow runs `series check --strict`, which fails until series.toml "
+        "sets postal_address." in out
+    )
+    assert '# postal_address = "My Blog, 1 Main Street, 12345 Springfield"' in (
+        (root / "series.toml").read_text()
+    )
+    assert run(root, "check", "--strict")[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("Main St\nSpringfield", "must be one line"), ("  ", "is empty")],
+)
+def test_a_bad_postal_address_is_a_usage_error(tmp_path: Path, value: str, message: str) -> None:
+    code, _, err, root = _init(tmp_path, "--postal-address", value)
+    assert code == 2 and message in err
+    assert not root.exists()
 
 
 @pytest.mark.parametrize(
@@ -167,7 +219,7 @@ def test_the_placeholder_name_warns_after_the_address_is_changed(tmp_path: Path)
     code, out, err = run(root, "check", "--strict")
     assert code == 1
     assert "".join(_warnings(out)) == (
-        "series.toml:56: warning: 'from.name' is still the example name ('Your Name'): "
+        "series.toml:57: warning: 'from.name' is still the example name ('Your Name'): "
         "put in your own (or remove it to send from the address alone)\n"
     )
 
