@@ -187,13 +187,49 @@ def compliance_problems(config: Config) -> list[Problem]:
 def serving_note(config: Config) -> str | None:
     """For ``series check --strict``: where the pages that emails link to must be served,
     since no offline check can tell whether anything answers there (None when the
-    provider answers unsubscribes). One line."""
+    provider answers unsubscribes). One line, checked against the routes `series serve`
+    has (pipeline/web.py: ``/u/<token>``, ``/unsubscribe/<token>``, ``/healthz``;
+    pipeline/signup_web.py, with ``[signup] enabled``: ``/subscribe``,
+    ``/confirm/<token>``): a link whose path is none of them is said to need a rewrite."""
     if config.unsubscribe != "self-hosted":
         return None
+    from .signup_config import confirm_template
+
     url = config.unsubscribe_url
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    parts = [
+        f"note: emails link to {url} (unsubscribe_url): `series serve` must answer there"
+        + _route_fit(url, origin, ("/u/{token}", "/unsubscribe/{token}"), "unsubscribe_url")
+    ]
+    if config.signup.enabled:
+        confirm = confirm_template(config.signup, url, config.site_url)
+        parts.append(
+            "with [signup] enabled it also serves the signup form at /subscribe and the "
+            f"confirmation links, {confirm}"
+            + _route_fit(confirm, origin, ("/confirm/{token}",), "signup.confirm_url")
+        )
+    parts.append("a static blog alone cannot answer them: readers would get a 404")
+    return "; ".join(parts)
+
+
+def _route_fit(url: str, origin: str, routes: tuple[str, ...], key: str) -> str:
+    """How a link template ``url`` (with {token}) reaches one of `series serve`'s
+    ``routes``: directly (its path is one of them), through a proxy that strips a
+    path prefix, or only through a rewrite (anything else: a query, another path)."""
+    split = urlsplit(url)
+    path = split.path + (f"?{split.query}" if split.query else "")
+    if path in routes:
+        return f" (its {routes[0].replace('{token}', '<token>')} route)"
+    for route in routes:
+        if path.endswith(route):
+            prefix = path[: -len(route)]
+            return (
+                f" (its {route.replace('{token}', '<token>')} route, which it answers at its "
+                f"root: the web server in front of it must pass {prefix}/… on without {prefix})"
+            )
+    route = routes[0].replace("{token}", "<token>")
     return (
-        f"note: emails link to {url} (unsubscribe_url): `series serve` must answer at "
-        f"{origin} for those unsubscribe pages and the signup page, or readers get a 404 "
-        "(a static blog alone cannot answer them); set unsubscribe_url to where it runs"
+        f", but it answers these links only at {route}, not at {path}: have the web server "
+        f"at {origin} rewrite {path} to series serve's {route} (the token as the last "
+        f"segment), or change {key} to {origin}{routes[0]}"
     )

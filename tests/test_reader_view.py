@@ -582,9 +582,55 @@ def test_strict_check_says_once_where_pages_must_be_served(example_copy: Path) -
     code, out, _ = run(example_copy, "check", "--strict")
     assert code == 0
     notes = [line for line in out.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 1
-    assert "https://lists.steadyground.example/u/{token}" in notes[0]
-    assert "`series serve` must answer at https://lists.steadyground.example" in notes[0]
+    assert notes == [
+        "note: emails link to https://lists.steadyground.example/u/{token} (unsubscribe_url): "
+        "`series serve` must answer there (its /u/<token> route); a static blog alone cannot "
+        "answer them: readers would get a 404"
+    ]
     assert "note:" not in run(example_copy, "check")[1]
     config = load_config(example_copy)
     assert serving_note(replace(config, unsubscribe="provider")) is None
+
+
+def test_the_signup_page_is_named_only_when_signup_is_on(example_copy: Path) -> None:
+    """`series serve` has /subscribe and /confirm/<token> only with [signup] enabled."""
+    config = load_config(example_copy)
+    assert config.signup.enabled is False
+    note = serving_note(config)
+    assert note is not None and "signup" not in note and "/subscribe" not in note
+    on = serving_note(replace(config, signup=replace(config.signup, enabled=True)))
+    assert on is not None
+    assert (
+        "with [signup] enabled it also serves the signup form at /subscribe and the "
+        "confirmation links, https://steadyground.example/confirm/{token} (its "
+        "/confirm/<token> route)" in on
+    )
+
+
+def test_a_path_series_serve_does_not_answer_is_said_plainly(example_copy: Path) -> None:
+    """unsubscribe_url with another path: series serve answers /u/<token> only, so the
+    note says a rewrite is needed, or a change of unsubscribe_url."""
+    config = load_config(example_copy)
+    odd = serving_note(
+        replace(config, unsubscribe_url="https://news.blog.example/newsletter/leave?t={token}")
+    )
+    assert odd is not None
+    assert (
+        "but it answers these links only at /u/<token>, not at /newsletter/leave?t={token}: "
+        "have the web server at https://news.blog.example rewrite /newsletter/leave?t={token} "
+        "to series serve's /u/<token> (the token as the last segment), or change "
+        "unsubscribe_url to https://news.blog.example/u/{token}" in odd
+    )
+    prefixed = serving_note(replace(config, unsubscribe_url="https://blog.example/news/u/{token}"))
+    assert prefixed is not None
+    assert "must pass /news/… on without /news" in prefixed
+
+
+def test_the_note_names_only_routes_series_serve_has() -> None:
+    """The routes the note names are the ones pipeline/web.py and signup_web.py serve."""
+    from pipeline.signup_web import PATHS
+    from pipeline.web import ROUTES
+
+    rules = {rule.rule for rule in ROUTES.iter_rules()}
+    assert {"/u/<token>", "/unsubscribe/<token>"} <= rules
+    assert {"/subscribe", "/confirm/"} <= set(PATHS)
