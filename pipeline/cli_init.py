@@ -145,8 +145,7 @@ def init_command(
     if templates:
         if site_url or sender or postal_address:
             raise click.UsageError(
-                "--site-url, --from and --postal-address are for a new workspace, "
-                "not --templates"
+                "--site-url, --from and --postal-address are for a new workspace, not --templates"
             )
         for path in eject_templates(root):
             click.echo(f"copied {path.relative_to(root).as_posix()}")

@@ -75,6 +75,8 @@ LONG_TOKEN = 34
 _BREAK_AFTER = "/.?&=#_:;,@+~"
 _LONG_PIECE = 16
 _TOKEN = re.compile(r"\S+")
+
+
 @cache
 def _parser(allow_html: bool) -> MarkdownIt:
     # Building a parser compiles its rules; one per setting serves every document.

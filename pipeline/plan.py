@@ -142,6 +142,13 @@ class Enrollment:
         """The slugs of the articles this reader has received (state ``sent``)."""
         return frozenset(slug for slug, entry in self.ledger.items() if entry.state == "sent")
 
+    def started_late(self, series: Series) -> bool:
+        """Whether this reader was enrolled to start after ``series``' first part
+        (``--start-part``, a ``start_part`` column): the emails then point them to part
+        1. A reader who started at the beginning did not, even after an editor puts a
+        new part before the first one they received."""
+        return bool(series.articles) and self.start_part > series.articles[0].part
+
 
 @dataclass(frozen=True)
 class Step:

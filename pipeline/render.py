@@ -52,6 +52,8 @@ def preheader_padding(preheader: str) -> str:
         return ""
     missing = max(0, PREVIEW_CHARACTERS - len(preheader))
     return PREHEADER_PADDING * -(-missing // len(PREHEADER_PADDING))
+
+
 SIGNATURE_SEPARATOR = "-- "  # RFC 3676 §4.3
 _SENTINEL = "%%series:{}%%"
 _SENTINEL_RE = re.compile(r"%%series:(" + "|".join(PERSONAL_FIELDS) + r")%%")
@@ -123,15 +125,25 @@ class Renderer:
         self._footer_sources: dict[str, str] = {}
 
     def compile(
-        self, series: Series, article: Article, *, received: Collection[str] | None = None
+        self,
+        series: Series,
+        article: Article,
+        *,
+        received: Collection[str] | None = None,
+        started_late: bool | None = None,
     ) -> CompiledEmail:
         """Render one article for readers who have received ``received`` (article slugs;
         default: every article before this one). Part numbers and "part k of n" are
-        today's; the table of contents marks what those readers have.
+        today's; the table of contents marks what those readers have. ``started_late``:
+        whether those readers were enrolled to start after the series' first article
+        (``Enrollment.started_late``); only they are told "New here? Start with part 1".
+        None (previews, test sends): a reader without the first article started late.
         Raises RenderError for a template that fails to render or compile."""
         if received is None:
             received = [a.slug for a in series.articles if a.part < article.part]
-        context = self.context(series, article, frozenset(received))
+        if started_late is None:
+            started_late = series.articles[0].slug not in received
+        context = self.context(series, article, frozenset(received), started_late=started_late)
         mjml_source = self._render(self.html_env, HTML_TEMPLATE, context)
         html = set_language(self._compile_mjml(mjml_source), context["language"])
         html = html.rstrip("\n") + "\n"
@@ -155,7 +167,14 @@ class Renderer:
 
     # -- context -------------------------------------------------------------
 
-    def context(self, series: Series, article: Article, received: frozenset[str]) -> dict[str, Any]:
+    def context(
+        self,
+        series: Series,
+        article: Article,
+        received: frozenset[str],
+        *,
+        started_late: bool = False,
+    ) -> dict[str, Any]:
         link = _Linker(self.config, series, article)
         body = Document(article.body, allow_html=self.config.raw_html)
         if body.too_deep is not None:
@@ -186,14 +205,19 @@ class Renderer:
             "preheader": preheader,
             "preheader_padding": Markup(preheader_padding(preheader or "")),
             "language": series.language or self.config.language,
-            "continue": self._continue(series, article, received, link),
+            "continue": self._continue(series, article, received, link, started_late),
             "footer_blocks": [self._footer_block(name, link) for name in self.config.footer],
             "postal_address": self.config.postal_address,
             "reader": {name: Markup(_SENTINEL.format(name)) for name in PERSONAL_FIELDS},
         }
 
     def _continue(
-        self, series: Series, article: Article, received: frozenset[str], link: _Linker
+        self,
+        series: Series,
+        article: Article,
+        received: frozenset[str],
+        link: _Linker,
+        started_late: bool,
     ) -> dict[str, Any]:
         toc = []
         for entry in series.articles:
@@ -240,9 +264,14 @@ class Renderer:
             "is_last": following is None,
             "toc": toc,
             "lead": {"part": lead.part, "title": lead.title, "url": lead_url},
-            # "New here? Start with part 1" is for readers who started later (enrolled
-            # with --start-part): they lack part 1, and are not reading it now.
-            "show_lead": bool(lead_url) and lead is not article and lead.slug not in received,
+            # "New here? Start with part 1" is for readers enrolled to start later
+            # (--start-part), who lack part 1 and are not reading it now; never for one
+            # who started at the beginning, even when an editor later put a new part 1
+            # before the one they had.
+            "show_lead": started_late
+            and bool(lead_url)
+            and lead is not article
+            and lead.slug not in received,
         }
 
     def _footer_block(self, name: str, link: _Linker) -> dict[str, Any]:

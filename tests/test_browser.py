@@ -195,7 +195,7 @@ published: 2026-01-01
 
 | Setting | Default | Meaning |
 |---|---|---|
-| `user.preferences.theme` | `system` | Light or dark, as the reader's device prefers, unless they chose |
+| `user.preferences.theme` | `system` | Light or dark, as the device prefers, unless chosen |
 """
 
 

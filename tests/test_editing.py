@@ -291,3 +291,19 @@ def test_check_never_creates_the_database(example_copy: Path) -> None:
     """Without a state database, check reads none and creates none."""
     check(example_copy)
     assert not (example_copy / "subscribers" / "state.db").exists()
+
+
+def test_a_new_part_1_does_not_call_long_time_readers_new(two_parts_in: Path) -> None:
+    """An editor puts a new part 1 before the old one: readers who started at the
+    beginning (and have the old parts 1 and 2, now 2 and 3) are not told "New here?
+    Start with part 1"; Yuki, enrolled to start at part 2, still is (issue 15 review)."""
+    root = two_parts_in
+    insert_part(root, 1)
+    send_at(root, day(9))
+    asa = last_email_to(root, ASA)
+    assert history(root)[ASA][-1] == ("anxious", 4)
+    assert "New here?" not in text_of(asa)
+    html = asa.get_body(preferencelist=("html",))
+    assert html is not None and "New here?" not in str(html.get_content())
+    yuki = last_email_to(root, "yuki.tanaka@example.com")
+    assert "New here? Start with part 1: Earned security" in text_of(yuki)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .run import Run
 
 # (series slug, article slug, slugs of the series' articles the reader has received)
-Variant = tuple[str, str, frozenset[str]]
+Variant = tuple[str, str, frozenset[str], bool]
 # A reader with nothing unusual about them. When their message cannot be built either,
 # the problem is not any one reader's (the configuration, the sender, a template): it
 # must stop the run, not be counted as a failure of every reader.
@@ -71,7 +71,10 @@ class Composer:
         stop (SeriesError) when one of them cannot be built for any reader."""
         for series, item, _ in due:
             self._series[series.slug] = series
-            self._compiled(series, item.article, item.enrollment.received())
+            enrollment = item.enrollment
+            self._compiled(
+                series, item.article, enrollment.received(), enrollment.started_late(series)
+            )
         self.refuse_unbuildable()
 
     def refuse_unbuildable(self) -> None:
@@ -115,13 +118,20 @@ class Composer:
             return (refused[0].error or "").removeprefix("not sent: ")
         return None
 
-    def variant(self, series: Series, article: str, received: Collection[str]) -> Variant:
+    def variant(
+        self,
+        series: Series,
+        article: str,
+        received: Collection[str],
+        started_late: bool = False,
+    ) -> Variant:
         """The compiled email a reader with history ``received`` gets for ``article``
-        (articles gone from the series do not change the email, so they are left out)."""
+        (articles gone from the series do not change the email, so they are left out);
+        ``started_late``: enrolled after part 1 (``Enrollment.started_late``)."""
         slugs = self._slugs.get(series.slug)
         if slugs is None:
             slugs = self._slugs[series.slug] = frozenset(a.slug for a in series.articles)
-        return (series.slug, article, slugs.intersection(received))
+        return (series.slug, article, slugs.intersection(received), started_late)
 
     def for_claim(self, series: Series, claim: Claim, issued: datetime) -> Message:
         """The message for one claimed delivery, its links signed as of ``issued``."""
@@ -136,6 +146,7 @@ class Composer:
             claim.key,
             issued=issued,
             first_name=e.first_name,
+            started_late=e.started_late(series),
         )
 
     def build(
@@ -150,12 +161,13 @@ class Composer:
         *,
         issued: datetime,
         first_name: str = "",
+        started_late: bool = False,
     ) -> Message:
         """One reader's message for ``article`` (a slug) of ``series``, as a reader who
         has received ``received`` sees it (delivery ``key``); ``first_name`` is their
         ``first_name`` attribute ("": the first word of ``name`` greets them)."""
         run = self.run
-        compiled = self._compiled(series, article, received)
+        compiled = self._compiled(series, article, received, started_late)
         return personal_message(
             run.config,
             run.provider,
@@ -170,14 +182,16 @@ class Composer:
             first_name=first_name,
         )
 
-    def _compiled(self, series: Series, slug: str, received: Collection[str]) -> CompiledEmail:
-        key = self.variant(series, slug, received)
+    def _compiled(
+        self, series: Series, slug: str, received: Collection[str], started_late: bool = False
+    ) -> CompiledEmail:
+        key = self.variant(series, slug, received, started_late)
         compiled = self.compiled.get(key)
         if compiled is None:
             article = series.article(slug)
             assert article is not None  # the planner only proposes articles of the series
             assert self.renderer is not None  # set before anything is delivered
-            compiled = self.renderer.compile(series, article, received=key[2])
+            compiled = self.renderer.compile(series, article, received=key[2], started_late=key[3])
             self.compiled[key] = compiled
         return compiled
 
@@ -200,8 +214,9 @@ def _compile_all(
                     received = frozenset(
                         a.slug for a in series.articles if start <= a.part < article.part
                     )
-                    compiled[(series.slug, article.slug, received)] = renderer.compile(
-                        series, article, received=received
+                    late = start > first_part
+                    compiled[(series.slug, article.slug, received, late)] = renderer.compile(
+                        series, article, received=received, started_late=late
                     )
     return compiled
 

@@ -84,18 +84,21 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     provider = run.provider
     # A batch never mixes series; for a provider that personalises on its side (one
     # body per request), it never mixes parts or reader variants either.
-    by_email: dict[tuple[str, str, frozenset[str]], list[Due]] = {}
+    by_email: dict[tuple[str, str, frozenset[str], bool], list[Due]] = {}
     everything: frozenset[str] = frozenset()
     for series, item, _ in due:
         if provider.shared_body:
-            group = run.composer.variant(series, item.article, item.enrollment.received())
+            enrollment = item.enrollment
+            group = run.composer.variant(
+                series, item.article, enrollment.received(), enrollment.started_late(series)
+            )
         else:
-            group = (series.slug, "", everything)
+            group = (series.slug, "", everything, False)
         by_email.setdefault(group, []).append(item)
     size = run.limiter.batch_size(provider.batch_size)
     batches = [
         (run.series[slug], items[start : start + size])
-        for (slug, _, _), items in by_email.items()
+        for (slug, *_), items in by_email.items()
         for start in range(0, len(items), size)
     ]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send") as sender:
