@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
@@ -148,6 +148,14 @@ class Enrollment:
         1. A reader who started at the beginning did not, even after an editor puts a
         new part before the first one they received."""
         return bool(series.articles) and self.start_part > series.articles[0].part
+
+
+def started_late_from(series: Series, received: Collection[str]) -> bool:
+    """Whether a reader with history ``received`` (article slugs) started after part 1,
+    as far as the history tells, for where the enrollment is not at hand (repeating an
+    interrupted request): they lack ``series``' first article. Wrong only for a reader
+    who started at the beginning and had a new part 1 put before theirs since."""
+    return bool(series.articles) and series.articles[0].slug not in received
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..config import Address, Config
 from ..content import Series
 from ..errors import SeriesError
-from ..plan import Step
+from ..plan import Step, started_late_from
 from ..providers import Merge, Message, Provider
 from ..store import StoreError, ledger
 from ..store.ledger import Claim, Due
@@ -161,12 +161,15 @@ class Composer:
         *,
         issued: datetime,
         first_name: str = "",
-        started_late: bool = False,
+        started_late: bool | None = None,
     ) -> Message:
         """One reader's message for ``article`` (a slug) of ``series``, as a reader who
         has received ``received`` sees it (delivery ``key``); ``first_name`` is their
-        ``first_name`` attribute ("": the first word of ``name`` greets them)."""
+        ``first_name`` attribute ("": the first word of ``name`` greets them);
+        ``started_late``: ``Enrollment.started_late`` (None: from the history alone)."""
         run = self.run
+        if started_late is None:  # a repeated request: its rows carry no start_part
+            started_late = started_late_from(series, received)
         compiled = self._compiled(series, article, received, started_late)
         return personal_message(
             run.config,
