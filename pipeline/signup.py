@@ -6,7 +6,9 @@ pending reader is never planned. Confirming (a POST to the link, never a GET) ma
 the person an active subscriber enrolled as of that moment, and writes the consent to
 ``status_changes``: actor ``web:signup``, and in ``reason`` a JSON object with when
 the signup was asked for and confirmed, which form and page it came from, and the IP
-address and user agent of both requests.
+address and user agent of both requests. Each request is its own row and its link
+names that row only: asking again (anyone may type any address) never changes what an
+earlier link confirms, and the record describes the request whose link was used.
 
 Returning people: whoever unsubscribed, bounced or complained becomes active again
 only here, through a confirmed link (new consent); series they had left with the rest
@@ -32,8 +34,9 @@ from .headers import clean_name
 from .signup_tokens import ConfirmSigner
 from .store import Store
 from .store.ledger import record_status
+from .store.linkkeys import record_signing_key
 from .store.schema import enrollments, signups, subscribers, suppressions
-from .subscribers import sendable_email
+from .subscribers import LOCAL_PART_LIMIT, sendable_email
 
 ACTOR = "web:signup"
 # At most one confirmation email per address in this time (whatever the series).
@@ -81,7 +84,6 @@ class Issued:
     series: str
     expires: datetime
     token: str
-    created: bool  # a new signup (False: a pending one renewed)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Found:
     state: State
     series: str | None = None
     email: str | None = None
+    name: str = ""  # the name typed into the form of the request the link belongs to
 
 
 def checked(request: Request, offered: Mapping[str, str]) -> Request:
@@ -116,9 +119,18 @@ def checked(request: Request, offered: Mapping[str, str]) -> Request:
     try:
         email = sendable_email(raw)
     except ValueError:
+        local = raw.rpartition("@")[0]
+        if len(local.encode("utf-8")) > LOCAL_PART_LIMIT:
+            raise SignupRefused(
+                "email",
+                f"The part before the @ is {len(local)} characters long; an address may "
+                f"have at most {LOCAL_PART_LIMIT} there. Please check it.",
+            ) from None
         raise SignupRefused(
             "email", "That does not look like an email address we can send to. Please check it."
         ) from None
+    if not request.series:
+        raise SignupRefused("series", "Please choose a series.")
     if request.series not in offered:
         names = ", ".join(sorted(offered)) or "none"
         raise SignupRefused(
@@ -127,16 +139,25 @@ def checked(request: Request, offered: Mapping[str, str]) -> Request:
     name = clean_name(request.name)
     if len(name) > NAME_LENGTH:
         raise SignupRefused("name", f"Please keep the name under {NAME_LENGTH} characters.")
-    cut = {field: getattr(request, field)[:most] for field, most in FIELD_LENGTHS.items()}
+    # Control characters (NUL, line breaks) have no place in these records.
+    cut = {
+        field: "".join(c for c in getattr(request, field) if c.isprintable())[:most]
+        for field, most in FIELD_LENGTHS.items()
+    }
     return Request(email=email, name=name, series=request.series, **cut)
 
 
 def register(
     store: Store, signer: ConfirmSigner, request: Request, *, now: datetime, lifetime: timedelta
 ) -> Issued | None:
-    """Store a checked signup (or renew the same address's pending one for that series)
-    and return its token; None when a confirmation email went to this address less than
-    ADDRESS_INTERVAL ago, and then nothing changes. Expired signups are purged first."""
+    """Store a checked signup and return its token; None when a confirmation email went
+    to this address less than ADDRESS_INTERVAL ago, and then nothing changes.
+
+    Every request gets its own row, and its link names that row: asking again never
+    changes what an earlier link confirms (a stranger typing the same address cannot
+    put their name or their request details into someone else's consent). Expired
+    signups are purged first. Signing a confirmation counts as signing links for the
+    key check (store/linkkeys.py): the key's fingerprint is recorded if none is yet."""
     with _register_lock, store.begin() as conn:
         purge_expired(conn, now)
         recent = conn.scalar(
@@ -145,52 +166,43 @@ def register(
         if recent is not None and now - recent < ADDRESS_INTERVAL:
             return None
         expires = (now + lifetime).replace(microsecond=0)
-        values = {
-            "name": request.name,
-            "form": request.form,
-            "page": request.page,
-            "ip": request.ip,
-            "user_agent": request.user_agent,
-            "expires_at": expires,
-            "last_sent_at": now,
-        }
-        existing = conn.scalar(
-            sa.select(signups.c.id).where(
-                signups.c.email == request.email,
-                signups.c.series == request.series,
-                signups.c.confirmed_at.is_(None),
+        signup_id = conn.execute(
+            signups.insert()
+            .values(
+                email=request.email,
+                series=request.series,
+                created_at=now,
+                name=request.name,
+                form=request.form,
+                page=request.page,
+                ip=request.ip,
+                user_agent=request.user_agent,
+                expires_at=expires,
+                last_sent_at=now,
             )
-        )
-        if existing is not None:
-            # Earlier links to the same signup keep working until their own expiry.
-            conn.execute(signups.update().where(signups.c.id == existing).values(**values))
-            signup_id = int(existing)
-            created = False
-        else:
-            created = True
-            signup_id = conn.execute(
-                signups.insert()
-                .values(email=request.email, series=request.series, created_at=now, **values)
-                .returning(signups.c.id)
-            ).scalar_one()
+            .returning(signups.c.id)
+        ).scalar_one()
+        record_signing_key(conn, signer.fingerprint)
     token = signer.token(signup_id, request.series, request.email, expires=expires)
-    return Issued(signup_id, request.email, request.series, expires, token, created)
+    return Issued(signup_id, request.email, request.series, expires, token)
 
 
 def not_sent(store: Store, issued: Issued) -> None:
-    """The confirmation email could not be handed over: forget a new signup, and let the
-    person ask again at once either way."""
+    """The confirmation email could not be handed over: forget this request (earlier
+    ones, and their links, stay as they were), so the person may ask again at once."""
     with store.begin() as conn:
-        mine = signups.c.id == issued.signup_id
-        if issued.created:
-            conn.execute(signups.delete().where(mine))
-        else:
-            conn.execute(signups.update().where(mine).values(last_sent_at=None))
+        conn.execute(signups.delete().where(signups.c.id == issued.signup_id))
 
 
 def purge_expired(conn: Connection, now: datetime) -> int:
-    """Delete signups whose links have expired, confirmed or not; how many."""
-    return conn.execute(signups.delete().where(signups.c.expires_at <= now)).rowcount or 0
+    """Delete signups whose links have expired, confirmed or not; how many. One whose
+    email went out less than ADDRESS_INTERVAL ago stays (its link is expired all the
+    same) so that a lifetime shorter than that does not shorten the per-address limit."""
+    held = sa.and_(
+        signups.c.last_sent_at.is_not(None), signups.c.last_sent_at > now - ADDRESS_INTERVAL
+    )
+    purge = signups.delete().where(signups.c.expires_at <= now, sa.not_(held))
+    return conn.execute(purge).rowcount or 0
 
 
 def look_up(
@@ -210,18 +222,14 @@ def _find(
     if subject.expires <= now:
         return Found("expired", subject.series), None
     row = conn.execute(sa.select(signups).where(signups.c.id == subject.signup_id)).first()
-    if (
-        row is None
-        or row.series != subject.series
-        or signer.digest(row.email) != subject.address_digest
-    ):
-        # Purged (after an edit of the lifetime) or replaced: nothing to confirm.
+    if row is None or row.series != subject.series or not subject.names(row.email):
+        # Purged (after an edit of the lifetime), erased, or never this address's.
         return Found("gone", subject.series), None
     if row.confirmed_at is not None:
         return Found("used", row.series, row.email), row
     if row.series not in offered:
         return Found("unavailable", row.series, row.email), row
-    return Found("ready", row.series, row.email), row
+    return Found("ready", row.series, row.email, row.name), row
 
 
 def confirm(
@@ -251,6 +259,16 @@ def confirm(
         ).rowcount
         if claimed != 1:  # another request confirmed it first
             return Found("used", row.series, row.email), None
+        # The person's other links to this series are used up with this one.
+        conn.execute(
+            signups.update()
+            .where(
+                signups.c.email == row.email,
+                signups.c.series == row.series,
+                signups.c.confirmed_at.is_(None),
+            )
+            .values(confirmed_at=now)
+        )
         consent = {
             "consent": "double opt-in",
             "signup": row.id,

@@ -4,7 +4,7 @@
 [signup]
 enabled = true                                  # default false: no form is served
 series = ["attachment"]                         # default: every published series
-next = "https://blog.example.com/thanks/"       # after submitting; on site_url's host
+next = "https://blog.example.com/thanks/"       # after submitting; on site_url (or "/thanks/")
 allowed_origins = ["https://blog.example.com"]  # sites whose pages may POST JSON (CORS)
 token_hours = 48                                # how long a confirmation link works
 per_ip_per_hour = 10                            # POST /subscribe per IP address (0: no limit)
@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from .errors import ConfigError
 from .sources import quote
@@ -138,33 +138,49 @@ def _confirm_url(check: _Checker, value: Mapping[str, Any]) -> str:
 
 
 def same_site(url: str, site_url: str) -> bool:
-    """Whether ``url`` is an http(s) URL on ``site_url``'s host: the only place a signup
-    may send a person on to (anything else would be an open redirect)."""
+    """Whether ``url`` is an absolute http(s) URL with ``site_url``'s scheme, host and
+    port: the only place a signup may send a person on to (anything else would be an
+    open redirect, or a downgrade from https to http)."""
     try:
         parts = urlsplit(url)
         site = urlsplit(site_url)
+        port, site_port = parts.port, site.port
     except ValueError:
         return False
+    defaults = {"http": 80, "https": 443}
     return (
         parts.scheme in ("http", "https")
+        and parts.scheme == site.scheme
         and parts.hostname is not None
         and parts.hostname == site.hostname
+        and (port or defaults[parts.scheme]) == (site_port or defaults.get(site.scheme))
         and "@" not in parts.netloc
         and not re.search(r"[\s\\\x00-\x1f\x7f]", url)
     )
+
+
+def next_target(url: str, site_url: str) -> str:
+    """Where to send a person after a form post: ``url`` itself when it is on the site
+    (``same_site``), a path such as ``/thanks/`` resolved against ``site_url``, else ""
+    (not followed)."""
+    if url.startswith("/") and not url.startswith("//"):
+        url = urljoin(site_url.rstrip("/") + "/", url)
+    return url if same_site(url, site_url) else ""
 
 
 def _next(check: _Checker, value: Mapping[str, Any], site_url: str) -> str:
     url = check.typed(value, "next", str, "signup")
     if url is None:
         return ""
-    if not same_site(url, site_url):
-        host = urlsplit(site_url).hostname
+    target = next_target(url, site_url)
+    if not target:
+        site = urlsplit(site_url)
         raise check.fail(
             "signup.next",
-            f"'signup.next' must be an http(s) URL on {host} (site_url's host), got {quote(url)}",
+            f"'signup.next' must be a URL on {site.scheme}://{site.netloc} (site_url's "
+            f"scheme, host and port) or a path such as /thanks/, got {quote(url)}",
         )
-    return str(url)
+    return target
 
 
 def _origins(check: _Checker, value: Mapping[str, Any]) -> tuple[str, ...]:

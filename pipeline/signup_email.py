@@ -75,6 +75,19 @@ class ConfirmMailer:
                 found = self._compiled[slug] = self._render(self.series[slug])
             return found
 
+    def _settings(self) -> Config:
+        return replace(
+            self.config,
+            unsubscribe="self-hosted",
+            postmark_stream=self.config.signup.postmark_stream,
+        )
+
+    def check_provider(self) -> None:
+        """Raise SeriesError (one line, e.g. a provider key not set) when the configured
+        provider cannot be set up to send confirmations: `series serve` refuses to start
+        rather than answer every signup with a 503. Nothing is sent."""
+        get_provider(self.config.provider, self._settings()).close()
+
     def send(self, slug: str, to: str, token: str, *, key: str) -> Sent:
         """Send one confirmation email: "sent"; "refused" when the provider will not
         send to this address (suppressed, invalid: the person is told nothing more);
@@ -91,13 +104,8 @@ class ConfirmMailer:
             reply_to=self.config.reply_to,
             tag="signup-confirmation",
         )
-        settings = replace(
-            self.config,
-            unsubscribe="self-hosted",
-            postmark_stream=self.config.signup.postmark_stream,
-        )
         try:
-            provider = get_provider(self.config.provider, settings)
+            provider = get_provider(self.config.provider, self._settings())
         except SeriesError as exc:
             log.error("confirmation email not sent: %s", exc)
             return "retry"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .pages import PAGE_CSS
+from .signup import NAME_LENGTH
 
 if TYPE_CHECKING:
     from .config import Config
@@ -38,13 +39,15 @@ class FormState:
     series: str = ""
     error: str = ""
     error_field: str = ""
+    form: str = ""  # the hidden fields of a copy of the form on the writer's blog,
+    next: str = ""  # carried through a refusal so the next post still has them
 
 
 def page(config: Config, title: str, body: str) -> str:
     """A complete page: the site's name, a heading, and ``body`` (HTML, escaped by the caller)."""
     esc = html.escape
     return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<!doctype html>\n<html lang="{esc(config.language)}">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{esc(title)} · {esc(config.site_name)}</title>\n"
         f"<style>{PAGE_CSS}{FORM_CSS}</style>\n</head>\n<body>\n<main>\n"
@@ -65,8 +68,16 @@ def form_page(config: Config, offered: Mapping[str, str], state: FormState) -> s
     if state.error:
         parts.append(f'<p class="error" role="alert" id="form-error">{esc(state.error)}</p>\n')
     parts.append('<form method="post" novalidate>\n')
-    parts.append(_input("email", "Email address", "email", state.email, state, required=True))
-    parts.append(_input("name", "Name", "text", state.name, state, hint=" (optional)"))
+    parts.append(
+        _input("email", "Email address", "email", state.email, state, required=True, most=254)
+    )
+    parts.append(
+        _input("name", "Name", "text", state.name, state, hint=" (optional)", most=NAME_LENGTH)
+    )
+    for hidden in ("form", "next"):
+        value = getattr(state, hidden)
+        if value:
+            parts.append(f'<input type="hidden" name="{hidden}" value="{esc(value)}">\n')
     if len(titles) == 1:
         slug, title = titles[0]
         parts.append(f'<input type="hidden" name="series" value="{esc(slug)}">\n')
@@ -89,7 +100,7 @@ def form_page(config: Config, offered: Mapping[str, str], state: FormState) -> s
     )
     parts.append('<button type="submit" id="subscribe">Subscribe</button>\n</form>\n')
     parts.append(
-        '<p class="hint">We will email you a link to confirm. Nothing is sent until you do, '
+        '<p class="hint">We will email you a link to confirm. Nothing else is sent until you do, '
         "and every email has a link to unsubscribe.</p>\n"
     )
     return page(config, heading, "".join(parts))
@@ -104,6 +115,7 @@ def _input(
     *,
     required: bool = False,
     hint: str = "",
+    most: int,
 ) -> str:
     esc = html.escape
     invalid = state.error_field == name
@@ -114,7 +126,7 @@ def _input(
     return (
         f'<div class="field"><label for="{name}">{shown}</label>'
         f'<input type="{kind}" id="{name}" name="{name}" value="{esc(value)}" '
-        f'autocomplete="{auto}" maxlength="254"{need}{extra}></div>\n'
+        f'autocomplete="{auto}" maxlength="{most}"{need}{extra}></div>\n'
     )
 
 
@@ -127,12 +139,22 @@ def text_page(config: Config, title: str, text: str, *, again: str | None = None
     return page(config, title, body)
 
 
-def confirm_page(config: Config, title: str) -> str:
-    """GET /confirm/<token>: one button; only pressing it (a POST) confirms."""
+def confirm_page(config: Config, title: str, name: str = "") -> str:
+    """GET /confirm/<token>: one button; only pressing it (a POST) confirms. ``name``:
+    the name typed into the form of this link's request, shown because confirming
+    saves it (it is what the emails will greet the reader with)."""
     esc = html.escape
+    named = (
+        f"<p>The name given with this signup: <strong id=\"signup-name\">{esc(name)}</strong>. "
+        "If that is not you, or not how you want to be greeted, do not confirm: sign up "
+        "again with the right name.</p>\n"
+        if name
+        else ""
+    )
     body = (
         f"<p>Press the button to start receiving {esc(title)} from {esc(config.site_name)}.</p>\n"
-        '<form method="post"><button type="submit" name="confirm" value="yes" id="confirm">'
+        + named
+        + '<form method="post"><button type="submit" name="confirm" value="yes" id="confirm">'
         "Confirm</button></form>\n"
         '<p class="hint">If you did not ask for this, close this page: nothing happens '
         "unless you confirm.</p>\n"

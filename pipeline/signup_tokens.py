@@ -5,6 +5,8 @@ Signed with SERIES_SECRET_KEY when it is set, else with the random key kept in t
 state database: the key the unsubscribe links use (pipeline/tokens.py), but through
 a key derived for this purpose alone, so that no unsubscribe token is ever a valid
 confirmation token or the reverse. HMAC-SHA256 (RFC 2104), compared in constant time.
+During a key rotation, tokens signed with SERIES_PREVIOUS_SECRET_KEY are accepted too
+(a confirmation key is derived from each key the unsubscribe links accept).
 
 A token is ``base64url(payload).base64url(mac)`` with payload
 ``c1.<signup id>.<expiry, Unix seconds>.<series slug>.<address digest>``: the address
@@ -17,13 +19,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy.engine import Connection
-
-from .tokens import SECRET_ENV
+from .tokens import Signer, fingerprint
 
 _VERSION = "c1"
 _PURPOSE = b"series double opt-in confirmation v1"
@@ -37,29 +36,33 @@ class ConfirmSubject:
     series: str
     expires: datetime
     address_digest: str
+    # The derived key whose MAC matched: the address digest is checked with it too.
+    key: bytes = field(default=b"", repr=False, compare=False)
+
+    def names(self, email: str) -> bool:
+        """Whether the token was made for ``email`` (normalised as stored)."""
+        return hmac.compare_digest(_digest(self.key, email), self.address_digest)
 
 
 class ConfirmSigner:
-    """Makes and checks confirmation tokens with one key (bytes)."""
+    """Makes confirmation tokens with one key (bytes) and checks them with it and with
+    each of ``previous`` (keys from before a rotation)."""
 
-    def __init__(self, key: bytes) -> None:
-        self._key = hmac.new(key, _PURPOSE, hashlib.sha256).digest()
+    def __init__(self, key: bytes, previous: tuple[bytes, ...] = ()) -> None:
+        self._key = _derive(key)
+        self._accepted = (self._key, *(_derive(k) for k in previous if k and k != key))
+        self.fingerprint = fingerprint(key)
 
     @classmethod
-    def for_store(cls, conn: Connection) -> ConfirmSigner:
-        """The workspace's signer: SERIES_SECRET_KEY, else the stored link-signing key
-        (as tokens.Signer.from_environment chooses for unsubscribe links)."""
-        from .store.ledger import setting
-
-        secret = os.environ.get(SECRET_ENV, "")
-        if secret:
-            return cls(secret.encode("utf-8"))
-        return cls(bytes.fromhex(setting(conn, "link_signing_key")))
+    def for_signer(cls, signer: Signer) -> ConfirmSigner:
+        """The confirmation signer beside the unsubscribe ``signer``: the same keys (its
+        signing key, and SERIES_PREVIOUS_SECRET_KEY during a rotation), each derived."""
+        key, *previous = signer.keys
+        return cls(key, tuple(previous))
 
     def digest(self, email: str) -> str:
         """A short keyed digest of a (normalised) address, as the token carries it."""
-        mac = hmac.new(self._key, b"address\0" + email.encode("utf-8"), hashlib.sha256)
-        return _b64(mac.digest()[:12])
+        return _digest(self._key, email)
 
     def token(self, signup_id: int, series: str, email: str, *, expires: datetime) -> str:
         """The token for signup ``signup_id`` (to ``series``, for ``email``), valid until
@@ -79,7 +82,10 @@ class ConfirmSigner:
             mac = _unb64(mac_part)
         except ValueError:
             return None
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        key = next(
+            (k for k in self._accepted if hmac.compare_digest(mac, _mac(k, payload))), None
+        )
+        if key is None:
             return None
         try:
             version, number, stamp, series, digest = payload.decode("ascii").split(".")
@@ -91,10 +97,23 @@ class ConfirmSigner:
             expires = datetime.fromtimestamp(int(stamp), UTC)
         except (OverflowError, OSError, ValueError):
             return None
-        return ConfirmSubject(int(number), series, expires, digest)
+        return ConfirmSubject(int(number), series, expires, digest, key)
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, b"token\0" + payload, hashlib.sha256).digest()[:18]
+        return _mac(self._key, payload)
+
+
+def _derive(key: bytes) -> bytes:
+    return hmac.new(key, _PURPOSE, hashlib.sha256).digest()
+
+
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, b"token\0" + payload, hashlib.sha256).digest()[:18]
+
+
+def _digest(key: bytes, email: str) -> str:
+    mac = hmac.new(key, b"address\0" + email.encode("utf-8"), hashlib.sha256)
+    return _b64(mac.digest()[:12])
 
 
 def _b64(data: bytes) -> str:

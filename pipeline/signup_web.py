@@ -7,8 +7,10 @@ pages by pipeline/web.py.
     ``application/x-www-form-urlencoded`` (the form, or a copy embedded in the writer's
     blog) or ``application/json`` ``{"email", "name", "series"}``. The same "check your
     inbox" answer whether or not the address is known; 400 with the reason, and nothing
-    stored, for a bad address or a series not offered. Form posts go on to ``next``
-    (a form field or ``signup.next``) when that is on site_url's host.
+    stored, for a bad address, a series not offered or a body that is not a form or a
+    JSON object of strings. Form posts go on to ``next`` (a form field or
+    ``signup.next``: an absolute URL with site_url's scheme, host and port, or a path
+    such as ``/thanks/`` on site_url).
 ``OPTIONS /subscribe``
     CORS preflight: allowed for ``signup.allowed_origins`` only.
 ``GET /confirm/<token>``
@@ -16,8 +18,8 @@ pages by pipeline/web.py.
 ``POST /confirm/<token>``
     Confirms, once.
 
-Abuse: a filled-in honeypot field ``website`` gets the normal answer and nothing else
-happens; one confirmation email per address per 10 minutes; ``signup.per_ip_per_hour``
+Abuse: a filled-in honeypot field ``website`` gets the answer the same post would get
+without it (400 for bad input) and nothing is stored or sent; one confirmation email per address per 10 minutes; ``signup.per_ip_per_hour``
 POSTs per IP address (kept in memory, per process); bodies over 8 KB are refused.
 """
 
@@ -39,17 +41,30 @@ from . import signup
 from .config import Config
 from .content import Series
 from .errors import SeriesError
-from .signup_config import same_site
+from .signup_config import next_target
 from .signup_email import ConfirmMailer
 from .signup_pages import FormState, confirm_page, form_page, text_page
 from .signup_tokens import ConfirmSigner
 from .store import Store
+from .tokens import Signer
 
 log = logging.getLogger(__name__)
 
 BODY_LIMIT = 8 * 1024  # a signup is a few hundred bytes
 PATHS = ("/subscribe", "/confirm/")
 CHECK_INBOX = "Check your inbox"
+
+
+# The fields of a signup; in JSON each is a string (or null, or left out).
+FIELDS = ("email", "name", "series", "form", "next", "website")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _SignupRequest(Request):
@@ -91,8 +106,12 @@ class SignupApp:
         store: Store,
         series_list: Sequence[Series],
         *,
+        signer: Signer,
         clock: Callable[[], datetime],
     ) -> None:
+        """Raises SeriesError (one line) for a signup.series not in the workspace, a
+        confirmation template that does not render, or a provider that cannot be set
+        up (e.g. its key not set): `series serve` does not start then."""
         self.config = config
         self.settings = config.signup
         self.store = store
@@ -105,9 +124,9 @@ class SignupApp:
                 f"{', '.join(repr(m) for m in missing)}, not a series of this workspace "
                 f"(series: {', '.join(sorted(self.series)) or 'none'})"
             )
-        with store.connect() as conn:
-            self.signer = ConfirmSigner.for_store(conn)
+        self.signer = ConfirmSigner.for_signer(signer)
         self.mailer = ConfirmMailer(config, self.series)
+        self.mailer.check_provider()
         for slug in self.settings.series or sorted(self.series):
             self.mailer.email(slug)  # a broken template stops `series serve` here, not a reader
         self.limiter = IpLimiter(self.settings.per_ip_per_hour)
@@ -232,7 +251,11 @@ class SignupApp:
             )
             response.headers["Retry-After"] = str(int(wait))
             return response
-        fields = self.fields(request, as_json)
+        offered = self.offered()
+        try:
+            fields = self.fields(request, as_json)
+        except signup.SignupRefused as exc:
+            return self.refused(request, offered, {}, exc)
         if fields is None:
             return self.answer(
                 request,
@@ -240,12 +263,8 @@ class SignupApp:
                 "Not understood",
                 "Send the form (urlencoded) or a JSON object with email, name and series.",
             )
-        offered = self.offered()
         if len(offered) == 1 and not fields.get("series"):
             fields["series"] = next(iter(offered))
-        if fields.get("website", "").strip():
-            log.info("signup with the honeypot filled in ignored (%s)", self.ip(request))
-            return self.accepted(request, fields)
         raw = signup.Request(
             email=fields.get("email", ""),
             name=fields.get("name", ""),
@@ -259,6 +278,10 @@ class SignupApp:
             checked = signup.checked(raw, offered)
         except signup.SignupRefused as exc:
             return self.refused(request, offered, fields, exc)
+        if fields.get("website", "").strip():
+            # A bot: the answer a person would get, and nothing stored or sent.
+            log.info("signup with the honeypot filled in ignored (%s)", self.ip(request))
+            return self.accepted(request, fields)
         now = self.clock()
         issued = signup.register(
             self.store,
@@ -282,17 +305,29 @@ class SignupApp:
         return self.accepted(request, fields)
 
     def fields(self, request: Request, as_json: bool) -> dict[str, str] | None:
-        """The submitted fields as strings; None when the body is not a form or an object."""
+        """The submitted fields as strings; None when the body is not a form or a JSON
+        object (any JSON the parser cannot take: broken, nested too deeply, numbers too
+        long, text that is not Unicode). Raises SignupRefused for a field of the JSON
+        object that is not a string (null counts as left out)."""
         if as_json:
             try:
                 data = json.loads(request.get_data(cache=False) or b"null")
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 return None
             if not isinstance(data, dict):
                 return None
-            return {
-                k: v if isinstance(v, str) else "" for k, v in data.items() if isinstance(k, str)
-            }
+            found: dict[str, str] = {}
+            for key, value in data.items():
+                if value is None:
+                    continue
+                if not isinstance(value, str):
+                    if key in FIELDS:
+                        raise signup.SignupRefused(key, f"{key} must be a string")
+                    continue
+                if not _encodable(value):  # a lone surrogate ("\ud800"): not text
+                    return None
+                found[key] = value
+            return found
         if request.mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
             return None
         return {key: request.form.get(key, "") for key in request.form}
@@ -302,13 +337,14 @@ class SignupApp:
         title = self.offered().get(fields.get("series", ""), self.config.site_name)
         text = (
             f"If the address is right, an email is on its way with a link to confirm your "
-            f"subscription to {title}. Nothing is sent until you confirm. Nothing there in "
-            "a few minutes? Look in your spam folder."
+            f"subscription to {title}. Nothing else is sent until you confirm. Nothing there "
+            "in a few minutes? Look in your spam folder."
         )
         if request.mimetype == "application/json":
             return self.json(request, 200, {"ok": True, "message": text})
-        target = fields.get("next", "") or self.settings.next_url
-        if target and same_site(target, self.config.site_url):
+        target = next_target(fields.get("next", ""), self.config.site_url)
+        target = target or self.settings.next_url
+        if target:
             return Response(status=303, headers={"Location": target})
         return self.html(200, text_page(self.config, CHECK_INBOX, text))
 
@@ -323,10 +359,13 @@ class SignupApp:
             return self.json(request, 400, {"ok": False, "field": exc.field, "error": exc.message})
         state = FormState(
             email=fields.get("email", "")[:254],
-            name=fields.get("name", "")[:200],
+            name=fields.get("name", "")[: signup.NAME_LENGTH],
             series=fields.get("series", ""),
             error=exc.message,
             error_field=exc.field,
+            # A copy of the form on the writer's blog: the next post still names it.
+            form=fields.get("form", "")[: signup.FIELD_LENGTHS["form"]],
+            next=fields.get("next", "")[:2000],
         )
         return self.html(400, form_page(self.config, offered, state))
 
@@ -340,7 +379,7 @@ class SignupApp:
         if found.state != "ready":
             return self.link_state(found)
         assert found.series is not None
-        return self.html(200, confirm_page(self.config, self.title(found.series)))
+        return self.html(200, confirm_page(self.config, self.title(found.series), found.name))
 
     def confirm(self, request: Request, token: str) -> Response:
         """POST /confirm/<token> with confirm=yes: confirm once and say what changed."""

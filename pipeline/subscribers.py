@@ -422,37 +422,45 @@ def leave(
 def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> str:
     """Erase a person's data; keep only a keyed hash so the address cannot come back.
 
-    In one transaction: their subscriber, enrollment and delivery rows are deleted, their
-    audit rows lose the reference to them, and every stored text naming their address
-    is scrubbed (``store.erasure.scrub_mentions``). Then the database's own copies go
+    In one transaction: their subscriber, enrollment and delivery rows and their pending
+    signups are deleted (so no confirmation link of theirs works any more), their audit
+    rows lose the reference to them and the request details of their consent
+    (``store.erasure.scrub_consent``), and every stored text naming their address is
+    scrubbed (``store.erasure.scrub_mentions``). Someone who only has pending signups
+    is erased the same way. Then the database's own copies go
     (``store.erasure.clear_traces``: the SQLite write-ahead log, free pages; VACUUM on
     PostgreSQL). Returns what was done, in words, with a warning line if the database
-    could not drop its copies yet."""
-    from .store.erasure import clear_traces, scrub_mentions
+    could not drop its copies yet. Raises SubscriberError when the address is neither
+    a subscriber nor a pending signup."""
+    from .store.erasure import clear_traces, scrub_consent, scrub_mentions
 
-    subscriber = find(store, email)
+    try:
+        address = normalise_email(email)
+    except ValueError as exc:
+        raise SubscriberError(str(exc)) from None
     with store.begin() as conn:
-        digest = store.email_hash(conn, subscriber.email)
-        record_status(
-            conn,
-            subscriber.id,
-            subscriber.status,
-            "unsubscribed",
-            actor=actor,
-            now=now,
-            reason=ERASED_REASON,
-        )
-        scrub_mentions(conn, subscriber.id, subscriber.email, subscriber.name)
-        # The audit trail stays, without anything that names the person.
-        conn.execute(
-            status_changes.update()
-            .where(status_changes.c.subscriber_id == subscriber.id)
-            .values(subscriber_id=None)
-        )
-        conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber.id))
-        conn.execute(enrollments.delete().where(enrollments.c.subscriber_id == subscriber.id))
-        conn.execute(signups.delete().where(signups.c.email == subscriber.email))
-        conn.execute(subscribers.delete().where(subscribers.c.id == subscriber.id))
+        row = conn.execute(sa.select(subscribers).where(subscribers.c.email == address)).first()
+        pending = conn.execute(signups.delete().where(signups.c.email == address)).rowcount or 0
+        if row is None and not pending:
+            raise SubscriberError(f"no subscriber {address} (and no pending signup)")
+        digest = store.email_hash(conn, address)
+        if row is not None:
+            record_status(
+                conn, row.id, row.status, "unsubscribed", actor=actor, now=now, reason=ERASED_REASON
+            )
+            scrub_consent(conn, row.id)
+            scrub_mentions(conn, row.id, row.email, row.name)
+            # The audit trail stays, without anything that names the person.
+            conn.execute(
+                status_changes.update()
+                .where(status_changes.c.subscriber_id == row.id)
+                .values(subscriber_id=None)
+            )
+            conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == row.id))
+            conn.execute(enrollments.delete().where(enrollments.c.subscriber_id == row.id))
+            conn.execute(subscribers.delete().where(subscribers.c.id == row.id))
+        # A person only waiting to confirm is erased too: like anyone erased, they come
+        # back only through a new confirmed link, never through `add` or an import.
         exists = conn.execute(
             sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash == digest)
         ).first()
@@ -462,7 +470,8 @@ def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> st
                     email_hash=digest, reason=ERASED_REASON, created_at=now
                 )
             )
-    done = f"erased {subscriber.email}: personal data deleted, address kept only as a hash"
+    what = "personal data deleted" if row is not None else "pending signup deleted"
+    done = f"erased {address}: {what}, address kept only as a hash"
     left = clear_traces(store)
     return done if left is None else f"{done}\nWarning: {left}"
 

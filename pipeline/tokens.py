@@ -66,6 +66,12 @@ class Signer:
         return fingerprint(self._key)
 
     @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The key it signs with, then the keys it also accepts (for confirmation links,
+        which derive their own key from each: pipeline/signup_tokens.py)."""
+        return (self._key, *self._previous)
+
+    @property
     def fingerprints(self) -> frozenset[str]:
         """The fingerprints of every key this signer accepts."""
         return frozenset(fingerprint(k) for k in (self._key, *self._previous))

@@ -117,8 +117,11 @@ class UnsubscribeApp:
         self.warnings: list[str] = []  # for the operator, when the app starts
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.signup is not None and self.signup.handles(environ.get("PATH_INFO", "")):
+        path = environ.get("PATH_INFO", "")
+        if self.signup is not None and self.signup.handles(path):
             response = self.signup(environ)
+        elif self.signup is None and signup_path(path):
+            response = signup_closed(self.config)
         else:
             response = self.dispatch(_Request(environ))
         for name, value in SECURITY_HEADERS.items():
@@ -387,6 +390,21 @@ def _to_second(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.replace(microsecond=0)
 
 
+def signup_path(path: str) -> bool:
+    """Whether ``path`` is one of the signup form's routes (pipeline/signup_web.py)."""
+    return path == "/subscribe" or path.startswith("/confirm/")
+
+
+def signup_closed(config: Config) -> Response:
+    """The answer on a signup route when signup is off (a link from when it was on, a
+    form left on the blog): a page that says so, 404."""
+    from .signup_pages import text_page
+
+    text = "This site does not take signups here (any more). Nothing was changed."
+    body = text_page(config, "Signup is closed", text)
+    return Response(body, 404, mimetype="text/html")
+
+
 def make_app(
     config: Config,
     store: Store,
@@ -411,7 +429,7 @@ def make_app(
     if config.signup.enabled and store.upgrade_refused is None:
         from .signup_web import SignupApp
 
-        app.signup = SignupApp(config, store, series_list, clock=clock)
+        app.signup = SignupApp(config, store, series_list, signer=signer, clock=clock)
     app.warnings = warnings
     return app
 

@@ -71,7 +71,7 @@ def test_send_refuses_another_key(
         code, out, err = send_at(sent, FRIDAY, *args)
         assert code == 1 and out == ""
         assert err.count("\n") == 1 and err.startswith("Error: the link-signing key (fingerprint ")
-        assert "is not the one the unsubscribe links already sent were signed with" in err
+        assert "not the one the links already sent (unsubscribe or signup confirmation)" in err
         assert "pass --force" in err and OLD not in err and (key or OLD) not in err
     assert outbox_count(sent) == 6
 
@@ -83,7 +83,7 @@ def test_serve_refuses_another_key(sent: Path, monkeypatch: pytest.MonkeyPatch) 
     code, out, err = run(sent, "serve", "--port", "1")
     assert code == 1 and out == ""
     assert err.startswith("Error: the link-signing key (fingerprint ") and err.count("\n") == 1
-    assert "`series send` signed the unsubscribe links with" in err and NEW not in err
+    assert "the links already sent were signed with" in err and NEW not in err
 
 
 def test_rotation_with_force_and_the_previous_key(

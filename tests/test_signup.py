@@ -238,8 +238,8 @@ def test_signup_defaults(workspace: BuildWorkspace) -> None:
     [
         (
             'next = "https://evil.example/"\n',
-            "series.toml:22: 'signup.next' must be an http(s) URL on blog.example (site_url's "
-            "host), got 'https://evil.example/'",
+            "series.toml:22: 'signup.next' must be a URL on https://blog.example (site_url's "
+            "scheme, host and port) or a path such as /thanks/, got 'https://evil.example/'",
         ),
         (
             'allowed_origins = ["https://blog.example/page"]\n',
@@ -299,7 +299,9 @@ def test_serve_refuses_an_unknown_offered_series(workspace: BuildWorkspace) -> N
     [
         ("https://blog.example/x", True),
         ("https://BLOG.example/x", True),
-        ("https://blog.example:8443/", True),
+        ("https://blog.example:443/", True),
+        ("https://blog.example:8443/", False),  # another port
+        ("http://blog.example/", False),  # a downgrade
         ("https://blog.example.evil/", False),
         ("https://evil.example/?https://blog.example/", False),
         ("//blog.example/", False),

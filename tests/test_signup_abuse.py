@@ -174,7 +174,9 @@ def test_form_posts_from_any_page_work(site: SignupSite) -> None:
     ("target", "followed"),
     [
         ("https://blog.example/thanks/", True),
-        ("http://blog.example/thanks/?from=form", True),
+        ("https://blog.example/thanks/?from=form", True),
+        ("http://blog.example/thanks/", False),  # a downgrade from https
+        ("https://blog.example:8443/thanks/", False),  # another port
         ("https://evil.example/", False),
         ("//evil.example/", False),
         ("https://blog.example.evil.example/", False),

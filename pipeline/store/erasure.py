@@ -1,7 +1,9 @@
 """What erasing a person takes beyond deleting their rows: the copies a database keeps.
 
-`series subscribers remove` deletes the person's rows in one transaction (see
-``subscribers.remove``); then ``scrub_mentions`` has cleared their address from text
+`series subscribers remove` deletes the person's rows (pending signups included) in
+one transaction (see ``subscribers.remove``); then ``scrub_consent`` has taken the
+request details (IP addresses, user agents, page) out of their consent records,
+``scrub_mentions`` has cleared their address from text
 kept about others (an audit reason, another delivery's last error, written before
 such texts were scrubbed as they were stored), and ``clear_traces`` removes what the
 database engine itself still holds:
@@ -22,6 +24,7 @@ database engine itself still holds:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -37,7 +40,19 @@ log = logging.getLogger(__name__)
 
 # Set once the SQLite file holds no deleted content from before secure_delete.
 CLEAN_MARK = "secure_delete_clean"
-ERASED_TABLES = ("subscribers", "enrollments", "deliveries", "status_changes", "suppressions")
+ERASED_TABLES = (
+    "subscribers",
+    "enrollments",
+    "deliveries",
+    "status_changes",
+    "suppressions",
+    "signups",
+)
+# What the consent record of a signup (status_changes.reason, actor web:signup) says
+# about the person's requests: gone on erasure. The times, series and form stay: they
+# prove nothing about anyone once the row names nobody.
+CONSENT_ACTOR = "web:signup"
+CONSENT_PERSONAL = ("page", "request_ip", "request_user_agent", "confirm_ip", "confirm_user_agent")
 CHECKPOINT_TRIES = 20
 
 
@@ -66,6 +81,35 @@ def scrub_mentions(conn: Connection, subscriber_id: int, email: str, name: str) 
             if clean != text:
                 conn.execute(table.update().where(table.c.id == row_id).values({column: clean}))
                 changed += 1
+    return changed
+
+
+def scrub_consent(conn: Connection, subscriber_id: int) -> int:
+    """In the caller's transaction: the person's consent records (actor web:signup, a
+    JSON object in ``reason``: pipeline/signup.py) lose the IP addresses, user agents
+    and page of the requests (CONSENT_PERSONAL). Returns how many records changed."""
+    rows = conn.execute(
+        sa.select(status_changes.c.id, status_changes.c.reason).where(
+            status_changes.c.subscriber_id == subscriber_id,
+            status_changes.c.actor == CONSENT_ACTOR,
+        )
+    ).all()
+    changed = 0
+    for row_id, text in rows:
+        try:
+            record = json.loads(text or "")
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not set(CONSENT_PERSONAL) & set(record):
+            continue
+        for key in CONSENT_PERSONAL:
+            record.pop(key, None)
+        record["erased"] = True
+        clean = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        conn.execute(
+            status_changes.update().where(status_changes.c.id == row_id).values(reason=clean)
+        )
+        changed += 1
     return changed
 
 

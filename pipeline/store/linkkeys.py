@@ -6,10 +6,14 @@ rotation (``--force``) the fingerprint of the key before it. A process whose key
 does not match refuses to start with one line: a `series serve` that cannot verify
 the links in inboxes would tell every reader their link is "not valid", and a
 `series send` signing with another key than `series serve` verifies with would send
-links nobody can use.
+links nobody can use. Confirmation links of the signup form (pipeline/signup_tokens.py)
+count as links: `series serve` records its key's fingerprint when it sends the first
+one, and an outstanding confirmation link is a link already sent.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import SeriesError
 from ..tokens import PREVIOUS_SECRET_ENV, SECRET_ENV, Signer
-from .schema import deliveries, settings
+from .schema import deliveries, settings, signups
 
 SIGNED_WITH = "link_key_fingerprint"
 SIGNED_BEFORE = "link_key_previous_fingerprint"
@@ -54,8 +58,8 @@ def check_send_key(
         return None
     if current is not None and _links_sent(conn) and not force:
         raise KeyMismatch(
-            f"the link-signing key (fingerprint {mine}) is not the one the unsubscribe links "
-            f"already sent were signed with ({current}): set {SECRET_ENV} as it was for "
+            f"the link-signing key (fingerprint {mine}) is not the one the links already "
+            f"sent (unsubscribe or signup confirmation) were signed with ({current}): set {SECRET_ENV} as it was for "
             f"earlier sends (or leave it unset if it was), or pass --force to sign with this "
             f"key from now on ({ROTATION})"
         )
@@ -85,7 +89,7 @@ def check_serve_key(conn: Connection, signer: Signer, *, force: bool) -> list[st
         if not force:
             raise KeyMismatch(
                 f"the link-signing key (fingerprint {signer.fingerprint}) is not the one "
-                f"`series send` signed the unsubscribe links with ({current}): every link "
+                f"the links already sent were signed with ({current}): every link "
                 f"would be refused as not valid; set {SECRET_ENV} as `series send` has it "
                 f"(or leave it unset on both), or pass --force ({ROTATION})"
             )
@@ -100,13 +104,33 @@ def check_serve_key(conn: Connection, signer: Signer, *, force: bool) -> list[st
     return warnings
 
 
+def record_signing_key(conn: Connection, fingerprint: str) -> None:
+    """In the caller's write transaction, as `series serve` sends a confirmation link
+    signed with the key of ``fingerprint``: record it as the key links are signed with
+    when no key is recorded yet (a recorded one is only changed by `series send
+    --force`)."""
+    if stored_fingerprints(conn)[0] is None:
+        _put(conn, SIGNED_WITH, fingerprint)
+
+
 def _links_sent(conn: Connection) -> bool:
-    return (
-        conn.execute(
-            sa.select(deliveries.c.id).where(deliveries.c.state != "failed").limit(1)
-        ).first()
-        is not None
+    """Whether a link is out there: a delivery that is not merely failed, or a signup's
+    confirmation link that has not yet expired or been used."""
+    delivered = sa.select(deliveries.c.id).where(deliveries.c.state != "failed").limit(1)
+    if conn.execute(delivered).first() is not None:
+        return True
+    if not sa.inspect(conn).has_table("signups"):  # a database from before 0007
+        return False
+    pending = (
+        sa.select(signups.c.id)
+        .where(
+            signups.c.confirmed_at.is_(None),
+            signups.c.last_sent_at.is_not(None),
+            signups.c.expires_at > datetime.now(UTC),
+        )
+        .limit(1)
     )
+    return conn.execute(pending).first() is not None
 
 
 def _put(conn: Connection, key: str, value: str) -> None:
