@@ -113,7 +113,7 @@ def test_rotation_with_force_and_the_previous_key(
     monkeypatch.setenv(SECRET_ENV, OLD)
     monkeypatch.delenv(PREVIOUS_SECRET_ENV)
     code, _, err = run(sent, "serve", "--port", "1")
-    assert code == 1 and "is not the one `series send` signed" in err
+    assert code == 1 and "is not the one the links already sent were signed with" in err
 
 
 def test_no_links_sent_yet_takes_any_key(

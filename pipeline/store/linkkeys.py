@@ -13,8 +13,6 @@ one, and an outstanding confirmation link is a link already sent.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -115,7 +113,7 @@ def record_signing_key(conn: Connection, fingerprint: str) -> None:
 
 def _links_sent(conn: Connection) -> bool:
     """Whether a link is out there: a delivery that is not merely failed, or a signup's
-    confirmation link that has not yet expired or been used."""
+    confirmation link not yet used (`series serve` deletes it once expired)."""
     delivered = sa.select(deliveries.c.id).where(deliveries.c.state != "failed").limit(1)
     if conn.execute(delivered).first() is not None:
         return True
@@ -126,7 +124,6 @@ def _links_sent(conn: Connection) -> bool:
         .where(
             signups.c.confirmed_at.is_(None),
             signups.c.last_sent_at.is_not(None),
-            signups.c.expires_at > datetime.now(UTC),
         )
         .limit(1)
     )
