@@ -2,11 +2,14 @@
 SQLite files (write-ahead log included) while `series serve` holds its connections.
 
 The person is first sent a part, unsubscribes through the web page, comes back, and
-is bounced by Postmark with a 406 that names their address; then they are erased."""
+is bounced by Postmark with a 406 that names their address; then they are erased. A
+second person signs up through the form (double opt-in) and is erased too: their IP
+address and user agent, kept in the consent record, go with them."""
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import subprocess
 import sys
@@ -28,6 +31,11 @@ from .helpers import ENROLLED_AT, closed_port, configure, run, send_at
 
 ADDRESS = "zed.erase.me@example.com"
 NAME = "Zenobia Quillfeather"
+# The reader who signs up through the form, from behind one proxy.
+FORM_ADDRESS = "yara.formfill@example.com"
+FORM_IP = "203.0.113.177"
+FORM_AGENT = "YaraBrowser/9.1 (Formfill)"
+CONFIRM_AGENT = "YaraPhone/3.3 (Clicker)"
 MONDAY = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 FRIDAY = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 
@@ -91,11 +99,11 @@ def vacuumed(url: str) -> set[str]:
                     conn.execute(
                         sa.text(
                             "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT "
-                            "NULL AND relname IN ('subscribers', 'enrollments', 'deliveries')"
+                            "NULL AND relname IN ('subscribers', 'enrollments', 'deliveries', 'signups')"
                         )
                     ).scalars()
                 )
-            if len(names) == 3:
+            if len(names) == 4:
                 break
             time.sleep(0.2)
         return names
@@ -122,7 +130,11 @@ def test_remove_leaves_nothing_readable_while_serve_runs(
     at Postmark leaves their address and name in no table and, on SQLite, in no byte of
     state.db, state.db-wal or state.db-shm, with `series serve` running throughout."""
     monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
-    configure(example_copy, 'provider = "postmark"')
+    configure(
+        example_copy,
+        'provider = "postmark"',
+        "[tool.series.signup]\nenabled = true\ntrusted_proxies = 1\nper_ip_per_hour = 0\n",
+    )
     csv = example_copy / "one.csv"
     csv.write_text(f"email,name,series\n{ADDRESS},{NAME},attachment\n", encoding="utf-8")
     assert run(example_copy, "subscribers", "import", str(csv), "--now", ENROLLED_AT)[0] == 0
@@ -141,23 +153,60 @@ def test_remove_leaves_nothing_readable_while_serve_runs(
         with open_store(example_copy, database_url) as store, store.connect() as conn:
             actors = conn.execute(sa.select(status_changes.c.actor)).scalars().all()
         assert {"web:page", "provider:postmark"} <= set(actors)
+        # Yara signs up through the form and confirms: a consent with her requests' details.
+        asked = requests.post(
+            f"{url}/subscribe",
+            data={"email": FORM_ADDRESS, "series": "attachment", "name": "Yara Formfill"},
+            headers={"User-Agent": FORM_AGENT, "X-Forwarded-For": FORM_IP},
+            timeout=30,
+        )
+        assert asked.status_code == 200, asked.text
+        confirmation = next(
+            m["TextBody"]
+            for r in postmark.batch_requests()
+            for m in r.body
+            if FORM_ADDRESS in m["To"]
+        )
+        found = re.search(r"/confirm/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", confirmation)
+        assert found is not None
+        confirmed = requests.post(
+            f"{url}/confirm/{found.group(1)}",
+            data={"confirm": "yes"},
+            headers={"User-Agent": CONFIRM_AGENT, "X-Forwarded-For": FORM_IP},
+            timeout=30,
+        )
+        assert confirmed.status_code == 200 and "You are subscribed" in confirmed.text
+        assert FORM_AGENT.lower() in database_texts(database_url)
         # The serve process has answered a request: it holds an open connection now.
         assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
 
         code, out, err = run(example_copy, "subscribers", "remove", ADDRESS)
         assert code == 0, out + err
         assert out == f"erased {ADDRESS}: personal data deleted, address kept only as a hash\n"
+        code, out, err = run(example_copy, "subscribers", "remove", FORM_ADDRESS)
+        assert code == 0, out + err
 
         texts = database_texts(database_url)
         assert ADDRESS not in texts and NAME.lower() not in texts
         assert "quillfeather" not in texts and "zed.erase.me" not in texts
+        for needle in (FORM_ADDRESS, "yara", "formfill", FORM_IP, "yarabrowser", "yaraphone"):
+            assert needle not in texts, needle
         if database_url.startswith("postgresql"):
-            assert vacuumed(database_url) == {"subscribers", "enrollments", "deliveries"}
+            assert vacuumed(database_url) == {"subscribers", "enrollments", "deliveries", "signups"}
         if database_url.startswith("sqlite"):
             files = database_file_bytes(database_url)
             assert "state.db" in files
             for name, data in files.items():
-                for needle in (ADDRESS, "zed.erase.me", "quillfeather"):
+                for needle in (
+                    ADDRESS,
+                    "zed.erase.me",
+                    "quillfeather",
+                    FORM_ADDRESS,
+                    "formfill",
+                    FORM_IP,
+                    "yarabrowser",
+                    "yaraphone",
+                ):
                     assert needle.encode() not in data, f"{needle} found in {name}"
         # The page still answers the erased person's link, without naming them.
         page = requests.post(f"{url}/u/{token}", data={"List-Unsubscribe": "One-Click"}, timeout=30)
