@@ -145,7 +145,7 @@ def confirm_page(config: Config, title: str, name: str = "") -> str:
     saves it (it is what the emails will greet the reader with)."""
     esc = html.escape
     named = (
-        f"<p>The name given with this signup: <strong id=\"signup-name\">{esc(name)}</strong>. "
+        f'<p>The name given with this signup: <strong id="signup-name">{esc(name)}</strong>. '
         "If that is not you, or not how you want to be greeted, do not confirm: sign up "
         "again with the right name.</p>\n"
         if name

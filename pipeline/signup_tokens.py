@@ -82,9 +82,7 @@ class ConfirmSigner:
             mac = _unb64(mac_part)
         except ValueError:
             return None
-        key = next(
-            (k for k in self._accepted if hmac.compare_digest(mac, _mac(k, payload))), None
-        )
+        key = next((k for k in self._accepted if hmac.compare_digest(mac, _mac(k, payload))), None)
         if key is None:
             return None
         try:

@@ -19,8 +19,9 @@ pages by pipeline/web.py.
     Confirms, once.
 
 Abuse: a filled-in honeypot field ``website`` gets the answer the same post would get
-without it (400 for bad input) and nothing is stored or sent; one confirmation email per address per 10 minutes; ``signup.per_ip_per_hour``
-POSTs per IP address (kept in memory, per process); bodies over 8 KB are refused.
+without it (400 for bad input) and nothing is stored or sent; one confirmation email
+per address per 10 minutes; ``signup.per_ip_per_hour`` POSTs per IP address (kept in
+memory, per process); bodies over 8 KB are refused.
 """
 
 from __future__ import annotations

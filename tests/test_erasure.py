@@ -99,7 +99,8 @@ def vacuumed(url: str) -> set[str]:
                     conn.execute(
                         sa.text(
                             "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT "
-                            "NULL AND relname IN ('subscribers', 'enrollments', 'deliveries', 'signups')"
+                            "NULL AND relname IN "
+                            "('subscribers', 'enrollments', 'deliveries', 'signups')"
                         )
                     ).scalars()
                 )

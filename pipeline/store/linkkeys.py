@@ -57,9 +57,9 @@ def check_send_key(
     if current is not None and _links_sent(conn) and not force:
         raise KeyMismatch(
             f"the link-signing key (fingerprint {mine}) is not the one the links already "
-            f"sent (unsubscribe or signup confirmation) were signed with ({current}): set {SECRET_ENV} as it was for "
-            f"earlier sends (or leave it unset if it was), or pass --force to sign with this "
-            f"key from now on ({ROTATION})"
+            f"sent (unsubscribe or signup confirmation) were signed with ({current}): set "
+            f"{SECRET_ENV} as it was for earlier sends (or leave it unset if it was), or pass "
+            f"--force to sign with this key from now on ({ROTATION})"
         )
     warning = None
     if current is not None and _links_sent(conn):
