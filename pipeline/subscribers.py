@@ -442,7 +442,7 @@ def remove(store: Store, email: str, *, now: datetime, actor: str = "cli") -> st
         row = conn.execute(sa.select(subscribers).where(subscribers.c.email == address)).first()
         pending = conn.execute(signups.delete().where(signups.c.email == address)).rowcount or 0
         if row is None and not pending:
-            raise SubscriberError(f"no subscriber {address} (and no pending signup)")
+            raise SubscriberError(f"no subscriber {address}")  # nor a pending signup
         digest = store.email_hash(conn, address)
         if row is not None:
             record_status(
