@@ -162,6 +162,49 @@ def confirm_page(config: Config, title: str, name: str = "") -> str:
     return page(config, f"Confirm your subscription to {title}", body)
 
 
+def link_page(config: Config, state: str, title: str, series: str) -> tuple[int, str]:
+    """(HTTP status, page) for a confirmation link that cannot be confirmed: ``state``
+    is signup.Found's (invalid, expired, gone, used, unavailable), ``title`` the series'
+    title (or the site's name), ``series`` its slug ("" when not known)."""
+    pages = {
+        "invalid": (
+            400,
+            "This link is not valid",
+            "The confirmation link is incomplete or has been changed. Open it again "
+            "from the email, or sign up again.",
+            "",
+        ),
+        "expired": (
+            410,
+            "This link has expired",
+            f"Confirmation links work for a limited time, and this one has run out. "
+            f"Sign up again to get a new one for {title}.",
+            series,
+        ),
+        "gone": (
+            410,
+            "This link no longer works",
+            "This confirmation link has been replaced or removed. Sign up again to get a new one.",
+            series,
+        ),
+        "used": (
+            410,
+            "This link was already used",
+            f"This subscription to {title} was already confirmed with this link, "
+            "which works only once. If you have since unsubscribed, sign up again.",
+            series,
+        ),
+        "unavailable": (
+            410,
+            f"{title} is not open for signups",
+            "This series no longer takes new readers here. Nothing was changed.",
+            "",
+        ),
+    }
+    status, heading, text, again = pages[state]
+    return status, text_page(config, heading, text, again=again)
+
+
 def signup_link(series: str) -> str:
     """The form, relative to /confirm/<token> (so it works under any path prefix)."""
     return "../subscribe" + (f"?series={quote(series)}" if series else "")

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,7 +42,8 @@ from .content import Series
 from .errors import SeriesError
 from .signup_config import next_target
 from .signup_email import ConfirmMailer
-from .signup_pages import FormState, confirm_page, form_page, text_page
+from .signup_input import IpLimiter, submitted
+from .signup_pages import FormState, confirm_page, form_page, link_page, text_page
 from .signup_tokens import ConfirmSigner
 from .store import Store
 from .tokens import Signer
@@ -56,46 +55,10 @@ PATHS = ("/subscribe", "/confirm/")
 CHECK_INBOX = "Check your inbox"
 
 
-# The fields of a signup; in JSON each is a string (or null, or left out).
-FIELDS = ("email", "name", "series", "form", "next", "website")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class _SignupRequest(Request):
     max_content_length = BODY_LIMIT
     max_form_memory_size = BODY_LIMIT
     max_form_parts = 20
-
-
-class IpLimiter:
-    """At most ``per_hour`` requests per IP address in any hour (0: no limit), in memory."""
-
-    def __init__(self, per_hour: int) -> None:
-        self.per_hour = per_hour
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, ip: str, now: float) -> float | None:
-        """None if this request may go on (and it is counted); else seconds to wait."""
-        if self.per_hour <= 0:
-            return None
-        with self._lock:
-            if len(self._seen) > 10_000:  # forget addresses that went quiet
-                self._seen = {k: v for k, v in self._seen.items() if v and v[-1] > now - 3600}
-            times = self._seen.setdefault(ip, deque())
-            while times and times[0] <= now - 3600:
-                times.popleft()
-            if len(times) >= self.per_hour:
-                return max(1.0, times[0] + 3600 - now)
-            times.append(now)
-            return None
 
 
 class SignupApp:
@@ -254,7 +217,7 @@ class SignupApp:
             return response
         offered = self.offered()
         try:
-            fields = self.fields(request, as_json)
+            fields = submitted(request, as_json)
         except signup.SignupRefused as exc:
             return self.refused(request, offered, {}, exc)
         if fields is None:
@@ -304,34 +267,6 @@ class SignupApp:
                     "The confirmation email could not be sent just now. Nothing was stored.",
                 )
         return self.accepted(request, fields)
-
-    def fields(self, request: Request, as_json: bool) -> dict[str, str] | None:
-        """The submitted fields as strings; None when the body is not a form or a JSON
-        object (any JSON the parser cannot take: broken, nested too deeply, numbers too
-        long, text that is not Unicode). Raises SignupRefused for a field of the JSON
-        object that is not a string (null counts as left out)."""
-        if as_json:
-            try:
-                data = json.loads(request.get_data(cache=False) or b"null")
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                return None
-            if not isinstance(data, dict):
-                return None
-            found: dict[str, str] = {}
-            for key, value in data.items():
-                if value is None:
-                    continue
-                if not isinstance(value, str):
-                    if key in FIELDS:
-                        raise signup.SignupRefused(key, f"{key} must be a string")
-                    continue
-                if not _encodable(value):  # a lone surrogate ("\ud800"): not text
-                    return None
-                found[key] = value
-            return found
-        if request.mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            return None
-        return {key: request.form.get(key, "") for key in request.form}
 
     def accepted(self, request: Request, fields: Mapping[str, str]) -> Response:
         """The one answer for every accepted signup, known address or not."""
@@ -431,44 +366,8 @@ class SignupApp:
         """The page for a link that cannot be confirmed (invalid, expired, used, …)."""
         series = found.series or ""
         title = self.title(series) if series else self.config.site_name
-        pages = {
-            "invalid": (
-                400,
-                "This link is not valid",
-                "The confirmation link is incomplete or has been changed. Open it again "
-                "from the email, or sign up again.",
-                "",
-            ),
-            "expired": (
-                410,
-                "This link has expired",
-                f"Confirmation links work for a limited time, and this one has run out. "
-                f"Sign up again to get a new one for {title}.",
-                series,
-            ),
-            "gone": (
-                410,
-                "This link no longer works",
-                "This confirmation link has been replaced or removed. Sign up again to "
-                "get a new one.",
-                series,
-            ),
-            "used": (
-                410,
-                "This link was already used",
-                f"This subscription to {title} was already confirmed with this link, "
-                "which works only once. If you have since unsubscribed, sign up again.",
-                series,
-            ),
-            "unavailable": (
-                410,
-                f"{title} is not open for signups",
-                "This series no longer takes new readers here. Nothing was changed.",
-                "",
-            ),
-        }
-        status, heading, text, again = pages[found.state]
-        return self.html(status, text_page(self.config, heading, text, again=again))
+        status, body = link_page(self.config, found.state, title, series)
+        return self.html(status, body)
 
     # -- helpers ----------------------------------------------------------------
 
