@@ -19,7 +19,7 @@ from .cli_subscribers import db_group, subscribers_group
 from .config import Config, find_workspace, load_config
 from .content import load_series
 from .errors import ConfigError, ContentError, SeriesError
-from .redact import scrub_secrets
+from .redact import scrub_secrets, terminal_text
 
 if TYPE_CHECKING:
     from .subscribers import Catalog
@@ -63,7 +63,9 @@ class SeriesGroup(click.Group):
             ctx.exit(1)
         except SeriesError as exc:
             # The last net: whatever a message quotes, no secret of the environment.
-            click.echo(f"Error: {scrub_secrets(str(exc))}", err=True)
+            # A message may name a subscriber (a name, an address): never a control
+            # character the terminal would act on, nor a line break that fakes a line.
+            click.echo(f"Error: {terminal_text(scrub_secrets(str(exc)))}", err=True)
             ctx.exit(1)
 
 

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from .errors import SeriesError
-from .output import table_lines
+from .output import display_width, table_lines
 from .redact import terminal_text
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def send_command(
                     bar.__exit__(None, None, None)
                 provider.close()
     for line in report.warnings + report.problems:
-        click.echo(line, err=True)
+        click.echo(terminal_text(line), err=True)  # a line may name a reader
     click.echo(report.summary())
     if report.resolved:
         click.echo(f"resolved {report.resolved} delivery(ies) left unknown by an earlier run")
@@ -175,7 +175,7 @@ def _print_plan(
     """Print the plan as it is read from ``rows`` (which may be read twice: a table's
     column widths first), never holding a long plan's text in memory."""
     for warning in report.warnings:
-        click.echo(warning, err=True)
+        click.echo(terminal_text(warning), err=True)
     if output_format == "json":
         _print_json_plan(rows)
         return
@@ -186,10 +186,10 @@ def _print_plan(
         row = (r.email, r.series, str(r.part or "-"), r.title, when, r.reason)
         return tuple(terminal_text(cell) for cell in row)  # as format_table shows them
 
-    widths = [len(h) for h in header]
+    widths = [display_width(h) for h in header]
     count = due = paused = 0
     for r in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, cells(r), strict=True)]
+        widths = [max(w, display_width(c)) for w, c in zip(widths, cells(r), strict=True)]
         count += 1
         due += r.kind == "due"
         paused += r.kind == "paused"

@@ -15,6 +15,7 @@ import click
 from .csvfile import neutralise
 from .dropoff import BEFORE_FIRST, LEAVES
 from .output import format_table
+from .redact import terminal_text
 
 if TYPE_CHECKING:
     from .cli import State
@@ -60,7 +61,8 @@ def status_command(
             if status.series.paused
             else ""
         )
-        click.echo(f"{status.series.title} ({status.series.slug}), {total} part(s){paused}")
+        heading = f"{status.series.title} ({status.series.slug}), {total} part(s){paused}"
+        click.echo(terminal_text(heading))
         rows = []
         for article in status.series.articles:
             counts = status.articles.get(article.slug) or Counter()
