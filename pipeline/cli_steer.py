@@ -11,6 +11,7 @@ import click
 from .cli_options import now_option, resolve_now
 from .cli_subscribers import _store, subscribers_group
 from .output import format_table
+from .redact import terminal_text
 
 if TYPE_CHECKING:
     from .cli import State
@@ -107,6 +108,7 @@ def move_command(
                 target,
                 now=resolve_now(config, now),
                 resend=resend,
+                zone=config.timezone,
             )
         )
 
@@ -135,14 +137,20 @@ def _format_story(found: Story, zone: ZoneInfo, series: dict[str, Any]) -> str:
 
     person = found.subscriber
     zone_name = zone.key
+    # Every stored value is shown with its control characters as escapes (the tables
+    # do the same): a name or an import source cannot act on the terminal.
     lines = [
-        f"{person.email}",
-        f"name: {person.name or '-'}",
-        *([f"first name: {first}"] if (first := first_name_of(person.attributes)) else []),
+        terminal_text(person.email),
+        f"name: {terminal_text(person.name or '-')}",
+        *(
+            [f"first name: {terminal_text(first)}"]
+            if (first := first_name_of(person.attributes))
+            else []
+        ),
         f"status: {person.status}",
-        f"timezone: {person.timezone or 'none (the series or workspace timezone)'}",
+        f"timezone: {terminal_text(person.timezone or 'none (the series or workspace timezone)')}",
         f"subscribed: {_when(person.created_at, zone)} ({zone_name}), "
-        f"source {person.source or '-'}",
+        f"source {terminal_text(person.source or '-')}",
         "",
     ]
     if found.enrollments:
@@ -160,7 +168,7 @@ def _format_story(found: Story, zone: ZoneInfo, series: dict[str, Any]) -> str:
                     _when(row.enrolled_at, zone),
                     str(row.start_part),
                     _enrollment_state(person.status, row, step),
-                    _next(step, zone),
+                    _next(person.status, row, step, zone),
                     moved or "-",
                 )
             )
@@ -248,11 +256,22 @@ def _enrollment_state(status: str, row: Any, step: Step | None) -> str:
     return "active"
 
 
-def _next(step: Step | None, zone: ZoneInfo) -> str:
+def _next(status: str, row: Any, step: Step | None, zone: ZoneInfo) -> str:
+    """What comes next for one enrollment, as the dry run would say it: a reader who
+    gets nothing is never given a due time."""
+    if row.unsubscribed_at is not None:
+        return "unsubscribed: nothing is sent"
+    if status != "active":
+        return f"{status}: nothing is sent"
+    if row.paused:
+        return "paused: nothing is sent until resumed"
     if step is None:
         return "- (series not in the workspace)"
     if step.kind == "complete":
-        return "-"
+        return step.reason
+    if step.kind == "paused":
+        where = f"part {step.part}: " if step.part is not None else ""
+        return f"{where}{step.reason}: nothing is sent until paused: true is lifted"
     part = f"part {step.part}" if step.part is not None else (step.article or "")
     when = f" {_when(step.due_at, zone)}" if step.due_at is not None else ""
     return f"{part}: {step.kind}{when} ({step.reason})"

@@ -11,6 +11,7 @@ import click
 
 from .cli_options import Moment, resolve_now
 from .output import format_table
+from .redact import terminal_text
 
 if TYPE_CHECKING:
     from .cli import State
@@ -129,7 +130,8 @@ def import_command(state: State, file: Path, series: str | None, now: datetime |
             zone=config.timezone,
             series=series,
             display=str(file),
-            on_problem=lambda problem: click.echo(str(problem), err=True),
+            # A row's problem may quote its cells: their control characters as escapes.
+            on_problem=lambda problem: click.echo(terminal_text(str(problem)), err=True),
         )
     click.echo(report.summary())
     if report.rejected:
@@ -202,8 +204,9 @@ def list_command(state: State, status: str | None, series: str | None) -> None:
 @subscribers_group.command(name="unsubscribe")
 @click.argument("email")
 @click.option("--series", "series", help="Only from this series (default: from all).")
+@click.option("--now", type=Moment(), help="Record the change as made at this time (ISO-8601).")
 @click.pass_obj
-def unsubscribe_command(state: State, email: str, series: str | None) -> None:
+def unsubscribe_command(state: State, email: str, series: str | None, now: datetime | None) -> None:
     """Unsubscribe someone from one series or from everything.
 
     Example: series subscribers unsubscribe ann@example.com --series attachment
@@ -211,7 +214,7 @@ def unsubscribe_command(state: State, email: str, series: str | None) -> None:
     from .subscribers import unsubscribe
 
     with _store(state, content_free=True) as store:
-        click.echo(unsubscribe(store, email, now=_now(), series=series))
+        click.echo(unsubscribe(store, email, now=resolve_now(state.config, now), series=series))
 
 
 @subscribers_group.command(name="sync")

@@ -227,12 +227,14 @@ def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     article = following[0]
     entry = ledger.get(article.slug)  # none, or a failed attempt
     # The drip counts from the reader's latest email, whichever article it was.
-    latest: tuple[datetime, str] | None = None
+    # Emails of one run share a time: then the later article in the series is the latest.
+    order = {a.slug: i for i, a in enumerate(series.articles)}
+    latest: tuple[datetime, int, str] | None = None
     for slug, sent in ledger.items():
         if sent.state == "sent":
-            moment = sent.sent_at or sent.updated_at
-            if latest is None or moment > latest[0]:
-                latest = (moment, slug)
+            found = (sent.sent_at or sent.updated_at, order.get(slug, -1), slug)
+            if latest is None or found[:2] > latest[:2]:
+                latest = found
     moved_at = enrollment.moved_at
     if (
         article.slug == enrollment.moved_to
@@ -244,8 +246,8 @@ def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
         return _step_for(series, enrollment, article, MOVE, moved_at, entry, now)
     if latest is None:
         return _step_for(series, enrollment, article, None, None, entry, now)
-    previous = series.article(latest[1])
-    after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
+    previous = series.article(latest[2])
+    after = f"part {previous.part}" if previous is not None else f"'{latest[2]}'"
     return _step_for(series, enrollment, article, after, latest[0], entry, now)
 
 

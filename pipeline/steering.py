@@ -9,8 +9,9 @@ plan.py's docstring and the README ("Steering readers").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -61,11 +62,29 @@ def set_paused(
     words. Raises SubscriberError for an unknown address or an enrollment that does
     not exist. A paused reader keeps their ledger and so their position; on resume
     the planner makes their next part due at its normal time, or at once if that
-    passed meanwhile (one part per run, then the normal delays)."""
+    passed meanwhile (one part per run, then the normal delays).
+
+    A pause is refused (SubscriberError, no audit entry) for a person who is not
+    active, or whose chosen enrollments are all unsubscribed: nothing is sent to them,
+    so it would change nothing; unsubscribed enrollments among others are left as they
+    are. Resuming always clears the flag (it matters if they come back), and says when
+    nothing is sent anyway."""
     subscriber = find(store, email)
     word = "paused" if paused else "resumed"
     with store.begin() as conn:
         rows = _enrollment_rows(conn, subscriber.id, subscriber.email, series)
+        gone = [r for r in rows if r.unsubscribed_at is not None]
+        if paused and (subscriber.status != "active" or len(gone) == len(rows)):
+            # Nothing is sent to them: a pause would change nothing and only add an
+            # audit entry that looks like it did.
+            why = (
+                f"{subscriber.email} is {subscriber.status}"
+                if subscriber.status != "active"
+                else f"{subscriber.email} is unsubscribed from {', '.join(r.series for r in gone)}"
+            )
+            raise SubscriberError(f"{why}: nothing is sent to them, so there is nothing to pause")
+        if paused:
+            rows = [r for r in rows if r.unsubscribed_at is None]
         changing = [r for r in rows if r.paused != paused]
         for row in changing:
             conn.execute(
@@ -82,16 +101,23 @@ def set_paused(
                 now=now,
                 series=row.series,
             )
+    left = [r.series for r in gone]
+    note = ""
+    if paused and left:
+        note = f" (unsubscribed from {', '.join(left)}: nothing is sent there, left as it is)"
     if not changing:
-        where = series or ", ".join(r.series for r in rows)
-        return f"{subscriber.email} was already {word} in {where}"
+        where = ", ".join(r.series for r in rows)
+        if paused:
+            return f"{subscriber.email} was already paused in {where}{note}"
+        return f"{subscriber.email} was not paused in {where}"
     names = ", ".join(r.series for r in changing)
-    left = [r.series for r in changing if r.unsubscribed_at is not None]
-    note = f" (unsubscribed from {', '.join(left)}: nothing is sent there anyway)" if left else ""
     if paused:
         return f"paused {subscriber.email} in {names}: nothing is sent until resumed{note}"
+    left = [r.series for r in changing if r.unsubscribed_at is not None]
     if subscriber.status != "active":
         note = f" ({subscriber.email} is {subscriber.status}: nothing is sent anyway)"
+    elif left:
+        note = f" (unsubscribed from {', '.join(left)}: nothing is sent there anyway)"
     return f"resumed {subscriber.email} in {names}{note}"
 
 
@@ -104,6 +130,7 @@ def move(
     now: datetime,
     resend: bool = False,
     actor: str = "cli",
+    zone: ZoneInfo | None = None,
 ) -> str:
     """Move a reader of ``series`` so that ``target`` is where they continue.
 
@@ -112,7 +139,9 @@ def move(
     after the target become sendable again. Articles at or after it that the reader
     received are not sent again unless ``resend``: then their deliveries are removed
     from the ledger (listed in the audit entry, with when and the provider's id) and
-    they are sent again in order. The target is due at once, inside the send window.
+    they are sent again in order. The target is due at once, inside the send window;
+    a target that is a draft or not yet published holds them until it is out. Times in
+    the audit entry are in ``zone`` (the workspace's; UTC without it), with the offset.
 
     Refused (SubscriberError) while a delivery of theirs in the series is being sent
     or of unknown outcome. Returns what was done and what comes next, in words."""
@@ -161,7 +190,10 @@ def move(
                     )
                 )
         unskipped = [d for d in ledger if d.article in later and d.state == "skipped"]
-        resent = [d for d in ledger if d.article in later and d.state == "sent"] if resend else []
+        resent = sorted(
+            (d for d in ledger if d.article in later and d.state == "sent" and resend),
+            key=lambda d: (d.part, d.id),
+        )
         gone = [d.id for d in unskipped + resent]
         if gone:
             conn.execute(deliveries.delete().where(deliveries.c.id.in_(gone)))
@@ -177,9 +209,9 @@ def move(
             reason += (
                 "; to send again (earlier deliveries: "
                 + "; ".join(
-                    f"part {d.part} '{d.article}' sent {_iso(d.sent_at)}"
+                    f"part {d.part} '{d.article}' sent {_iso(d.sent_at, zone)}"
                     + (f", provider id {d.provider_message_id}" if d.provider_message_id else "")
-                    for d in sorted(resent, key=lambda d: d.part)
+                    for d in resent
                 )
                 + ")"
             )
@@ -192,13 +224,16 @@ def move(
             now=now,
             series=series.slug,
             reason=reason,
+            ours=True,  # provider ids (an outbox file is named after the reader) kept
         )
         after = _plan_enrollment(conn, series, subscriber.id, now)
     return _moved_text(subscriber.email, series, target, skipped, resent, after, row.paused)
 
 
-def _iso(moment: datetime | None) -> str:
-    return moment.isoformat(timespec="minutes") if moment is not None else "at an unknown time"
+def _iso(moment: datetime | None, zone: ZoneInfo | None) -> str:
+    if moment is None:
+        return "at an unknown time"
+    return moment.astimezone(zone or UTC).isoformat(timespec="minutes")
 
 
 def _moved_text(
@@ -225,6 +260,11 @@ def _moved_text(
             f"; they already have part {target.part}, so next is part {step.part} "
             "(--resend sends what they have again)"
         )
+    elif step.kind == "waiting" and step.part is not None:
+        # As the dry run says it; the part goes out once published (still one per run).
+        text += f"; {step.reason}: they wait until it is published"
+    elif step.kind == "paused":
+        text += f"; {step.reason} (paused: true in series.yml): nothing is sent until it is lifted"
     if paused:
         text += "; they are paused: nothing is sent until `series subscribers resume`"
     return text
@@ -322,11 +362,12 @@ def story(store: Store, email: str, series_list: list[Series], now: datetime) ->
                 )
                 step = next_step(series, enrollment, now)
             plans.append((row, step))
-        rows = conn.execute(
-            sa.select(deliveries)
-            .where(deliveries.c.subscriber_id == found.id)
-            .order_by(deliveries.c.series, deliveries.c.created_at, deliveries.c.id)
-        ).all()
+        rows = sorted(
+            conn.execute(sa.select(deliveries).where(deliveries.c.subscriber_id == found.id)).all(),
+            # Per series, in the order the reader got them; one run's sends share a
+            # time, so the part decides between them.
+            key=lambda d: (d.series, d.sent_at or d.attempted_at or d.updated_at, d.part, d.id),
+        )
         audit = conn.execute(
             sa.select(status_changes)
             .where(status_changes.c.subscriber_id == found.id)

@@ -150,7 +150,7 @@ def test_resume_after_weeks_sends_one_part_then_normal_delays(ws: Workspace) -> 
     ws.send(back + timedelta(days=5))
     assert ws.parts_received(ANN) == [1, 2, 3]
     again = ws.run("subscribers", "resume", ANN)
-    assert again == (0, f"{ANN} was already resumed in attachment\n", "")
+    assert again == (0, f"{ANN} was not paused in attachment\n", "")
     with open_store(ws.root, ws.url) as store, store.connect() as conn:
         audit = conn.execute(
             sa.select(status_changes.c.new_status, status_changes.c.series, status_changes.c.actor)

@@ -616,17 +616,25 @@ def record_status(
     series: str | None = None,
     reason: str = "",
     via: tuple[str, str] | None = None,
+    ours: bool = False,
 ) -> None:
     """Audit one status change: who or what changed it, when, and why; ``via``: the
-    (series, article slug) of the email whose link asked for it, when known. The reason
-    is kept after the person is erased, so it never holds an address (``[address]``)."""
+    (series, article slug) of the email whose link asked for it, when known.
+
+    The reason is kept after the person is erased. By default it is taken for words
+    series did not write (a provider's bounce text, what a person typed), which may
+    name anyone: every address in it becomes ``[address]``. ``ours``: the reason is
+    text series composed from its own records about this subscriber (part numbers,
+    times, provider message ids, which look like addresses: an outbox file is named
+    after the reader, Mailgun's ids are ``<…@domain>``); it is stored as written, and
+    erasing the subscriber scrubs it with their other rows (``erasure.scrub_mentions``)."""
     values: dict[str, Any] = {
         "subscriber_id": subscriber_id,
         "series": series,
         "old_status": old,
         "new_status": new,
         "actor": actor,
-        "reason": scrub_addresses(reason),
+        "reason": reason if ours else scrub_addresses(reason),
         "created_at": now,
     }
     if via is not None:  # only then: a database left at 0004 (see open_store) has no such columns
