@@ -6,6 +6,7 @@ workspace, on a temporary SQLite file and on a real PostgreSQL server.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from pipeline import output
 from pipeline.store import open_store
 from pipeline.store.schema import metadata, status_changes, subscribers
 
+from .fake_postmark import FakePostmark
+from .helpers import configure
 from .test_steering import ANN, BEA, MONDAY, Workspace
 
 CAT = "cat@example.com"
@@ -290,3 +293,28 @@ def test_tables_align_wide_characters_by_display_width() -> None:
 def test_display_width(text: str, width: int) -> None:
     """Wide characters count two, combining marks none."""
     assert output.display_width(text) == width
+
+
+def test_a_bounce_at_send_time_counts_at_the_last_part_received(
+    ws: Workspace, postmark: FakePostmark
+) -> None:
+    """A reader Postmark refuses as inactive while sending part 3 (no sync first) is
+    marked bounced and counted against part 2, the last part they received; the audit
+    keeps Postmark's words without the address in them."""
+    configure(ws.root, 'provider = "postmark"')
+    ws.add(ANN)
+    ws.add(BEA)
+    ws.send(MONDAY)
+    ws.send(MONDAY + timedelta(days=4))
+    postmark.inactive.add(BEA)
+    code, out, err = ws.run(
+        "send", "--skip-sync", "--now", (MONDAY + timedelta(days=9)).isoformat()
+    )
+    assert code == 1 and out.startswith("sent 1, failed 1"), out + err  # a reader failed
+    (status,) = json.loads(ws.ok("status", "--format", "json", "--now", MONDAY.isoformat()))
+    left = {p["article"]: (p["unsubscribed"], p["bounced"]) for p in status["parts"]}
+    assert left["secure"] == (0, 1) and sum(b for _, b in left.values()) == 1
+    (reason,) = [r for s, r in _audit(ws) if s == "bounced"]
+    assert reason and BEA not in reason and "[address]" in reason, reason
+    show = ws.ok("subscribers", "show", BEA)
+    assert "bounced: nothing is sent" in _enrollment_line(show)
