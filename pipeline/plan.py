@@ -228,13 +228,16 @@ def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
     entry = ledger.get(article.slug)  # none, or a failed attempt
     # The drip counts from the reader's latest email, whichever article it was.
     # Emails of one run share a time: then the later article in the series is the latest.
-    order = {a.slug: i for i, a in enumerate(series.articles)}
-    latest: tuple[datetime, int, str] | None = None
+    latest: tuple[datetime, str] | None = None
     for slug, sent in ledger.items():
         if sent.state == "sent":
-            found = (sent.sent_at or sent.updated_at, order.get(slug, -1), slug)
-            if latest is None or found[:2] > latest[:2]:
-                latest = found
+            moment = sent.sent_at or sent.updated_at
+            if (
+                latest is None
+                or moment > latest[0]
+                or (moment == latest[0] and _part_of(series, slug) > _part_of(series, latest[1]))
+            ):
+                latest = (moment, slug)
     moved_at = enrollment.moved_at
     if (
         article.slug == enrollment.moved_to
@@ -246,9 +249,15 @@ def _next_step(series: Series, enrollment: Enrollment, now: datetime) -> Step:
         return _step_for(series, enrollment, article, MOVE, moved_at, entry, now)
     if latest is None:
         return _step_for(series, enrollment, article, None, None, entry, now)
-    previous = series.article(latest[2])
-    after = f"part {previous.part}" if previous is not None else f"'{latest[2]}'"
+    previous = series.article(latest[1])
+    after = f"part {previous.part}" if previous is not None else f"'{latest[1]}'"
     return _step_for(series, enrollment, article, after, latest[0], entry, now)
+
+
+def _part_of(series: Series, slug: str) -> int:
+    """The article's part today; 0 for one no longer in the series."""
+    article = series.article(slug)
+    return article.part if article is not None else 0
 
 
 def _move_index(series: Series, enrollment: Enrollment) -> int | None:
