@@ -260,7 +260,7 @@ def _moved_text(
             f"; they already have part {target.part}, so next is part {step.part} "
             "(--resend sends what they have again)"
         )
-    elif step.kind == "waiting" and step.part is not None:
+    if step.kind == "waiting" and step.part is not None:
         # As the dry run says it; the part goes out once published (still one per run).
         text += f"; {step.reason}: they wait until it is published"
     elif step.kind == "paused":
