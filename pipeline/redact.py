@@ -24,7 +24,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+from .dburl import MASK, read_url
 
 DATABASE_URL_ENV = "SERIES_DATABASE_URL"
 # Every variable a secret comes from: the providers' keys (providers/*.py read them),
@@ -37,18 +39,21 @@ SECRET_ENVS = (
     "SERIES_SECRET_KEY",
     "SERIES_PREVIOUS_SECRET_KEY",
 )
-MASK = "***"
 ADDRESS_MASK = "[address]"
 # A secret shorter than this is masked where it stands as a credential (a URL's
 # password, password=…) but not wherever its letters happen to occur in a text.
 SHORTEST_SECRET = 4
+_SCHEME = re.compile(r"[\w+]+://")
 
-# scheme://user:password@host: the password runs to the last @ before the host, so a
-# password with an unencoded @ is masked whole, not cut at its first @.
+# scheme://user:password@host in free text: the password runs to the last @ of the
+# segment, so a password with an unencoded @ is masked whole, not cut at its first @.
+# (The configured database URL is read as SQLAlchemy reads it: ``dburl.read_url``.)
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:@/\s?#]*:)[^\s/?#]*@")
-# password=… as a URL query parameter or a libpq keyword (quoted or not).
+# password=… (and libpq's other secret keywords) as a URL query parameter or a libpq
+# keyword, quoted or not; a value already masked stays as it is, with what follows it.
 _PASSWORD_PARAM = re.compile(
-    r"(?P<head>\b(?:ssl)?pass(?:word|wd)?\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&;#]*)",
+    r"(?P<head>\b(?:(?:ssl)?pass(?:word|wd)?|oauth_client_secret|scram_(?:client|server)_key)"
+    r"\s*=\s*)(?:\*\*\*|'(?:[^'\\]|\\.)*'?|[^\s&#]*)",
     re.IGNORECASE,
 )
 _AUTHORIZATION = re.compile(r"(?P<head>\b(?:Basic|Bearer|Token)\s+)[A-Za-z0-9._~+/=:-]{6,}")
@@ -63,17 +68,29 @@ _TERMINAL_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u20
 
 
 def mask_database_url(url: str) -> str:
-    """``url`` as it may be shown: every password in it replaced by ``***``, in each
-    form libpq and SQLAlchemy take: ``user:password@host`` (also with an unencoded
-    ``@`` in the password), ``?password=…`` and a keyword DSN's ``password=…``."""
-    masked = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", url)
+    """``url`` (the configured ``SERIES_DATABASE_URL``) as it may be shown: every
+    password replaced by ``***``. A ``scheme://`` URL is read as SQLAlchemy reads it
+    (``dburl.read_url``: the password exactly where SQLAlchemy finds it, whatever it
+    holds; ``?password=…`` and libpq's other secret parameters); anything else, such as
+    a libpq keyword DSN pasted by mistake, by pattern (``password=…``)."""
+    if _SCHEME.match(url):
+        url = read_url(url).shown
+    return mask_credentials(url)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with every credential-shaped value masked whatever it is: the password
+    of a ``scheme://user:password@`` URL (to the segment's last ``@``), and the value of
+    ``password=``, ``sslpassword=`` and libpq's other secret keywords."""
+    masked = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
     return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}{MASK}", masked)
 
 
 def database_secrets(url: str) -> list[str]:
-    """The password values a database URL or keyword DSN holds (as written and
-    percent-decoded), for blanking them wherever a driver might echo them."""
-    found: list[str] = []
+    """The secret values a database URL or keyword DSN holds, each as written and as
+    decoded (as SQLAlchemy reads a URL, ``dburl.read_url``; by pattern otherwise), for
+    blanking them wherever a driver might echo them."""
+    found: list[str] = list(read_url(url).secrets) if _SCHEME.match(url) else []
     match = _URL_PASSWORD.search(url)
     if match:
         start = match.end("head")
@@ -83,8 +100,8 @@ def database_secrets(url: str) -> list[str]:
         found.append(value.strip("'"))
     values = []
     for value in found:
-        values += [value, unquote(value)]
-    return [v for v in dict.fromkeys(values) if v]
+        values += [value, unquote(value), unquote_plus(value)]
+    return [v for v in dict.fromkeys(values) if v and v != MASK]
 
 
 def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -100,10 +117,10 @@ def scrub_secrets(text: str, extra: Iterable[str] = ()) -> str:
     percent-encoded, and every credential-shaped value masked whatever it is."""
     secrets = {s for s in (*environment_secrets(), *extra) if len(s) >= SHORTEST_SECRET}
     for secret in sorted(secrets, key=len, reverse=True):
-        for form in {secret, quote(secret, safe=""), quote(secret)}:
+        for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
             text = text.replace(form, MASK)
     text = _AUTHORIZATION.sub(lambda m: f"{m['head']}{MASK}", text)
-    return mask_database_url(text)
+    return mask_credentials(text)
 
 
 def scrub_addresses(text: str) -> str:

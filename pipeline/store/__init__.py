@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from ..dburl import read_url
 from ..errors import SeriesError
 from ..redact import database_secrets, mask_database_url, scrub_secrets
 from . import schema
@@ -27,8 +27,6 @@ from .migrate import BEFORE_ARTICLES, MappingRefused, upgrade
 log = logging.getLogger(__name__)
 
 DATABASE_URL_ENV = "SERIES_DATABASE_URL"
-# scheme://user:…@…@host: more than one @ before the host.
-_AUTHORITY_WITH_TWO_ATS = re.compile(r"[A-Za-z][\w+.-]*://[^/?#]*@[^/?#]*@")
 
 
 class StoreError(SeriesError):
@@ -133,7 +131,7 @@ def state_exists(workspace: Path, url: str | None = None) -> bool:
     url = url or database_url(workspace)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return True  # let open_store report the bad URL
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return True
@@ -178,20 +176,22 @@ def _engine(url: str) -> Engine:
             f"{DATABASE_URL_ENV} is not a database URL: {safe_url(url)} "
             "(expected e.g. postgresql+psycopg://user@host/db)"
         ) from None
+    except ValueError:  # SQLAlchemy's int() of the port
+        raise StoreError(
+            f"{DATABASE_URL_ENV} has a port that is not a number ({safe_url(url)})"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
-    if _AUTHORITY_WITH_TWO_ATS.match(url):
-        # user:p@ss@host parses as host "ss@host": the password's tail would be shown
-        # as a host name in every connection error. libpq reads it so too.
-        raise StoreError(
-            f"{DATABASE_URL_ENV} has an @ in its password: percent-encode it as %40 "
-            f"({safe_url(url)})"
-        )
     if parsed.get_backend_name() != "postgresql":
         raise StoreError(
             f"unsupported database {parsed.get_backend_name()!r} in {safe_url(url)}: "
             "use SQLite (default) or postgresql+psycopg://…"
         )
+    # Read as SQLAlchemy reads it: an @ that would cut the password (its tail shown as
+    # a host name), a parameter libpq does not take (a traceback at connect otherwise).
+    problem = read_url(url).problem
+    if problem is not None:
+        raise StoreError(f"{DATABASE_URL_ENV} {problem} ({safe_url(url)})")
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
