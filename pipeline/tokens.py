@@ -44,6 +44,16 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"series link-signing key\0" + key).hexdigest()[:16]
 
 
+def keys_from_environment(stored_key: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """(the key that signs, the keys also accepted when verifying) as the environment
+    sets them: SERIES_SECRET_KEY as UTF-8 text, else ``stored_key`` (the database's
+    own key, bytes); SERIES_PREVIOUS_SECRET_KEY as UTF-8 text, if set."""
+    secret = os.environ.get(SECRET_ENV, "")
+    previous = os.environ.get(PREVIOUS_SECRET_ENV, "")
+    key = secret.encode("utf-8") if secret else stored_key
+    return key, ((previous.encode("utf-8"),) if previous else ())
+
+
 class Signer:
     """Signs with ``key``; verifies with ``key`` and each of ``previous``."""
 
@@ -54,11 +64,10 @@ class Signer:
     @classmethod
     def from_environment(cls, stored_key: str) -> Signer:
         """SERIES_SECRET_KEY (else the database's own key, ``stored_key`` in hex), and
-        SERIES_PREVIOUS_SECRET_KEY for verifying links signed before a rotation."""
-        secret = os.environ.get(SECRET_ENV, "")
-        previous = os.environ.get(PREVIOUS_SECRET_ENV, "")
-        key = secret.encode("utf-8") if secret else bytes.fromhex(stored_key)
-        return cls(key, (previous.encode("utf-8"),) if previous else ())
+        SERIES_PREVIOUS_SECRET_KEY for verifying links signed before a rotation. (The
+        state database's signer also accepts its own key after a rotation away from
+        it: ``store.linkkeys.accepted_keys``.)"""
+        return cls(*keys_from_environment(bytes.fromhex(stored_key)))
 
     @property
     def fingerprint(self) -> str:

@@ -128,3 +128,35 @@ def test_no_links_sent_yet_takes_any_key(
     code, out, err = send_at(example_copy, MONDAY)
     assert code == 0, out + err
     assert outbox_count(example_copy) == 6
+
+
+def test_rotating_away_from_the_stored_key_keeps_its_links_working(
+    example_copy: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links signed with the database's own key (no SERIES_SECRET_KEY) stay valid after
+    `SERIES_SECRET_KEY=… series send --force`, and after a second rotation too: that
+    key is in the database, so it is accepted for verifying without being named."""
+    monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    monkeypatch.delenv(PREVIOUS_SECRET_ENV, raising=False)
+    enroll_examples(example_copy)
+    assert send_at(example_copy, MONDAY)[0] == 0
+    stored_links = tokens(example_copy)
+    assert len(stored_links) == 6
+    config = load_config(example_copy)
+    for when, key in ((FRIDAY, OLD), (datetime(2026, 12, 8, 9, 0, tzinfo=UTC), NEW)):
+        monkeypatch.setenv(SECRET_ENV, key)
+        code, out, err = send_at(example_copy, when, "--force")
+        assert code == 0, out + err
+        with open_store(example_copy, database_url) as store:
+            app = make_app(config, store)
+            assert all(app.signer.verify(t) for t in stored_links), key
+            assert all(app.signer.verify(t) for t in tokens(example_copy) - stored_links) or (
+                key == NEW  # OLD's links need SERIES_PREVIOUS_SECRET_KEY=OLD
+            )
+    with open_store(example_copy, database_url) as store:
+        assert make_app(config, store).warnings  # OLD (the key before NEW) is not set
+        monkeypatch.setenv(PREVIOUS_SECRET_ENV, OLD)
+        app = make_app(config, store)
+        assert app.warnings == []
+        assert all(app.signer.verify(t) for t in tokens(example_copy))

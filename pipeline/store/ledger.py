@@ -783,8 +783,11 @@ def replan_deliveries(conn: Connection, delivery_ids: Sequence[int]) -> None:
 
 
 def link_signer(conn: Connection) -> Signer:
-    """What signs unsubscribe links: SERIES_SECRET_KEY, else the key kept here."""
-    return Signer.from_environment(setting(conn, "link_signing_key"))
+    """What signs unsubscribe links: SERIES_SECRET_KEY, else the key kept here; what
+    verifies them: also the previous keys (``linkkeys.accepted_keys``)."""
+    from .linkkeys import accepted_keys
+
+    return Signer(*accepted_keys(conn))
 
 
 def claim_unknown(

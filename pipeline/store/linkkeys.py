@@ -18,16 +18,47 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..errors import SeriesError
-from ..tokens import PREVIOUS_SECRET_ENV, SECRET_ENV, Signer
+from ..tokens import PREVIOUS_SECRET_ENV, SECRET_ENV, Signer, fingerprint, keys_from_environment
 from .schema import deliveries, settings, signups
 
 SIGNED_WITH = "link_key_fingerprint"
 SIGNED_BEFORE = "link_key_previous_fingerprint"
 ROTATION = 'see README, "Rotating the link-signing key"'
+# Set once links were signed with the database's own key (link_signing_key).
+STORED_SIGNED = "link_key_stored_signed"
 
 
 class KeyMismatch(SeriesError):
     """The link-signing key of this process is not the one links were signed with."""
+
+
+def accepted_keys(conn: Connection) -> tuple[bytes, tuple[bytes, ...]]:
+    """The one place that says which link-signing keys count: (the key that signs, the
+    keys also accepted when verifying), for unsubscribe links (``ledger.link_signer``)
+    and anything else signed with the same key.
+
+    The environment's keys (``tokens.keys_from_environment``), and the database's own
+    key (the setting ``link_signing_key``, hex) as a previous key whenever another key
+    signs but links may have been signed with it: a send recorded it (its fingerprint
+    is the current or the previous one, or STORED_SIGNED is set), or links were sent
+    before fingerprints were kept. It is in the database anyway: accepting it gives
+    nobody a key they did not have."""
+    stored = bytes.fromhex(_get(conn, "link_signing_key") or "")
+    key, previous = keys_from_environment(stored)
+    if key != stored and stored and _stored_signed(conn, stored):
+        previous = (*previous, stored)
+    return key, previous
+
+
+def _stored_signed(conn: Connection, stored: bytes) -> bool:
+    current, before = stored_fingerprints(conn)
+    if _get(conn, STORED_SIGNED) is not None or fingerprint(stored) in (current, before):
+        return True
+    return current is None and _links_sent(conn)
+
+
+def _get(conn: Connection, key: str) -> str | None:
+    return conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
 
 
 def stored_fingerprints(conn: Connection) -> tuple[str | None, str | None]:
@@ -69,6 +100,11 @@ def check_send_key(
             "to the old one, so links already in inboxes keep working"
         )
     if write:
+        stored = _get(conn, "link_signing_key")
+        if (stored and fingerprint(bytes.fromhex(stored)) == mine) or (
+            current is None and _links_sent(conn)  # sent before fingerprints were kept
+        ):
+            _put(conn, STORED_SIGNED, "1")
         _put(conn, SIGNED_WITH, mine)
         if warning is not None and current is not None:
             _put(conn, SIGNED_BEFORE, current)
