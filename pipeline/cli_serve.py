@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from .cli import State
+    from .signup_config import SignupConfig
 
 
 def serve_command(state: State, *, host: str, port: int, force: bool = False) -> None:
@@ -31,7 +32,9 @@ def serve_command(state: State, *, host: str, port: int, force: bool = False) ->
         for warning in app.warnings:
             click.echo(f"Warning: {warning}", err=True)
         try:
-            server = waitress.create_server(app, host=host, port=port, ident="series")
+            server = waitress.create_server(
+                app, host=host, port=port, ident="series", **proxy_options(config.signup)
+            )
         except OSError as exc:
             raise SeriesError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         shown = f"[{host}]" if ":" in host else host
@@ -48,6 +51,26 @@ def serve_command(state: State, *, host: str, port: int, force: bool = False) ->
             signal.signal(signal.SIGTERM, previous)
             server.close()
         click.echo("Stopped.")
+
+
+def proxy_options(signup: SignupConfig) -> dict[str, object]:
+    """waitress's options for ``[signup] trusted_proxies`` = N (waitress 3 docs,
+    "Arguments": trusted_proxy, trusted_proxy_count, trusted_proxy_headers).
+
+    Without them waitress deletes X-Forwarded-For before the app sees it
+    (clear_untrusted_proxy_headers is on by default), and every request seems to come
+    from the proxy. With N > 0 the connecting peer, whatever its address, is taken
+    for the nearest proxy (so `series serve` must only be reachable through the
+    proxies), and the client's address is the Nth X-Forwarded-For entry from the
+    right: waitress sets REMOTE_ADDR to it and leaves the last N entries, from which
+    the signup app reads the same address. With N = 0 the header is deleted."""
+    if signup.trusted_proxies <= 0:
+        return {}
+    return {
+        "trusted_proxy": "*",
+        "trusted_proxy_count": signup.trusted_proxies,
+        "trusted_proxy_headers": {"x-forwarded-for"},
+    }
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
