@@ -21,6 +21,7 @@ Three kinds of text pass through here:
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ SECRET_ENVS = (
     "SERIES_PREVIOUS_SECRET_KEY",
 )
 ADDRESS_MASK = "[address]"
+NAME_MASK = "[name]"
 # A secret shorter than this is masked where it stands as a credential (a URL's
 # password, password=…) but not wherever its letters happen to occur in a text.
 SHORTEST_SECRET = 4
@@ -61,6 +63,15 @@ _AUTHORIZATION = re.compile(r"(?P<head>\b(?:Basic|Bearer|Token)\s+)[A-Za-z0-9._~
 # string, an @, a domain with at least one dot (IDN letters included).
 _ADDRESS = re.compile(
     r"""(?:"[^"\r\n]*"|[\w.!#$%&'*+/=?^`{|}~-]+)@[\w-]+(?:\.[\w-]+)+""", re.UNICODE
+)
+# RFC 2047 encoded-words (and the spaces between adjacent ones).
+_ENCODED_WORDS = re.compile(r"=\?[^?\s]+\?[BbQq]\?[^?\s]*\?=(?:\s*=\?[^?\s]+\?[BbQq]\?[^?\s]*\?=)*")
+# A run of URL characters holding a percent-encoded @ (an address in a query string).
+_PERCENT_RUN = re.compile(r"[\w.!$'*+%~-]*%(?:25)*40[\w.!$'*+%~-]*", re.IGNORECASE)
+# A display name before <[address]>: a quoted string, or words back to a delimiter.
+_DISPLAY_NAME = re.compile(
+    r"""(?:"(?:[^"\\]|\\.)*"|\[name\]|[^\s<>:;,"'()\[\]{}]+(?:[ \t]+[^\s<>:;,"'()\[\]{}]+)*)"""
+    r"[ \t]*<\[address\]>"
 )
 # What a terminal acts on: C0 and C1 controls, DEL, line and paragraph separators, and
 # the bidirectional overrides that make text display in another order than it is.
@@ -124,8 +135,69 @@ def scrub_secrets(text: str, extra: Iterable[str] = ()) -> str:
 
 
 def scrub_addresses(text: str) -> str:
-    """``text`` with every email address in it replaced by ``[address]``."""
-    return _ADDRESS.sub(ADDRESS_MASK, text) if "@" in text else text
+    """``text`` as it may be stored: every email address replaced by ``[address]``,
+    also one percent-encoded (``ann%40example.com``, as a page URL may hold it), and
+    what names the person next to one: an RFC 2047 encoded-word anywhere (a header
+    echoed as sent: ``=?utf-8?b?…?=``, base64 of a name) becomes ``[name]``, and a
+    display name before ``<[address]>`` (quoted, or the words back to the previous
+    ``:``, ``,``, ``;``, quote or bracket) is dropped."""
+    if "=?" in text:
+        text = _ENCODED_WORDS.sub(NAME_MASK, text)
+    if "%40" in text.upper():
+        text = _PERCENT_RUN.sub(_percent_address, text)
+    if "@" in text:
+        text = _ADDRESS.sub(ADDRESS_MASK, text)
+    if f"<{ADDRESS_MASK}>" in text:
+        text = _DISPLAY_NAME.sub(f"{ADDRESS_MASK}", text)
+    return text
+
+
+def _percent_address(match: re.Match[str]) -> str:
+    decoded = match.group()
+    for _ in range(3):  # also encoded twice (%2540)
+        decoded = unquote_plus(decoded)
+    return _ADDRESS.sub(ADDRESS_MASK, decoded) if _ADDRESS.search(decoded) else match.group()
+
+
+def scrub_person(text: str, email: str, name: str) -> str:
+    """For erasure: ``text`` with ``email`` and every other address scrubbed as
+    ``scrub_addresses`` does, and ``name`` (two characters or more) replaced by
+    ``[name]`` in any letter case and as it may be encoded: percent (``%C3%A9``, ``+``
+    for a space), JSON (``\\u00e9``), RFC 2047 (dropped whole, see above) or base64."""
+    text = scrub_addresses(text)
+    if email and email.lower() in text.lower():
+        text = re.sub(re.escape(email), ADDRESS_MASK, text, flags=re.IGNORECASE)
+    name = " ".join(name.split())
+    if len(name) < 2:
+        return text
+    text = text.replace(base64.b64encode(name.encode()).decode().rstrip("="), NAME_MASK)
+    # Each spelling too: a letter's other case may be longer (ß, SS).
+    for spelling in dict.fromkeys((name, name.upper(), name.lower())):
+        text = _name_pattern(spelling).sub(NAME_MASK, text)
+    return text
+
+
+def _name_pattern(name: str) -> re.Pattern[str]:
+    """Each character of ``name`` as itself (any case), percent-encoded (UTF-8) or as a
+    JSON escape; a space as any run of spaces, ``+``, ``%20`` or ``\\u0020``."""
+    parts = []
+    for char in name:
+        if char == " ":
+            parts.append(r"(?:\s|\+|%20|\\u0020)+")
+            continue
+        forms = {re.escape(char)}
+        for variant in {char, char.lower(), char.upper()}:
+            if len(variant) != 1:
+                continue
+            forms.add(re.escape("".join(f"%{b:02X}" for b in variant.encode())))
+            code = ord(variant)
+            if code > 0xFFFF:
+                high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + (code & 0x3FF)
+                forms.add(re.escape(f"\\u{high:04x}\\u{low:04x}"))
+            else:
+                forms.add(re.escape(f"\\u{code:04x}"))
+        parts.append(f"(?:{'|'.join(sorted(forms))})")
+    return re.compile(rf"(?<!\w){''.join(parts)}(?!\w)", re.IGNORECASE)
 
 
 def provider_text(text: str, extra: Iterable[str] = ()) -> str:

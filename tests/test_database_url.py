@@ -122,9 +122,7 @@ def test_a_masked_value_keeps_what_follows_it(workspace: Path) -> None:
     ],
     ids=["port", "unknown-parameter", "upper-case-password", "twice"],
 )
-def test_urls_libpq_would_not_take_are_one_line(
-    workspace: Path, url: str, expected: str
-) -> None:
+def test_urls_libpq_would_not_take_are_one_line(workspace: Path, url: str, expected: str) -> None:
     """A port that is not a number, a parameter libpq does not know (keywords are lower
     case), one given twice: one line, before any connection, no traceback."""
     for code, text in outputs(workspace, url):

@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline.redact import scrub_person
 from pipeline.store import open_store
 from pipeline.store.schema import metadata, status_changes
 
@@ -278,3 +281,124 @@ def test_migration_0006_scrubs_addresses_already_stored(
     assert error == (
         "400: 'to' parameter is not a valid address: [address] (Authorization: Basic ***)"
     )
+
+
+ZOE = "zoe.q@example.com"
+ZOE_NAME = "Zoé Quillfeather"
+# The To header as series writes it for her (RFC 2047 base64 of the UTF-8 name).
+ZOE_ENCODED = "=?utf-8?b?Wm/DqSBRdWlsbGZlYXRoZXI=?="
+ENCODED_FORMS = (
+    "quillfeather",  # any case
+    "wm/dqsbrdwlsbgzlyxrozxi",  # base64 of the name (lower-cased, as texts are searched)
+    "zo=c3=a9",  # RFC 2047 Q
+    "zo%c3%a9",  # percent
+    "zo\\u00e9",  # JSON escape
+    "zoe.q%40example.com",  # the address percent-encoded
+    "zoe.q@example.com",
+)
+
+
+def test_a_provider_echo_of_the_to_header_stores_no_name(
+    example_copy: Path,
+    postmark: FakePostmark,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 406 whose Message echoes the To header (the name as an encoded-word beside the
+    address) is stored without the name in any form; erasing her leaves nothing."""
+    from . import fake_postmark
+
+    monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
+    monkeypatch.setattr(
+        fake_postmark,
+        "INACTIVE_TEXT",
+        fake_postmark.INACTIVE_TEXT + f" To: {ZOE_ENCODED} <{{addresses}}>",
+    )
+    configure(example_copy, 'provider = "postmark"')
+    csv = example_copy / "one.csv"
+    csv.write_text(f"email,name,series\n{ZOE},{ZOE_NAME},attachment\n", encoding="utf-8")
+    assert run(example_copy, "subscribers", "import", str(csv), "--now", ENROLLED_AT)[0] == 0
+    postmark.inactive.add(ZOE)
+    code, out, err = send_at(example_copy, MONDAY)
+    assert code == 1 and "406" in err, out + err
+    texts = database_texts(database_url)
+    reason = texts.split("provider:postmark", 1)[1]
+    assert "to: [address]" in reason
+    for form in ENCODED_FORMS[1:]:
+        assert form not in reason, form
+    assert run(example_copy, "subscribers", "remove", ZOE)[0] == 0
+    texts = database_texts(database_url)
+    for form in ENCODED_FORMS:
+        assert form not in texts, form
+
+
+def test_erasure_finds_the_name_and_address_in_any_case_and_encoding(
+    example_copy: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts stored by earlier versions (about her or about a batch she was in) that
+    name her in another letter case, percent-, JSON- or RFC 2047-encoded, or hold her
+    address percent-encoded (a consent record's page), lose every form at erasure;
+    other text stays."""
+    monkeypatch.setenv("SERIES_DATABASE_URL", database_url)
+    csv = example_copy / "one.csv"
+    csv.write_text(f"email,name,series\n{ZOE},{ZOE_NAME},attachment\n", encoding="utf-8")
+    assert run(example_copy, "subscribers", "import", str(csv), "--now", ENROLLED_AT)[0] == 0
+    stored = [
+        f"406: To: {ZOE_ENCODED} <[address]>",
+        "300: To: =?UTF-8?Q?Zo=C3=A9_Quillfeather?= <[address]>",
+        "batch failed for ZOÉ QUILLFEATHER and zoé quillfeather",
+        '{"page": "https://blog.example/join?email=zoe.q%40example.com&name=Zo%C3%A9+Quillfeather"}',
+        '{"name": "Zo\\u00e9 Quillfeather", "kept": "the rest"}',
+    ]
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        own = conn.execute(sa.text("SELECT id FROM subscribers")).scalar_one()
+        for index, reason in enumerate(stored):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO status_changes (subscriber_id, new_status, actor, reason, "
+                    "created_at) VALUES (:s, 'bounced', 'provider:postmark', :r, :t)"
+                ),
+                {"s": own if index == 3 else None, "r": reason, "t": datetime.now(UTC)},
+            )
+    engine.dispose()
+    code, out, err = run(example_copy, "subscribers", "remove", ZOE)
+    assert code == 0, out + err
+    texts = database_texts(database_url)
+    for form in ENCODED_FORMS:
+        assert form not in texts, form
+    assert "batch failed for [name] and [name]" in texts and '"kept": "the rest"' in texts
+
+
+NAMES = st.text(
+    alphabet=st.characters(codec="utf-8", categories=("L",)), min_size=2, max_size=10
+).map(str.strip)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=NAMES, last=NAMES, around=st.sampled_from(["", "x: ", "(", '"a": "', "to "]))
+def test_scrub_person_removes_every_form_of_a_name(first: str, last: str, around: str) -> None:
+    """Whatever letters a name holds: as typed, upper or lower case, percent-encoded
+    (with + or %20), JSON-escaped, as an RFC 2047 word beside an address, or base64,
+    none of it is left."""
+    import base64
+    import json
+    from email.header import Header
+    from urllib.parse import quote, quote_plus
+
+    name = f"{first} {last}"
+    forms = [
+        name,
+        name.upper(),
+        name.lower(),
+        quote(name),
+        quote_plus(name),
+        json.dumps(name)[1:-1],
+        f"{Header(name, 'utf-8').encode()} <someone@example.com>",
+        base64.b64encode(name.encode()).decode(),
+    ]
+    for form in forms:
+        clean = scrub_person(f"{around}{form}, kept", "someone@example.com", name)
+        assert clean.endswith(", kept"), (form, clean)
+        for trace in (first, last, first.lower(), last.lower(), first.upper(), last.upper()):
+            assert trace not in clean.removesuffix(", kept"), (form, clean)

@@ -237,15 +237,15 @@ def test_every_secret_variable_is_known() -> None:
 
 
 def test_provider_text_hides_keys_addresses_and_escapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A provider's words lose keys (as set, or any Authorization value), addresses and
-    terminal escapes, and keep everything else."""
+    """A provider's words lose keys (as set, or any Authorization value), addresses
+    with the display name before them, and terminal escapes, and keep everything else."""
     monkeypatch.setenv("RESEND_API_KEY", "re_live_abcdef")
     text = (
         "422 validation_error: 'to' is invalid: \"Ann\" <Ann.Lee@Example.COM>, key "
         "re_live_abcdef, Authorization: Bearer tok.en-123456 \x1b]0;x\x07"
     )
     assert provider_text(text) == (
-        "422 validation_error: 'to' is invalid: \"Ann\" <[address]>, key ***, "
+        "422 validation_error: 'to' is invalid: [address], key ***, "
         "Authorization: Bearer *** \\x1b]0;x\\x07"
     )
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from ..redact import scrub_addresses
+from ..redact import scrub_person
 from . import Store
 from .schema import deliveries, status_changes
 
@@ -57,27 +58,24 @@ CHECKPOINT_TRIES = 20
 
 
 def scrub_mentions(conn: Connection, subscriber_id: int, email: str, name: str) -> int:
-    """In the caller's transaction: audit reasons and last errors that mention
-    ``email`` (any letter case), and the person's own audit rows, get every address
-    replaced by ``[address]`` (and their name by ``[name]`` in their own rows). Returns
-    how many texts changed."""
-    pattern = f"%{email.lower()}%"
+    """In the caller's transaction: audit reasons and last errors that may mention the
+    person (``may_mention``), and the person's own audit rows, get every address
+    replaced by ``[address]`` and their name, in any letter case and encoded form, by
+    ``[name]`` (``redact.scrub_person``). Returns how many texts changed."""
     changed = 0
     for table, column, own in (
         (status_changes, status_changes.c.reason, status_changes.c.subscriber_id),
         (deliveries, deliveries.c.last_error, deliveries.c.subscriber_id),
     ):
         rows = conn.execute(
-            sa.select(table.c.id, column, own).where(
-                sa.or_(sa.func.lower(column).like(pattern), own == subscriber_id)
+            sa.select(table.c.id, column).where(
+                sa.or_(own == subscriber_id, *may_mention(column, email, name))
             )
         ).all()
-        for row_id, text, owner in rows:
+        for row_id, text in rows:
             if text is None:
                 continue
-            clean = scrub_addresses(text)
-            if owner == subscriber_id and len(name) > 1:
-                clean = clean.replace(name, "[name]")
+            clean = scrub_person(text, email, name)
             if clean != text:
                 conn.execute(table.update().where(table.c.id == row_id).values({column: clean}))
                 changed += 1
@@ -111,6 +109,24 @@ def scrub_consent(conn: Connection, subscriber_id: int) -> int:
         )
         changed += 1
     return changed
+
+
+def may_mention(
+    column: sa.ColumnElement[str], email: str, name: str
+) -> list[sa.ColumnElement[bool]]:
+    """SQL conditions that together find every text that may name the person, a
+    superset for ``redact.scrub_person`` to check: the address or the longest ASCII
+    word of the name (lower case, as SQLite's lower() folds only ASCII), and any text
+    with an encoded form: percent (%), JSON escape (\\u), RFC 2047 (=?)."""
+    lowered = sa.func.lower(column)
+    found = [lowered.contains(email.lower(), autoescape=True)]
+    words = sorted(re.findall(r"[A-Za-z0-9]{2,}", name), key=len)
+    if words:
+        found.append(lowered.contains(words[-1].lower(), autoescape=True))
+    elif name.strip():
+        found.append(column.contains(name.strip(), autoescape=True))
+    found += [column.contains(mark, autoescape=True) for mark in ("%", "\\u", "=?")]
+    return found
 
 
 def clear_traces(store: Store) -> str | None:
