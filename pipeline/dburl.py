@@ -31,6 +31,10 @@ SECRET_KEYWORDS = frozenset(
 # then the password up to the first "@".
 _USERINFO = re.compile(r"[\w+]+://(?P<user>[^:/]*)(?::(?P<password>[^@]*))?@")
 _SCHEME = re.compile(r"[\w+]+://")
+AMBIGUOUS_AT = (
+    "has an @ that may be part of its password (percent-encode an @ in a password, "
+    "user name or parameter as %40)"
+)
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,7 @@ def read_url(url: str) -> ReadUrl:
             shown = f"{url[:start]}{user}{'@' if userinfo['password'] is None else ':'}{MASK}"
         else:
             shown = f"{url[:start]}{MASK}"
-        problem = (
-            "has an @ that may be part of its password (percent-encode an @ in a password, "
-            "user name or parameter as %40)"
-        )
-        return ReadUrl(shown, _forms(secrets), problem)
+        return ReadUrl(shown, _forms(secrets), AMBIGUOUS_AT)
     if userinfo is not None and userinfo["password"] is not None:
         raw = userinfo["password"]
         secrets += [raw, unquote(raw)]
@@ -109,7 +109,10 @@ def _query(query: str) -> tuple[str, list[str], str | None]:
     known = _libpq_keywords()
     pieces = query.split("&")
     holds_secret = any(unquote_plus(p.partition("=")[0]).lower() in SECRET_KEYWORDS for p in pieces)
-    shown, secrets, unknown, seen = [], [], [], set()
+    shown: list[str] = []
+    secrets: list[str] = []
+    unknown: list[str] = []
+    seen: set[str] = set()
     twice = False
     for piece in pieces:
         if not piece:  # parse_qsl skips it
