@@ -1,6 +1,6 @@
 """The machine's limit for a send: a client that does only the work no sender can avoid.
 
-For each reader of a CSV (``email,name``): fill the three personal fields (name,
+For each reader of a CSV (``email,name``): fill the personal fields (name, first name,
 address, a signed unsubscribe link) into one part rendered beforehand, encode the
 messages as JSON with orjson, and POST them in batches of 500 to a Postmark-shaped
 server on 127.0.0.1. No database, no claims, no retries, no checks: `bench/send.py`
@@ -64,7 +64,8 @@ def send_share(part: dict[str, Any], readers: list[tuple[str, str]], url: str, t
                 "{token}",
                 urlsafe_b64encode(payload).decode() + "." + urlsafe_b64encode(mac).decode(),
             )
-            raw = {"name": name, "email": email, "unsubscribe_url": link}
+            first = name.split(" ", 1)[0]  # the greeting's first name (pipeline/personal.py)
+            raw = {"name": name, "first_name": first, "email": email, "unsubscribe_url": link}
             escaped = {k: str(escape(v)) for k, v in raw.items()}
             batch.append(
                 {
