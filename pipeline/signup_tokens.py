@@ -16,13 +16,12 @@ stored signup must match.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .tokens import Signer, fingerprint
+from .tokens import Signer, b64, fingerprint, unb64
 
 _VERSION = "c1"
 _PURPOSE = b"series double opt-in confirmation v1"
@@ -69,7 +68,7 @@ class ConfirmSigner:
         ``expires`` (whole seconds)."""
         stamp = int(expires.timestamp())
         payload = f"{_VERSION}.{signup_id}.{stamp}.{series}.{self.digest(email)}".encode()
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        return f"{b64(payload)}.{b64(self._mac(payload))}"
 
     def verify(self, token: str) -> ConfirmSubject | None:
         """The subject of a genuine token (expired or not: the caller compares
@@ -78,8 +77,8 @@ class ConfirmSigner:
             return None
         try:
             payload_part, mac_part = token.split(".")
-            payload = _unb64(payload_part)
-            mac = _unb64(mac_part)
+            payload = unb64(payload_part)
+            mac = unb64(mac_part)
         except ValueError:
             return None
         key = next((k for k in self._accepted if hmac.compare_digest(mac, _mac(k, payload))), None)
@@ -111,22 +110,7 @@ def _mac(key: bytes, payload: bytes) -> bytes:
 
 def _digest(key: bytes, email: str) -> str:
     mac = hmac.new(key, b"address\0" + email.encode("utf-8"), hashlib.sha256)
-    return _b64(mac.digest()[:12])
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    """Strict: only the one canonical spelling of a value is accepted."""
-    try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as exc:
-        raise ValueError("not base64") from exc
-    if _b64(data) != text:
-        raise ValueError("not canonical base64")
-    return data
+    return b64(mac.digest()[:12])
 
 
 def _is_number(text: str) -> bool:

@@ -99,14 +99,14 @@ class Signer:
         name = series or ""
         # The series' length first: a slug may hold any character but "/", dots too.
         payload = f"{_VERSION}.{subscriber_id}.{stamp}.{len(name)}.{name}{article or ''}".encode()
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        return f"{b64(payload)}.{b64(self._mac(payload))}"
 
     def verify(self, token: str) -> TokenSubject | None:
         """The subject of a genuine token; None for anything forged, altered or malformed."""
         try:
             payload_part, mac_part = token.split(".")
-            payload = _unb64(payload_part)
-            mac = _unb64(mac_part)
+            payload = unb64(payload_part)
+            mac = unb64(mac_part)
         except ValueError:
             return None
         if not any(
@@ -140,18 +140,21 @@ class Signer:
         return hmac.digest(key or self._key, payload, "sha256")[:18]  # one C call (OpenSSL)
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
+    """``data`` in URL-safe base64 without padding (RFC 4648 section 5), as links carry
+    it."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    """Strict: the decoder skips characters outside the alphabet and ignores a final
-    character's spare bits, so only the one canonical spelling of a value is taken."""
+def unb64(text: str) -> bytes:
+    """``b64``'s inverse; raises ValueError for anything else. Strict: the decoder
+    skips characters outside the alphabet and ignores a final character's spare bits,
+    so only the one canonical spelling of a value is taken."""
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise ValueError("not base64") from exc
-    if _b64(data) != text:
+    if b64(data) != text:
         raise ValueError("not canonical base64")
     return data
 

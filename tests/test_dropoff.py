@@ -153,10 +153,10 @@ def test_drop_off_counts_web_unsubscribes_and_provider_bounces(
 
 def _as_version_2(signer: object, subscriber_id: int, issued: datetime) -> str:
     """A link as emails made before tokens named their article carried it."""
-    from pipeline.tokens import _b64
+    from pipeline.tokens import b64
 
     payload = f"2.{subscriber_id}.{int(issued.timestamp())}.attachment".encode()
-    return f"{_b64(payload)}.{_b64(signer._mac(payload))}"  # type: ignore[attr-defined]
+    return f"{b64(payload)}.{b64(signer._mac(payload))}"  # type: ignore[attr-defined]
 
 
 def test_series_only_unsubscribe_counts_in_that_series_at_the_article(ws: Workspace) -> None:
