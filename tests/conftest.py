@@ -83,13 +83,23 @@ def database_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
+    yield from _fresh_postgres(postgres_admin_url)
+
+
+@pytest.fixture
+def postgres_database_url(postgres_admin_url: str | None) -> Iterator[str]:
+    """A fresh database on the real PostgreSQL, for tests about PostgreSQL only."""
+    yield from _fresh_postgres(postgres_admin_url)
+
+
+def _fresh_postgres(admin_url: str | None) -> Iterator[str]:
     from .databases import HOW_TO, fresh_database
 
-    if postgres_admin_url is None:
+    if admin_url is None:
         if os.environ.get("CI"):
             pytest.fail(f"{HOW_TO} (CI must not skip PostgreSQL)")
         pytest.skip(HOW_TO)
-    with fresh_database(postgres_admin_url) as url:
+    with fresh_database(admin_url) as url:
         yield url
 
 

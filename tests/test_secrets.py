@@ -175,13 +175,12 @@ def test_every_command_keeps_keys_and_password_out_of_output_and_storage(
     ["query", "userinfo", "at-in-password", "keyword-dsn", "unreachable"],
 )
 def test_the_database_password_is_masked_in_every_form(
-    example_copy: Path, database_url: str, form: str, monkeypatch: pytest.MonkeyPatch
+    example_copy: Path, postgres_database_url: str, form: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The password of SERIES_DATABASE_URL, as ?password=, in the user part, with an
     unencoded @, in a keyword DSN pasted by mistake, or for a server that cannot be
     reached, never appears in any command's output or errors."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("these are PostgreSQL URL forms")
+    database_url = postgres_database_url
     url = {
         "query": postgres_url(database_url, "query"),
         "userinfo": postgres_url(database_url, "userinfo"),
