@@ -32,6 +32,8 @@ def shown_name(name: str) -> str:
     without a leading byte-order mark (U+FEFF) or any bidi embedding, override or
     isolate, and ``""`` when nothing visible is left: a name of only format
     characters (Unicode category Cf: U+200B, U+FEFF, U+200E, …) and spaces."""
+    if name.isascii() and name.isprintable():  # most names: nothing to take out
+        return " ".join(name.split())
     name = clean_name(_BIDI_CONTROLS.sub("", name).lstrip("\ufeff"))
     return name.strip() if _visible(name) else ""
 
@@ -59,7 +61,11 @@ def first_word(name: str) -> str:
     control characters. Line breaks and other control characters separate words
     (``clean_name``), so a hostile name cannot carry a line into the text part; a
     "word" of only invisible format characters (U+200B) is skipped."""
-    words = [word for word in shown_name(name).split() if _visible(word)]
+    shown = shown_name(name)
+    if shown.isascii():  # every ASCII word that is left is visible
+        words = shown.split()
+        return (words[0].rstrip(_TRAILING) or words[0]) if words else ""
+    words = [word for word in shown.split() if _visible(word)]
     if not words:
         return ""
     word = words[0].rstrip(_TRAILING)
