@@ -21,7 +21,7 @@ import hmac
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .tokens import Signer, b64, fingerprint, unb64
+from .tokens import Signer, b64, fingerprint, split_token
 
 _VERSION = "c1"
 _PURPOSE = b"series double opt-in confirmation v1"
@@ -75,12 +75,10 @@ class ConfirmSigner:
         ``expires`` with its clock); None for anything forged, altered or malformed."""
         if len(token) > 400:
             return None
-        try:
-            payload_part, mac_part = token.split(".")
-            payload = unb64(payload_part)
-            mac = unb64(mac_part)
-        except ValueError:
+        parts = split_token(token)
+        if parts is None:
             return None
+        payload, mac = parts
         key = next((k for k in self._accepted if hmac.compare_digest(mac, _mac(k, payload))), None)
         if key is None:
             return None

@@ -103,12 +103,10 @@ class Signer:
 
     def verify(self, token: str) -> TokenSubject | None:
         """The subject of a genuine token; None for anything forged, altered or malformed."""
-        try:
-            payload_part, mac_part = token.split(".")
-            payload = unb64(payload_part)
-            mac = unb64(mac_part)
-        except ValueError:
+        parts = split_token(token)
+        if parts is None:
             return None
+        payload, mac = parts
         if not any(
             hmac.compare_digest(mac, self._mac(payload, key))
             for key in (self._key, *self._previous)
@@ -144,6 +142,16 @@ def b64(data: bytes) -> str:
     """``data`` in URL-safe base64 without padding (RFC 4648 section 5), as links carry
     it."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def split_token(token: str) -> tuple[bytes, bytes] | None:
+    """(payload, MAC) of a token written ``b64(payload).b64(mac)``; None when ``token``
+    is not two strict base64 values joined by one dot."""
+    try:
+        payload_part, mac_part = token.split(".")
+        return unb64(payload_part), unb64(mac_part)
+    except ValueError:
+        return None
 
 
 def unb64(text: str) -> bytes:
