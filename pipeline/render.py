@@ -103,7 +103,11 @@ class CompiledEmail:
     def personalise(self, who: Personal, default_name: str = "there") -> RenderedEmail:
         """``who``'s copy: their fields (``personal.field_values``) filled in, escaped
         in the HTML part and as they are in the text part."""
-        raw = field_values(who, default_name)
+        return self.filled(field_values(who, default_name))
+
+    def filled(self, raw: Mapping[str, str]) -> RenderedEmail:
+        """This email with the raw (unescaped) values of ``personal.PERSONAL_FIELDS``
+        filled in: escaped in the HTML part, as they are in the text part."""
         escaped = {key: str(escape(value)) for key, value in raw.items()}
         return RenderedEmail(
             self.subject, self.preheader, self.html.fill(escaped), self.text.fill(raw)

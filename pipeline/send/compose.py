@@ -250,8 +250,8 @@ def personal_message(
             "List-Unsubscribe": f"<{url}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
-    who = Personal(to.name, to.email, url, first_name)
-    rendered = compiled.personalise(who, config.default_name)
+    values = field_values(Personal(to.name, to.email, url, first_name), config.default_name)
+    rendered = compiled.filled(values)
     return Message(
         key=key,
         sender=sender,
@@ -262,7 +262,7 @@ def personal_message(
         reply_to=config.reply_to,
         headers=headers,
         tag=tag,
-        merge=Merge(compiled, field_values(who, config.default_name)),
+        merge=Merge(compiled, values),
     )
 
 
