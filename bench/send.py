@@ -1,12 +1,13 @@
-"""Benchmark: `series send` end to end against a fake Postmark on 127.0.0.1, measured
+"""Benchmark: `series send` end to end against a Postmark-shaped server on 127.0.0.1, measured
 against the machine's limit, and its memory, PostgreSQL and several processes.
 
 1. The limit ratio: N readers (default 100,000) each due part 1 of the example series.
    `bench/limit.py` (only the unavoidable work: fill three personal fields into the
    rendered part, orjson, POST batches of 500) and `series send --provider postmark`
-   send the same messages to the same fake Postmark, alternating, with 1 and 2
-   workers; prints messages/s, peak memory (PSS, each page counted once across the
-   processes) and `series / limit` (wall time). Target <= 1.4x.
+   send the same messages to the same Postmark-shaped server on 127.0.0.1 that
+   discards them (`bench/sink.py`), alternating, with 1 and 2 workers; prints
+   messages/s, peak memory (PSS, each page counted once across the processes) and
+   `series / limit` (wall time). Target <= 1.4x.
 2. Memory: M readers due (default 1,000,000): peak PSS of `series send --dry-run` and
    of the send itself. Target <= 300 MB each.
 3. Idle: the same M enrollments with nothing due; the nothing-due run, target <= 1 s.
@@ -39,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.sink import Sink  # noqa: E402
 from tests.fake_postmark import FakePostmarkProcess  # noqa: E402
 
 TOKEN = "bench-token"
@@ -220,19 +221,18 @@ def send_once(
             if database == "postgresql":
                 database = stack.enter_context(_postgres_database())
             setup = Setup(Path(tmp), count, code, workers=workers, database=database)
-            with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
-                timed = setup.send(fake.url, processes=processes)
-                accepted = list(fake.accepted)
+            with Sink(TOKEN) as sink:
+                timed = setup.send(sink.url, processes=processes)
+                stats = sink.stats()
         sent = sum(
             int(line.split(",")[0].split()[1])
             for line in timed.out.splitlines()
             if line.startswith("sent ")
         )
-        twice = [to for to, n in Counter(a["to"] for a in accepted).items() if n > 1]
-        if sent != count or len(accepted) != count or twice:
+        if sent != count or stats["accepted"] != count or stats["twice"]:
             sys.exit(
                 f"expected {count} messages once each, got: {timed.out.strip()} "
-                f"({len(accepted)} accepted, {len(twice)} readers more than once)"
+                f"({stats['accepted']} accepted, {stats['twice']} readers more than once)"
             )
         return timed
 
@@ -242,11 +242,11 @@ def limit_once(count: int, workers: int, part: Path) -> Timed:
     with tempfile.TemporaryDirectory(prefix="series-bench-limit-") as tmp:
         readers = Path(tmp) / "readers.csv"
         write_csv(readers, count)
-        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
+        with Sink(TOKEN) as sink:
             command = [sys.executable, str(ROOT / "bench" / "limit.py"), str(part), str(readers)]
-            command += [fake.url, "--token", TOKEN, "--processes", str(workers)]
+            command += [sink.url, "--token", TOKEN, "--processes", str(workers)]
             timed = run_timed(command, env=dict(os.environ))
-            accepted = len(fake.accepted)
+            accepted = sink.stats()["accepted"]
         if accepted != count:
             sys.exit(f"the limit client: {accepted} of {count} accepted")
         return timed
