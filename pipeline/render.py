@@ -13,12 +13,14 @@ import traceback
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jinja2
+import orjson
 from markupsafe import Markup, escape
 
 from .compiler import MjmlCache, compact, compile_mjml, set_language
@@ -87,6 +89,32 @@ class _Filled:
             out.append(values[name])
             out.append(piece)
         return "".join(out)
+
+    @cached_property
+    def encoded(self) -> tuple[bytes, ...]:
+        """Each piece as the inside of a JSON string (RFC 8259 §7: UTF-8, with quotes,
+        backslashes and control characters escaped), encoded once for every reader."""
+        return tuple(json_string(piece) for piece in self.pieces)
+
+    def fill_json(self, values: Mapping[str, bytes]) -> bytes:
+        """`fill` as a JSON string, quotes included, from ``values`` already encoded
+        with `json_string`: JSON escapes one character at a time, so the encoded
+        pieces joined are the encoding of the joined text. A request body then
+        carries it as it is (``orjson.Fragment``) instead of encoding ~25 KB of text
+        again for each reader."""
+        encoded = self.encoded
+        out = [b'"', encoded[0]]
+        for name, piece in zip(self.fields, encoded[1:], strict=True):
+            out.append(values[name])
+            out.append(piece)
+        out.append(b'"')
+        return b"".join(out)
+
+
+def json_string(text: str) -> bytes:
+    """``text`` as the inside of a JSON string (UTF-8, no quotes around it). Raises
+    orjson.JSONEncodeError for a lone surrogate, which UTF-8 cannot carry."""
+    return orjson.dumps(text)[1:-1]
 
 
 @dataclass(frozen=True)

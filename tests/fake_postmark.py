@@ -124,6 +124,7 @@ class RecordedRequest:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    raw: bytes = b""  # the body's bytes as they arrived
 
     def header(self, name: str) -> str | None:
         """A header by name, ignoring case as HTTP does."""
@@ -360,7 +361,7 @@ class FakePostmark:
             self.stats["requests"] += 1
             if self.keep_in_memory:
                 self.requests.append(
-                    RecordedRequest(method, url.path, query, dict(headers.items()), body)
+                    RecordedRequest(method, url.path, query, dict(headers.items()), body, raw)
                 )
 
         reply, fault = self._route(method, url.path, query, headers, raw, body)

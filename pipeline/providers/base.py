@@ -11,9 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar, Literal
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import orjson
 from markupsafe import escape
 
 from ..config import Address
@@ -58,6 +59,19 @@ class Merge:
         text = self.template.text.fill({f: placeholder(f, False) for f in fields})
         return html, text
 
+    @cached_property
+    def json_bodies(self) -> tuple[bytes, bytes]:
+        """(html, text) of this recipient's message as JSON strings (quotes included,
+        UTF-8), for a provider whose request carries the parts as JSON: the same text
+        as ``Message.html`` and ``Message.text``, joined from pieces encoded once per
+        part (`render._Filled.fill_json`). Raises orjson.JSONEncodeError for a value
+        UTF-8 cannot carry (a lone surrogate)."""
+        from ..render import json_string
+
+        text = {name: json_string(raw) for name, raw in self.values.items()}
+        html = {name: json_string(str(escape(raw))) for name, raw in self.values.items()}
+        return self.template.html.fill_json(html), self.template.text.fill_json(text)
+
     def value(self, name: str, *, in_html: bool) -> str:
         """One field's value as the HTML part needs it (escaped) or the text part."""
         raw = self.values[name]
@@ -77,7 +91,17 @@ class Message:
     reply_to: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     tag: str = ""
-    merge: Merge | None = None  # the same email before personalisation
+    # The same email before personalisation: ``html`` and ``text`` are its fill.
+    merge: Merge | None = None
+
+    def json_bodies(self) -> tuple[Any, Any]:
+        """(html, text) as a JSON request body carries them: ``orjson.Fragment``s
+        joined from pieces encoded once per part when the message has its ``merge``,
+        else the strings themselves (orjson encodes them)."""
+        if self.merge is None:
+            return self.html, self.text
+        html, text = self.merge.json_bodies
+        return orjson.Fragment(html), orjson.Fragment(text)
 
 
 @dataclass(frozen=True)

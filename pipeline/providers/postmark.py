@@ -181,12 +181,13 @@ class PostmarkProvider(Provider):
         self.http.close()
 
     def _payload(self, message: Message) -> dict[str, Any]:
+        html, text = message.json_bodies()
         payload: dict[str, Any] = {
             "From": _formatted(message.sender),
             "To": message.to.formatted(),
             "Subject": message.subject,
-            "HtmlBody": message.html,
-            "TextBody": message.text,
+            "HtmlBody": html,
+            "TextBody": text,
             "Headers": [{"Name": k, "Value": v} for k, v in message.headers.items()],
             "Metadata": {"delivery_key": message.key},
             "MessageStream": self.stream,

@@ -125,12 +125,13 @@ class ResendProvider(Provider):
         return in_order(messages, self._results(ready, _json(response)), refused)
 
     def _payload(self, message: Message) -> dict[str, Any]:
+        html, text = message.json_bodies()
         payload: dict[str, Any] = {
             "from": _formatted(message.sender),
             "to": [message.to.formatted()],
             "subject": message.subject,
-            "html": message.html,
-            "text": message.text,
+            "html": html,
+            "text": text,
             "headers": dict(message.headers),
             "tags": [{"name": "delivery_key", "value": _tag_value(message.key)}],
         }
