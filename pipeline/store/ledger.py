@@ -11,7 +11,7 @@ provider before anything is sent again.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +25,7 @@ from ..personal import FIRST_NAME_ATTRIBUTE
 from ..plan import Enrollment, LedgerEntry
 from ..redact import scrub_addresses
 from ..tokens import Signer
-from . import Store
+from . import Store, sqlite_bulk
 from .schema import (
     UTCDateTime,
     deliveries,
@@ -274,6 +274,15 @@ def save_bookmarks(
     """(enrollment id, next wake-up, plan version, completed at) for each planned enrollment."""
     if not rows:
         return
+    if conn.dialect.name == "sqlite":
+        sqlite_bulk.save_bookmarks(
+            conn,
+            [
+                (i, _db_time(conn, wake), version, _db_time(conn, done))
+                for i, wake, version, done in rows
+            ],
+        )
+        return
     table = untyped(enrollments)
     _executemany(
         conn,
@@ -328,19 +337,23 @@ def claim(
     if not due:
         return []
     series = due[0].enrollment.series
-    active = set(
-        conn.scalars(
-            sa.select(enrollments.c.subscriber_id)
-            .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
-            .where(
-                enrollments.c.series == series,
-                enrollments.c.subscriber_id.in_([d.enrollment.subscriber_id for d in due]),
-                subscribers.c.status == "active",
-                enrollments.c.paused.is_(False),
-                enrollments.c.unsubscribed_at.is_(None),
+    if conn.dialect.name == "sqlite":
+        ids = [d.enrollment.subscriber_id for d in due]
+        active = sqlite_bulk.active_subscribers(conn, series, ids)
+    else:
+        active = set(
+            conn.scalars(
+                sa.select(enrollments.c.subscriber_id)
+                .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
+                .where(
+                    enrollments.c.series == series,
+                    enrollments.c.subscriber_id.in_([d.enrollment.subscriber_id for d in due]),
+                    subscribers.c.status == "active",
+                    enrollments.c.paused.is_(False),
+                    enrollments.c.unsubscribed_at.is_(None),
+                )
             )
         )
-    )
     wanted = [d for d in due if d.enrollment.subscriber_id in active]
     # What the planner saw decides between inserting and taking back a failed row. If
     # another run got there since, the insert conflicts, or the failed row is no
@@ -361,31 +374,46 @@ def claim(
             .returning(table.c.id, table.c.subscriber_id, table.c.article, table.c.delivery_key)
         )
         db_now, db_until = to_db(conn.dialect, now), to_db(conn.dialect, until)
-        keys = [uuid.uuid4().hex for _ in fresh]
+        keys = delivery_keys(len(fresh))
         # The request's key as it will be if every insert succeeds and nothing is taken
         # back (the usual case): then no second write of these rows is needed below.
         hoped = None if retry else batch_key(keys)
-        inserted = conn.execute(
-            insert,
-            [
-                {
-                    "subscriber_id": d.enrollment.subscriber_id,
-                    "series": series,
-                    "article": d.article,
-                    "part": d.part,
-                    "state": "claimed",
-                    "attempts": 1,
-                    "delivery_key": key,
-                    "claim_token": token,
-                    "claimed_until": db_until,
-                    "created_at": db_now,
-                    "updated_at": db_now,
-                    "attempted_at": db_now,
-                    "batch": hoped,
-                }
-                for d, key in zip(fresh, keys, strict=True)
-            ],
-        ).all()
+        inserted: Sequence[Any]
+        if conn.dialect.name == "sqlite":
+            inserted = sqlite_bulk.insert_claims(
+                conn,
+                series,
+                [
+                    (d.enrollment.subscriber_id, d.article, d.part, key)
+                    for d, key in zip(fresh, keys, strict=True)
+                ],
+                token=token,
+                until=db_until,
+                now=db_now,
+                batch=hoped,
+            )
+        else:
+            inserted = conn.execute(
+                insert,
+                [
+                    {
+                        "subscriber_id": d.enrollment.subscriber_id,
+                        "series": series,
+                        "article": d.article,
+                        "part": d.part,
+                        "state": "claimed",
+                        "attempts": 1,
+                        "delivery_key": key,
+                        "claim_token": token,
+                        "claimed_until": db_until,
+                        "created_at": db_now,
+                        "updated_at": db_now,
+                        "attempted_at": db_now,
+                        "batch": hoped,
+                    }
+                    for d, key in zip(fresh, keys, strict=True)
+                ],
+            ).all()
         if len(inserted) == len(fresh) and hoped is not None:
             for row in inserted:
                 d = by_key[(row.subscriber_id, row.article)]
@@ -447,6 +475,13 @@ def claim(
             .values(batch=batch_key(c.key for c in claims))
         )
     return claims
+
+
+def delivery_keys(count: int) -> list[str]:
+    """``count`` new delivery keys: 128 random bits each, as 32 hex digits (one read
+    of the system's random source for all)."""
+    bits = os.urandom(16 * count)
+    return [bits[i : i + 16].hex() for i in range(0, 16 * count, 16)]
 
 
 def batch_key(delivery_keys: Iterable[str]) -> str:
@@ -563,6 +598,15 @@ def record(
     table = untyped(deliveries)  # values below are already in the database's own form
     db_now = to_db(conn.dialect, now)
     db_sent = to_db(conn.dialect, sent_at)
+    if conn.dialect.name == "sqlite":
+        sqlite_bulk.record_outcomes(
+            conn,
+            [(c.id, state, message_id, error) for c, state, message_id, error in outcomes],
+            token=token,
+            now=db_now,
+            sent_at=db_sent,
+        )
+        return
     _executemany(
         conn,
         table.update()
