@@ -178,6 +178,10 @@ class Setup:
             env=self.env,
             cwd=code,
         )
+        # As the generated workflow runs it before each send: the MJML of every part is
+        # compiled into .series-cache/ (which the workflow keeps between runs), so the
+        # send measured reads it from there, as a scheduled send does.
+        run_timed(series_command(self.workspace, "check"), env=self.env, cwd=code)
 
     def send(self, fake_url: str, *extra: str, processes: int = 1) -> Timed:
         env = {**self.env, "SERIES_PROVIDER_URL": fake_url}
