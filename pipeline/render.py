@@ -111,6 +111,11 @@ class _Filled:
         return b"".join(out)
 
 
+def escape_values(raw: Mapping[str, str]) -> dict[str, str]:
+    """Personal field values as the HTML part carries them (HTML-escaped)."""
+    return {key: str(escape(value)) for key, value in raw.items()}
+
+
 def json_string(text: str) -> bytes:
     """``text`` as the inside of a JSON string (UTF-8, no quotes around it). Raises
     orjson.JSONEncodeError for a lone surrogate, which UTF-8 cannot carry."""
@@ -133,10 +138,14 @@ class CompiledEmail:
         in the HTML part and as they are in the text part."""
         return self.filled(field_values(who, default_name))
 
-    def filled(self, raw: Mapping[str, str]) -> RenderedEmail:
+    def filled(
+        self, raw: Mapping[str, str], escaped: Mapping[str, str] | None = None
+    ) -> RenderedEmail:
         """This email with the raw (unescaped) values of ``personal.PERSONAL_FIELDS``
-        filled in: escaped in the HTML part, as they are in the text part."""
-        escaped = {key: str(escape(value)) for key, value in raw.items()}
+        filled in: escaped in the HTML part (``escaped``: those values already escaped,
+        `escape_values`), as they are in the text part."""
+        if escaped is None:
+            escaped = escape_values(raw)
         return RenderedEmail(
             self.subject, self.preheader, self.html.fill(escaped), self.text.fill(raw)
         )

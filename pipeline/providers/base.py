@@ -51,6 +51,8 @@ class Merge:
 
     template: CompiledEmail
     values: dict[str, str]  # this recipient's fields: personal.PERSONAL_FIELDS
+    # The same values HTML-escaped (render.escape_values), when already worked out.
+    escaped: dict[str, str] | None = None
 
     def body(self, placeholder: Callable[[str, bool], str]) -> tuple[str, str]:
         """(html, text) with ``placeholder(field, in_html)`` in place of each field."""
@@ -66,10 +68,11 @@ class Merge:
         as ``Message.html`` and ``Message.text``, joined from pieces encoded once per
         part (`render._Filled.fill_json`). Raises orjson.JSONEncodeError for a value
         UTF-8 cannot carry (a lone surrogate)."""
-        from ..render import json_string
+        from ..render import escape_values, json_string
 
+        escaped = self.escaped if self.escaped is not None else escape_values(self.values)
         text = {name: json_string(raw) for name, raw in self.values.items()}
-        html = {name: json_string(str(escape(raw))) for name, raw in self.values.items()}
+        html = {name: json_string(value) for name, value in escaped.items()}
         return self.template.html.fill_json(html), self.template.text.fill_json(text)
 
     def value(self, name: str, *, in_html: bool) -> str:

@@ -79,7 +79,9 @@ def _body(message: Message) -> bytes | None:
     merge = message.merge
     if merge is None:
         return None
-    html_values = {name: merge.value(name, in_html=True) for name in merge.values}
+    html_values = merge.escaped
+    if html_values is None:
+        html_values = {name: merge.value(name, in_html=True) for name in merge.values}
     text = filled_part(merge.template.text, merge.values, "plain", message.text)
     html = filled_part(merge.template.html, html_values, "html", message.html)
     if text is None or html is None:

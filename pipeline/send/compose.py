@@ -241,6 +241,7 @@ def personal_message(
     with the RFC 8058 headers) or the provider's own placeholder where it manages
     unsubscribes."""
     from ..personal import Personal, field_values
+    from ..render import escape_values
 
     headers: dict[str, str] = {}
     url = provider.managed_unsubscribe
@@ -251,7 +252,8 @@ def personal_message(
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
     values = field_values(Personal(to.name, to.email, url, first_name), config.default_name)
-    rendered = compiled.filled(values)
+    escaped = escape_values(values)
+    rendered = compiled.filled(values, escaped)
     return Message(
         key=key,
         sender=sender,
@@ -262,7 +264,7 @@ def personal_message(
         reply_to=config.reply_to,
         headers=headers,
         tag=tag,
-        merge=Merge(compiled, values),
+        merge=Merge(compiled, values, escaped),
     )
 
 
