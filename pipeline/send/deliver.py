@@ -415,38 +415,46 @@ def _record(
     version = run.versions[series.slug]
     rows = []
     bookmarks = []
+    statuses: list[tuple[int, str, str]] = []  # subscriber id, new status, why
+    failed: list[str] = []
     steps = _NextSteps(series, now)
-    with run.store.begin() as conn:
-        for claim in claims:
-            result = outcome.get(claim.key) or SendResult(claim.key, "unknown", error="no result")
-            rows.append((claim, result.outcome, result.message_id, result.error))
-            if result.outcome == "sent":
-                report.sent += 1
-            elif result.outcome == "unknown":
-                report.unknown += 1
-            else:
-                report.failed += 1
-                report.problems.append(
-                    f"{claim.enrollment.email}: part {claim.part} of {series.slug} failed: "
-                    f"{result.error}"
-                )
-                if result.subscriber_status:
-                    ledger.mark_subscriber(
-                        conn,
-                        claim.enrollment.subscriber_id,
-                        result.subscriber_status,
-                        actor=f"provider:{run.provider.name}",
-                        reason=result.error or "",
-                        now=now,
-                    )
-            entry = LedgerEntry(
-                result.outcome, claim.attempts, now, now if result.outcome == "sent" else None
+    # Everything is worked out before the transaction: its write lock is held only for
+    # the writes (other workers and runs wait for it).
+    for claim in claims:
+        result = outcome.get(claim.key) or SendResult(claim.key, "unknown", error="no result")
+        rows.append((claim, result.outcome, result.message_id, result.error))
+        if result.outcome == "failed":
+            failed.append(
+                f"{claim.enrollment.email}: part {claim.part} of {series.slug} failed: "
+                f"{result.error}"
             )
-            bookmarks.append(bookmark(claim.enrollment, steps.after(claim, entry), version, now))
+            if result.subscriber_status:
+                statuses.append(
+                    (claim.enrollment.subscriber_id, result.subscriber_status, result.error or "")
+                )
+        entry = LedgerEntry(
+            result.outcome, claim.attempts, now, now if result.outcome == "sent" else None
+        )
+        bookmarks.append(bookmark(claim.enrollment, steps.after(claim, entry), version, now))
+    with run.store.begin() as conn:
+        for subscriber_id, status, reason in statuses:
+            ledger.mark_subscriber(
+                conn,
+                subscriber_id,
+                status,
+                actor=f"provider:{run.provider.name}",
+                reason=reason,
+                now=now,
+            )
         ledger.record(conn, rows, token=run.token, now=clock, sent_at=now)
         ledger.save_bookmarks(conn, bookmarks)
         if then is not None:
             then.write(conn)
+    # Counted once recorded: a report never counts what the ledger does not hold.
+    report.sent += sum(1 for _, state, _, _ in rows if state == "sent")
+    report.unknown += sum(1 for _, state, _, _ in rows if state == "unknown")
+    report.failed += len(failed)
+    report.problems += failed
 
 
 class _NextSteps:
