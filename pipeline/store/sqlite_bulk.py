@@ -2,17 +2,22 @@
 JSON array of rows: claim the deliveries, record their outcomes, save the readers'
 bookmarks.
 
-SQLite reads the array with ``json_each`` (https://sqlite.org/json1.html, built in
-since 3.38) and joins each element to its row by primary key (``UPDATE … FROM``,
-3.33; ``RETURNING``, 3.35). Against SQLAlchemy's executemany and multi-row VALUES
-this binds a handful of parameters instead of thousands, and the statement text is
-the same for every batch, so SQLite prepares it once per connection: per message, a
-claim took 38 µs of CPU and now 12, a record 19 and now 8, a bookmark 19 and now 13
-(`bench/send.py`, 20,000 readers). The write transactions are that much shorter too,
-and two worker processes take turns on one file's write lock.
+SQLite reads the array with ``json_each`` and ``json_extract`` (JSON1,
+https://sqlite.org/json1.html: built in since 3.38, and compiled into the SQLite of
+mainstream Python builds before) and joins each element to its row by primary key
+(``UPDATE … FROM``, 3.33; ``RETURNING``, 3.35, which the ledger needed before).
+Against SQLAlchemy's executemany and multi-row VALUES this binds a handful of
+parameters instead of thousands, and the statement text is the same for every batch,
+so SQLite prepares it once per connection: per message, a claim took 35 µs of CPU and
+now 18, a record 17 and now 7, a bookmark 20 and now 12 (`bench/ledger.py`). The
+write transactions are that much shorter too, and two worker processes take turns on
+one file's write lock.
 
 Values come in the database's own form (times as the fixed-width text ``to_db``
-writes); every row is a JSON array, read by position.
+writes); every row is a JSON array, read by position. SQLite's JSON functions end a
+text at U+0000, so none may hold one: `series check` refuses a control character in a
+slug, and a provider's message id keeps one as a visible escape (``SendResult``);
+errors are scrubbed the same way (``redact.provider_text``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from sqlalchemy.engine import Connection, Row
 _CLAIM = """\
 INSERT INTO deliveries (subscriber_id, series, article, part, state, attempts,
     delivery_key, claim_token, claimed_until, created_at, updated_at, attempted_at, batch)
-SELECT j.value ->> 0, ?, j.value ->> 1, j.value ->> 2, 'claimed', 1,
-    j.value ->> 3, ?, ?, ?, ?, ?, ?
+SELECT json_extract(j.value, '$[0]'), ?, json_extract(j.value, '$[1]'),
+    json_extract(j.value, '$[2]'), 'claimed', 1, json_extract(j.value, '$[3]'),
+    ?, ?, ?, ?, ?, ?
 FROM json_each(?) AS j
 WHERE true
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
@@ -37,23 +43,23 @@ RETURNING id, subscriber_id, article, delivery_key"""
 
 _RECORD = """\
 UPDATE deliveries SET
-    state = j.value ->> 1,
-    provider_message_id = j.value ->> 2,
-    last_error = j.value ->> 3,
-    sent_at = CASE WHEN j.value ->> 1 = 'sent' THEN ? END,
+    state = json_extract(j.value, '$[1]'),
+    provider_message_id = json_extract(j.value, '$[2]'),
+    last_error = json_extract(j.value, '$[3]'),
+    sent_at = CASE WHEN json_extract(j.value, '$[1]') = 'sent' THEN ? END,
     claim_token = NULL,
     claimed_until = NULL,
     updated_at = ?
 FROM json_each(?) AS j
-WHERE deliveries.id = j.value ->> 0 AND deliveries.claim_token = ?"""
+WHERE deliveries.id = json_extract(j.value, '$[0]') AND deliveries.claim_token = ?"""
 
 _BOOKMARKS = """\
 UPDATE enrollments SET
-    next_due_at = j.value ->> 1,
-    plan_version = j.value ->> 2,
-    completed_at = j.value ->> 3
+    next_due_at = json_extract(j.value, '$[1]'),
+    plan_version = json_extract(j.value, '$[2]'),
+    completed_at = json_extract(j.value, '$[3]')
 FROM json_each(?) AS j
-WHERE enrollments.id = j.value ->> 0"""
+WHERE enrollments.id = json_extract(j.value, '$[0]')"""
 
 
 _ACTIVE = """\
