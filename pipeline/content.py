@@ -28,7 +28,7 @@ from .config import (
     sender_problem,
 )
 from .errors import Problem
-from .headers import line_problem
+from .headers import CONTROL, line_problem
 from .language import language_problem
 from .sources import ReadError, quote, read_text, unquote_hint
 from .yamlfile import YamlProblem, load_mapping
@@ -389,6 +389,16 @@ def _check_slugs(articles: list[Article], problems: list[Problem]) -> None:
     seen: dict[str, Article] = {}
     for article in sorted(articles, key=lambda a: a.source):
         line = _key_line(article.path, "slug") or 1
+        odd = _odd_character(article.slug)
+        if odd is not None:
+            problems.append(
+                Problem(
+                    article.source,
+                    line,
+                    f"slug holds {odd}; a slug is the article's name in the delivery ledger "
+                    "(set 'slug:' to letters, digits and dashes)",
+                )
+            )
         if len(article.slug) > SLUG_LENGTH:
             problems.append(
                 Problem(
@@ -409,6 +419,19 @@ def _check_slugs(articles: list[Article], problems: list[Problem]) -> None:
             )
         else:
             seen[article.slug] = article
+
+
+def _odd_character(slug: str) -> str | None:
+    """What makes ``slug`` unfit for the ledger, in words: a control character (NUL
+    cuts it short in SQLite's JSON functions, and none can be typed or shown), or a
+    byte of a file name that is not UTF-8 (Python keeps it as a lone surrogate, which
+    no database text can hold). None when it is fine."""
+    for char in slug:
+        if "\ud800" <= char <= "\udfff":
+            return "a byte that is not UTF-8 (from the file name)"
+        if CONTROL.match(char):
+            return f"a control character (U+{ord(char):04X})"
+    return None
 
 
 def _key_line(path: Path, key: str) -> int | None:

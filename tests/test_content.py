@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -182,3 +183,29 @@ def test_email_over_gmail_clip_size_warns(workspace: BuildWorkspace) -> None:
     assert str(problem).endswith(
         "Gmail clips messages over 102 KB, so shorten the article or split it"
     )
+
+
+def test_a_slug_with_a_control_character_is_an_error(workspace: BuildWorkspace) -> None:
+    """A NUL in a slug would be cut short in the ledger (SQLite's JSON functions end a
+    text there): `series check` refuses it at the `slug` line, shown escaped."""
+    root = workspace({"01-valid.md": "valid_article"})
+    article = root / "series" / "demo" / "01-valid.md"
+    text = article.read_text(encoding="utf-8")
+    article.write_text(text.replace("part: 1\n", 'part: 1\nslug: "intro\\0x"\n', 1), "utf-8")
+    assert problems_of(root) == [
+        "series/demo/01-valid.md:4: slug holds a control character (U+0000); a slug is the "
+        "article's name in the delivery ledger (set 'slug:' to letters, digits and dashes)"
+    ]
+
+
+def test_a_file_name_that_is_not_utf8_is_an_error_when_it_names_the_slug(
+    workspace: BuildWorkspace,
+) -> None:
+    """Without `slug:` the slug comes from the file name; a byte of it that is not UTF-8
+    could not be stored, so `series check` says so instead of a send failing later."""
+    root = workspace({"01-valid.md": "valid_article"})
+    folder = root / "series" / "demo"
+    odd = os.fsdecode(b"01-intro\xff.md")
+    (folder / "01-valid.md").rename(folder / odd)
+    [problem] = problems_of(root)
+    assert ":1: slug holds a byte that is not UTF-8 (from the file name)" in problem
