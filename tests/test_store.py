@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.errors import SeriesError
 from pipeline.importer import ImportReport, export_csv, import_csv
-from pipeline.store import Store, StoreError, open_store, safe_url
+from pipeline.providers.base import SendResult
+from pipeline.store import Store, StoreError, ledger, open_store, safe_url
 from pipeline.store.migrate import HEAD, upgrade
 from pipeline.store.schema import (
     deliveries,
@@ -599,3 +600,21 @@ def test_enrollments_carry_the_first_name_attribute(store: Store, tmp_path: Path
         "ann@example.com": "",
         "quote@example.com": 'O\'Brien "Bo" é',
     }
+
+
+def test_a_message_id_with_nul_is_recorded_escaped(store: Store) -> None:
+    """PostgreSQL cannot store U+0000 and SQLite's JSON functions (the batch writes read
+    their rows with them) end a text there: a provider's message id holding one goes
+    into the ledger whole, with the NUL as a visible escape."""
+    add_subscriber(store, CATALOG, "ann@example.com", now=NOW, series="attachment")
+    [[enrollment]] = ledger.iter_enrollments(store, "attachment", now=NOW, everything=True)
+    due = ledger.Due(enrollment, "secure", 1)
+    result = SendResult("k", "sent", message_id="<id\x00tail@mx>")
+    with store.begin() as conn:
+        [claim] = ledger.claim(conn, [due], token="t", until=NOW, now=NOW)
+        ledger.record(
+            conn, [(claim, "sent", result.message_id, None)], token="t", now=NOW, sent_at=NOW
+        )
+    with store.connect() as conn:
+        stored = conn.execute(sa.select(deliveries.c.provider_message_id, deliveries.c.state))
+        assert stored.all() == [("<id\\x00tail@mx>", "sent")]

@@ -31,7 +31,7 @@ from ..headers import (
     list_unsubscribe,
     one_line,
 )
-from ..redact import provider_text
+from ..redact import provider_text, terminal_text
 
 if TYPE_CHECKING:
     from ..render import CompiledEmail
@@ -124,6 +124,11 @@ class SendResult:
     def __post_init__(self) -> None:
         if self.error:
             object.__setattr__(self, "error", provider_text(self.error))
+        if self.message_id:
+            # A provider's id goes into the ledger and out in tables: a control
+            # character in one (NUL, which PostgreSQL cannot store and SQLite's JSON
+            # functions cut at) is kept as a visible escape.
+            object.__setattr__(self, "message_id", terminal_text(self.message_id))
 
 
 @dataclass(frozen=True)
