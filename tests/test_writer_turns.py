@@ -4,16 +4,18 @@ never by a reader, and never a reason to hang."""
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from pipeline.store import Store, WriterTurns, open_store
+
+fcntl = pytest.importorskip("fcntl")  # the turns are a POSIX flock
 
 
 def held_elsewhere(lock: Path) -> bool:
@@ -78,12 +80,11 @@ def test_a_second_process_waits_for_the_turn_then_writes(store: Store, tmp_path:
     assert child.exitcode == 0
 
 
-def test_threads_of_one_process_share_the_turn(store: Store) -> None:
-    """Two threads writing at once (the send loop's record and its sender's gate) never
-    wait on each other's flock: SQLite orders them, and the turn is given back once
-    the last of them is done."""
+def test_threads_of_one_process_take_turns_too(store: Store) -> None:
+    """Two threads writing at once (the send loop's record and its sender's gate, or
+    `series serve`'s request threads) take turns like processes do: the second writes
+    once the first is done, and the flock is given back in between."""
     lock = lock_of(store)
-    inside = threading.Event()
     done = threading.Event()
 
     def second() -> None:
@@ -93,13 +94,54 @@ def test_threads_of_one_process_share_the_turn(store: Store) -> None:
 
     with store.begin() as conn:
         conn.execute(sa.text("SELECT 1"))
-        inside.set()
         thread = threading.Thread(target=second)
         thread.start()
+        assert not done.wait(0.5)  # its turn comes after this transaction
         assert held_elsewhere(lock)
     thread.join(20)
     assert done.is_set()
     assert not held_elsewhere(lock)
+
+
+def _busy_writer(url: str, root: str, stop: multiprocessing.synchronize.Event) -> None:
+    """Three threads writing back to back until ``stop`` is set (at most 30 s)."""
+    busy = open_store(Path(root), url, migrate=False)
+    end = time.monotonic() + 30
+
+    def write() -> None:
+        while not stop.is_set() and time.monotonic() < end:
+            with busy.begin() as conn:
+                conn.execute(sa.text("UPDATE settings SET value = value WHERE key = 'none'"))
+
+    threads = [threading.Thread(target=write) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy.close()
+
+
+def test_a_process_whose_threads_never_pause_still_lets_another_write(
+    store: Store, tmp_path: Path
+) -> None:
+    """A process whose threads keep writing (a burst of one-click unsubscribes on
+    `series serve`) gives the turn back after each transaction: another process's
+    writes get in while it goes on, not only once it stops or after the patience."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    busy = context.Process(target=_busy_writer, args=(store.url, str(tmp_path), stop))
+    busy.start()
+    try:
+        time.sleep(1.0)  # the busy process is writing
+        assert busy.is_alive()
+        for _ in range(5):
+            with store.begin() as conn:
+                conn.execute(sa.text("UPDATE settings SET value = value WHERE key = 'none'"))
+        assert busy.is_alive()  # our writes got in while it was still writing
+    finally:
+        stop.set()
+        busy.join(40)
+    assert busy.exitcode == 0
 
 
 def test_a_turn_never_kept_gives_way_after_patience(tmp_path: Path) -> None:

@@ -210,72 +210,88 @@ def _engine(url: str) -> Engine:
 
 
 class WriterTurns:
-    """Write transactions on one SQLite file, from several processes (a run's workers,
-    a second run, `series serve`), wait their turn on an ``flock`` of a file beside the
-    database (``state.db-lock``, empty). The kernel wakes the next writer the moment
-    the last one commits, where SQLite's own busy handler polls in growing sleeps (up
-    to 100 ms each, https://sqlite.org/c3ref/busy_timeout.html) and two sending
-    workers spent over a quarter of their time asleep in BEGIN IMMEDIATE (py-spy). The
-    lock only orders our writers: SQLite's locks still decide, so a writer that cannot
-    take its turn within ``patience`` seconds (or a system without flock) simply goes
-    on to BEGIN IMMEDIATE and its busy timeout, as before."""
+    """Write transactions on one SQLite file take turns, one at a time across the
+    threads of a process and, through an ``flock`` of a file beside the database
+    (``state.db-lock``, empty), across processes: a run's workers, a second run,
+    `series serve`. A writer waiting for its turn looks every millisecond, where
+    SQLite's own busy handler sleeps ever longer between looks (up to 100 ms each,
+    https://sqlite.org/c3ref/busy_timeout.html): two sending workers spent 28% of
+    their time asleep in BEGIN IMMEDIATE (py-spy), and the lock passes on at once now.
 
-    POLL = 0.0005  # seconds between tries while another process writes
+    The turns only order our writers, SQLite's locks still decide: a writer that has
+    not had its turn after ``patience`` seconds (another process's writers never let
+    go, or one is stuck), or on a system without flock, goes on to BEGIN IMMEDIATE
+    and SQLite's busy timeout, as without turns."""
 
-    def __init__(self, path: Path | None, patience: float = 30.0) -> None:
+    POLL = 0.001  # seconds between looks while another process has the turn
+
+    def __init__(self, path: Path | None, patience: float = 2.0) -> None:
         self.path = path
         self.patience = patience
-        self._guard = threading.Lock()
-        self._holders = 0  # this process's threads inside a turn (one flock for all)
+        self._turn = threading.RLock()  # this process's turn, one thread at a time
+        self._depth = 0  # how deep the holding thread is (a nested write transaction)
+        self._locked = False  # whether this process holds the flock
         self._fd: int | None = None
         self._pid = os.getpid()
 
     @classmethod
     def for_engine(cls, engine: Engine) -> WriterTurns:
-        """Turns for a SQLite file database; none (a no-op) for PostgreSQL or memory."""
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        if not database or database == ":memory:" or fcntl is None:
+        """Turns for a SQLite file database; none (a no-op) for PostgreSQL, a database
+        in memory, or one named by a ``file:`` URI (its file is not a plain path)."""
+        url = engine.url
+        database = url.database if engine.dialect.name == "sqlite" else None
+        if (
+            not database
+            or database == ":memory:"
+            or database.startswith("file:")
+            or url.query.get("uri")
+            or fcntl is None
+        ):
             return cls(None)
         return cls(Path(database + "-lock"))
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """Hold this process's turn to write for the ``with`` block."""
+        """Hold the turn to write for the ``with`` block (or go on without it once
+        ``patience`` has run out)."""
         if self.path is None:
             yield
             return
-        self._enter()
+        deadline = time.monotonic() + self.patience
+        held = self._turn.acquire(timeout=self.patience)
         try:
+            if held:
+                self._depth += 1
+                if self._depth == 1:
+                    self._locked = self._lock_file(deadline)
             yield
         finally:
-            self._leave()
+            if held:
+                self._depth -= 1
+                if self._depth == 0 and self._locked:
+                    self._unlock_file()
+                self._turn.release()
 
-    def _enter(self) -> None:
-        with self._guard:
-            self._holders += 1
-            if self._holders > 1:
-                return  # another thread of this process has the turn: SQLite orders them
-            fd = self._open()
+    def _lock_file(self, deadline: float) -> bool:
+        fd = self._open()
         if fd is None:
-            return
-        deadline = time.monotonic() + self.patience
+            return False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return True
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    return
+                    return False
                 time.sleep(self.POLL)
             except OSError:
-                return  # a file system without flock: SQLite's busy timeout alone
+                return False  # a file system without flock: SQLite's busy timeout alone
 
-    def _leave(self) -> None:
-        with self._guard:
-            self._holders -= 1
-            if self._holders == 0 and self._fd is not None:
-                with contextlib.suppress(OSError):
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+    def _unlock_file(self) -> None:
+        self._locked = False
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _open(self) -> int | None:
         if self._fd is not None and self._pid != os.getpid():
@@ -286,17 +302,20 @@ class WriterTurns:
             self._fd = None
         if self._fd is None and self.path is not None:
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                # Read-only is enough for flock: another user (a `series serve` running
+                # under its own account) can take turns on a file the first one made.
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError:
                 return None  # a read-only folder: SQLite's busy timeout alone
             self._pid = os.getpid()
         return self._fd
 
     def close(self) -> None:
-        with self._guard:
-            if self._fd is not None and self._pid == os.getpid():
+        """Close the lock file (the turn, if held, goes with it)."""
+        if self._fd is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            self._fd = None
+        self._fd = None
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
