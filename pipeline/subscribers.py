@@ -188,6 +188,10 @@ def add_subscriber(
     if first_name is not None:
         first_name = clean_name(first_name)
     for what, value in (("name", name), ("first name", first_name)):
+        if value is not None and not _is_text(value):
+            # A byte that is not UTF-8 on the command line comes in as a lone surrogate,
+            # which no database can store.
+            raise SubscriberError(f"the {what} holds a byte that is not UTF-8")
         if value is not None and len(value) > NAME_LENGTH:
             raise SubscriberError(
                 f"the {what} is {len(value):,} characters long (at most {NAME_LENGTH:,})"
@@ -578,3 +582,12 @@ def progress_text(enrollment: Enrollment, total: int | None) -> str:
     else:
         done = "not started"
     return f"paused, {done}" if enrollment.paused else done
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is text UTF-8 can carry (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -85,6 +85,7 @@ def test_add_normalises_and_is_unique(store: Store) -> None:
         ({"series": "boundaries", "start_part": 4}, "series 'boundaries' has no part 4"),
         ({"timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
         ({"start_part": 2}, "--start-part needs --series"),
+        ({"name": "Bad \udcff"}, "the name holds a byte that is not UTF-8"),
     ],
 )
 def test_add_rejects_bad_values(store: Store, kwargs: dict[str, object], message: str) -> None:
