@@ -619,3 +619,16 @@ def test_a_message_id_with_nul_is_recorded_escaped(store: Store) -> None:
     with store.connect() as conn:
         stored = conn.execute(sa.select(deliveries.c.provider_message_id, deliveries.c.state))
         assert stored.all() == [("<id\\x00tail@mx>", "sent")]
+
+
+def test_a_sqlite_too_old_for_the_ledger_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's writes use RETURNING (SQLite 3.35) and JSON functions: a Python
+    built with an older SQLite (it cannot be installed here) gets one clear line."""
+    import sqlite3
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(StoreError, match=r"SQLite 3\.34\.1; series needs 3\.35 or later"):
+        open_store(tmp_path, f"sqlite:///{tmp_path / 'state.db'}")

@@ -319,6 +319,7 @@ class WriterTurns:
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
+    _require_sqlite_features()
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         _refuse_empty_file(Path(url.database), url.render_as_string(hide_password=True))
@@ -352,6 +353,24 @@ def _sqlite_engine(url: sa.URL) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _require_sqlite_features() -> None:
+    """Refuse, with one line, a SQLite without what the ledger's writes use: RETURNING
+    (3.35) and the JSON functions (JSON1, built in since 3.38)."""
+    if sqlite3.sqlite_version_info < (3, 35, 0):
+        raise StoreError(
+            f"this Python uses SQLite {sqlite3.sqlite_version}; series needs 3.35 or later "
+            "(use a newer Python build, or PostgreSQL through SERIES_DATABASE_URL)"
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+            probe.execute("SELECT json_extract('[1]', '$[0]')")
+    except sqlite3.OperationalError:
+        raise StoreError(
+            f"this Python's SQLite {sqlite3.sqlite_version} was built without its JSON "
+            "functions, which series needs (use a newer Python build, or PostgreSQL)"
+        ) from None
 
 
 def _refuse_empty_file(path: Path, shown: str) -> None:
