@@ -166,3 +166,87 @@ def test_two_runs_at_once_on_postgresql_send_each_reader_one_email(
     )
     assert sent == 60 and len(files) == 60
     assert len(recipients) == 60 and set(recipients.values()) == {1}
+
+
+def add_enrollments(root: Path, count: int, *, next_due_at: datetime) -> None:
+    """COUNT active readers of the attachment series, each planned before (a plan
+    version) and woken at NEXT_DUE_AT: what a daily run finds when a part falls due."""
+    from pipeline.store.schema import enrollments
+
+    with open_store(root) as store, store.begin() as conn:
+        conn.execute(
+            subscribers.insert(),
+            [
+                {
+                    "email": f"w{i:06d}@example.com",
+                    "name": f"Reader {i}",
+                    "created_at": MONDAY - timedelta(days=30),
+                    "updated_at": MONDAY - timedelta(days=30),
+                    "attributes": {},
+                }
+                for i in range(count)
+            ],
+        )
+        ids = conn.execute(sa.select(subscribers.c.id).order_by(subscribers.c.id)).scalars()
+        conn.execute(
+            enrollments.insert(),
+            [
+                {
+                    "subscriber_id": i,
+                    "series": "attachment",
+                    "enrolled_at": MONDAY - timedelta(days=30),
+                    "next_due_at": next_due_at,
+                    "plan_version": "earlier",
+                }
+                for i in ids
+            ],
+        )
+
+
+def test_what_a_woken_run_remembers_stays_small_however_many_it_plans(example_copy: Path) -> None:
+    """The enrollments a run has planned are remembered (two queries may find one
+    twice), by id: 30,000 woken readers in chunks of 1,000 add no more than a few KB
+    between the second chunk and the last (a set of ids grew by ~2 MB)."""
+    import gc
+    import tracemalloc
+
+    add_enrollments(example_copy, 30_000, next_due_at=MONDAY - timedelta(hours=1))
+    with open_store(example_copy) as store:
+        chunks = ledger.iter_enrollments(
+            store, "attachment", now=MONDAY, everything=False, chunk=1000
+        )
+        sizes = []
+        count = 0
+        tracemalloc.start()
+        try:
+            for chunk in chunks:
+                count += len(chunk)
+                del chunk
+                gc.collect()
+                sizes.append(tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+    assert count == 30_000
+    assert sizes[-1] - sizes[1] < 256 * 1024, sizes[-1] - sizes[1]
+
+
+def test_an_id_set_holds_exactly_its_ids_in_a_bit_each_when_dense() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pipeline.store.idset import IdSet
+
+    @settings(deadline=None)
+    @given(st.lists(st.integers(min_value=0, max_value=3 * IdSet.PAGE)), st.integers(0, 10**6))
+    def same_as_a_set(ids: list[int], probe: int) -> None:
+        found = IdSet(ids)
+        assert len(found) == len(set(ids))
+        assert all(i in found for i in ids)
+        assert (probe in found) == (probe in set(ids))
+
+    same_as_a_set()
+    dense = IdSet(range(1, 200_001))
+    assert len(dense) == 200_000 and 1 in dense and 200_000 in dense and 0 not in dense
+    assert dense.nbytes() < 30_000  # 25 KB of bits, where a set takes ~12 MB
+    with pytest.raises(ValueError):
+        dense.add(-1)

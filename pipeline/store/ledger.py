@@ -26,6 +26,7 @@ from ..plan import Enrollment, LedgerEntry
 from ..redact import scrub_addresses
 from ..tokens import Signer
 from . import Store, sqlite_bulk
+from .idset import IdSet
 from .schema import (
     UTCDateTime,
     deliveries,
@@ -202,7 +203,7 @@ def iter_enrollments(
             ),
         ]
     )
-    seen: set[int] = set()
+    seen = IdSet()  # a bit per id: a million planned take 125 KB, not a 60 MB set
     for query, after in pages:
         last = None
         while True:
