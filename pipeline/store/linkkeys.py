@@ -14,7 +14,6 @@ one, and an outstanding confirmation link is a link already sent.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..errors import SeriesError
@@ -167,7 +166,11 @@ def _links_sent(conn: Connection) -> bool:
 
 
 def _put(conn: Connection, key: str, value: str) -> None:
-    # An upsert: two runs starting at once must not collide on the key.
+    # An upsert: two runs starting at once must not collide on the key. The dialect
+    # modules are imported here, when a key is first recorded, not by every run that
+    # checks it (PostgreSQL's costs 60-130 ms of start-up).
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     insert = dialect.insert(settings).values(key=key, value=value)
     conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
