@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -96,7 +97,7 @@ def send_command(
                 if bar is not None:
                     bar.__exit__(None, None, None)
                 provider.close()
-    for line in report.warnings + report.problems:
+    for line in itertools.chain(report.warnings, report.problems):
         click.echo(terminal_text(line), err=True)  # a line may name a reader
     click.echo(report.summary())
     if report.resolved:

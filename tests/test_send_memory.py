@@ -250,3 +250,71 @@ def test_an_id_set_holds_exactly_its_ids_in_a_bit_each_when_dense() -> None:
     assert dense.nbytes() < 30_000  # 25 KB of bits, where a set takes ~12 MB
     with pytest.raises(ValueError):
         dense.add(-1)
+
+
+def test_problem_lines_beyond_the_first_thousand_wait_in_a_file() -> None:
+    """A run where every delivery fails has a line per delivery: 100,000 lines take
+    less than 1 MB of memory (a list of them took ~12 MB), and read back whole, in
+    order, line breaks and all, also after crossing from a worker process (pickle)."""
+    import pickle
+    import tracemalloc
+
+    from pipeline.send.run import SendReport
+
+    report = SendReport()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100_000):
+            report.problems.append(f"r{i:06d}@example.com: part 1 of attachment failed: 406")
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1024 * 1024, grown
+    lines = report.problems
+    assert len(lines) == 100_000
+    assert lines[0] == "r000000@example.com: part 1 of attachment failed: 406"
+    assert lines[-1] == lines[99_999] == "r099999@example.com: part 1 of attachment failed: 406"
+    assert list(lines)[54_321] == "r054321@example.com: part 1 of attachment failed: 406"
+    lines.append("two\nlines")
+    assert list(lines)[-1] == "two\nlines" and len(list(lines)) == 100_001
+    assert pickle.loads(pickle.dumps(report)).problems == list(lines)
+    other = SendReport()
+    other.problems.append("one more")
+    report.merge(other)
+    assert list(report.problems)[-2:] == ["two\nlines", "one more"]
+    assert SendReport().problems == [] and pickle.loads(pickle.dumps(SendReport())).problems == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_failed_delivery_is_reported_when_the_lines_outgrow_memory(
+    example_copy: Path, postmark: object, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """40 readers, every one refused by Postmark (inactive recipient), with room in
+    memory for 3 problem lines: each reader's line is printed once, with 1 and with 2
+    worker processes (which send theirs to the parent in parts of 2)."""
+    from pipeline.send import workers as worker_module
+    from pipeline.send.run import ProblemLines
+
+    from .fake_postmark import FakePostmark
+    from .helpers import configure
+
+    assert isinstance(postmark, FakePostmark)
+    configure(
+        example_copy,
+        f'provider = "postmark"\nworkers = {workers}',
+        "[tool.series.postmark]\nbatch_size = 10",
+    )
+    emails = import_readers(example_copy, 40)
+    postmark.inactive.update(emails)
+    monkeypatch.setattr(ProblemLines, "KEEP", 3)
+    monkeypatch.setattr(worker_module, "PROBLEMS_AT_ONCE", 2)
+    code, out, err = run(example_copy, "send", "--now", MONDAY.isoformat())
+    assert code == 1
+    assert out.startswith("sent 0, failed 40,"), out + err
+    failed = Counter(
+        line.split(":")[0]
+        for line in err.splitlines()
+        if ": part 1 of attachment failed: 406" in line
+    )
+    assert failed == Counter({e: 1 for e in emails}), err

@@ -7,13 +7,15 @@ in this package and works on one `Run`.
 from __future__ import annotations
 
 import heapq
+import itertools
+import json
 import os
 import pickle
 import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, ClassVar
@@ -109,6 +111,81 @@ class PlannedRows:
             yield from rows
 
 
+class ProblemLines:
+    """The report's problem lines (one per failed delivery, and a few about the run), in
+    the order they came: the first ``KEEP`` in memory, the rest in a temporary file, so
+    a run where a million deliveries fail holds as little as one where a few do. A list
+    to read: iterate, ``len``, index, compare with a list."""
+
+    KEEP = 1000
+
+    def __init__(self, lines: Iterable[str] = ()) -> None:
+        self._start(lines)
+
+    def _start(self, lines: Iterable[str]) -> None:
+        self._kept: list[str] = []
+        self._file: IO[str] | None = None
+        self._count = 0
+        self.extend(lines)
+
+    def append(self, line: str) -> None:
+        self._count += 1
+        if len(self._kept) < self.KEEP:
+            self._kept.append(line)
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115 (lives with the report)
+                "w+", encoding="utf-8", prefix="series-problems-"
+            )
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(json.dumps(line) + "\n")  # a line may hold a line break
+
+    def extend(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.append(line)
+
+    def __iadd__(self, lines: Iterable[str]) -> ProblemLines:
+        self.extend(lines)
+        return self
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        """Every line, in order; may be read more than once."""
+        yield from list(self._kept)
+        if self._file is not None:
+            self._file.flush()
+            self._file.seek(0)
+            for raw in self._file:
+                yield json.loads(raw)
+
+    def __getitem__(self, index: int) -> str:
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        if index < len(self._kept):
+            return self._kept[index]
+        return next(itertools.islice(iter(self), index, None))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ProblemLines | list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    def __repr__(self) -> str:
+        return f"ProblemLines({list(self)!r})"
+
+    def __getstate__(self) -> tuple[list[str]]:
+        return (list(self),)  # as a list (a worker sends its own in parts: see workers)
+
+    def __setstate__(self, state: tuple[list[str]]) -> None:
+        self._start(state[0])
+
+
 @dataclass
 class SendReport:
     sent: int = 0
@@ -122,7 +199,7 @@ class SendReport:
     held: int = 0
     stopped: str | None = None  # the signal that stopped the run early ("SIGTERM")
     planned: PlannedRows = field(default_factory=PlannedRows)
-    problems: list[str] = field(default_factory=list)
+    problems: ProblemLines = field(default_factory=ProblemLines)
     # Where the content no longer matches what readers received (dry runs only).
     warnings: list[str] = field(default_factory=list)
 

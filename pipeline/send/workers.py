@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import multiprocessing
 import multiprocessing.queues
 import os
@@ -30,9 +31,10 @@ from ..store import ledger, open_store
 from .deliver import deliver
 from .limiter import RateLimiter
 from .planning import mark_planned, needs_full_plan, plan_chunks, to_plan
-from .run import Run, SendReport, Stop
+from .run import ProblemLines, Run, SendReport, Stop
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PROBLEMS_AT_ONCE = 1000  # problem lines a worker sends its parent in one message
 
 
 def workers_for(run: Run, series_list: Sequence[Series]) -> int:
@@ -98,6 +100,9 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
                     options.on_total(total)
                 if options.on_progress and sent_early:
                     options.on_progress(sent_early)
+            continue
+        if event[0] == "problems":
+            run.report.problems += event[1]
             continue
         if event[0] == "progress":
             if len(planned) < workers:
@@ -167,6 +172,12 @@ def _worker(
             # Nobody is left to read what this worker did: exit without waiting to say it.
             events.cancel_join_thread()
             return
+        # Its problem lines go in parts (a run where every delivery failed has one a
+        # delivery), so that neither process holds them all at once.
+        problems = iter(run.report.problems)
+        while part := list(itertools.islice(problems, PROBLEMS_AT_ONCE)):
+            events.put(("problems", part))
+        run.report.problems = ProblemLines()
         events.put(("done", run.report))
     except ProviderError as exc:
         events.put(("failed", exc.auth, str(exc)))
