@@ -318,3 +318,64 @@ def test_every_failed_delivery_is_reported_when_the_lines_outgrow_memory(
         if ": part 1 of attachment failed: 406" in line
     )
     assert failed == Counter({e: 1 for e in emails}), err
+
+
+class Item:
+    """A planned delivery stand-in that counts how many exist."""
+
+    alive = 0
+
+    def __init__(self, due: int, order: int) -> None:
+        self.due, self.order = due, order
+        Item.alive += 1
+
+    def __del__(self) -> None:
+        Item.alive -= 1
+
+
+def test_a_limited_run_holds_twice_the_limit_and_a_chunk_not_the_plan() -> None:
+    """--limit N: the N due first (ties in plan order), as sorting the whole plan gives
+    them, while never more than 2N items and two chunks exist; every other item is
+    held back exactly once."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pipeline.send.planning import earliest
+
+    @settings(deadline=None, max_examples=300)
+    @given(
+        st.lists(st.lists(st.integers(0, 20), max_size=12), max_size=30),
+        st.integers(0, 15),
+    )
+    def check(chunks: list[list[int]], limit: int) -> None:
+        longest = max((len(c) for c in chunks), default=0)
+        held: list[int] = []
+        most = 0
+
+        def planned() -> Iterator[list[Item]]:
+            nonlocal most
+            order = 0
+            for chunk in chunks:
+                items = []
+                for due in chunk:
+                    items.append(Item(due, order))
+                    order += 1
+                most = max(most, Item.alive)
+                yield items
+                del items
+
+        start = Item.alive
+        chosen = earliest(
+            planned(),
+            limit,
+            key=lambda i: i.due,
+            drop=lambda out: held.extend(i.order for i in out),
+        )
+        everything = [(due, n) for n, due in enumerate(d for c in chunks for d in c)]
+        expected = sorted(everything, key=lambda pair: pair[0])
+        assert [(i.due, i.order) for i in chosen] == expected[:limit]
+        assert sorted(held) == sorted(n for _, n in expected[limit:])
+        assert most - start <= 2 * limit + 2 * longest
+        del chosen
+
+    check()

@@ -26,10 +26,10 @@ from .compose import personal_message
 from .deliver import RETRIES, deliver
 from .planning import (
     dry_run_rows,
+    earliest,
     hold_back,
     mark_planned,
     needs_full_plan,
-    plan,
     plan_chunks,
     shares,
     to_plan,
@@ -97,14 +97,20 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
                 run.composer.prepare(series_list, due_now)
         run.composer.prepare(series_list)
         return report
-    due: list[tuple[Series, Due, Step]] = []
-    for series in series_list:
-        due += plan(run, series)
-    due.sort(key=lambda item: item[2].due_at or options.now)
-    if options.limit is not None:
-        report.skipped += max(0, len(due) - options.limit)
-        hold_back(run, due[options.limit :])
-        due = due[: options.limit]
+    # --limit N: the N due first are sent, the others held back for the next run (as
+    # soon as they cannot be among the first N: memory holds about 2N, not the list).
+    assert options.limit is not None
+
+    def held(items: list[tuple[Series, Due, Step]]) -> None:
+        report.skipped += len(items)
+        hold_back(run, items)
+
+    due = earliest(
+        (chunk for series in series_list for chunk in plan_chunks(run, series)),
+        options.limit,
+        key=lambda item: item[2].due_at or options.now,
+        drop=held,
+    )
     if due or options.dry_run:
         run.composer.prepare(series_list, due)
     if options.dry_run:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from ..content import Series
 from ..plan import Enrollment, Step, fingerprint, next_step
@@ -16,6 +17,7 @@ from ..store.ledger import Due
 from .run import Planned, PlannedRows, Run, SendReport
 
 Bookmark = tuple[int, datetime | None, str, datetime | None]
+T = TypeVar("T")
 
 
 def needs_full_plan(run: Run, series: Series) -> bool:
@@ -24,21 +26,15 @@ def needs_full_plan(run: Run, series: Series) -> bool:
         return run.options.dry_run or ledger.plan_marker(conn, series.slug) != fingerprint(series)
 
 
-def plan(
-    run: Run, series: Series, shard: tuple[int, int] | None = None
-) -> list[tuple[Series, Due, Step]]:
-    """Plan one series (or one worker's share of it): the deliveries due now. The
-    others get their bookmark; in a dry run each step is noted in the report."""
-    return [item for chunk in plan_chunks(run, series, shard) for item in chunk]
-
-
 def plan_chunks(
     run: Run, series: Series, shard: tuple[int, int] | None = None
 ) -> Iterator[list[tuple[Series, Due, Step]]]:
-    """`plan`, one chunk of enrollments (``ledger.CHUNK``) at a time, each chunk's due
-    deliveries sorted by due time: a run that sends each chunk before planning the
-    next holds one chunk in memory, however long the list. The enrollments a chunk
-    sends are not read again by later chunks (the pages follow their index)."""
+    """Plan one series (or one worker's share of it), one chunk of enrollments
+    (``ledger.CHUNK``) at a time: each chunk's deliveries due now, sorted by due time.
+    The others get their bookmark; in a dry run each step is noted in the report. A
+    run that sends each chunk before planning the next holds one chunk in memory,
+    however long the list. The enrollments a chunk sends are not read again by later
+    chunks (the pages follow their index)."""
     now = run.options.now
     dry_run = run.options.dry_run
     run.series[series.slug] = series
@@ -139,6 +135,28 @@ def shares(run: Run, series: Series) -> Iterator[tuple[int, int] | None]:
                 yield (share, SHARES)
             finally:
                 unlock(share)
+
+
+def earliest(
+    chunks: Iterable[list[T]], limit: int, key: Callable[[T], Any], drop: Callable[[list[T]], None]
+) -> list[T]:
+    """The ``limit`` items of ``chunks`` with the smallest ``key``, in key order (equal
+    keys in the order given): ``sorted(all items, key=key)[:limit]``, without holding
+    all items. Those that cannot be among them are handed to ``drop`` as soon as that
+    is known, so memory holds ``2 * limit`` items and a chunk, however many there are."""
+    kept: list[T] = []
+    for chunk in chunks:
+        kept += chunk
+        if len(kept) > 2 * limit:
+            kept.sort(key=key)  # stable: equal keys stay in the order they came
+            out, kept = kept[limit:], kept[:limit]
+            drop(out)
+            del out
+    kept.sort(key=key)
+    if len(kept) > limit:
+        drop(kept[limit:])
+        del kept[limit:]
+    return kept
 
 
 def hold_back(run: Run, items: Sequence[tuple[Series, Due, Step]]) -> None:
