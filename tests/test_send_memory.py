@@ -241,6 +241,9 @@ def test_an_id_set_holds_exactly_its_ids_in_a_bit_each_when_dense() -> None:
     def same_as_a_set(ids: list[int], probe: int) -> None:
         found = IdSet(ids)
         assert len(found) == len(set(ids))
+        assert found.add(probe) == (probe not in set(ids)) and probe in found
+        assert not found.add(probe)
+        found = IdSet(ids)
         assert all(i in found for i in ids)
         assert (probe in found) == (probe in set(ids))
 

@@ -17,7 +17,9 @@ class IdSet:
     costs) and becomes a bitmap of ``PAGE // 8`` bytes once it holds more than
     ``SPARSE`` (dense ids cost one bit each). Membership is exact."""
 
-    PAGE = 1 << 15  # ids per page: a full page is a 4 KB bitmap
+    SHIFT = 15
+    PAGE = 1 << SHIFT  # ids per page: a full page is a 4 KB bitmap
+    MASK = PAGE - 1
     SPARSE = 64  # ids a page holds as a set before it turns into a bitmap
 
     def __init__(self, ids: Iterable[int] = ()) -> None:
@@ -26,26 +28,30 @@ class IdSet:
         for i in ids:
             self.add(i)
 
-    def add(self, value: int) -> None:
-        """Add one id (an int >= 0; ValueError otherwise)."""
+    def add(self, value: int) -> bool:
+        """Add one id (an int >= 0; ValueError otherwise); True if it was not in yet."""
         if value < 0:
             raise ValueError(f"an id must not be negative, got {value}")
-        if value in self:
-            return
-        number, offset = divmod(value, self.PAGE)
+        number, offset = value >> self.SHIFT, value & self.MASK
         page = self._pages.get(number)
         if page is None:
             self._pages[number] = {offset}
-        elif isinstance(page, set):
+        elif isinstance(page, bytearray):
+            bit = 1 << (offset & 7)
+            if page[offset >> 3] & bit:
+                return False
+            page[offset >> 3] |= bit
+        elif offset in page:
+            return False
+        else:
             page.add(offset)
             if len(page) > self.SPARSE:
                 bits = bytearray(self.PAGE // 8)
                 for o in page:
                     bits[o >> 3] |= 1 << (o & 7)
                 self._pages[number] = bits
-        else:
-            page[offset >> 3] |= 1 << (offset & 7)
         self._count += 1
+        return True
 
     def update(self, ids: Iterable[int]) -> None:
         for i in ids:
@@ -54,13 +60,13 @@ class IdSet:
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, int) or value < 0:
             return False
-        number, offset = divmod(value, self.PAGE)
-        page = self._pages.get(number)
+        page = self._pages.get(value >> self.SHIFT)
         if page is None:
             return False
-        if isinstance(page, set):
-            return offset in page
-        return bool(page[offset >> 3] & (1 << (offset & 7)))
+        offset = value & self.MASK
+        if isinstance(page, bytearray):
+            return bool(page[offset >> 3] & (1 << (offset & 7)))
+        return offset in page
 
     def __len__(self) -> int:
         return self._count

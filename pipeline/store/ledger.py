@@ -214,9 +214,7 @@ def iter_enrollments(
                     break
                 last = rows[-1]
                 # Both queries may find an enrollment; a full scan finds each once.
-                fresh = rows if everything else [r for r in rows if r.id not in seen]
-                if not everything:
-                    seen.update(r.id for r in fresh)
+                fresh = rows if everything else [r for r in rows if seen.add(r.id)]
                 chunk_enrollments = _with_ledger(conn, series, fresh) if fresh else []
             if chunk_enrollments:
                 yield chunk_enrollments
