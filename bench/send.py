@@ -52,7 +52,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.sink import Sink  # noqa: E402
-from tests.fake_postmark import FakePostmarkProcess  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -300,9 +299,9 @@ def bench_memory(count: int, note: list[str]) -> None:
         dry = run_timed(series_command(setup.workspace, "send", "--dry-run"), env=env, cwd=ROOT)
         lines = dry.out.count("\n")
         print(f"  dry run: {dry.seconds:.1f} s, peak PSS {dry.peak_mb:.0f} MB ({lines:,} lines)")
-        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
-            sent = setup.send(fake.url)
-            accepted = len(fake.accepted)
+        with Sink(TOKEN) as sink:
+            sent = setup.send(sink.url)
+            accepted = sink.stats()["accepted"]
         print(
             f"  send: {sent.seconds:.1f} s ({count / sent.seconds:,.0f} msg/s), "
             f"peak PSS {sent.peak_mb:.0f} MB, {accepted:,} accepted"
@@ -310,10 +309,9 @@ def bench_memory(count: int, note: list[str]) -> None:
         # The everyday case: the next part falls due for everyone, and the run finds
         # them by their wake-up time (not by planning every enrollment afresh).
         later = (datetime.now(UTC) + timedelta(days=5)).replace(hour=12, minute=0)
-        (Path(tmp) / "postmark.jsonl").unlink(missing_ok=True)
-        with FakePostmarkProcess(Path(tmp) / "postmark.jsonl", token=TOKEN) as fake:
-            woken = setup.send(fake.url, "--now", later.isoformat())
-            accepted = len(fake.accepted)
+        with Sink(TOKEN) as sink:
+            woken = setup.send(sink.url, "--now", later.isoformat())
+            accepted = sink.stats()["accepted"]
         print(
             f"  next part (woken by bookmark): {woken.seconds:.1f} s, "
             f"peak PSS {woken.peak_mb:.0f} MB, {accepted:,} accepted"
