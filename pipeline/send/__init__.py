@@ -13,6 +13,7 @@ shared out to processes for large runs); `run` holds what they share.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Sequence
 
 from ..config import Config
@@ -20,7 +21,7 @@ from ..content import Series, load_series
 from ..errors import ContentError, SeriesError
 from ..plan import Step
 from ..providers import Provider
-from ..store import Store
+from ..store import Store, StoreError, bulk
 from ..store.ledger import Due
 from .compose import personal_message
 from .deliver import RETRIES, deliver
@@ -37,6 +38,8 @@ from .planning import (
 from .reconcile import reconcile
 from .run import LEASE, Planned, Run, SendOptions, SendReport
 from .workers import plan_and_deliver_in_parallel, workers_for
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LEASE",
@@ -60,6 +63,7 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     sent), ProviderError when the provider refuses the run (credentials, quota), and
     SeriesError for other problems that stop the run."""
     series_list = load_selected(config, options.only)
+    _refresh_statistics(store)
     report = SendReport()
     run = Run(config, store, provider, options, report)
     report.warnings += [
@@ -167,6 +171,21 @@ def _deliver_group(
     else:
         run.composer.prepare_due(due)
     deliver(run, due)
+
+
+def _refresh_statistics(store: Store) -> None:
+    """PostgreSQL: let the planner know the list before a run looks it up in batches
+    (`bulk.refresh_statistics`). Another session analysing the same tables (taking
+    longer than the wait) is no reason to stop the run."""
+    if store.dialect != "postgresql":
+        return
+    import sqlalchemy as sa
+
+    try:
+        with store.begin() as conn:
+            bulk.refresh_statistics(conn)
+    except (sa.exc.OperationalError, StoreError):
+        log.info("statistics left as they are: another session is gathering them")
 
 
 def load_selected(config: Config, only: str | None) -> list[Series]:

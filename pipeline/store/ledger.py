@@ -25,7 +25,7 @@ from ..personal import FIRST_NAME_ATTRIBUTE
 from ..plan import Enrollment, LedgerEntry
 from ..redact import scrub_addresses
 from ..tokens import Signer
-from . import Store
+from . import Store, bulk
 from .schema import (
     UTCDateTime,
     deliveries,
@@ -112,7 +112,7 @@ def received_articles(
     rows = conn.execute(
         sa.select(deliveries.c.subscriber_id, deliveries.c.article).where(
             deliveries.c.series == series,
-            deliveries.c.subscriber_id.in_(subscriber_ids),
+            bulk.among(conn, deliveries.c.subscriber_id, subscriber_ids),
             deliveries.c.state == "sent",
         )
     )
@@ -233,7 +233,7 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
         deliveries.c.claimed_until,
     ).where(
         deliveries.c.series == series,
-        deliveries.c.subscriber_id.in_([r.subscriber_id for r in rows]),
+        bulk.among(conn, deliveries.c.subscriber_id, [r.subscriber_id for r in rows]),
     )
     for d in conn.execute(query):
         ledgers.setdefault(d.subscriber_id, {})[d.article] = LedgerEntry(
@@ -273,6 +273,15 @@ def save_bookmarks(
 ) -> None:
     """(enrollment id, next wake-up, plan version, completed at) for each planned enrollment."""
     if not rows:
+        return
+    if bulk.is_postgres(conn):
+        bulk.save_bookmarks(
+            conn,
+            [
+                (i, _db_time(conn, wake), version, _db_time(conn, done))
+                for i, wake, version, done in rows
+            ],
+        )
         return
     table = untyped(enrollments)
     _executemany(
@@ -328,13 +337,17 @@ def claim(
     if not due:
         return []
     series = due[0].enrollment.series
+    # Found by primary key: the enrollments of these deliveries and their readers.
+    lookup = [bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due])]
+    if bulk.is_postgres(conn):  # its planner would scan subscribers whole to join them
+        lookup.append(bulk.among(conn, subscribers.c.id, [d.enrollment.subscriber_id for d in due]))
     active = set(
         conn.scalars(
             sa.select(enrollments.c.subscriber_id)
             .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
             .where(
                 enrollments.c.series == series,
-                enrollments.c.subscriber_id.in_([d.enrollment.subscriber_id for d in due]),
+                *lookup,
                 subscribers.c.status == "active",
                 enrollments.c.paused.is_(False),
                 enrollments.c.unsubscribed_at.is_(None),
@@ -354,38 +367,54 @@ def claim(
     by_key = {(d.enrollment.subscriber_id, d.article): d for d in wanted}
     claims: list[Claim] = []
     if fresh:
-        table = untyped(deliveries)
-        insert = (
-            _insert_ignoring_duplicates(conn)
-            .on_conflict_do_nothing(index_elements=["subscriber_id", "series", "article"])
-            .returning(table.c.id, table.c.subscriber_id, table.c.article, table.c.delivery_key)
-        )
         db_now, db_until = to_db(conn.dialect, now), to_db(conn.dialect, until)
         keys = [uuid.uuid4().hex for _ in fresh]
         # The request's key as it will be if every insert succeeds and nothing is taken
         # back (the usual case): then no second write of these rows is needed below.
         hoped = None if retry else batch_key(keys)
-        inserted = conn.execute(
-            insert,
-            [
-                {
-                    "subscriber_id": d.enrollment.subscriber_id,
-                    "series": series,
-                    "article": d.article,
-                    "part": d.part,
-                    "state": "claimed",
-                    "attempts": 1,
-                    "delivery_key": key,
-                    "claim_token": token,
-                    "claimed_until": db_until,
-                    "created_at": db_now,
-                    "updated_at": db_now,
-                    "attempted_at": db_now,
-                    "batch": hoped,
-                }
-                for d, key in zip(fresh, keys, strict=True)
-            ],
-        ).all()
+        if bulk.is_postgres(conn):
+            inserted = bulk.insert_claims(
+                conn,
+                series,
+                # In one order in every run: two runs inserting the same rows wait
+                # for each other in turn, never each for the other.
+                sorted(
+                    (d.enrollment.subscriber_id, d.article, d.part, key)
+                    for d, key in zip(fresh, keys, strict=True)
+                ),
+                token=token,
+                until=db_until,
+                now=db_now,
+                batch=hoped,
+            )
+        else:
+            table = untyped(deliveries)
+            insert = (
+                _insert_ignoring_duplicates(conn)
+                .on_conflict_do_nothing(index_elements=["subscriber_id", "series", "article"])
+                .returning(table.c.id, table.c.subscriber_id, table.c.article, table.c.delivery_key)
+            )
+            inserted = conn.execute(
+                insert,
+                [
+                    {
+                        "subscriber_id": d.enrollment.subscriber_id,
+                        "series": series,
+                        "article": d.article,
+                        "part": d.part,
+                        "state": "claimed",
+                        "attempts": 1,
+                        "delivery_key": key,
+                        "claim_token": token,
+                        "claimed_until": db_until,
+                        "created_at": db_now,
+                        "updated_at": db_now,
+                        "attempted_at": db_now,
+                        "batch": hoped,
+                    }
+                    for d, key in zip(fresh, keys, strict=True)
+                ],
+            ).all()
         if len(inserted) == len(fresh) and hoped is not None:
             for row in inserted:
                 d = by_key[(row.subscriber_id, row.article)]
@@ -428,7 +457,9 @@ def claim(
                 deliveries.c.attempts,
             ).where(
                 deliveries.c.series == series,
-                deliveries.c.subscriber_id.in_([d.enrollment.subscriber_id for d in retry]),
+                bulk.among(
+                    conn, deliveries.c.subscriber_id, [d.enrollment.subscriber_id for d in retry]
+                ),
                 deliveries.c.claim_token == token,
                 deliveries.c.state == "claimed",
             )
@@ -443,7 +474,7 @@ def claim(
     if claims:
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id.in_([c.id for c in claims]))
+            .where(bulk.among(conn, deliveries.c.id, [c.id for c in claims]))
             .values(batch=batch_key(c.key for c in claims))
         )
     return claims
@@ -478,12 +509,14 @@ def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:
     old = [c.id for c in claims if not c.new]
     if new:
         conn.execute(
-            deliveries.delete().where(deliveries.c.id.in_(new), deliveries.c.claim_token == token)
+            deliveries.delete().where(
+                bulk.among(conn, deliveries.c.id, new), deliveries.c.claim_token == token
+            )
         )
     if old:
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id.in_(old), deliveries.c.claim_token == token)
+            .where(bulk.among(conn, deliveries.c.id, old), deliveries.c.claim_token == token)
             .values(
                 state="failed",
                 claim_token=None,
@@ -515,7 +548,7 @@ def extend_claims(
     result = conn.execute(
         deliveries.update()
         .where(
-            deliveries.c.id.in_(ids),
+            bulk.among(conn, deliveries.c.id, ids),
             deliveries.c.claim_token == token,
             deliveries.c.state == "claimed",
             deliveries.c.claimed_until > now,
@@ -538,7 +571,7 @@ def held_claims(
             sa.select(sa.func.count())
             .select_from(deliveries)
             .where(
-                deliveries.c.id.in_(ids),
+                bulk.among(conn, deliveries.c.id, ids),
                 deliveries.c.claim_token == token,
                 deliveries.c.state == "claimed",
                 deliveries.c.claimed_until > until,
@@ -563,6 +596,17 @@ def record(
     table = untyped(deliveries)  # values below are already in the database's own form
     db_now = to_db(conn.dialect, now)
     db_sent = to_db(conn.dialect, sent_at)
+    if bulk.is_postgres(conn):
+        bulk.record(
+            conn,
+            [
+                (c.id, state, message_id, error, db_sent if state == "sent" else None)
+                for c, state, message_id, error in outcomes
+            ],
+            token=token,
+            now=db_now,
+        )
+        return
     _executemany(
         conn,
         table.update()
