@@ -26,6 +26,7 @@ from ..store.ledger import Due
 from .compose import personal_message
 from .deliver import RETRIES, deliver
 from .planning import (
+    Share,
     dry_run_rows,
     hold_back,
     mark_planned,
@@ -144,13 +145,11 @@ def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None
 SEND_GROUP = 20_000
 
 
-def _deliver_share(
-    run: Run, series_list: Sequence[Series], series: Series, share: tuple[int, int] | None
-) -> None:
+def _deliver_share(run: Run, series_list: Sequence[Series], series: Series, share: Share) -> None:
     """Plan and send one share of a series' enrollments (see `planning.shares`), chunk by
     chunk; render everything first, before the first delivery of the run."""
     pending: list[tuple[Series, Due, Step]] = []
-    for due in plan_chunks(run, series, share):
+    for due in plan_chunks(run, series, share.shard, everything=share.everything):
         if run.stopped():
             return
         pending += due

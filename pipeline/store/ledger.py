@@ -65,16 +65,26 @@ class Claim:
 
 
 def plan_marker(conn: Connection, series: str) -> str | None:
-    return conn.execute(
-        sa.select(settings.c.value).where(settings.c.key == f"plan:{series}")
-    ).scalar()
+    """The content fingerprint every enrollment of ``series`` has a bookmark for."""
+    return setting_or_none(conn, f"plan:{series}")
 
 
 def set_plan_marker(conn: Connection, series: str, version: str) -> None:
-    # An upsert: two runs finishing a full plan at once must not collide on the key.
+    set_setting(conn, f"plan:{series}", version)
+
+
+def setting_or_none(conn: Connection, key: str) -> str | None:
+    """The value kept under ``key`` in the settings table, None when there is none."""
+    value = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
+    return None if value is None else str(value)
+
+
+def set_setting(conn: Connection, key: str, value: str) -> None:
+    """Keep ``value`` under ``key`` (at most 64 characters), replacing any earlier one."""
+    # An upsert: two runs writing the same key at once must not collide on it.
     dialect = _dialect(conn)
-    insert = dialect.insert(settings).values(key=f"plan:{series}", value=version)
-    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": version}))
+    insert = dialect.insert(settings).values(key=key, value=value)
+    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
 
 def setting(conn: Connection, key: str) -> str:
@@ -372,6 +382,7 @@ def claim(
         # The request's key as it will be if every insert succeeds and nothing is taken
         # back (the usual case): then no second write of these rows is needed below.
         hoped = None if retry else batch_key(keys)
+        inserted: Sequence[Any]
         if bulk.is_postgres(conn):
             inserted = bulk.insert_claims(
                 conn,
