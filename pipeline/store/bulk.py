@@ -150,7 +150,7 @@ def refresh_statistics(conn: Connection) -> list[str]:
     statistics for these lookups."""
     if not is_postgres(conn):
         return []
-    stale = [
+    stale = sorted(
         str(name)
         for name in conn.exec_driver_sql(
             "SELECT relname FROM pg_stat_user_tables "
@@ -159,8 +159,8 @@ def refresh_statistics(conn: Connection) -> list[str]:
             "AND n_mod_since_analyze >= %(stale)s * GREATEST(n_live_tup, 1)",
             {"tables": list(_PLANNED_TABLES), "stale": _STALE},
         ).scalars()
-    ]
+    )
     if stale:
         conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
-        conn.exec_driver_sql("ANALYZE " + ", ".join(sorted(stale)))
+        conn.exec_driver_sql("ANALYZE " + ", ".join(stale))
     return stale
