@@ -4,8 +4,9 @@ batch, its rows bound as a few arrays (``unnest``), instead of one parameter per
 A 500-row INSERT with 13 values per row is a new 6,500-placeholder query text for
 psycopg to parse every time, and every ``IN (…)`` of 500 ids another; SQLAlchemy
 renders each expanding parameter anew too. Here the query text never changes with the
-number of rows: psycopg parses it once, and after a few runs on a connection it is a
-server-side prepared statement (psycopg's ``prepare_threshold``). SQLite keeps its own
+number of rows: psycopg parses it once, and after a few runs with the same parameter
+types on a connection it is a server-side prepared statement (psycopg's
+``prepare_threshold``). SQLite keeps its own
 paths (ledger.py): it has no arrays, and its many-row statements cost no round trips.
 
 Values come in the database's own form (``schema.to_db``), as everywhere in the ledger's
