@@ -230,3 +230,29 @@ def test_a_send_on_postgresql_first_gathers_the_statistics_of_a_new_list(
 def test_statistics_are_a_postgresql_matter(tmp_path: Path) -> None:
     with open_store(tmp_path) as store, store.begin() as conn:
         assert bulk.refresh_statistics(conn) == []
+
+
+def test_a_table_another_session_is_analysing_does_not_stop_a_send(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """Another session holds the lock ANALYZE needs (as a long autovacuum does): the run
+    waits 2 s at most, then goes on with the statistics as they are."""
+    import time
+
+    from pipeline.send import _refresh_statistics
+
+    with open_store(tmp_path, postgres_database_url) as store:
+        with store.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE enrollments SET (autovacuum_enabled = false)")
+        import_list(store, tmp_path, 1500)
+    other = sa.create_engine(postgres_database_url)
+    try:
+        with other.begin() as conn, open_store(tmp_path, postgres_database_url) as store:
+            conn.exec_driver_sql("LOCK TABLE enrollments IN SHARE UPDATE EXCLUSIVE MODE")
+            started = time.monotonic()
+            _refresh_statistics(store)
+            assert 1.5 < time.monotonic() - started < 10
+            with store.connect() as reader:
+                assert reader.scalar(sa.select(sa.func.count()).select_from(enrollments)) == 1500
+    finally:
+        other.dispose()

@@ -23,7 +23,7 @@ from ..plan import Step
 from ..providers import Provider
 from ..store import Store, StoreError, bulk
 from ..store.ledger import Due
-from .compose import personal_message
+from .compose import first_line, personal_message
 from .deliver import RETRIES, deliver
 from .planning import (
     Share,
@@ -174,8 +174,9 @@ def _deliver_group(
 
 def _refresh_statistics(store: Store) -> None:
     """PostgreSQL: let the planner know the list before a run looks it up in batches
-    (`bulk.refresh_statistics`). Another session analysing the same tables (taking
-    longer than the wait) is no reason to stop the run."""
+    (`bulk.refresh_statistics`). Not getting to it (another session analysing the same
+    tables for longer than the wait, a read-only standby) is no reason to stop the run:
+    what the database cannot do for the run itself is reported where the run does it."""
     if store.dialect != "postgresql":
         return
     import sqlalchemy as sa
@@ -183,8 +184,8 @@ def _refresh_statistics(store: Store) -> None:
     try:
         with store.begin() as conn:
             bulk.refresh_statistics(conn)
-    except (sa.exc.OperationalError, StoreError):
-        log.info("statistics left as they are: another session is gathering them")
+    except (sa.exc.DBAPIError, StoreError) as exc:
+        log.info("statistics left as they are: %s", first_line(exc))
 
 
 def load_selected(config: Config, only: str | None) -> list[Series]:
