@@ -136,3 +136,31 @@ def test_a_run_leaves_a_marker_for_each_share_it_went_through(postgres_workspace
             for share in range(SHARES)
         }
     assert set(markers.values()) == {fingerprint(series)}
+
+
+def test_a_share_held_longer_than_the_wait_is_sent_beside_its_holder(
+    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session keeps share HELD locked (a run stuck in a hung request): after
+    SHARE_WAIT the run sends that share too, instead of waiting for it for good; the
+    claims keep each reader to one email."""
+    import time
+
+    from pipeline.send import planning
+
+    monkeypatch.setattr(planning, "SHARE_WAIT", 0.5)
+    emails = import_readers(postgres_workspace, 48)
+    engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
+    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
+    try:
+        with engine.connect() as other:
+            assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, HELD))).scalar()
+            other.commit()
+            started = time.monotonic()
+            code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+            took = time.monotonic() - started
+    finally:
+        engine.dispose()
+    assert code == 0, out + err
+    assert out.startswith(f"sent {len(emails)}, failed 0"), out + err
+    assert took < 30

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def to_plan(run: Run, series_list: Sequence[Series]) -> int:
 # `series send` takes the shares no other run is working on first.
 SHARES = 16
 SHARE_POLL = 0.1  # seconds between looks at a share another run holds
+SHARE_WAIT = 60.0  # seconds a run waits for such a share before working on it anyway
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def shares(run: Run, series: Series) -> Iterator[Share]:
     with a session advisory lock while this run works on it; a share another run holds
     is left for the end, so that concurrent runs share the work instead of racing for
     the same claims. The claims still decide who sends what: the locks only spread
-    the work.
+    the work. So a share held longer than ``SHARE_WAIT`` at the end is worked on all
+    the same: its holder may be stuck (a hung request, a backoff), and the deliveries
+    whose lease it let run out are this run's to send (DESIGN §7), not to wait for.
 
     A run that has planned and sent a whole share for the series' current content
     says so in the database (a plan marker per share, as `mark_planned` does for the
@@ -139,12 +143,14 @@ def shares(run: Run, series: Series) -> Iterator[Share]:
     busy = []
     with run.store.engine.connect() as locks:  # its own session: the locks are its own
 
-        def lock(share: int, *, wait: bool) -> bool:
+        def lock(share: int, *, wait: float) -> bool:
+            """Take the share's lock, waiting up to ``wait`` seconds for its holder."""
+            until = time.monotonic() + wait
             while True:
                 call = sa.func.pg_try_advisory_lock(key, share)
                 got = bool(locks.execute(sa.select(call)).scalar())
                 locks.commit()  # a session lock outlives the transaction; hold none open
-                if got or not wait or run.stopping():
+                if got or run.stopping() or time.monotonic() >= until:
                     return got
                 run.sleep(SHARE_POLL)  # the other run is on it; a stop cuts this short
 
@@ -152,7 +158,7 @@ def shares(run: Run, series: Series) -> Iterator[Share]:
             locks.execute(sa.select(sa.func.pg_advisory_unlock(key, share)))
             locks.commit()
 
-        def work(share: int) -> Iterator[Share]:
+        def work(share: int, *, locked: bool = True) -> Iterator[Share]:
             marker = _share_marker(series, share)
             with run.store.connect() as conn:
                 planned = full and ledger.setting_or_none(conn, marker) == version
@@ -163,17 +169,23 @@ def shares(run: Run, series: Series) -> Iterator[Share]:
                     with run.store.begin() as conn:
                         ledger.set_setting(conn, marker, version)
             finally:
-                unlock(share)
+                if locked:
+                    unlock(share)
 
         for share in order:
-            if not lock(share, wait=False):
+            if not lock(share, wait=0):
                 busy.append(share)
                 continue
             yield from work(share)
         for share in busy:
-            if not lock(share, wait=True):
-                return  # stopping: the run ends without this share
-            yield from work(share)
+            locked = lock(share, wait=SHARE_WAIT)
+            if run.stopping():
+                if locked:
+                    unlock(share)
+                return  # the run ends without this share
+            # A holder that keeps a share longer may be stuck (a hung request, a long
+            # backoff): the share is worked on beside it, its leases deciding who sends.
+            yield from work(share, locked=locked)
 
 
 def _share_marker(series: Series, share: int) -> str:
