@@ -1,6 +1,7 @@
 """Delivering: due deliveries are claimed in batches, handed to the provider (one
 batch in flight while the next is prepared) with retries, and their outcomes
-recorded with each reader's next bookmark (while the next batch is in flight).
+recorded with each reader's next bookmark (on PostgreSQL while the next batch is in
+flight).
 
 A claim is taken no earlier than it can be used: the rate limiter waits first. And
 right before each attempt of each request, in one transaction, the run renews its
@@ -101,6 +102,11 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
         for (slug, *_), items in by_email.items()
         for start in range(0, len(items), size)
     ]
+    # PostgreSQL: the answer to the last request is recorded while the next one is on
+    # its way, the database's time (another process's, on another core) overlapping the
+    # provider's. SQLite's is this process's own CPU, which would only contend with the
+    # sending thread for the interpreter: it is recorded before the next goes.
+    overlap = run.store.dialect == "postgresql"
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send") as sender:
         in_flight: _Batch | None = None
         try:
@@ -121,6 +127,9 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                     _release(run, batch.claims)
                     run.stop_if_halted()
                     break
+                if not overlap:
+                    _record_answer(run, answered)
+                    answered = None
                 if batch.claims:
                     # The sender is idle now (the last request was answered): the first
                     # gate runs here, so its transaction never waits on this thread's.
@@ -135,10 +144,8 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                             send_batch, run, messages, key, gate, gated=True
                         )
                         in_flight = batch
-                # The answer to the last request is recorded while the next one is on its
-                # way: the database's time (PostgreSQL's, on another core) overlaps the
-                # provider's instead of holding both threads.
                 _record_answer(run, answered)
+                answered = None  # its messages go now, not once the next batch is built
             if in_flight is not None:
                 finished, in_flight = in_flight, None
                 _record_answer(run, _answer(run, finished, also_release=[]))
