@@ -347,10 +347,16 @@ def claim(
     if not due:
         return []
     series = due[0].enrollment.series
-    # Found by primary key: the enrollments of these deliveries and their readers.
-    lookup = [bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due])]
-    if bulk.is_postgres(conn):  # its planner would scan subscribers whole to join them
-        lookup.append(bulk.among(conn, subscribers.c.id, [d.enrollment.subscriber_id for d in due]))
+    readers = [d.enrollment.subscriber_id for d in due]
+    if bulk.is_postgres(conn):
+        # By primary key, both tables: PostgreSQL's planner would otherwise read them
+        # whole to join them, for every batch.
+        lookup = [
+            bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due]),
+            bulk.among(conn, subscribers.c.id, readers),
+        ]
+    else:  # SQLite finds them through the (subscriber, series) index
+        lookup = [enrollments.c.subscriber_id.in_(readers)]
     active = set(
         conn.scalars(
             sa.select(enrollments.c.subscriber_id)
