@@ -109,6 +109,12 @@ class Sink:
             raise RuntimeError("the sink did not start")
         return self
 
+    @property
+    def pid(self) -> int:
+        """The sink's process id (to read the CPU it spent)."""
+        assert self._process is not None
+        return self._process.pid
+
     def stats(self) -> dict[str, int]:
         """``accepted`` messages and readers who got more than one (``twice``)."""
         answer: dict[str, int] = requests.get(f"{self.url}/stats", timeout=30).json()

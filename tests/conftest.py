@@ -117,6 +117,25 @@ def example_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_database(
+    request: pytest.FixtureRequest,
+    example_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_admin_url: str | None,
+) -> Iterator[str]:
+    """The example workspace's state in its own SQLite file and, the test run again, in a
+    fresh database on the real PostgreSQL (through SERIES_DATABASE_URL, as a deployment
+    names it): for the guarantees that must hold on both (crashes, leases). Use with
+    ``pytestmark = pytest.mark.usefixtures("each_database")``; yields the URL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{example_copy / 'subscribers' / 'state.db'}"
+        return
+    for url in _fresh_postgres(postgres_admin_url):
+        monkeypatch.setenv("SERIES_DATABASE_URL", url)
+        yield url
+
+
 POSTMARK_TOKEN = "server-token-for-tests"
 
 

@@ -18,6 +18,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from pipeline.store import open_store
@@ -25,6 +26,9 @@ from pipeline.store.schema import deliveries
 
 from .fake_postmark import FakePostmarkProcess
 from .helpers import import_command
+
+# On SQLite and on PostgreSQL (SERIES_DATABASE_URL, passed on to every run).
+pytestmark = pytest.mark.usefixtures("each_database")
 
 TOKEN = "crash-test-token"
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -56,7 +60,6 @@ def test_kill_9_at_random_moments(example_copy: Path, tmp_path: Path) -> None:
             "SERIES_PROVIDER_URL": fake.url,
             "POSTMARK_SERVER_TOKEN": TOKEN,
         }
-        env.pop("SERIES_DATABASE_URL", None)
         subprocess.run(
             import_command(str(readers)),
             env=env,

@@ -1,8 +1,8 @@
 """A run never sends on a claim it no longer holds (issue 9, point 3).
 
 Run A sends in a thread of this process, through the fake Postmark on 127.0.0.1, on a
-real SQLite file; whenever it waits (its rate limiter, a backoff) the test holds it
-there while run B, the real `series send`, runs again and again at later times: B
+real SQLite file and on PostgreSQL; whenever it waits (its rate limiter, a backoff)
+the test holds it there while run B, the real `series send`, runs again and again at later times: B
 finds A's leases over, marks the deliveries unknown, settles them as not sent and
 sends them. Then A wakes. Every reader must have exactly one message at the provider.
 """
@@ -16,6 +16,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from pipeline.config import load_config
@@ -31,6 +32,21 @@ MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 # Run B's times: past A's lease (15 minutes), past Postmark's settle time (10 more),
 # past the first retry's delay (15 after the lease was found over).
 B_RUNS = (16, 27, 32)
+
+# On SQLite and on PostgreSQL (SERIES_DATABASE_URL, read by every run and store).
+pytestmark = pytest.mark.usefixtures("each_database")
+
+
+@pytest.fixture(autouse=True)
+def one_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL splits a list into shares (`planning.shares`), each sent in batches of
+    its own; here the list is one share, so that runs A and B meet in the same batches
+    on both databases, and B goes on at once beside A, which holds the share while
+    held in its wait (by default B would wait a minute for it first)."""
+    from pipeline.send import planning
+
+    monkeypatch.setattr(planning, "SHARES", 1)
+    monkeypatch.setattr(planning, "SHARE_WAIT", 0.0)
 
 
 def per_reader(fake: FakePostmark) -> Counter[str]:

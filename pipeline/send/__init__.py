@@ -13,6 +13,7 @@ shared out to processes for large runs); `run` holds what they share.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Sequence
 
 from ..config import Config
@@ -20,11 +21,12 @@ from ..content import Series, load_series
 from ..errors import ContentError, SeriesError
 from ..plan import Step
 from ..providers import Provider
-from ..store import Store
+from ..store import Store, StoreError, bulk
 from ..store.ledger import Due
-from .compose import personal_message
+from .compose import first_line, personal_message
 from .deliver import RETRIES, deliver
 from .planning import (
+    Share,
     dry_run_rows,
     earliest,
     hold_back,
@@ -37,6 +39,8 @@ from .planning import (
 from .reconcile import reconcile
 from .run import LEASE, Planned, Run, SendOptions, SendReport
 from .workers import plan_and_deliver_in_parallel, workers_for
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LEASE",
@@ -60,6 +64,7 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     sent), ProviderError when the provider refuses the run (credentials, quota), and
     SeriesError for other problems that stop the run."""
     series_list = load_selected(config, options.only)
+    _refresh_statistics(store)
     report = SendReport()
     run = Run(config, store, provider, options, report)
     report.warnings += [
@@ -146,13 +151,11 @@ def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None
 SEND_GROUP = 20_000
 
 
-def _deliver_share(
-    run: Run, series_list: Sequence[Series], series: Series, share: tuple[int, int] | None
-) -> None:
+def _deliver_share(run: Run, series_list: Sequence[Series], series: Series, share: Share) -> None:
     """Plan and send one share of a series' enrollments (see `planning.shares`), chunk by
     chunk; render everything first, before the first delivery of the run."""
     pending: list[tuple[Series, Due, Step]] = []
-    for due in plan_chunks(run, series, share):
+    for due in plan_chunks(run, series, share.shard, everything=share.everything):
         if run.stopped():
             return
         pending += due
@@ -173,6 +176,22 @@ def _deliver_group(
     else:
         run.composer.prepare_due(due)
     deliver(run, due)
+
+
+def _refresh_statistics(store: Store) -> None:
+    """PostgreSQL: let the planner know the list before a run looks it up in batches
+    (`bulk.refresh_statistics`). Not getting to it (another session analysing the same
+    tables for longer than the wait, a read-only standby) is no reason to stop the run:
+    what the database cannot do for the run itself is reported where the run does it."""
+    if store.dialect != "postgresql":
+        return
+    import sqlalchemy as sa
+
+    try:
+        with store.begin() as conn:
+            bulk.refresh_statistics(conn)
+    except (sa.exc.DBAPIError, StoreError) as exc:
+        log.info("statistics left as they are: %s", first_line(exc))
 
 
 def load_selected(config: Config, only: str | None) -> list[Series]:

@@ -1,6 +1,7 @@
 """Delivering: due deliveries are claimed in batches, handed to the provider (one
 batch in flight while the next is prepared) with retries, and their outcomes
-recorded with each reader's next bookmark.
+recorded with each reader's next bookmark (on PostgreSQL while the next batch is in
+flight).
 
 A claim is taken no earlier than it can be used: the rate limiter waits first. And
 right before each attempt of each request, in one transaction, the run renews its
@@ -101,6 +102,11 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
         for (slug, *_), items in by_email.items()
         for start in range(0, len(items), size)
     ]
+    # PostgreSQL: the answer to the last request is recorded while the next one is on
+    # its way, the database's time (another process's, on another core) overlapping the
+    # provider's. SQLite's is this process's own CPU, which would only contend with the
+    # sending thread for the interpreter: it is recorded before the next goes.
+    overlap = run.store.dialect == "postgresql"
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send") as sender:
         in_flight: _Batch | None = None
         try:
@@ -110,34 +116,40 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 if run.stopping():
                     break
                 batch = _claim(run, series, items)
-                handover: _Handover | None = None
+                answered: _Answered | None = None
                 if in_flight is not None:
                     finished, in_flight = in_flight, None
-                    # The next request's gate joins this one's record transaction.
-                    handover = _finish(run, finished, also_release=batch.claims, next_batch=batch)
+                    answered = _answer(run, finished, also_release=batch.claims)
                     del finished  # its messages go now, not once the next batch is built
-                if (batch.claims or batch.held) and run.stopping():
+                if run.halt is not None or ((batch.claims or batch.held) and run.stopping()):
+                    _record_answer(run, answered)
                     run.report.held += batch.held
                     _release(run, batch.claims)
+                    run.stop_if_halted()
                     break
-                if batch.claims or handover is not None:
+                if not overlap:
+                    _record_answer(run, answered)
+                    answered = None
+                if batch.claims:
                     # The sender is idle now (the last request was answered): the first
                     # gate runs here, so its transaction never waits on this thread's.
                     run.limiter.charge(len(batch.claims))  # the rate limit, as it goes
                     try:
-                        if handover is None:
-                            messages, key = _hand_over(run, batch, False)
-                        else:
-                            messages, key = handover.result()
+                        messages, key = _hand_over(run, batch, False)
                     except Withheld as exc:
                         _withheld(run, batch, exc)
-                        continue
-                    gate = functools.partial(_hand_over, run, batch)
-                    batch.result = sender.submit(send_batch, run, messages, key, gate, gated=True)
-                    in_flight = batch
+                    else:
+                        gate = functools.partial(_hand_over, run, batch)
+                        batch.result = sender.submit(
+                            send_batch, run, messages, key, gate, gated=True
+                        )
+                        in_flight = batch
+                _record_answer(run, answered)
+                answered = None  # its messages go now, not once the next batch is built
             if in_flight is not None:
                 finished, in_flight = in_flight, None
-                _finish(run, finished, also_release=[])
+                _record_answer(run, _answer(run, finished, also_release=[]))
+                run.stop_if_halted()
         except BaseException:
             if in_flight is not None and in_flight.result is not None:
                 in_flight.result.cancel()
@@ -200,10 +212,10 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
 
 
 class _Handover:
-    """The gate's work for one attempt of ``batch`` (see `_hand_over`), in three steps
-    so that its transaction can be the one that records the request before it: the
-    readers whose window closed are found now, ``write`` gives them back and renews
-    the lease on the others in the caller's transaction, ``result`` says what may go."""
+    """The gate's work for one attempt of ``batch`` (see `_hand_over`): the readers
+    whose window closed are found when it is made, ``write`` gives them back and
+    renews the lease on the others in the caller's transaction, ``result`` says what
+    may go."""
 
     def __init__(self, run: Run, batch: _Batch, maybe_sent: bool) -> None:
         self.run = run
@@ -288,12 +300,15 @@ def renew(
     )
 
 
-def _finish(
-    run: Run, batch: _Batch, *, also_release: Sequence[Claim], next_batch: _Batch | None = None
-) -> _Handover | None:
-    """Record the answer to a request (in the main thread); give back what was not sent.
-    With ``next_batch`` (claimed, not yet handed over), its first gate is passed in the
-    same transaction and returned; None when it was not (the caller passes it then)."""
+# A request answered, with its results in the order of its claims, to be recorded.
+_Answered = tuple[_Batch, list[SendResult]]
+
+
+def _answer(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> _Answered | None:
+    """Wait for the answer to a request (in the main thread). None when its gate
+    withheld it (what it held is given back). When the provider refused the run
+    (credentials), nothing was sent: its claims are given back, also those of the batch
+    prepared meanwhile (``also_release``), and the ProviderError goes up."""
     assert batch.result is not None
     wait([batch.result])  # the gate has had its say by the time an answer is there
     run.report.held += batch.held
@@ -301,23 +316,22 @@ def _finish(
     try:
         results = batch.result.result()
     except ProviderError:
-        # Nothing was sent (bad credentials): give the claims back, also those of
-        # the batch prepared meanwhile, then stop.
         _release(run, [*batch.claims, *also_release])
         raise
     except Withheld as exc:
         _withheld(run, batch, exc)
         return None
-    handover = None
-    if next_batch is not None and next_batch.claims and run.halt is None and not run.stopping():
-        handover = _Handover(run, next_batch, False)
-    _record(run, batch.series, batch.claims, results, then=handover)
+    return batch, results
+
+
+def _record_answer(run: Run, answered: _Answered | None) -> None:
+    """Record the outcomes of an answered request (see `_answer`), and count them."""
+    if answered is None:
+        return
+    batch, results = answered
+    _record(run, batch.series, batch.claims, results)
     if run.options.on_progress:
         run.options.on_progress(len(batch.claims))
-    if run.halt is not None:
-        _release(run, also_release)
-        run.stop_if_halted()
-    return handover
 
 
 def _withheld(run: Run, batch: _Batch, exc: Withheld) -> None:
@@ -401,11 +415,8 @@ def _record(
     series: Series,
     claims: Sequence[Claim],
     results: Sequence[SendResult],
-    *,
-    then: _Handover | None = None,
 ) -> None:
-    """Record a request's outcomes and each reader's next bookmark in one transaction;
-    ``then``: the next request's gate, passed in the same transaction."""
+    """Record a request's outcomes and each reader's next bookmark in one transaction."""
     # Sends count from the run's time, the same for every reader of the run (so a
     # part due "4 days later" is due at the same hour); the ledger's clock moves on.
     now = run.options.now
@@ -448,8 +459,6 @@ def _record(
             )
         ledger.record(conn, rows, token=run.token, now=clock, sent_at=now)
         ledger.save_bookmarks(conn, bookmarks)
-        if then is not None:
-            then.write(conn)
     # Counted once recorded: a report never counts what the ledger does not hold.
     report.sent += sum(1 for _, state, _, _ in rows if state == "sent")
     report.unknown += sum(1 for _, state, _, _ in rows if state == "unknown")

@@ -4,9 +4,12 @@ everyone with nothing due."""
 
 from __future__ import annotations
 
+import hashlib
 import random
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -27,20 +30,27 @@ def needs_full_plan(run: Run, series: Series) -> bool:
 
 
 def plan_chunks(
-    run: Run, series: Series, shard: tuple[int, int] | None = None
+    run: Run,
+    series: Series,
+    shard: tuple[int, int] | None = None,
+    *,
+    everything: bool | None = None,
 ) -> Iterator[list[tuple[Series, Due, Step]]]:
     """Plan one series (or one worker's share of it), one chunk of enrollments
     (``ledger.CHUNK``) at a time: each chunk's deliveries due now, sorted by due time.
     The others get their bookmark; in a dry run each step is noted in the report. A
     run that sends each chunk before planning the next holds one chunk in memory,
     however long the list. The enrollments a chunk sends are not read again by later
-    chunks (the pages follow their index)."""
+    chunks (the pages follow their index). ``everything``: whether every enrollment
+    is planned or only those woken (by default as `needs_full_plan` says; a share
+    another run has planned for this content needs no full plan, see `shares`)."""
     now = run.options.now
     dry_run = run.options.dry_run
     run.series[series.slug] = series
     version = fingerprint(series)
     run.versions[series.slug] = version
-    everything = needs_full_plan(run, series)
+    if everything is None:
+        everything = needs_full_plan(run, series)
     for chunk in ledger.iter_enrollments(
         run.store, series.slug, now=now, everything=everything, shard=shard
     ):
@@ -84,35 +94,58 @@ def to_plan(run: Run, series_list: Sequence[Series]) -> int:
 # PostgreSQL: a series' enrollments are split into this many shares (by id), and each
 # `series send` takes the shares no other run is working on first.
 SHARES = 16
-SHARE_POLL = 0.5  # seconds between looks at a share another run holds
+SHARE_POLL = 0.1  # seconds between looks at a share another run holds
+SHARE_WAIT = 60.0  # seconds a run waits for such a share before working on it anyway
 
 
-def shares(run: Run, series: Series) -> Iterator[tuple[int, int] | None]:
-    """The parts of a series' enrollments this run plans and sends, one at a time, as
-    ``shard`` arguments of `plan_chunks`. SQLite (one machine, usually one run): the
-    whole series at once (None). PostgreSQL, where several runs on several machines may
-    work on one list: ``SHARES`` shares, each held with a session advisory lock while
-    this run works on it; a share another run holds is left for the end (by then that
-    run has sent it, and planning it again finds nothing due), so concurrent runs
-    share the work instead of racing for the same claims. The claims still decide who
-    sends what: the locks only spread the work."""
+@dataclass(frozen=True)
+class Share:
+    """One part of a series' enrollments for `plan_chunks`: ``shard`` (k, n), the
+    enrollments whose id is k modulo n (None: all), and whether all of them are to be
+    planned (``everything``) or only those woken."""
+
+    shard: tuple[int, int] | None
+    everything: bool
+
+
+def shares(run: Run, series: Series) -> Iterator[Share]:
+    """The parts of a series' enrollments this run plans and sends, one at a time.
+    SQLite (one machine, usually one run): the whole series at once. PostgreSQL, where
+    several runs on several machines may work on one list: ``SHARES`` shares, each held
+    with a session advisory lock while this run works on it; a share another run holds
+    is left for the end, so that concurrent runs share the work instead of racing for
+    the same claims. The claims still decide who sends what: the locks only spread
+    the work. So a share held longer than ``SHARE_WAIT`` at the end is worked on all
+    the same: its holder may be stuck (a hung request, a backoff), and the deliveries
+    whose lease it let run out are this run's to send (DESIGN §7), not to wait for.
+
+    A run that has planned and sent a whole share for the series' current content
+    says so in the database (a plan marker per share, as `mark_planned` does for the
+    series). When the share's lock is free again, another run then looks only at its
+    woken enrollments, which is nearly nothing: it does not plan again the readers the
+    first run has just bookmarked. A share whose run stopped or died halfway has no
+    marker, and is planned whole."""
+    full = needs_full_plan(run, series)
     if run.store.dialect != "postgresql":
-        yield None
+        yield Share(None, full)
         return
     import sqlalchemy as sa
 
     key = zlib.crc32(series.slug.encode("utf-8")) & 0x7FFFFFFF
+    version = fingerprint(series)
     start = random.randrange(SHARES)  # runs started at once begin apart
     order = [(start + k) % SHARES for k in range(SHARES)]
     busy = []
     with run.store.engine.connect() as locks:  # its own session: the locks are its own
 
-        def lock(share: int, *, wait: bool) -> bool:
+        def lock(share: int, *, wait: float) -> bool:
+            """Take the share's lock, waiting up to ``wait`` seconds for its holder."""
+            until = time.monotonic() + wait
             while True:
                 call = sa.func.pg_try_advisory_lock(key, share)
                 got = bool(locks.execute(sa.select(call)).scalar())
                 locks.commit()  # a session lock outlives the transaction; hold none open
-                if got or not wait or run.stopping():
+                if got or run.stopping() or time.monotonic() >= until:
                     return got
                 run.sleep(SHARE_POLL)  # the other run is on it; a stop cuts this short
 
@@ -120,21 +153,41 @@ def shares(run: Run, series: Series) -> Iterator[tuple[int, int] | None]:
             locks.execute(sa.select(sa.func.pg_advisory_unlock(key, share)))
             locks.commit()
 
+        def work(share: int, *, locked: bool = True) -> Iterator[Share]:
+            marker = _share_marker(series, share)
+            with run.store.connect() as conn:
+                planned = full and ledger.setting_or_none(conn, marker) == version
+            try:
+                yield Share((share, SHARES), full and not planned)
+                # Back here only when the caller went through the whole share.
+                if full and not planned and run.halt is None and not run.stopping():
+                    with run.store.begin() as conn:
+                        ledger.set_setting(conn, marker, version)
+            finally:
+                if locked:
+                    unlock(share)
+
         for share in order:
-            if not lock(share, wait=False):
+            if not lock(share, wait=0):
                 busy.append(share)
                 continue
-            try:
-                yield (share, SHARES)
-            finally:
-                unlock(share)
+            yield from work(share)
         for share in busy:
-            if not lock(share, wait=True):
-                return  # stopping: the run ends without this share
-            try:
-                yield (share, SHARES)
-            finally:
-                unlock(share)
+            locked = lock(share, wait=SHARE_WAIT)
+            if run.stopping():
+                if locked:
+                    unlock(share)
+                return  # the run ends without this share
+            # A holder that keeps a share longer may be stuck (a hung request, a long
+            # backoff): the share is worked on beside it, its leases deciding who sends.
+            yield from work(share, locked=locked)
+
+
+def _share_marker(series: Series, share: int) -> str:
+    """The settings key of one share's plan marker (fits the key column whatever the
+    length of the series' slug)."""
+    digest = hashlib.sha256(series.slug.encode("utf-8")).hexdigest()[:32]
+    return f"plan-share:{digest}:{share}/{SHARES}"
 
 
 def earliest(

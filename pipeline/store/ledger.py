@@ -25,7 +25,7 @@ from ..personal import FIRST_NAME_ATTRIBUTE
 from ..plan import Enrollment, LedgerEntry
 from ..redact import scrub_addresses
 from ..tokens import Signer
-from . import Store, sqlite_bulk
+from . import Store, bulk, sqlite_bulk
 from .idset import IdSet
 from .schema import (
     UTCDateTime,
@@ -35,7 +35,6 @@ from .schema import (
     status_changes,
     subscribers,
     to_db,
-    untyped,
 )
 
 CHUNK = 5000
@@ -66,16 +65,26 @@ class Claim:
 
 
 def plan_marker(conn: Connection, series: str) -> str | None:
-    return conn.execute(
-        sa.select(settings.c.value).where(settings.c.key == f"plan:{series}")
-    ).scalar()
+    """The content fingerprint every enrollment of ``series`` has a bookmark for."""
+    return setting_or_none(conn, f"plan:{series}")
 
 
 def set_plan_marker(conn: Connection, series: str, version: str) -> None:
-    # An upsert: two runs finishing a full plan at once must not collide on the key.
+    set_setting(conn, f"plan:{series}", version)
+
+
+def setting_or_none(conn: Connection, key: str) -> str | None:
+    """The value kept under ``key`` in the settings table, None when there is none."""
+    value = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
+    return None if value is None else str(value)
+
+
+def set_setting(conn: Connection, key: str, value: str) -> None:
+    """Keep ``value`` under ``key`` (at most 64 characters), replacing any earlier one."""
+    # An upsert: two runs writing the same key at once must not collide on it.
     dialect = _dialect(conn)
-    insert = dialect.insert(settings).values(key=f"plan:{series}", value=version)
-    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": version}))
+    insert = dialect.insert(settings).values(key=key, value=value)
+    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
 
 def setting(conn: Connection, key: str) -> str:
@@ -113,7 +122,7 @@ def received_articles(
     rows = conn.execute(
         sa.select(deliveries.c.subscriber_id, deliveries.c.article).where(
             deliveries.c.series == series,
-            deliveries.c.subscriber_id.in_(subscriber_ids),
+            bulk.among(conn, deliveries.c.subscriber_id, subscriber_ids),
             deliveries.c.state == "sent",
         )
     )
@@ -232,7 +241,7 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
         deliveries.c.claimed_until,
     ).where(
         deliveries.c.series == series,
-        deliveries.c.subscriber_id.in_([r.subscriber_id for r in rows]),
+        bulk.among(conn, deliveries.c.subscriber_id, [r.subscriber_id for r in rows]),
     )
     for d in conn.execute(query):
         ledgers.setdefault(d.subscriber_id, {})[d.article] = LedgerEntry(
@@ -287,58 +296,19 @@ def save_bookmarks(
     """(enrollment id, next wake-up, plan version, completed at) for each planned enrollment."""
     if not rows:
         return
+    # One statement for the batch, its rows as a JSON array (SQLite) or as arrays
+    # (PostgreSQL): see sqlite_bulk and bulk.
+    in_db = [
+        (i, _db_time(conn, wake), version, _db_time(conn, done)) for i, wake, version, done in rows
+    ]
     if conn.dialect.name == "sqlite":
-        sqlite_bulk.save_bookmarks(
-            conn,
-            [
-                (i, _db_time(conn, wake), version, _db_time(conn, done))
-                for i, wake, version, done in rows
-            ],
-        )
-        return
-    table = untyped(enrollments)
-    _executemany(
-        conn,
-        table.update()
-        .where(table.c.id == sa.bindparam("_id"))
-        .values(
-            next_due_at=sa.bindparam("_next"),
-            plan_version=sa.bindparam("_version"),
-            completed_at=sa.bindparam("_completed"),
-        ),
-        [
-            {
-                "_id": i,
-                "_next": _db_time(conn, wake),
-                "_version": version,
-                "_completed": _db_time(conn, done),
-            }
-            for i, wake, version, done in rows
-        ],
-    )
+        sqlite_bulk.save_bookmarks(conn, in_db)
+    else:
+        bulk.save_bookmarks(conn, in_db)
 
 
 def _db_time(conn: Connection, moment: datetime | None) -> Any:
     return None if moment is None else to_db(conn.dialect, moment)
-
-
-def _executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
-    """An executemany handed straight to the driver: compiled once for this database,
-    with no per-row work by SQLAlchemy. For untyped statements whose values are
-    already in the database's own form (the send loop writes two per message)."""
-    compiled = statement.compile(dialect=conn.dialect)
-    fixed = compiled.params  # values written into the statement, same for every row
-    if compiled.positional:
-        names = compiled.positiontup or []
-        first = rows[0] if rows else {}
-        # Each position reads the row or the fixed values, decided once for all rows.
-        picks = [(n in first, n, fixed.get(n)) for n in names]
-        parameters: list[Any] = [
-            tuple(row[n] if in_row else value for in_row, n, value in picks) for row in rows
-        ]
-    else:
-        parameters = [{**fixed, **row} for row in rows]
-    conn.exec_driver_sql(compiled.string, parameters)
 
 
 def claim(
@@ -350,17 +320,20 @@ def claim(
     if not due:
         return []
     series = due[0].enrollment.series
+    readers = [d.enrollment.subscriber_id for d in due]
     if conn.dialect.name == "sqlite":
-        ids = [d.enrollment.subscriber_id for d in due]
-        active = sqlite_bulk.active_subscribers(conn, series, ids)
+        active = sqlite_bulk.active_subscribers(conn, series, readers)
     else:
+        # By primary key, both tables: PostgreSQL's planner would otherwise read them
+        # whole to join them, for every batch.
         active = set(
             conn.scalars(
                 sa.select(enrollments.c.subscriber_id)
                 .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
                 .where(
                     enrollments.c.series == series,
-                    enrollments.c.subscriber_id.in_([d.enrollment.subscriber_id for d in due]),
+                    bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due]),
+                    bulk.among(conn, subscribers.c.id, readers),
                     subscribers.c.status == "active",
                     enrollments.c.paused.is_(False),
                     enrollments.c.unsubscribed_at.is_(None),
@@ -380,53 +353,26 @@ def claim(
     by_key = {(d.enrollment.subscriber_id, d.article): d for d in wanted}
     claims: list[Claim] = []
     if fresh:
-        table = untyped(deliveries)
-        insert = (
-            _insert_ignoring_duplicates(conn)
-            .on_conflict_do_nothing(index_elements=["subscriber_id", "series", "article"])
-            .returning(table.c.id, table.c.subscriber_id, table.c.article, table.c.delivery_key)
-        )
         db_now, db_until = to_db(conn.dialect, now), to_db(conn.dialect, until)
         keys = delivery_keys(len(fresh))
         # The request's key as it will be if every insert succeeds and nothing is taken
         # back (the usual case): then no second write of these rows is needed below.
         hoped = None if retry else batch_key(keys)
         inserted: Sequence[Any]
+        rows = [
+            (d.enrollment.subscriber_id, d.article, d.part, key)
+            for d, key in zip(fresh, keys, strict=True)
+        ]
         if conn.dialect.name == "sqlite":
             inserted = sqlite_bulk.insert_claims(
-                conn,
-                series,
-                [
-                    (d.enrollment.subscriber_id, d.article, d.part, key)
-                    for d, key in zip(fresh, keys, strict=True)
-                ],
-                token=token,
-                until=db_until,
-                now=db_now,
-                batch=hoped,
+                conn, series, rows, token=token, until=db_until, now=db_now, batch=hoped
             )
         else:
-            inserted = conn.execute(
-                insert,
-                [
-                    {
-                        "subscriber_id": d.enrollment.subscriber_id,
-                        "series": series,
-                        "article": d.article,
-                        "part": d.part,
-                        "state": "claimed",
-                        "attempts": 1,
-                        "delivery_key": key,
-                        "claim_token": token,
-                        "claimed_until": db_until,
-                        "created_at": db_now,
-                        "updated_at": db_now,
-                        "attempted_at": db_now,
-                        "batch": hoped,
-                    }
-                    for d, key in zip(fresh, keys, strict=True)
-                ],
-            ).all()
+            # In one order in every run: two runs inserting the same rows wait for each
+            # other in turn, never each for the other (SQLite has one writer at a time).
+            inserted = bulk.insert_claims(
+                conn, series, sorted(rows), token=token, until=db_until, now=db_now, batch=hoped
+            )
         if len(inserted) == len(fresh) and hoped is not None:
             for row in inserted:
                 d = by_key[(row.subscriber_id, row.article)]
@@ -469,7 +415,9 @@ def claim(
                 deliveries.c.attempts,
             ).where(
                 deliveries.c.series == series,
-                deliveries.c.subscriber_id.in_([d.enrollment.subscriber_id for d in retry]),
+                bulk.among(
+                    conn, deliveries.c.subscriber_id, [d.enrollment.subscriber_id for d in retry]
+                ),
                 deliveries.c.claim_token == token,
                 deliveries.c.state == "claimed",
             )
@@ -484,7 +432,7 @@ def claim(
     if claims:
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id.in_([c.id for c in claims]))
+            .where(bulk.among(conn, deliveries.c.id, [c.id for c in claims]))
             .values(batch=batch_key(c.key for c in claims))
         )
     return claims
@@ -504,12 +452,6 @@ def batch_key(delivery_keys: Iterable[str]) -> str:
     return f"series-{digest[:48]}"
 
 
-def _insert_ignoring_duplicates(conn: Connection) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING, into the untyped table (values come converted)."""
-    table = untyped(deliveries)
-    return _dialect(conn).insert(table)
-
-
 def _dialect(conn: Connection) -> Any:
     """The dialect module with ON CONFLICT inserts for ``conn``'s database; PostgreSQL's
     is imported only when it is the database (a SQLite run starts faster without it)."""
@@ -526,12 +468,14 @@ def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:
     old = [c.id for c in claims if not c.new]
     if new:
         conn.execute(
-            deliveries.delete().where(deliveries.c.id.in_(new), deliveries.c.claim_token == token)
+            deliveries.delete().where(
+                bulk.among(conn, deliveries.c.id, new), deliveries.c.claim_token == token
+            )
         )
     if old:
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id.in_(old), deliveries.c.claim_token == token)
+            .where(bulk.among(conn, deliveries.c.id, old), deliveries.c.claim_token == token)
             .values(
                 state="failed",
                 claim_token=None,
@@ -563,7 +507,7 @@ def extend_claims(
     result = conn.execute(
         deliveries.update()
         .where(
-            deliveries.c.id.in_(ids),
+            bulk.among(conn, deliveries.c.id, ids),
             deliveries.c.claim_token == token,
             deliveries.c.state == "claimed",
             deliveries.c.claimed_until > now,
@@ -586,7 +530,7 @@ def held_claims(
             sa.select(sa.func.count())
             .select_from(deliveries)
             .where(
-                deliveries.c.id.in_(ids),
+                bulk.among(conn, deliveries.c.id, ids),
                 deliveries.c.claim_token == token,
                 deliveries.c.state == "claimed",
                 deliveries.c.claimed_until > until,
@@ -608,8 +552,7 @@ def record(
     ``sent_at`` is the run's time, which the schedule counts from; ``now`` the clock."""
     if not outcomes:
         return
-    table = untyped(deliveries)  # values below are already in the database's own form
-    db_now = to_db(conn.dialect, now)
+    db_now = to_db(conn.dialect, now)  # values go in the database's own form
     db_sent = to_db(conn.dialect, sent_at)
     if conn.dialect.name == "sqlite":
         sqlite_bulk.record_outcomes(
@@ -619,31 +562,16 @@ def record(
             now=db_now,
             sent_at=db_sent,
         )
-        return
-    _executemany(
-        conn,
-        table.update()
-        .where(table.c.id == sa.bindparam("_id"), table.c.claim_token == token)
-        .values(
-            state=sa.bindparam("_state"),
-            provider_message_id=sa.bindparam("_message_id"),
-            last_error=sa.bindparam("_error"),
-            sent_at=sa.bindparam("_sent_at"),
-            claim_token=None,
-            claimed_until=None,
-            updated_at=db_now,
-        ),
-        [
-            {
-                "_id": c.id,
-                "_state": state,
-                "_message_id": message_id,
-                "_error": error,
-                "_sent_at": db_sent if state == "sent" else None,
-            }
-            for c, state, message_id, error in outcomes
-        ],
-    )
+    else:
+        bulk.record(
+            conn,
+            [
+                (c.id, state, message_id, error, db_sent if state == "sent" else None)
+                for c, state, message_id, error in outcomes
+            ],
+            token=token,
+            now=db_now,
+        )
 
 
 def mark_subscriber(

@@ -1,0 +1,258 @@
+"""The ledger's batch writes (claim, record, bookmarks) give the same rows on SQLite and
+on PostgreSQL, where they are one statement per batch with the rows bound as arrays
+(pipeline/store/bulk.py); and a send on PostgreSQL gathers the statistics of a list
+imported a moment ago before it looks the list up batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.importer import import_csv
+from pipeline.store import Store, bulk, ledger, open_store
+from pipeline.store.ledger import Due
+from pipeline.store.schema import deliveries, enrollments
+from pipeline.subscribers import Catalog
+
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5)})
+SERIES = "attachment"
+ARTICLE = "01-secure-base"
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[Store]:
+    with open_store(tmp_path, database_url) as opened:
+        yield opened
+
+
+def import_list(store: Store, tmp_path: Path, count: int) -> None:
+    path = tmp_path / "readers.csv"
+    rows = "".join(f"r{i:05d}@example.com,Reader {i},{SERIES}\n" for i in range(count))
+    path.write_text("email,name,series\n" + rows, encoding="utf-8")
+    report = import_csv(store, path, CATALOG, now=NOW, zone=UTC, display="readers.csv")
+    assert report.imported == count
+
+
+def due_now(store: Store) -> list[Due]:
+    return [
+        Due(enrollment, ARTICLE, 1)
+        for chunk in ledger.iter_enrollments(store, SERIES, now=NOW, everything=True)
+        for enrollment in chunk
+    ]
+
+
+def ledger_rows(store: Store) -> dict[int, tuple[object, ...]]:
+    with store.connect() as conn:
+        return {
+            row.subscriber_id: tuple(row)[1:]
+            for row in conn.execute(
+                sa.select(
+                    deliveries.c.subscriber_id,
+                    deliveries.c.state,
+                    deliveries.c.attempts,
+                    deliveries.c.provider_message_id,
+                    deliveries.c.last_error,
+                    deliveries.c.sent_at,
+                    deliveries.c.claim_token,
+                    deliveries.c.claimed_until,
+                    deliveries.c.batch,
+                    deliveries.c.part,
+                )
+            )
+        }
+
+
+def test_a_batch_is_claimed_recorded_and_bookmarked_alike_on_both_databases(
+    store: Store, tmp_path: Path
+) -> None:
+    """Another run already claimed one delivery: this run gets the others, all under one
+    request key; its outcomes (sent with the provider's id, failed with an error, unknown)
+    land on its own rows only; bookmarks with and without times are written as given."""
+    import_list(store, tmp_path, 7)
+    due = due_now(store)
+    until = NOW + timedelta(minutes=15)
+    with store.begin() as conn:
+        other = ledger.claim(conn, due[:1], token="other-run", until=until, now=NOW)
+    with store.begin() as conn:
+        claims = ledger.claim(conn, due, token="this-run", until=until, now=NOW)
+    assert len(other) == 1
+    assert sorted(c.enrollment.subscriber_id for c in claims) == sorted(
+        d.enrollment.subscriber_id for d in due[1:]
+    )
+    assert all(c.new and c.attempts == 1 and c.part == 1 for c in claims)
+    key = ledger.batch_key(c.key for c in claims)
+    rows = ledger_rows(store)
+    for c in claims:
+        assert rows[c.enrollment.subscriber_id] == (
+            "claimed",
+            1,
+            None,
+            None,
+            None,
+            "this-run",
+            until,
+            key,
+            1,
+        )
+
+    sent_at = NOW + timedelta(seconds=5)
+    outcomes = [
+        (claims[0], "sent", "pm-1", None),
+        (claims[1], "failed", None, "422 inactive recipient"),
+        (claims[2], "unknown", None, "timed out"),
+        *[(c, "sent", f"pm-{i}", None) for i, c in enumerate(claims[3:], start=3)],
+    ]
+    with store.begin() as conn:
+        # The other run's claim is not this run's to record: it stays as it was.
+        ledger.record(
+            conn,
+            [*outcomes, (other[0], "sent", "stolen", None)],
+            token="this-run",
+            now=NOW,
+            sent_at=sent_at,
+        )
+    rows = ledger_rows(store)
+    by_claim = {c.enrollment.subscriber_id: (state, mid, err) for c, state, mid, err in outcomes}
+    for subscriber_id, (state, message_id, error) in by_claim.items():
+        assert rows[subscriber_id][:7] == (
+            state,
+            1,
+            message_id,
+            error,
+            sent_at if state == "sent" else None,
+            None,
+            None,
+        )
+    assert rows[other[0].enrollment.subscriber_id][:6] == (
+        "claimed",
+        1,
+        None,
+        None,
+        None,
+        "other-run",
+    )
+
+    wake = NOW + timedelta(days=4)
+    with store.begin() as conn:
+        ledger.save_bookmarks(
+            conn,
+            [
+                (due[0].enrollment.id, wake, "v1", None),
+                (due[1].enrollment.id, None, "v1", NOW),
+                (due[2].enrollment.id, None, "v2", None),
+            ],
+        )
+    with store.connect() as conn:
+        marks = {
+            row.id: tuple(row)[1:]
+            for row in conn.execute(
+                sa.select(
+                    enrollments.c.id,
+                    enrollments.c.next_due_at,
+                    enrollments.c.plan_version,
+                    enrollments.c.completed_at,
+                )
+            )
+        }
+    assert marks[due[0].enrollment.id] == (wake, "v1", None)
+    assert marks[due[1].enrollment.id] == (None, "v1", NOW)
+    assert marks[due[2].enrollment.id] == (None, "v2", None)
+    assert marks[due[3].enrollment.id] == (None, None, None)
+
+
+def test_a_batch_with_no_message_ids_errors_or_times_is_recorded(
+    store: Store, tmp_path: Path
+) -> None:
+    """Every outcome unknown without a word (columns of nothing but NULLs, which
+    PostgreSQL must still read as text and timestamps), every bookmark without times."""
+    import_list(store, tmp_path, 3)
+    due = due_now(store)
+    with store.begin() as conn:
+        claims = ledger.claim(conn, due, token="t", until=NOW + timedelta(minutes=15), now=NOW)
+        ledger.record(
+            conn, [(c, "unknown", None, None) for c in claims], token="t", now=NOW, sent_at=NOW
+        )
+        ledger.save_bookmarks(conn, [(d.enrollment.id, None, "v", None) for d in due])
+    assert {r[:7] for r in ledger_rows(store).values()} == {
+        ("unknown", 1, None, None, None, None, None)
+    }
+
+
+def test_a_long_batch_of_ids_is_one_parameter_on_postgresql(store: Store, tmp_path: Path) -> None:
+    """`bulk.among`: the same rows as IN (…) on both databases, however many ids."""
+    import_list(store, tmp_path, 5)
+    with store.connect() as conn:
+        ids = list(conn.scalars(sa.select(enrollments.c.id)))
+        wanted = [*ids[:3], 10**6, *range(2 * 10**6, 2 * 10**6 + 5000)]
+        found = set(
+            conn.scalars(
+                sa.select(enrollments.c.id).where(bulk.among(conn, enrollments.c.id, wanted))
+            )
+        )
+        compiled = str(
+            sa.select(enrollments.c.id)
+            .where(bulk.among(conn, enrollments.c.id, wanted))
+            .compile(dialect=conn.dialect)
+        )
+    assert found == set(ids[:3])
+    if store.dialect == "postgresql":
+        assert "ANY" in compiled and compiled.count("%(") == 1
+
+
+def test_a_send_on_postgresql_first_gathers_the_statistics_of_a_new_list(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """A list imported a moment ago has no statistics (autovacuum gets to it up to a
+    minute later): the first look before a send ANALYZEs it, the next finds nothing to
+    do. Without them PostgreSQL read the whole enrollment table for every batch."""
+    with open_store(tmp_path, postgres_database_url) as store:
+        with store.begin() as conn:
+            for table in ("subscribers", "enrollments"):
+                conn.exec_driver_sql(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        import_list(store, tmp_path, 1500)
+    with open_store(tmp_path, postgres_database_url) as store:  # counts flushed at close
+        with store.begin() as conn:
+            assert bulk.refresh_statistics(conn) == ["enrollments", "subscribers"]
+        with store.begin() as conn:
+            assert bulk.refresh_statistics(conn) == []
+            analysed = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL "
+                "AND relname IN ('subscribers', 'enrollments')"
+            ).scalar()
+    assert analysed == 2
+
+
+def test_statistics_are_a_postgresql_matter(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store, store.begin() as conn:
+        assert bulk.refresh_statistics(conn) == []
+
+
+def test_a_table_another_session_is_analysing_does_not_stop_a_send(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """Another session holds the lock ANALYZE needs (as a long autovacuum does): the run
+    waits 2 s at most, then goes on with the statistics as they are."""
+    import time
+
+    from pipeline.send import _refresh_statistics
+
+    with open_store(tmp_path, postgres_database_url) as store:
+        with store.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE enrollments SET (autovacuum_enabled = false)")
+        import_list(store, tmp_path, 1500)
+    other = sa.create_engine(postgres_database_url)
+    try:
+        with other.begin() as conn, open_store(tmp_path, postgres_database_url) as store:
+            conn.exec_driver_sql("LOCK TABLE enrollments IN SHARE UPDATE EXCLUSIVE MODE")
+            started = time.monotonic()
+            _refresh_statistics(store)
+            assert 1.5 < time.monotonic() - started < 10
+            with store.connect() as reader:
+                assert reader.scalar(sa.select(sa.func.count()).select_from(enrollments)) == 1500
+    finally:
+        other.dispose()

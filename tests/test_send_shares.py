@@ -1,0 +1,166 @@
+"""PostgreSQL, several `series send` at once: a share of the list another run has
+planned and sent for the current content is not planned again by the run that reaches
+it after; a share without that run's word for it (it stopped or died halfway, or the
+content has changed since) is planned whole."""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.config import load_config
+from pipeline.content import load_series
+from pipeline.plan import fingerprint
+from pipeline.send.planning import SHARES, _share_marker
+from pipeline.store import ledger, open_store
+from pipeline.store.schema import deliveries, enrollments
+
+from .helpers import import_readers, run
+
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+HELD = 3  # the share the other run holds
+
+
+@pytest.fixture
+def postgres_workspace(
+    example_copy: Path, postgres_admin_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    from .databases import HOW_TO, fresh_database
+
+    if postgres_admin_url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{HOW_TO} (CI must not skip PostgreSQL)")
+        pytest.skip(HOW_TO)
+    with fresh_database(postgres_admin_url) as url:
+        monkeypatch.setenv("SERIES_DATABASE_URL", url)
+        yield example_copy
+
+
+def the_other_run_did_its_share(root: Path, marker: str | None) -> set[int]:
+    """What a run that planned share HELD for the current content leaves: each of its
+    enrollments bookmarked for later, and (``marker``) its word for the share. Returns
+    those enrollments' ids."""
+    config = load_config(root)
+    (series,), _ = load_series(config)
+    version = fingerprint(series)
+    with open_store(root) as store, store.begin() as conn:
+        ids = set(
+            conn.scalars(sa.select(enrollments.c.id).where(enrollments.c.id % SHARES == HELD))
+        )
+        conn.execute(
+            enrollments.update()
+            .where(enrollments.c.id.in_(ids))
+            .values(plan_version=version, next_due_at=MONDAY + timedelta(days=30))
+        )
+        if marker is not None:
+            ledger.set_setting(conn, _share_marker(series, HELD), marker.format(version=version))
+    return ids
+
+
+def send_while_share_is_held(root: Path) -> tuple[int, str, str]:
+    """`series send` (the first after an import: a full plan) while another session holds
+    share HELD for a second."""
+    engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
+    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
+    try:
+        with engine.connect() as other:
+            assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, HELD))).scalar()
+            other.commit()
+
+            def let_go() -> None:
+                other.execute(sa.select(sa.func.pg_advisory_unlock(key, HELD)))
+                other.commit()
+
+            timer = threading.Timer(1.0, let_go)
+            timer.start()
+            result = run(root, "send", "--now", MONDAY.isoformat())
+            timer.join()
+    finally:
+        engine.dispose()
+    return result
+
+
+def sent_to(root: Path) -> set[int]:
+    with open_store(root) as store, store.connect() as conn:
+        return set(
+            conn.scalars(
+                sa.select(enrollments.c.id).join(
+                    deliveries, deliveries.c.subscriber_id == enrollments.c.subscriber_id
+                )
+            )
+        )
+
+
+def test_a_share_another_run_has_planned_for_this_content_is_not_planned_again(
+    postgres_workspace: Path,
+) -> None:
+    import_readers(postgres_workspace, 48)
+    done = the_other_run_did_its_share(postgres_workspace, "{version}")
+    code, out, err = send_while_share_is_held(postgres_workspace)
+    assert code == 0, out + err
+    assert out.startswith(f"sent {48 - len(done)}, failed 0"), out + err
+    assert done and not (sent_to(postgres_workspace) & done)
+
+
+@pytest.mark.parametrize("marker", [None, "an-older-version"])
+def test_a_share_without_a_marker_for_this_content_is_planned_whole(
+    postgres_workspace: Path, marker: str | None
+) -> None:
+    """No word from the run that held it (it stopped or died), or a word for other
+    content: every enrollment of the share is planned, whatever its bookmark says."""
+    import_readers(postgres_workspace, 48)
+    done = the_other_run_did_its_share(postgres_workspace, marker)
+    code, out, err = send_while_share_is_held(postgres_workspace)
+    assert code == 0, out + err
+    assert out.startswith("sent 48, failed 0"), out + err
+    assert done <= sent_to(postgres_workspace)
+
+
+def test_a_run_leaves_a_marker_for_each_share_it_went_through(postgres_workspace: Path) -> None:
+    """One marker per share, for the content planned, after a full plan."""
+    import_readers(postgres_workspace, 20)
+    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+    assert code == 0 and out.startswith("sent 20,"), out + err
+    config = load_config(postgres_workspace)
+    (series,), _ = load_series(config)
+    with open_store(postgres_workspace) as store, store.connect() as conn:
+        markers = {
+            share: ledger.setting_or_none(conn, _share_marker(series, share))
+            for share in range(SHARES)
+        }
+    assert set(markers.values()) == {fingerprint(series)}
+
+
+def test_a_share_held_longer_than_the_wait_is_sent_beside_its_holder(
+    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session keeps share HELD locked (a run stuck in a hung request): after
+    SHARE_WAIT the run sends that share too, instead of waiting for it for good; the
+    claims keep each reader to one email."""
+    import time
+
+    from pipeline.send import planning
+
+    monkeypatch.setattr(planning, "SHARE_WAIT", 0.5)
+    emails = import_readers(postgres_workspace, 48)
+    engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
+    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
+    try:
+        with engine.connect() as other:
+            assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, HELD))).scalar()
+            other.commit()
+            started = time.monotonic()
+            code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+            took = time.monotonic() - started
+    finally:
+        engine.dispose()
+    assert code == 0, out + err
+    assert out.startswith(f"sent {len(emails)}, failed 0"), out + err
+    assert took < 30
