@@ -232,17 +232,22 @@ def send_once(
             with Sink(TOKEN) as sink:
                 timed = setup.send(sink.url, processes=processes)
                 stats = sink.stats()
-        sent = sum(
-            int(line.split(",")[0].split()[1])
-            for line in timed.out.splitlines()
-            if line.startswith("sent ")
-        )
-        if sent != count or stats["accepted"] != count or stats["twice"]:
-            sys.exit(
-                f"expected {count} messages once each, got: {timed.out.strip()} "
-                f"({stats['accepted']} accepted, {stats['twice']} readers more than once)"
-            )
+        _each_once(timed, count, stats)
         return timed
+
+
+def _each_once(timed: Timed, count: int, stats: dict[str, int]) -> None:
+    """Exit unless the sends said COUNT sent and the sink took each reader's once."""
+    sent = sum(
+        int(line.split(",")[0].split()[1])
+        for line in timed.out.splitlines()
+        if line.startswith("sent ")
+    )
+    if sent != count or stats["accepted"] != count or stats["twice"]:
+        sys.exit(
+            f"expected {count} messages once each, got: {timed.out.strip()} "
+            f"({stats['accepted']} accepted, {stats['twice']} readers more than once)"
+        )
 
 
 def limit_once(count: int, workers: int, part: Path) -> Timed:
@@ -446,16 +451,7 @@ def postgres_send(count: int, processes: int = 1) -> _ServersTimed:
             provider = _tree_cpu(sink.pid) - provider_before
             database_cpu = _tree_cpu(server) - database_before if server else None
             stats = sink.stats()
-    sent = sum(
-        int(line.split(",")[0].split()[1])
-        for line in timed.out.splitlines()
-        if line.startswith("sent ")
-    )
-    if sent != count or stats["accepted"] != count or stats["twice"]:
-        sys.exit(
-            f"expected {count} messages once each, got: {timed.out.strip()} "
-            f"({stats['accepted']} accepted, {stats['twice']} readers more than once)"
-        )
+    _each_once(timed, count, stats)
     return _ServersTimed(timed, database_cpu, provider, machine)
 
 

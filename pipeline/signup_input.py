@@ -10,17 +10,10 @@ from collections import deque
 from werkzeug.wrappers import Request
 
 from .signup import SignupRefused
+from .sources import encodable
 
 # The fields of a signup; in JSON each is a string (or null, or left out).
 FIELDS = ("email", "name", "series", "form", "next", "website")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def submitted(request: Request, as_json: bool) -> dict[str, str] | None:
@@ -43,7 +36,7 @@ def submitted(request: Request, as_json: bool) -> dict[str, str] | None:
                 if key in FIELDS:
                     raise SignupRefused(key, f"{key} must be a string")
                 continue
-            if not _encodable(value):  # a lone surrogate ("\ud800"): not text
+            if not encodable(value):  # a lone surrogate ("\ud800"): not text
                 return None
             found[key] = value
         return found

@@ -130,6 +130,17 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any], str]:
         ) from None
 
 
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: False when it holds a lone surrogate,
+    which is how Python keeps a byte that is not UTF-8 (a command-line argument, a file
+    name, a JSON ``\\ud800`` escape) and which no database text can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:
     """``repr(value)`` for an error line, cut to about ``limit`` characters: a bad value
     can be a whole file long, and an error must stay one readable line."""

@@ -22,7 +22,7 @@ from .content import Series
 from .errors import SeriesError
 from .headers import clean_name, smtputf8_problem
 from .personal import FIRST_NAME_ATTRIBUTE
-from .sources import quote
+from .sources import encodable, quote
 from .store import Store
 from .store.ledger import record_status
 from .store.schema import (
@@ -188,7 +188,7 @@ def add_subscriber(
     if first_name is not None:
         first_name = clean_name(first_name)
     for what, value in (("name", name), ("first name", first_name)):
-        if value is not None and not _is_text(value):
+        if value is not None and not encodable(value):
             # A byte that is not UTF-8 on the command line comes in as a lone surrogate,
             # which no database can store.
             raise SubscriberError(f"the {what} holds a byte that is not UTF-8")
@@ -582,12 +582,3 @@ def progress_text(enrollment: Enrollment, total: int | None) -> str:
     else:
         done = "not started"
     return f"paused, {done}" if enrollment.paused else done
-
-
-def _is_text(value: str) -> bool:
-    """Whether ``value`` is text UTF-8 can carry (no lone surrogate)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -117,6 +117,17 @@ def example_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+@pytest.fixture
+def postgres_workspace(
+    example_copy: Path, postgres_admin_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """The example workspace with its state on a fresh PostgreSQL database (through
+    SERIES_DATABASE_URL), for sends that only PostgreSQL can show."""
+    for url in _fresh_postgres(postgres_admin_url):
+        monkeypatch.setenv("SERIES_DATABASE_URL", url)
+        yield example_copy
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def each_database(
     request: pytest.FixtureRequest,

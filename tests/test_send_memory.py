@@ -90,22 +90,6 @@ def test_a_dry_run_longer_than_the_memory_buffer_prints_the_same_plan(
     assert len(rows) == 25 and {r["status"] for r in rows} == {"due"}
 
 
-@pytest.fixture
-def postgres_workspace(
-    example_copy: Path, postgres_admin_url: str | None, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Path]:
-    """The example workspace on a fresh PostgreSQL database."""
-    from .databases import HOW_TO, fresh_database
-
-    if postgres_admin_url is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{HOW_TO} (CI must not skip PostgreSQL)")
-        pytest.skip(HOW_TO)
-    with fresh_database(postgres_admin_url) as url:
-        monkeypatch.setenv("SERIES_DATABASE_URL", url)
-        yield example_copy
-
-
 def test_a_share_another_run_holds_is_sent_once_that_run_lets_go(
     postgres_workspace: Path,
 ) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,21 +25,6 @@ from .helpers import import_readers, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 HELD = 3  # the share the other run holds
-
-
-@pytest.fixture
-def postgres_workspace(
-    example_copy: Path, postgres_admin_url: str | None, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Path]:
-    from .databases import HOW_TO, fresh_database
-
-    if postgres_admin_url is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{HOW_TO} (CI must not skip PostgreSQL)")
-        pytest.skip(HOW_TO)
-    with fresh_database(postgres_admin_url) as url:
-        monkeypatch.setenv("SERIES_DATABASE_URL", url)
-        yield example_copy
 
 
 def the_other_run_did_its_share(root: Path, marker: str | None) -> set[int]:
