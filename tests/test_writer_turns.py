@@ -1,5 +1,5 @@
 """Writers on one SQLite file take turns on an flock of ``state.db-lock``
-(store.WriterTurns): held for exactly a write transaction, by one process at a time,
+(store.turns.WriterTurns): held for exactly a write transaction, by one process at a time,
 never by a reader, and never a reason to hang."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline.store import Store, WriterTurns, open_store
+from pipeline.store import Store, open_store
+from pipeline.store.turns import WriterTurns
 
 fcntl = pytest.importorskip("fcntl")  # the turns are a POSIX flock
 
