@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from pipeline.config import load_config
 from pipeline.content import load_series
@@ -48,26 +51,35 @@ def the_other_run_did_its_share(root: Path, marker: str | None) -> set[int]:
     return ids
 
 
-def send_while_share_is_held(root: Path) -> tuple[int, str, str]:
-    """`series send` (the first after an import: a full plan) while another session holds
-    share HELD for a second."""
+@contextmanager
+def share_held_elsewhere() -> Iterator[Connection]:
+    """Another session holding share HELD's advisory lock for the ``with`` block (it
+    may let go earlier through the connection it yields)."""
     engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
     key = zlib.crc32(b"attachment") & 0x7FFFFFFF
     try:
         with engine.connect() as other:
             assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, HELD))).scalar()
             other.commit()
-
-            def let_go() -> None:
-                other.execute(sa.select(sa.func.pg_advisory_unlock(key, HELD)))
-                other.commit()
-
-            timer = threading.Timer(1.0, let_go)
-            timer.start()
-            result = run(root, "send", "--now", MONDAY.isoformat())
-            timer.join()
+            yield other
     finally:
         engine.dispose()
+
+
+def send_while_share_is_held(root: Path) -> tuple[int, str, str]:
+    """`series send` (the first after an import: a full plan) while another session holds
+    share HELD for a second."""
+    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
+    with share_held_elsewhere() as other:
+
+        def let_go() -> None:
+            other.execute(sa.select(sa.func.pg_advisory_unlock(key, HELD)))
+            other.commit()
+
+        timer = threading.Timer(1.0, let_go)
+        timer.start()
+        result = run(root, "send", "--now", MONDAY.isoformat())
+        timer.join()
     return result
 
 
@@ -134,17 +146,10 @@ def test_a_share_held_longer_than_the_wait_is_sent_beside_its_holder(
 
     monkeypatch.setattr(planning, "SHARE_WAIT", 0.5)
     emails = import_readers(postgres_workspace, 48)
-    engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
-    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
-    try:
-        with engine.connect() as other:
-            assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, HELD))).scalar()
-            other.commit()
-            started = time.monotonic()
-            code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
-            took = time.monotonic() - started
-    finally:
-        engine.dispose()
+    with share_held_elsewhere():
+        started = time.monotonic()
+        code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+        took = time.monotonic() - started
     assert code == 0, out + err
     assert out.startswith(f"sent {len(emails)}, failed 0"), out + err
     assert took < 30

@@ -205,55 +205,26 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     recorded. Raises Withheld when the run is stopping, a claim is no longer this
     run's, or nobody is left."""
     refuse_if_stopping(run)
-    handover = _Handover(run, batch, maybe_sent)
+    clock = run.clock()
+    closed = _closed(batch.series, [c.enrollment for c in batch.claims], clock)
+    if closed and maybe_sent:
+        raise Withheld("the send window closed before the request could be repeated")
+    held = [batch.claims[i] for i in closed]
+    bookmarks = [_held(run, batch.series, batch.claims[i].enrollment, o) for i, o in closed.items()]
+    if closed:
+        batch.claims = [c for i, c in enumerate(batch.claims) if i not in closed]
+        batch.messages = [m for i, m in enumerate(batch.messages) if i not in closed]
+        batch.held += len(held)
     with run.store.begin() as conn:
-        handover.write(conn)
-    return handover.result()
-
-
-class _Handover:
-    """The gate's work for one attempt of ``batch`` (see `_hand_over`): the readers
-    whose window closed are found when it is made, ``write`` gives them back and
-    renews the lease on the others in the caller's transaction, ``result`` says what
-    may go."""
-
-    def __init__(self, run: Run, batch: _Batch, maybe_sent: bool) -> None:
-        self.run = run
-        self.batch = batch
-        self.clock = run.clock()
-        self.closed = _closed(batch.series, [c.enrollment for c in batch.claims], self.clock)
-        self.refused: Withheld | None = None
-        if self.closed and maybe_sent:
-            self.refused = Withheld("the send window closed before the request could be repeated")
-        self.lost = 0
-
-    def write(self, conn: Connection) -> None:
-        """Give back the readers outside their window and renew this run's lease on
-        the rest, recording the request's key (in the caller's transaction)."""
-        if self.refused is not None:
-            return
-        run, batch, closed = self.run, self.batch, self.closed
-        held = [batch.claims[i] for i in closed]
-        bookmarks = [
-            _held(run, batch.series, batch.claims[i].enrollment, o) for i, o in closed.items()
-        ]
-        if closed:
-            batch.claims = [c for i, c in enumerate(batch.claims) if i not in closed]
-            batch.messages = [m for i, m in enumerate(batch.messages) if i not in closed]
-            batch.held += len(held)
+        if held:
             ledger.release(conn, held, token=run.token)
             ledger.save_bookmarks(conn, bookmarks)
-        self.lost = renew(run, conn, [c.id for c in batch.claims], self.clock, batch=batch.key)
-
-    def result(self) -> tuple[Sequence[Message], str]:
-        """The messages that may go and their key; raises Withheld when none may."""
-        if self.refused is not None:
-            raise self.refused
-        if self.lost:
-            raise Withheld(LEASE_LOST, lost=self.lost)
-        if not self.batch.claims:
-            raise Withheld("the send window closed")
-        return self.batch.messages, self.batch.key
+        lost = renew(run, conn, [c.id for c in batch.claims], clock, batch=batch.key)
+    if lost:
+        raise Withheld(LEASE_LOST, lost=lost)
+    if not batch.claims:
+        raise Withheld("the send window closed")
+    return batch.messages, batch.key
 
 
 def _closed(
