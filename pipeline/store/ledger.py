@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -311,35 +311,51 @@ def _db_time(conn: Connection, moment: datetime | None) -> Any:
     return None if moment is None else to_db(conn.dialect, moment)
 
 
-def claim(
-    conn: Connection, due: Sequence[Due], *, token: str, until: datetime, now: datetime
-) -> list[Claim]:
-    """Claim these deliveries for this run, as one provider request: each claimed row
-    records that request's key (``batch_key`` of the claimed delivery keys). Returns
-    the ones it got."""
+def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
+    """The subscriber ids of ``due`` (deliveries of one series) still to be written to:
+    active, with an enrollment neither paused nor unsubscribed."""
     if not due:
-        return []
+        return set()
     series = due[0].enrollment.series
     readers = [d.enrollment.subscriber_id for d in due]
     if conn.dialect.name == "sqlite":
-        active = sqlite_bulk.active_subscribers(conn, series, readers)
-    else:
-        # By primary key, both tables: PostgreSQL's planner would otherwise read them
-        # whole to join them, for every batch.
-        active = set(
-            conn.scalars(
-                sa.select(enrollments.c.subscriber_id)
-                .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
-                .where(
-                    enrollments.c.series == series,
-                    bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due]),
-                    bulk.among(conn, subscribers.c.id, readers),
-                    subscribers.c.status == "active",
-                    enrollments.c.paused.is_(False),
-                    enrollments.c.unsubscribed_at.is_(None),
-                )
+        return sqlite_bulk.active_subscribers(conn, series, readers)
+    # By primary key, both tables: PostgreSQL's planner would otherwise read them
+    # whole to join them, for every batch.
+    return set(
+        conn.scalars(
+            sa.select(enrollments.c.subscriber_id)
+            .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
+            .where(
+                enrollments.c.series == series,
+                bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due]),
+                bulk.among(conn, subscribers.c.id, readers),
+                subscribers.c.status == "active",
+                enrollments.c.paused.is_(False),
+                enrollments.c.unsubscribed_at.is_(None),
             )
         )
+    )
+
+
+def claim(
+    conn: Connection,
+    due: Sequence[Due],
+    *,
+    token: str,
+    until: datetime,
+    now: datetime,
+    active: Collection[int] | None = None,
+) -> list[Claim]:
+    """Claim these deliveries for this run, as one provider request: each claimed row
+    records that request's key (``batch_key`` of the claimed delivery keys). Only
+    readers still to be written to are claimed: ``active`` (subscriber ids, from
+    `active_readers`), else looked up here. Returns the ones it got."""
+    if not due:
+        return []
+    if active is None:
+        active = active_readers(conn, due)
+    series = due[0].enrollment.series
     wanted = [d for d in due if d.enrollment.subscriber_id in active]
     # What the planner saw decides between inserting and taking back a failed row. If
     # another run got there since, the insert conflicts, or the failed row is no
