@@ -289,6 +289,7 @@ class Run:
         # Set when the provider stopped the run after a request that may have gone
         # through: that batch is recorded unknown first, then the run stops.
         self.halt: ProviderError | None = None
+        self.workers = 1  # processes sending this run's share (set in each worker)
         self.started = options.monotonic()
         self._signer: Signer | None = None
 

@@ -146,6 +146,7 @@ def _worker(
     options = run.options
     _die_with_parent(options.stop, parent)
     random.seed()  # each worker its own retry jitter
+    run.workers = shard[1]
     if run.config.rate_limit:
         # The configured rate is for the whole run: each worker takes its share.
         run.limiter = RateLimiter(run.config.rate_limit / shard[1], options.monotonic, run.sleep)

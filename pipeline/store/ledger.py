@@ -298,17 +298,21 @@ def save_bookmarks(
         return
     # One statement for the batch, its rows as a JSON array (SQLite) or as arrays
     # (PostgreSQL): see sqlite_bulk and bulk.
-    in_db = [
-        (i, _db_time(conn, wake), version, _db_time(conn, done)) for i, wake, version, done in rows
-    ]
+    # A batch's readers mostly share their next wake-up: each time is converted once.
+    times: dict[datetime, Any] = {}
+
+    def in_db(moment: datetime | None) -> Any:
+        if moment is None:
+            return None
+        if moment not in times:
+            times[moment] = to_db(conn.dialect, moment)
+        return times[moment]
+
+    in_db_rows = [(i, in_db(wake), version, in_db(done)) for i, wake, version, done in rows]
     if conn.dialect.name == "sqlite":
-        sqlite_bulk.save_bookmarks(conn, in_db)
+        sqlite_bulk.save_bookmarks(conn, in_db_rows)
     else:
-        bulk.save_bookmarks(conn, in_db)
-
-
-def _db_time(conn: Connection, moment: datetime | None) -> Any:
-    return None if moment is None else to_db(conn.dialect, moment)
+        bulk.save_bookmarks(conn, in_db_rows)
 
 
 def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
