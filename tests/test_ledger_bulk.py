@@ -16,7 +16,7 @@ from pipeline.importer import import_csv
 from pipeline.store import Store, bulk, ledger, open_store
 from pipeline.store.ledger import Due
 from pipeline.store.schema import deliveries, enrollments
-from pipeline.subscribers import Catalog
+from pipeline.subscribers import Catalog, remove
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5)})
@@ -256,3 +256,26 @@ def test_a_table_another_session_is_analysing_does_not_stop_a_send(
                 assert reader.scalar(sa.select(sa.func.count()).select_from(enrollments)) == 1500
     finally:
         other.dispose()
+
+
+def test_a_reader_erased_after_the_active_read_is_left_out_of_the_claim(
+    store: Store, tmp_path: Path
+) -> None:
+    """A send reads who may still be written to before its claim's write transaction,
+    which then holds the write lock for the writes alone. A reader erased in between
+    (`series subscribers remove`) is simply not claimed: no error stops the batch, and
+    the other readers are claimed."""
+    import_list(store, tmp_path, 3)
+    due = due_now(store)
+    with store.connect() as conn:
+        active = ledger.active_readers(conn, due)
+    assert len(active) == 3
+    gone = due[1].enrollment
+    remove(store, gone.email, now=NOW)
+    with store.begin() as conn:
+        claims = ledger.claim(
+            conn, due, token="run", until=NOW + timedelta(minutes=15), now=NOW, active=active
+        )
+    kept = {d.enrollment.subscriber_id for d in due} - {gone.subscriber_id}
+    assert {c.enrollment.subscriber_id for c in claims} == kept
+    assert set(ledger_rows(store)) == kept

@@ -46,6 +46,7 @@ SELECT v.subscriber_id, %(series)s, v.article, v.part, 'claimed', 1, v.delivery_
        %(token)s, %(until)s, %(now)s, %(now)s, %(now)s, %(batch)s
 FROM unnest(%(subscriber_ids)s::integer[], %(articles)s::text[], %(parts)s::integer[],
             %(keys)s::text[]) AS v(subscriber_id, article, part, delivery_key)
+JOIN subscribers AS s ON s.id = v.subscriber_id
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
 RETURNING id, subscriber_id, article, delivery_key
 """
@@ -62,7 +63,8 @@ def insert_claims(
     batch: str | None,
 ) -> list[Any]:
     """Insert new ``claimed`` ledger rows, (subscriber id, article slug, part, delivery
-    key) each, skipping any that exists (another run's). Returns the inserted rows as
+    key) each, skipping any that exists (another run's) and any whose subscriber is
+    gone (erased since the send read who is active). Returns the inserted rows as
     (id, subscriber_id, article, delivery_key)."""
     subscriber_ids, articles, parts, keys = (list(c) for c in zip(*rows, strict=True))
     result = conn.exec_driver_sql(

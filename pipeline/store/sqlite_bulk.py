@@ -35,10 +35,13 @@ SELECT json_extract(j.value, '$[0]'), ?, json_extract(j.value, '$[1]'),
     json_extract(j.value, '$[2]'), 'claimed', 1, json_extract(j.value, '$[3]'),
     ?, ?, ?, ?, ?, ?
 FROM json_each(?) AS j
+JOIN subscribers AS s ON s.id = json_extract(j.value, '$[0]')
 WHERE true
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
 RETURNING id, subscriber_id, article, delivery_key"""
-# "WHERE true": without it SQLite would read ON CONFLICT as a join's ON clause
+# The join leaves out a reader erased since the send read who is active (outside this
+# write transaction): their row would break the foreign key. "WHERE true": without it
+# SQLite would read ON CONFLICT as a join's ON clause
 # (https://sqlite.org/lang_upsert.html, "parsing ambiguity").
 
 _RECORD = """\
@@ -89,8 +92,9 @@ def insert_claims(
     """Insert a claimed ledger row for each (subscriber id, article slug, part, delivery
     key) of ``series`` that has none yet (``deliveries_once`` decides: another run's
     row wins and is left alone), held with ``token`` until ``until``, made at ``now``
-    (both database times), under the request key ``batch``. Returns the inserted rows
-    (``id``, ``subscriber_id``, ``article``, ``delivery_key``), in no set order."""
+    (both database times), under the request key ``batch``; a subscriber id no longer
+    in ``subscribers`` (erased) gets none. Returns the inserted rows (``id``,
+    ``subscriber_id``, ``article``, ``delivery_key``), in no set order."""
     values = orjson.dumps(rows).decode()
     result = conn.exec_driver_sql(_CLAIM, (series, token, until, now, now, now, batch, values))
     return list(result.all())
