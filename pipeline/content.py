@@ -68,6 +68,8 @@ ARTICLE_TEXT_KEYS = ("title", "slug", "subject", "preheader", "summary", "url")
 DEFAULT_CADENCE_DAYS = 7
 # The longest slug the delivery ledger can record (deliveries.article).
 SLUG_LENGTH = 200
+# The longest series slug (its folder's name) the database can record (enrollments.series).
+SERIES_SLUG_LENGTH = 100
 # A delay longer than this is a typo, and a timedelta cannot hold an unbounded one.
 MAX_DAYS = 3650
 # Planning adds delays and send-window days to a publish date; from this year on the
@@ -163,6 +165,19 @@ def load_series(config: Config) -> tuple[list[Series], list[Problem]]:
 
 
 def _load_one(config: Config, directory: Path, problems: list[Problem]) -> Series | None:
+    unfit = _unfit_series_slug(directory.name)
+    if unfit is not None:
+        # Nothing of such a series can be stored, sent or even linked (its slug names
+        # the emails' campaign): it is not read further.
+        problems.append(
+            Problem(
+                config.rel(directory),
+                None,
+                f"the folder's name {unfit}; it is the series' name in the database "
+                "(rename the folder before anyone is enrolled)",
+            )
+        )
+        return None
     manifest = directory / "series.yml"
     source = config.rel(manifest)
     articles_found = _article_files(config, directory, problems)
@@ -431,6 +446,17 @@ def _odd_character(slug: str) -> str | None:
             return "a byte that is not UTF-8 (from the file name)"
         if CONTROL.match(char):
             return f"a control character (U+{ord(char):04X})"
+    return None
+
+
+def _unfit_series_slug(slug: str) -> str | None:
+    """What makes a series' folder name unfit to be its slug, in words, or None: what
+    `_odd_character` finds, or more characters than the database keeps."""
+    odd = _odd_character(slug)
+    if odd is not None:
+        return f"holds {odd}"
+    if len(slug) > SERIES_SLUG_LENGTH:
+        return f"is {len(slug)} characters long, at most {SERIES_SLUG_LENGTH}"
     return None
 
 

@@ -209,3 +209,34 @@ def test_a_file_name_that_is_not_utf8_is_an_error_when_it_names_the_slug(
     (folder / "01-valid.md").rename(folder / odd)
     [problem] = problems_of(root)
     assert ":1: slug holds a byte that is not UTF-8 (from the file name)" in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("s" * 101, "is 101 characters long, at most 100"),
+        ("demo\x07bell", "holds a control character (U+0007)"),
+        (os.fsdecode(b"demo\xff"), "holds a byte that is not UTF-8 (from the file name)"),
+    ],
+)
+def test_a_series_folder_name_the_database_cannot_keep_is_an_error(
+    workspace: BuildWorkspace, name: str, said: str
+) -> None:
+    """A series' folder name is its slug in every enrollment and delivery. One the
+    database cannot keep (PostgreSQL refused more than 100 characters at the first
+    import; a control character or a byte that is not UTF-8 breaks the ledger's batch
+    writes) is refused by `series check`, naming the folder, before anyone is enrolled."""
+    root = workspace({"01-valid.md": "valid_article"})
+    (root / "series" / "demo").rename(root / "series" / name)
+    [problem] = problems_of(root)
+    assert problem.endswith(
+        f"the folder's name {said}; it is the series' name in the database "
+        "(rename the folder before anyone is enrolled)"
+    )
+    assert problem.startswith("series/")
+
+
+def test_a_series_folder_name_of_100_characters_is_fine(workspace: BuildWorkspace) -> None:
+    root = workspace({"01-valid.md": "valid_article"})
+    (root / "series" / "demo").rename(root / "series" / ("s" * 100))
+    assert problems_of(root) == []

@@ -279,3 +279,19 @@ def test_a_reader_erased_after_the_active_read_is_left_out_of_the_claim(
     kept = {d.enrollment.subscriber_id for d in due} - {gone.subscriber_id}
     assert {c.enrollment.subscriber_id for c in claims} == kept
     assert set(ledger_rows(store)) == kept
+
+
+@pytest.mark.parametrize("length", [59, 60, 100])
+def test_the_plan_marker_of_a_series_with_a_long_slug_is_kept_whole(
+    store: Store, length: int
+) -> None:
+    """A series' slug is its folder's name, up to 100 characters; its plan marker lives
+    in a settings key of 64. PostgreSQL refused a marker key of 65 or more ("value too
+    long"), so a send of such a series failed after every message had gone. Each slug
+    keeps a marker of its own, read back as written."""
+    slugs = ["s" * length, "s" * (length - 1) + "t"]
+    with store.begin() as conn:
+        for number, slug in enumerate(slugs):
+            ledger.set_plan_marker(conn, slug, f"version-{number}")
+    with store.connect() as conn:
+        assert [ledger.plan_marker(conn, slug) for slug in slugs] == ["version-0", "version-1"]

@@ -38,6 +38,7 @@ from .schema import (
 )
 
 CHUNK = 5000
+SETTING_KEY_LENGTH = 64  # settings.key, a String(64)
 # Spelled as in the partial index `deliveries_open`, so both databases use it.
 OPEN = sa.text("state IN ('claimed', 'unknown')")
 
@@ -66,11 +67,22 @@ class Claim:
 
 def plan_marker(conn: Connection, series: str) -> str | None:
     """The content fingerprint every enrollment of ``series`` has a bookmark for."""
-    return setting_or_none(conn, f"plan:{series}")
+    return setting_or_none(conn, _plan_key(series))
 
 
 def set_plan_marker(conn: Connection, series: str, version: str) -> None:
-    set_setting(conn, f"plan:{series}", version)
+    """Note that every enrollment of ``series`` has a bookmark for fingerprint ``version``."""
+    set_setting(conn, _plan_key(series), version)
+
+
+def _plan_key(series: str) -> str:
+    """The settings key of a series' plan marker: ``plan:`` and the slug, or for a slug
+    too long for the key column (64 characters; a series slug may have 100) a hash of
+    it, so that a long slug is not refused by PostgreSQL or kept cut short."""
+    key = f"plan:{series}"
+    if len(key) <= SETTING_KEY_LENGTH:
+        return key  # as earlier versions wrote it: their markers stay valid
+    return f"plan-of:{hashlib.sha256(series.encode('utf-8')).hexdigest()[:40]}"
 
 
 def setting_or_none(conn: Connection, key: str) -> str | None:
