@@ -3,7 +3,8 @@ flight, recorded, with one line and no traceback, workers and all; a SIGKILL of 
 parent leaves no worker process sending on its own.
 
 The real CLI runs as a subprocess against the fake Postmark on 127.0.0.1, which takes
-its time to answer each batch so that the signal lands mid-run.
+its time to answer each batch so that the signal lands mid-run; on SQLite and on
+PostgreSQL, where the last answer is recorded while the next request is out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from .conftest import POSTMARK_TOKEN
 from .fake_postmark import FakePostmark
 from .helpers import configure, import_readers, subprocess_env
 
+# On SQLite and on PostgreSQL (SERIES_DATABASE_URL, passed on to every run).
+pytestmark = pytest.mark.usefixtures("each_database")
+
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 BATCH = 5
 
@@ -53,6 +57,8 @@ def workspace(root: Path, readers: int, workers: int) -> Path:
 
 def start(root: Path, fake: FakePostmark, when: datetime) -> subprocess.Popen[str]:
     env = subprocess_env(root, SERIES_PROVIDER_URL=fake.url, POSTMARK_SERVER_TOKEN=POSTMARK_TOKEN)
+    if "SERIES_DATABASE_URL" in os.environ:  # each_database's PostgreSQL
+        env["SERIES_DATABASE_URL"] = os.environ["SERIES_DATABASE_URL"]
     command = [sys.executable, "-m", "pipeline", "send", "--now", when.isoformat()]
     return subprocess.Popen(
         command,
