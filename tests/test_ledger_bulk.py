@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -15,8 +16,8 @@ import sqlalchemy as sa
 from pipeline.importer import import_csv
 from pipeline.store import Store, bulk, ledger, open_store
 from pipeline.store.ledger import Due
-from pipeline.store.schema import deliveries, enrollments
-from pipeline.subscribers import Catalog, remove
+from pipeline.store.schema import deliveries, enrollments, subscribers
+from pipeline.subscribers import Catalog
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 CATALOG = Catalog({"attachment": (1, 2, 3, 4, 5)})
@@ -258,27 +259,50 @@ def test_a_table_another_session_is_analysing_does_not_stop_a_send(
         other.dispose()
 
 
-def test_a_reader_erased_after_the_active_read_is_left_out_of_the_claim(
-    store: Store, tmp_path: Path
+def test_a_reader_erased_between_the_active_read_and_the_insert_is_left_out(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A send reads who may still be written to before its claim's write transaction,
-    which then holds the write lock for the writes alone. A reader erased in between
-    (`series subscribers remove`) is simply not claimed: no error stops the batch, and
-    the other readers are claimed."""
+    """On PostgreSQL the claim reads who is active and inserts in two statements, and
+    another session's erasure may commit in between: the insert joins `subscribers`, so
+    such a reader gets no row (the foreign key stopped the whole batch) and the others
+    are claimed. SQLite's write lock keeps the two together; the join does no harm."""
     import_list(store, tmp_path, 3)
     due = due_now(store)
-    with store.connect() as conn:
-        active = ledger.active_readers(conn, due)
-    assert len(active) == 3
     gone = due[1].enrollment
-    remove(store, gone.email, now=NOW)
+    real = ledger.active_readers
+
+    def then_erased(conn: sa.Connection, items: list[Due]) -> set[int]:
+        active = real(conn, items)
+        conn.execute(sa.delete(subscribers).where(subscribers.c.id == gone.subscriber_id))
+        return active
+
+    monkeypatch.setattr(ledger, "active_readers", then_erased)
     with store.begin() as conn:
-        claims = ledger.claim(
-            conn, due, token="run", until=NOW + timedelta(minutes=15), now=NOW, active=active
-        )
+        claims = ledger.claim(conn, due, token="run", until=NOW + timedelta(minutes=15), now=NOW)
     kept = {d.enrollment.subscriber_id for d in due} - {gone.subscriber_id}
     assert {c.enrollment.subscriber_id for c in claims} == kept
     assert set(ledger_rows(store)) == kept
+
+
+def test_bookmarks_in_the_hour_a_dst_change_repeats_keep_their_own_instants(
+    store: Store, tmp_path: Path
+) -> None:
+    """A batch converts each wake-up time once. 01:30 in New York on 1 November 2026
+    happens twice (EDT, then EST an hour later, ``fold=1``), and Python takes the two for
+    equal: each reader still gets their own instant."""
+    import_list(store, tmp_path, 2)
+    first, second = (d.enrollment.id for d in due_now(store))
+    zone = ZoneInfo("America/New_York")
+    edt = datetime(2026, 11, 1, 1, 30, tzinfo=zone)
+    est = datetime(2026, 11, 1, 1, 30, tzinfo=zone, fold=1)
+    with store.begin() as conn:
+        ledger.save_bookmarks(conn, [(first, edt, "v", None), (second, est, "v", None)])
+    with store.connect() as conn:
+        wake = dict(conn.execute(sa.select(enrollments.c.id, enrollments.c.next_due_at)).all())
+    assert wake == {
+        first: datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+        second: datetime(2026, 11, 1, 6, 30, tzinfo=UTC),
+    }
 
 
 @pytest.mark.parametrize("length", [59, 60, 100])

@@ -9,8 +9,11 @@ sends them. Then A wakes. Every reader must have exactly one message at the prov
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -22,9 +25,11 @@ import sqlalchemy as sa
 from pipeline.config import load_config
 from pipeline.providers import get_provider
 from pipeline.send import SendOptions, SendReport, send_due
-from pipeline.store import open_store
+from pipeline.store import Store, open_store
 from pipeline.store.schema import deliveries
+from pipeline.subscribers import unsubscribe
 
+from .conftest import POSTMARK_TOKEN
 from .fake_postmark import FakePostmark
 from .helpers import configure, import_readers, run
 
@@ -204,3 +209,43 @@ def test_the_lease_length_is_an_option_of_the_run(
         assert send_due(config, store, provider, options).sent == 6
     provider.close()
     assert seen == [MONDAY + timedelta(seconds=90)] * 6
+
+
+def test_a_reader_who_leaves_before_the_claim_is_written_is_not_sent_to(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Who may still be written to is read inside the claim's write transaction: a reader
+    who unsubscribes (one-click, in another process) after the run planned them, right
+    before that transaction begins, gets nothing. Reading it before the transaction, to
+    hold SQLite's write lock for less, let such a reader through: the wait for the lock
+    (another worker's turn) could last seconds."""
+    emails = import_readers(example_copy, 3)
+    leaving = emails[1]
+    real_begin = Store.begin
+    left = threading.Event()
+
+    @contextlib.contextmanager
+    def begin(self: Store) -> Iterator[Any]:
+        if not left.is_set() and any(f.function == "_claim" for f in inspect.stack()[:4]):
+            left.set()
+            with open_store(example_copy) as other:
+                unsubscribe(other, leaving, now=MONDAY)
+        with real_begin(self) as conn:
+            yield conn
+
+    monkeypatch.setattr(Store, "begin", begin)
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        configure(example_copy, 'provider = "postmark"')
+        config = load_config(example_copy)
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        provider = get_provider("postmark", config)
+        try:
+            with open_store(example_copy) as store:
+                report = send_due(config, store, provider, SendOptions(now=MONDAY))
+        finally:
+            provider.close()
+        accepted = per_reader(fake)
+    assert left.is_set()
+    assert report.sent == 2
+    assert accepted == Counter({emails[0]: 1, emails[2]: 1})

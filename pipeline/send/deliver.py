@@ -167,15 +167,10 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
     closed = _closed(series, [item.enrollment for item in items], clock)
     inside = [item for i, item in enumerate(items) if i not in closed]
     held: list[Bookmark] = [_held(run, series, items[i].enrollment, o) for i, o in closed.items()]
-    # Who may still be written to is read before the write transaction, so that it
-    # holds the write lock (SQLite's one, which other workers wait for) for the writes
-    # alone: a reader who leaves meanwhile is one the gate would not catch either.
-    with run.store.connect() as conn:
-        active = ledger.active_readers(conn, inside)
     with run.store.begin() as conn:
         ledger.save_bookmarks(conn, held)
         claims = ledger.claim(
-            conn, inside, token=run.token, until=clock + run.options.lease, now=clock, active=active
+            conn, inside, token=run.token, until=clock + run.options.lease, now=clock
         )
     run.report.held += len(held)
     run.report.skipped += len(inside) - len(claims)

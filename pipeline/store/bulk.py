@@ -64,7 +64,8 @@ def insert_claims(
 ) -> list[Any]:
     """Insert new ``claimed`` ledger rows, (subscriber id, article slug, part, delivery
     key) each, skipping any that exists (another run's) and any whose subscriber is
-    gone (erased since the send read who is active). Returns the inserted rows as
+    gone (an erasure committed since the claim read who is active, which READ
+    COMMITTED lets in between two statements). Returns the inserted rows as
     (id, subscriber_id, article, delivery_key)."""
     subscriber_ids, articles, parts, keys = (list(c) for c in zip(*rows, strict=True))
     result = conn.exec_driver_sql(

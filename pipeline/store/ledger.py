@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -311,14 +311,17 @@ def save_bookmarks(
     # One statement for the batch, its rows as a JSON array (SQLite) or as arrays
     # (PostgreSQL): see sqlite_bulk and bulk.
     # A batch's readers mostly share their next wake-up: each time is converted once.
-    times: dict[datetime, Any] = {}
+    # Keyed with the offset too: Python takes two times of one zone for equal when their
+    # clocks read alike, the hour a DST change repeats included (``fold``).
+    times: dict[tuple[datetime, timedelta | None], Any] = {}
 
     def in_db(moment: datetime | None) -> Any:
         if moment is None:
             return None
-        if moment not in times:
-            times[moment] = to_db(conn.dialect, moment)
-        return times[moment]
+        key = (moment, moment.utcoffset())
+        if key not in times:
+            times[key] = to_db(conn.dialect, moment)
+        return times[key]
 
     in_db_rows = [(i, in_db(wake), version, in_db(done)) for i, wake, version, done in rows]
     if conn.dialect.name == "sqlite":
@@ -355,22 +358,16 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
 
 
 def claim(
-    conn: Connection,
-    due: Sequence[Due],
-    *,
-    token: str,
-    until: datetime,
-    now: datetime,
-    active: Collection[int] | None = None,
+    conn: Connection, due: Sequence[Due], *, token: str, until: datetime, now: datetime
 ) -> list[Claim]:
     """Claim these deliveries for this run, as one provider request: each claimed row
     records that request's key (``batch_key`` of the claimed delivery keys). Only
-    readers still to be written to are claimed: ``active`` (subscriber ids, from
-    `active_readers`), else looked up here. Returns the ones it got."""
+    readers still to be written to (`active_readers`, read in the caller's write
+    transaction: a reader who left before it began is left out) are claimed. Returns
+    the ones it got."""
     if not due:
         return []
-    if active is None:
-        active = active_readers(conn, due)
+    active = active_readers(conn, due)
     series = due[0].enrollment.series
     wanted = [d for d in due if d.enrollment.subscriber_id in active]
     # What the planner saw decides between inserting and taking back a failed row. If

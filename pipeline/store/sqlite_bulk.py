@@ -39,10 +39,10 @@ JOIN subscribers AS s ON s.id = json_extract(j.value, '$[0]')
 WHERE true
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
 RETURNING id, subscriber_id, article, delivery_key"""
-# The join leaves out a reader erased since the send read who is active (outside this
-# write transaction): their row would break the foreign key. "WHERE true": without it
-# SQLite would read ON CONFLICT as a join's ON clause
-# (https://sqlite.org/lang_upsert.html, "parsing ambiguity").
+# The join leaves out a subscriber who is gone (erased): their row would break the
+# foreign key and stop the batch. "WHERE true": without it SQLite would read ON
+# CONFLICT as a join's ON clause (https://sqlite.org/lang_upsert.html, "parsing
+# ambiguity").
 
 _RECORD = """\
 UPDATE deliveries SET
