@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from markupsafe import escape
+
 from .headers import clean_name
 
 PERSONAL_FIELDS = ("name", "first_name", "email", "unsubscribe_url")
@@ -98,3 +101,14 @@ def field_values(who: Personal, default_name: str) -> dict[str, str]:
         "email": who.email,
         "unsubscribe_url": who.unsubscribe_url,
     }
+
+
+def escape_values(raw: Mapping[str, str]) -> dict[str, str]:
+    """Personal field values as the HTML part carries them (HTML-escaped)."""
+    return {key: str(escape(value)) for key, value in raw.items()}
+
+
+def json_string(text: str) -> bytes:
+    """``text`` as the inside of a JSON string (UTF-8, no quotes around it). Raises
+    orjson.JSONEncodeError for a lone surrogate, which UTF-8 cannot carry."""
+    return orjson.dumps(text)[1:-1]

@@ -20,8 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jinja2
-import orjson
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from .compiler import MjmlCache, compact, compile_mjml, set_language
 from .config import Config
@@ -29,7 +28,7 @@ from .content import Article, Series
 from .errors import Problem, RenderError
 from .loader import Templates
 from .markup import Document
-from .personal import PERSONAL_FIELDS, Personal, field_values
+from .personal import PERSONAL_FIELDS, Personal, escape_values, field_values, json_string
 from .sources import ReadError, read_text
 
 __all__ = ["CompiledEmail", "Personal", "RenderedEmail", "Renderer", "compact", "compile_mjml"]
@@ -109,17 +108,6 @@ class _Filled:
             out.append(piece)
         out.append(b'"')
         return b"".join(out)
-
-
-def escape_values(raw: Mapping[str, str]) -> dict[str, str]:
-    """Personal field values as the HTML part carries them (HTML-escaped)."""
-    return {key: str(escape(value)) for key, value in raw.items()}
-
-
-def json_string(text: str) -> bytes:
-    """``text`` as the inside of a JSON string (UTF-8, no quotes around it). Raises
-    orjson.JSONEncodeError for a lone surrogate, which UTF-8 cannot carry."""
-    return orjson.dumps(text)[1:-1]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ..headers import (
     list_unsubscribe,
     one_line,
 )
+from ..personal import escape_values, json_string
 from ..redact import provider_text, terminal_text
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class Merge:
 
     template: CompiledEmail
     values: dict[str, str]  # this recipient's fields: personal.PERSONAL_FIELDS
-    # The same values HTML-escaped (render.escape_values), when already worked out.
+    # The same values HTML-escaped (personal.escape_values), when already worked out.
     escaped: dict[str, str] | None = None
 
     def body(self, placeholder: Callable[[str, bool], str]) -> tuple[str, str]:
@@ -68,8 +69,6 @@ class Merge:
         as ``Message.html`` and ``Message.text``, joined from pieces encoded once per
         part (`render._Filled.fill_json`). Raises orjson.JSONEncodeError for a value
         UTF-8 cannot carry (a lone surrogate)."""
-        from ..render import escape_values, json_string
-
         escaped = self.escaped if self.escaped is not None else escape_values(self.values)
         text = {name: json_string(raw) for name, raw in self.values.items()}
         html = {name: json_string(value) for name, value in escaped.items()}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..config import Address, Config
 from ..content import Series
 from ..errors import SeriesError
+from ..personal import Personal, escape_values, field_values
 from ..plan import Step, started_late_from
 from ..providers import Merge, Message, Provider
 from ..store import StoreError, ledger
@@ -240,9 +241,6 @@ def personal_message(
     filled in, and their unsubscribe link (a signed ``token`` in ``unsubscribe_url``,
     with the RFC 8058 headers) or the provider's own placeholder where it manages
     unsubscribes."""
-    from ..personal import Personal, field_values
-    from ..render import escape_values
-
     headers: dict[str, str] = {}
     url = provider.managed_unsubscribe
     if url is None:
