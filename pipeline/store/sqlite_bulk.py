@@ -66,7 +66,7 @@ WHERE enrollments.id = json_extract(j.value, '$[0]')"""
 
 
 _ACTIVE = """\
-SELECT e.subscriber_id FROM enrollments AS e
+SELECT json_group_array(e.subscriber_id) FROM enrollments AS e
 JOIN subscribers AS s ON s.id = e.subscriber_id
 WHERE e.series = ? AND e.subscriber_id IN (SELECT value FROM json_each(?))
     AND s.status = 'active' AND NOT e.paused AND e.unsubscribed_at IS NULL"""
@@ -76,7 +76,9 @@ def active_subscribers(conn: Connection, series: str, subscriber_ids: Sequence[i
     """Those of ``subscriber_ids`` still to be written to in ``series``: active, with an
     enrollment neither paused nor unsubscribed."""
     values = orjson.dumps(subscriber_ids).decode()
-    return set(conn.exec_driver_sql(_ACTIVE, (series, values)).scalars())
+    # One row holding every id as a JSON array: a batch's ids read at once, not row by row.
+    found = conn.exec_driver_sql(_ACTIVE, (series, values)).scalar_one()
+    return set(orjson.loads(found))
 
 
 def insert_claims(
