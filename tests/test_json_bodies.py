@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Address
+from pipeline.personal import json_string
 from pipeline.providers.base import Merge, Message
 from pipeline.providers.postmark import PostmarkProvider
 from pipeline.providers.resend import ResendProvider
-from pipeline.render import CompiledEmail, Personal, _Filled, json_string
+from pipeline.render import CompiledEmail, Personal, _Filled
 
 from .fake_postmark import FakePostmark
 from .fake_resend import FakeResend
@@ -138,3 +139,49 @@ def test_a_message_without_its_merge_is_encoded_whole() -> None:
         text="é\n",
     )
     assert plain.json_bodies() == ("<p>é</p>", "é\n")
+
+
+def lazy(eager: Message) -> Message:
+    """The same message as the send loop makes it: its parts left to the merge."""
+    assert eager.merge is not None
+    return Message(
+        key=eager.key,
+        sender=eager.sender,
+        to=eager.to,
+        subject=eager.subject,
+        headers=eager.headers,
+        merge=Merge(COMPILED, dict(eager.merge.values)),
+    )
+
+
+def test_a_message_left_to_its_merge_goes_out_alike_and_is_never_filled_in(
+    postmark: tuple[FakePostmark, PostmarkProvider], messages: list[Message]
+) -> None:
+    """The send loop gives a message its merge, not its text: Postmark's request is
+    made of the merge's JSON pieces, and the ~25 KB of each part are never built. Read,
+    they are the same text; such a message equals the one given its text."""
+    fake, provider = postmark
+    left = [lazy(m) for m in messages]
+    provider.send(left, batch_key="b")
+    assert all(m._html is None and m._text is None for m in left)
+    [request] = fake.requests
+    provider.send(messages, batch_key="b")
+    assert fake.requests[1].raw == request.raw
+    assert [(m.html, m.text) for m in left] == [(m.html, m.text) for m in messages]
+    assert left == messages
+
+
+def test_a_message_does_not_change_and_replace_keeps_its_parts() -> None:
+    """A message is a value: attributes cannot be set, and `replace` makes a copy whose
+    parts are still left to the same merge, or are the text the message had when its
+    merge is replaced."""
+    original = lazy(message("Ann", 1))
+    with pytest.raises(AttributeError):
+        original.subject = "changed"
+    moved = original.replace(to=Address("ann@example.org", "Ann"))
+    assert moved._html is None and moved.to.email == "ann@example.org"
+    assert moved.html == message("Ann", 1).html
+    unmerged = original.replace(merge=None)
+    assert unmerged.merge is None and unmerged.text == message("Ann", 1).text
+    with pytest.raises(TypeError):
+        Message(key="k", sender=SENDER, to=Address("a@example.com", ""), subject="S")

@@ -333,7 +333,7 @@ def test_a_sender_that_cannot_be_sent_from_fails_each_message_before_any_request
     fake: FakeMailgun, provider: MailgunProvider
 ) -> None:
     """A sender address series cannot send from fails its messages locally, nobody bounced."""
-    results = provider.send([replace(ANN, sender=Address(""))], batch_key="b")
+    results = provider.send([ANN.replace(sender=Address(""))], batch_key="b")
 
     assert [(r.outcome, r.subscriber_status, r.error) for r in results] == [
         ("failed", None, "not sent: '' is not an email address")
@@ -486,7 +486,7 @@ def test_lookup_pages_through_accepted_events() -> None:
         provider = MailgunProvider(base_url=fake.url, domain=DOMAIN)
         try:
             for key in ("k-1", "k-2", "k-3"):
-                provider.send([replace(ANN, key=key)], batch_key=key)
+                provider.send([ANN.replace(key=key)], batch_key=key)
             since = datetime.now(UTC) - timedelta(minutes=1)
             found = provider.lookup(
                 [Pending("k-3", "ann@example.com", since), Pending("k-9", "ann@example.com", since)]

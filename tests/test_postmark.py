@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -157,7 +156,7 @@ def test_invalid_request_not_about_the_recipient_keeps_the_subscriber(
 ) -> None:
     """A sender that cannot be sent from fails the message before any request, without
     bouncing the subscriber."""
-    no_sender = replace(message(), sender=Address(""))
+    no_sender = message().replace(sender=Address(""))
 
     [result] = provider.send([no_sender], batch_key="b")
 

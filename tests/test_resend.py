@@ -8,7 +8,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -123,9 +122,8 @@ def test_batch_request_has_resend_shape(fake: FakeResend, provider: ResendProvid
 def test_each_recipient_keeps_its_own_headers(fake: FakeResend, provider: ResendProvider) -> None:
     """Every email of a batch carries its own reader's List-Unsubscribe link."""
     ann = message("k-ann")
-    bob = replace(
-        message("k-bob", to="bob@example.com", name="Bob"),
-        headers={"List-Unsubscribe": "<https://blog.example/u/bob>"},
+    bob = message("k-bob", to="bob@example.com", name="Bob").replace(
+        headers={"List-Unsubscribe": "<https://blog.example/u/bob>"}
     )
 
     provider.send([ann, bob], batch_key="b")
@@ -138,7 +136,7 @@ def test_each_recipient_keeps_its_own_headers(fake: FakeResend, provider: Resend
 
 def test_tags_keep_to_resend_characters(fake: FakeResend, provider: ResendProvider) -> None:
     """A message tag outside Resend's tag characters is made valid, not refused."""
-    odd = replace(message(), tag="déjà vu/part 1" + "x" * 300)
+    odd = message().replace(tag="déjà vu/part 1" + "x" * 300)
 
     [result] = provider.send([odd], batch_key="b")
 
@@ -214,7 +212,7 @@ def test_item_error_about_the_sender_keeps_the_subscriber(
 ) -> None:
     """An invalid reply_to fails the message before any request, without blaming the
     recipient."""
-    [result] = provider.send([replace(message(), reply_to="not an address")], batch_key="b")
+    [result] = provider.send([message().replace(reply_to="not an address")], batch_key="b")
 
     assert (result.outcome, result.subscriber_status) == ("failed", None)
     assert result.error == "not sent: 'not an address' is not an email address"

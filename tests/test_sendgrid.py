@@ -325,7 +325,7 @@ def test_invalid_request_fails_whole_and_is_not_retried(
 ) -> None:
     """A 400 about the request itself (its content) fails it all, naming the field, and
     marks no reader."""
-    empty = Message(**{**message().__dict__, "merge": None, "html": "", "text": ""})
+    empty = message().replace(merge=None, html="", text="")
 
     error = send_error(provider, [empty])
 
@@ -342,7 +342,7 @@ def test_a_sender_that_cannot_be_sent_from_fails_before_any_request(
     fake: FakeSendGrid, provider: SendGridProvider
 ) -> None:
     """A sender address series cannot send from fails the message locally, nobody bounced."""
-    bad_sender = Message(**{**message().__dict__, "sender": Address("not-an-address")})
+    bad_sender = message().replace(sender=Address("not-an-address"))
 
     [result] = provider.send([bad_sender], batch_key="b")
 
@@ -807,9 +807,8 @@ def test_from_name_is_one_phrase(
     fake: FakeSendGrid, provider: SendGridProvider, name: str, sent: str
 ) -> None:
     """The sender's name goes as one phrase, like the readers' names: quoted or encoded."""
-    from dataclasses import replace
 
-    provider.send([replace(message(), sender=Address(SENDER.email, name))], batch_key="b")
+    provider.send([message().replace(sender=Address(SENDER.email, name))], batch_key="b")
 
     [request] = fake.requests
     assert request.json["from"] == {"email": SENDER.email, "name": sent}

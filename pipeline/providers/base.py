@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -63,6 +63,13 @@ class Merge:
         return html, text
 
     @cached_property
+    def filled(self) -> tuple[str, str]:
+        """(html, text) of this recipient's message: the part with their fields filled
+        in, escaped in the HTML."""
+        rendered = self.template.filled(self.values, self.escaped)
+        return rendered.html, rendered.text
+
+    @cached_property
     def json_bodies(self) -> tuple[bytes, bytes]:
         """(html, text) of this recipient's message as JSON strings (quotes included,
         UTF-8), for a provider whose request carries the parts as JSON: the same text
@@ -80,21 +87,101 @@ class Merge:
         return str(escape(raw)) if in_html else raw
 
 
-@dataclass(frozen=True)
 class Message:
-    """One personalised email, ready for a provider."""
+    """One personalised email, ready for a provider: a value that does not change
+    (`replace` makes a changed copy).
 
+    Its ``html`` and ``text`` are given, or, for a message made from a compiled part
+    (``merge``), filled in from it the first time they are read: a provider whose
+    request carries the parts as JSON (`json_bodies`) never builds them, about 25 KB
+    of text per reader."""
+
+    __slots__ = (
+        "_html",
+        "_text",
+        "headers",
+        "key",
+        "merge",
+        "reply_to",
+        "sender",
+        "subject",
+        "tag",
+        "to",
+    )
     key: str  # the delivery's unique key; providers carry it as metadata
     sender: Address
     to: Address
     subject: str
-    html: str
-    text: str
-    reply_to: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    tag: str = ""
+    reply_to: str | None
+    headers: dict[str, str]
+    tag: str
     # The same email before personalisation: ``html`` and ``text`` are its fill.
-    merge: Merge | None = None
+    merge: Merge | None
+    _html: str | None
+    _text: str | None
+
+    def __init__(
+        self,
+        key: str,
+        sender: Address,
+        to: Address,
+        subject: str,
+        html: str | None = None,
+        text: str | None = None,
+        reply_to: str | None = None,
+        headers: dict[str, str] | None = None,
+        tag: str = "",
+        merge: Merge | None = None,
+    ) -> None:
+        """Raises TypeError when neither both parts nor the ``merge`` they come from
+        are given."""
+        if (html is None or text is None) and merge is None:
+            raise TypeError("a Message needs its html and text, or the merge they fill from")
+        for name, value in (
+            ("key", key),
+            ("sender", sender),
+            ("to", to),
+            ("subject", subject),
+            ("reply_to", reply_to),
+            ("headers", {} if headers is None else headers),
+            ("tag", tag),
+            ("merge", merge),
+            ("_html", html),
+            ("_text", text),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def html(self) -> str:
+        if self._html is None:
+            self._fill()
+        assert self._html is not None
+        return self._html
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._fill()
+        assert self._text is not None
+        return self._text
+
+    def _fill(self) -> None:
+        assert self.merge is not None  # __init__ makes sure
+        html, text = self.merge.filled
+        object.__setattr__(self, "_html", self._html if self._html is not None else html)
+        object.__setattr__(self, "_text", self._text if self._text is not None else text)
+
+    def replace(self, **changes: Any) -> Message:
+        """A copy with ``changes`` (the constructor's arguments by name). Its parts are
+        this message's: still to be filled from the same merge, or, when ``merge``
+        changes and they are not given, the text they have now."""
+        given: dict[str, Any] = {name: getattr(self, name) for name in _MESSAGE_FIELDS}
+        if "merge" in changes:
+            given["html"], given["text"] = self.html, self.text
+        else:
+            given["html"], given["text"] = self._html, self._text
+        given.update(changes)
+        return Message(**given)
 
     def json_bodies(self) -> tuple[Any, Any]:
         """(html, text) as a JSON request body carries them: ``orjson.Fragment``s
@@ -104,6 +191,30 @@ class Message:
             return self.html, self.text
         html, text = self.merge.json_bodies
         return orjson.Fragment(html), orjson.Fragment(text)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Message does not change ({name}); use replace()")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Message does not change ({name}); use replace()")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    __hash__ = None  # type: ignore[assignment]  # its headers are a dict
+
+    def _compared(self) -> tuple[Any, ...]:
+        return (*(getattr(self, name) for name in _MESSAGE_FIELDS), self.html, self.text)
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(key={self.key!r}, to={self.to!r}, subject={self.subject!r}, tag={self.tag!r})"
+        )
+
+
+_MESSAGE_FIELDS = ("key", "sender", "to", "subject", "reply_to", "headers", "tag", "merge")
 
 
 @dataclass(frozen=True)
@@ -269,8 +380,8 @@ def _on_the_wire(message: Message) -> Message:
         and headers is message.headers
     ):
         return message  # already as it goes on the wire (the usual case): no copy
-    return replace(
-        message, sender=sender, to=to, reply_to=reply_to, subject=subject, headers=headers
+    return message.replace(
+        sender=sender, to=to, reply_to=reply_to, subject=subject, headers=headers
     )
 
 

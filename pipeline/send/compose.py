@@ -251,14 +251,13 @@ def personal_message(
         }
     values = field_values(Personal(to.name, to.email, url, first_name), config.default_name)
     escaped = escape_values(values)
-    rendered = compiled.filled(values, escaped)
+    # The parts are filled in from the merge when a provider reads them (Postmark and
+    # Resend send the merge's JSON pieces instead).
     return Message(
         key=key,
         sender=sender,
         to=to,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
+        subject=compiled.subject,
         reply_to=config.reply_to,
         headers=headers,
         tag=tag,
