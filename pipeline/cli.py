@@ -53,13 +53,14 @@ class SeriesGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ContentError as exc:
+            # A problem names a file, and a file name may hold any character but "/".
             for problem in exc.problems:
-                click.echo(str(problem), err=True)
-            click.echo(f"Error: {exc}", err=True)
+                click.echo(terminal_text(str(problem)), err=True)
+            click.echo(f"Error: {terminal_text(str(exc))}", err=True)
             ctx.exit(1)
         except ConfigError as exc:
             for problem in exc.problems:
-                click.echo(f"Error: {problem}", err=True)
+                click.echo(f"Error: {terminal_text(str(problem))}", err=True)
             ctx.exit(1)
         except SeriesError as exc:
             # The last net: whatever a message quotes, no secret of the environment.
@@ -103,7 +104,7 @@ def check_command(state: State, now: datetime | None, strict: bool) -> None:
     config = state.config
     report = check_workspace(config, now=resolve_now(config, now), state=True)
     for problem in report.problems:
-        click.echo(str(problem))
+        click.echo(terminal_text(str(problem)))
     if strict and (note := serving_note(config)) is not None:
         click.echo(note)
     errors, warnings = len(report.errors), len(report.warnings)

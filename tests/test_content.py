@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pipeline.config import load_config
 from pipeline.content import load_series
 
 from .conftest import EXAMPLE_NOW, ROOT, BuildWorkspace
+from .helpers import enroll_examples, run
 
 CASES = [
     (
@@ -240,3 +242,22 @@ def test_a_series_folder_name_of_100_characters_is_fine(workspace: BuildWorkspac
     root = workspace({"01-valid.md": "valid_article"})
     (root / "series" / "demo").rename(root / "series" / ("s" * 100))
     assert problems_of(root) == []
+
+
+@pytest.mark.parametrize("command", [("check",), ("send", "--dry-run"), ("status",)])
+def test_a_control_character_in_a_file_name_is_shown_not_acted_on(
+    example_copy: Path, command: tuple[str, ...]
+) -> None:
+    """A problem line names the file, and a file or folder name may hold an escape
+    sequence: printed raw, it would retitle the terminal or hide the line. It is shown
+    escaped, for a series folder as for an article file."""
+    enroll_examples(example_copy)
+    folder = example_copy / "series" / "attachment"
+    shutil.copytree(folder, folder.with_name("attach\x1b[2Jment"))
+    (folder / "01-attachment-theory.md").rename(folder / "01-x\x1b]0;pwned\x07.md")
+    code, out, err = run(example_copy, *command)
+    shown = out + err
+    assert code == 1
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "attach\\x1b[2Jment: the folder's name holds a control character (U+001B)" in shown
+    assert "01-x\\x1b]0;pwned\\x07.md:1: slug holds a control character" in shown

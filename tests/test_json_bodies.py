@@ -4,6 +4,8 @@ whole text would give, whatever the reader's name holds."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 from collections.abc import Iterator
 
@@ -185,3 +187,14 @@ def test_a_message_does_not_change_and_replace_keeps_its_parts() -> None:
     assert unmerged.merge is None and unmerged.text == message("Ann", 1).text
     with pytest.raises(TypeError):
         Message(key="k", sender=SENDER, to=Address("a@example.com", ""), subject="S")
+
+
+def test_a_message_copies_and_pickles_with_its_parts_still_left_to_its_merge() -> None:
+    original = lazy(message("Zoë\nSam", 2))
+    for twin in (
+        copy.copy(original),
+        copy.deepcopy(original),
+        pickle.loads(pickle.dumps(original)),
+    ):
+        assert twin._html is None
+        assert twin == original and twin.html == message("Zoë\nSam", 2).html

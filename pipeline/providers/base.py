@@ -192,6 +192,11 @@ class Message:
         html, text = self.merge.json_bodies
         return orjson.Fragment(html), orjson.Fragment(text)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # For copy and pickle, which would otherwise set each slot (refused below).
+        fields = (self.key, self.sender, self.to, self.subject, self._html, self._text)
+        return Message, (*fields, self.reply_to, self.headers, self.tag, self.merge)
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Message does not change ({name}); use replace()")
 
