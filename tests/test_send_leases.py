@@ -13,10 +13,11 @@ import contextlib
 import inspect
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import pytest
@@ -211,6 +212,42 @@ def test_the_lease_length_is_an_option_of_the_run(
     assert seen == [MONDAY + timedelta(seconds=90)] * 6
 
 
+def before_the_claim(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> Event:
+    """Run ``action`` (another process's change) once, right before the first claim's
+    write transaction begins: after the run planned its readers. Set once it ran."""
+    real_begin = Store.begin
+    ran = Event()
+
+    @contextlib.contextmanager
+    def begin(self: Store) -> Iterator[Any]:
+        if not ran.is_set() and any(f.function == "_claim" for f in inspect.stack()[:4]):
+            ran.set()
+            action()
+        with real_begin(self) as conn:
+            yield conn
+
+    monkeypatch.setattr(Store, "begin", begin)
+    return ran
+
+
+def send_now(
+    root: Path, monkeypatch: pytest.MonkeyPatch, when: datetime
+) -> tuple[SendReport, Counter[str]]:
+    """One `send_due` at WHEN through the fake Postmark (the workspace configured for
+    it): its report, and what each reader was sent."""
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        config = load_config(root)
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        provider = get_provider("postmark", config)
+        try:
+            with open_store(root) as store:
+                report = send_due(config, store, provider, SendOptions(now=when))
+        finally:
+            provider.close()
+        return report, per_reader(fake)
+
+
 def test_a_reader_who_leaves_before_the_claim_is_written_is_not_sent_to(
     example_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,32 +257,51 @@ def test_a_reader_who_leaves_before_the_claim_is_written_is_not_sent_to(
     hold SQLite's write lock for less, let such a reader through: the wait for the lock
     (another worker's turn) could last seconds."""
     emails = import_readers(example_copy, 3)
-    leaving = emails[1]
-    real_begin = Store.begin
-    left = threading.Event()
+    configure(example_copy, 'provider = "postmark"')
 
-    @contextlib.contextmanager
-    def begin(self: Store) -> Iterator[Any]:
-        if not left.is_set() and any(f.function == "_claim" for f in inspect.stack()[:4]):
-            left.set()
-            with open_store(example_copy) as other:
-                unsubscribe(other, leaving, now=MONDAY)
-        with real_begin(self) as conn:
-            yield conn
+    def leave() -> None:
+        with open_store(example_copy) as other:
+            unsubscribe(other, emails[1], now=MONDAY)
 
-    monkeypatch.setattr(Store, "begin", begin)
-    with FakePostmark(token=POSTMARK_TOKEN) as fake:
-        configure(example_copy, 'provider = "postmark"')
-        config = load_config(example_copy)
-        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
-        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        provider = get_provider("postmark", config)
-        try:
-            with open_store(example_copy) as store:
-                report = send_due(config, store, provider, SendOptions(now=MONDAY))
-        finally:
-            provider.close()
-        accepted = per_reader(fake)
+    left = before_the_claim(monkeypatch, leave)
+    report, accepted = send_now(example_copy, monkeypatch, MONDAY)
     assert left.is_set()
     assert report.sent == 2
     assert accepted == Counter({emails[0]: 1, emails[2]: 1})
+
+
+def test_a_reader_moved_back_before_the_claim_gets_the_part_the_move_chose(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor moves a reader back to part 1 (`series subscribers move --resend`)
+    after the run planned their part 2 and before it claims it: part 2 must not go
+    out ahead of the part 1 the editor was told comes next. The claim reads, in its
+    write transaction, whether the reader was moved since they were planned."""
+    emails = import_readers(example_copy, 2)
+    configure(example_copy, 'provider = "postmark"')
+    send_now(example_copy, monkeypatch, MONDAY)  # part 1 to both
+    later = MONDAY + timedelta(days=5)
+
+    def move_back() -> None:
+        code, out, err = run(
+            example_copy,
+            "subscribers",
+            "move",
+            emails[0],
+            "--series",
+            "attachment",
+            "--to-part",
+            "1",
+            "--resend",
+            "--now",
+            later.isoformat(),
+        )
+        assert code == 0, out + err
+
+    moved = before_the_claim(monkeypatch, move_back)
+    report, accepted = send_now(example_copy, monkeypatch, later)
+    assert moved.is_set()
+    assert accepted == Counter({emails[1]: 1})  # part 2, to the reader not moved
+    assert report.sent == 1 and report.skipped == 1
+    _, again = send_now(example_copy, monkeypatch, later + timedelta(minutes=1))
+    assert again == Counter({emails[0]: 1})  # part 1 again, as the move said

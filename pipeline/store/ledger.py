@@ -320,7 +320,7 @@ def save_bookmarks(
             return None
         key = (moment, moment.utcoffset())
         if key not in times:
-            times[key] = to_db(conn.dialect, moment)
+            times[key] = _in_db(conn, moment)
         return times[key]
 
     in_db_rows = [(i, in_db(wake), version, in_db(done)) for i, wake, version, done in rows]
@@ -331,30 +331,40 @@ def save_bookmarks(
 
 
 def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
-    """The subscriber ids of ``due`` (deliveries of one series) still to be written to:
-    active, with an enrollment neither paused nor unsubscribed."""
+    """The subscriber ids of ``due`` (deliveries of one series) still to be written to
+    as planned: active, with an enrollment neither paused nor unsubscribed, and not
+    moved by an editor (`series subscribers move`) since the planner read it; a moved
+    reader's next part is the one the move chose, planned again by a later run."""
     if not due:
         return set()
     series = due[0].enrollment.series
-    readers = [d.enrollment.subscriber_id for d in due]
+    planned = {d.enrollment.subscriber_id: d.enrollment.moved_at for d in due}
     if conn.dialect.name == "sqlite":
-        return sqlite_bulk.active_subscribers(conn, series, readers)
+        found = sqlite_bulk.active_subscribers(conn, series, list(planned))
+        return {
+            reader
+            for reader, moved_at in found.items()
+            if moved_at == _in_db(conn, planned[reader])
+        }
     # By primary key, both tables: PostgreSQL's planner would otherwise read them
     # whole to join them, for every batch.
-    return set(
-        conn.scalars(
-            sa.select(enrollments.c.subscriber_id)
-            .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
-            .where(
-                enrollments.c.series == series,
-                bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due]),
-                bulk.among(conn, subscribers.c.id, readers),
-                subscribers.c.status == "active",
-                enrollments.c.paused.is_(False),
-                enrollments.c.unsubscribed_at.is_(None),
-            )
+    rows = conn.execute(
+        sa.select(enrollments.c.subscriber_id, enrollments.c.moved_at)
+        .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
+        .where(
+            enrollments.c.series == series,
+            bulk.among(conn, enrollments.c.id, [d.enrollment.id for d in due]),
+            bulk.among(conn, subscribers.c.id, list(planned)),
+            subscribers.c.status == "active",
+            enrollments.c.paused.is_(False),
+            enrollments.c.unsubscribed_at.is_(None),
         )
     )
+    return {reader for reader, moved_at in rows if moved_at == planned[reader]}
+
+
+def _in_db(conn: Connection, moment: datetime | None) -> Any:
+    return None if moment is None else to_db(conn.dialect, moment)
 
 
 def claim(

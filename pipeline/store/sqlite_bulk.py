@@ -66,19 +66,22 @@ WHERE enrollments.id = json_extract(j.value, '$[0]')"""
 
 
 _ACTIVE = """\
-SELECT json_group_array(e.subscriber_id) FROM enrollments AS e
+SELECT json_group_array(json_array(e.subscriber_id, e.moved_at)) FROM enrollments AS e
 JOIN subscribers AS s ON s.id = e.subscriber_id
 WHERE e.series = ? AND e.subscriber_id IN (SELECT value FROM json_each(?))
     AND s.status = 'active' AND NOT e.paused AND e.unsubscribed_at IS NULL"""
 
 
-def active_subscribers(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
-    """Those of ``subscriber_ids`` still to be written to in ``series``: active, with an
-    enrollment neither paused nor unsubscribed."""
+def active_subscribers(
+    conn: Connection, series: str, subscriber_ids: Sequence[int]
+) -> dict[int, str | None]:
+    """Those of ``subscriber_ids`` still to be written to in ``series`` (active, with
+    an enrollment neither paused nor unsubscribed), each with when an editor last moved
+    them (``moved_at`` in the database's form; None: never)."""
     values = orjson.dumps(subscriber_ids).decode()
-    # One row holding every id as a JSON array: a batch's ids read at once, not row by row.
+    # One row holding every pair as a JSON array: a batch read at once, not row by row.
     found = conn.exec_driver_sql(_ACTIVE, (series, values)).scalar_one()
-    return set(orjson.loads(found))
+    return {subscriber_id: moved_at for subscriber_id, moved_at in orjson.loads(found)}
 
 
 def insert_claims(
