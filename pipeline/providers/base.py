@@ -153,23 +153,22 @@ class Message:
 
     @property
     def html(self) -> str:
-        if self._html is None:
-            self._fill()
-        assert self._html is not None
-        return self._html
+        """The HTML part (filled in from ``merge`` on first read when not given)."""
+        return self._html if self._html is not None else self._filled()[0]
 
     @property
     def text(self) -> str:
-        if self._text is None:
-            self._fill()
-        assert self._text is not None
-        return self._text
+        """The plain-text part (likewise)."""
+        return self._text if self._text is not None else self._filled()[1]
 
-    def _fill(self) -> None:
+    def _filled(self) -> tuple[str, str]:
         assert self.merge is not None  # __init__ makes sure
         html, text = self.merge.filled
-        object.__setattr__(self, "_html", self._html if self._html is not None else html)
-        object.__setattr__(self, "_text", self._text if self._text is not None else text)
+        html = self._html if self._html is not None else html
+        text = self._text if self._text is not None else text
+        object.__setattr__(self, "_html", html)
+        object.__setattr__(self, "_text", text)
+        return html, text
 
     def replace(self, **changes: Any) -> Message:
         """A copy with ``changes`` (the constructor's arguments by name). Its parts are
