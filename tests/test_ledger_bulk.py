@@ -47,25 +47,26 @@ def due_now(store: Store) -> list[Due]:
     ]
 
 
-def ledger_rows(store: Store) -> dict[int, tuple[object, ...]]:
+def by_first(store: Store, *columns: sa.ColumnElement[object]) -> dict[object, tuple[object, ...]]:
+    """Every row of ``columns``, keyed by the first of them."""
     with store.connect() as conn:
-        return {
-            row.subscriber_id: tuple(row)[1:]
-            for row in conn.execute(
-                sa.select(
-                    deliveries.c.subscriber_id,
-                    deliveries.c.state,
-                    deliveries.c.attempts,
-                    deliveries.c.provider_message_id,
-                    deliveries.c.last_error,
-                    deliveries.c.sent_at,
-                    deliveries.c.claim_token,
-                    deliveries.c.claimed_until,
-                    deliveries.c.batch,
-                    deliveries.c.part,
-                )
-            )
-        }
+        return {row[0]: tuple(row)[1:] for row in conn.execute(sa.select(*columns))}
+
+
+def ledger_rows(store: Store) -> dict[object, tuple[object, ...]]:
+    return by_first(
+        store,
+        deliveries.c.subscriber_id,
+        deliveries.c.state,
+        deliveries.c.attempts,
+        deliveries.c.provider_message_id,
+        deliveries.c.last_error,
+        deliveries.c.sent_at,
+        deliveries.c.claim_token,
+        deliveries.c.claimed_until,
+        deliveries.c.batch,
+        deliveries.c.part,
+    )
 
 
 def test_a_batch_is_claimed_recorded_and_bookmarked_alike_on_both_databases(
@@ -148,18 +149,13 @@ def test_a_batch_is_claimed_recorded_and_bookmarked_alike_on_both_databases(
                 (due[2].enrollment.id, None, "v2", None),
             ],
         )
-    with store.connect() as conn:
-        marks = {
-            row.id: tuple(row)[1:]
-            for row in conn.execute(
-                sa.select(
-                    enrollments.c.id,
-                    enrollments.c.next_due_at,
-                    enrollments.c.plan_version,
-                    enrollments.c.completed_at,
-                )
-            )
-        }
+    marks = by_first(
+        store,
+        enrollments.c.id,
+        enrollments.c.next_due_at,
+        enrollments.c.plan_version,
+        enrollments.c.completed_at,
+    )
     assert marks[due[0].enrollment.id] == (wake, "v1", None)
     assert marks[due[1].enrollment.id] == (None, "v1", NOW)
     assert marks[due[2].enrollment.id] == (None, "v2", None)

@@ -92,7 +92,7 @@ class Message:
     (`replace` makes a changed copy).
 
     Its ``html`` and ``text`` are given, or, for a message made from a compiled part
-    (``merge``), filled in from it the first time they are read: a provider whose
+    (``merge``), filled in from it (`Merge.filled`) the first time they are read: a provider whose
     request carries the parts as JSON (`json_bodies`) never builds them, about 25 KB
     of text per reader."""
 
@@ -153,22 +153,17 @@ class Message:
 
     @property
     def html(self) -> str:
-        """The HTML part (filled in from ``merge`` on first read when not given)."""
-        return self._html if self._html is not None else self._filled()[0]
+        """The HTML part (filled in from ``merge``, once, when not given)."""
+        return self._html if self._html is not None else self._merge().filled[0]
 
     @property
     def text(self) -> str:
         """The plain-text part (likewise)."""
-        return self._text if self._text is not None else self._filled()[1]
+        return self._text if self._text is not None else self._merge().filled[1]
 
-    def _filled(self) -> tuple[str, str]:
-        assert self.merge is not None  # __init__ makes sure
-        html, text = self.merge.filled
-        html = self._html if self._html is not None else html
-        text = self._text if self._text is not None else text
-        object.__setattr__(self, "_html", html)
-        object.__setattr__(self, "_text", text)
-        return html, text
+    def _merge(self) -> Merge:
+        assert self.merge is not None  # __init__ makes sure when a part is not given
+        return self.merge
 
     def replace(self, **changes: Any) -> Message:
         """A copy with ``changes`` (the constructor's arguments by name). Its parts are

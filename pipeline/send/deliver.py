@@ -219,7 +219,7 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
         batch.messages = [m for i, m in enumerate(batch.messages) if i not in closed]
         batch.held += len(held)
     ids = [c.id for c in batch.claims]
-    if held or not ids or not held_for_now(run, ids, clock, batch.key):
+    if held or not held_for_now(run, ids, clock, batch.key):
         with run.store.begin() as conn:
             if held:
                 ledger.release(conn, held, token=run.token)
@@ -275,16 +275,10 @@ def renew(
 ) -> int:
     """Renew this run's lease on the claims ``ids`` (in the caller's transaction) until
     ``clock`` plus the run's lease, right before they go to the provider; with ``batch``
-    also record the key the request goes under (a lease still more than half left,
-    under that key already, is only checked). Returns how many of them this run no
-    longer holds (the request must then not be sent)."""
+    also record the key the request goes under (the gate calls it only when
+    `held_for_now` found that needed). Returns how many of them this run no longer
+    holds (the request must then not be sent)."""
     until = clock + run.options.lease
-    if batch is not None:
-        # A lease with more than half of it left, under the same key: checking it (with
-        # the write lock of this transaction) is enough, no write needed.
-        rest = clock + run.options.lease / 2
-        if ledger.held_claims(conn, ids, token=run.token, until=rest, batch=batch) == len(ids):
-            return 0
     return len(ids) - ledger.extend_claims(
         conn, ids, token=run.token, until=until, now=clock, batch=batch
     )
