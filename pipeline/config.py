@@ -43,8 +43,13 @@ class Address:
     def formatted(self) -> str:
         """The mailbox as a header carries it (see headers.format_address): ASCII, the
         name one quoted or encoded phrase. Raises MessageBuildError when the address
-        cannot be sent."""
-        return format_address(self.email, self.name)
+        cannot be sent. Worked out once per Address: a message's recipient is checked
+        on the wire (`providers.base.sendable`), then written into the request."""
+        known = self.__dict__.get("_formatted")
+        if known is None:
+            known = format_address(self.email, self.name)
+            object.__setattr__(self, "_formatted", known)  # a cache: not a field
+        return known
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,16 @@ def field_values(who: Personal, default_name: str) -> dict[str, str]:
 
 
 def escape_values(raw: Mapping[str, str]) -> dict[str, str]:
-    """Personal field values as the HTML part carries them (HTML-escaped)."""
-    return {key: str(escape(value)) for key, value in raw.items()}
+    """Personal field values as the HTML part carries them (HTML-escaped, as
+    markupsafe escapes: ``& < > " '``). A value with none of those characters, nearly
+    every one, is kept as it is, the same object."""
+    return {key: _escaped(value) for key, value in raw.items()}
+
+
+def _escaped(value: str) -> str:
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return str(escape(value))
+    return value
 
 
 def json_string(text: str) -> bytes:

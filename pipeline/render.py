@@ -8,9 +8,10 @@ join of escaped values, not another template run (DESIGN §4).
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 import traceback
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -83,11 +84,9 @@ class _Filled:
         return cls(tuple(parts[0::2]), tuple(parts[1::2]))
 
     def fill(self, values: Mapping[str, str]) -> str:
-        out = [self.pieces[0]]
-        for name, piece in zip(self.fields, self.pieces[1:], strict=True):
-            out.append(values[name])
-            out.append(piece)
-        return "".join(out)
+        """The body with each field's value (``values``: field → text) in its place."""
+        template, pick = self._template
+        return template % pick(values)
 
     @cached_property
     def encoded(self) -> tuple[bytes, ...]:
@@ -101,13 +100,27 @@ class _Filled:
         pieces joined are the encoding of the joined text. A request body then
         carries it as it is (``orjson.Fragment``) instead of encoding ~25 KB of text
         again for each reader."""
-        encoded = self.encoded
-        out = [b'"', encoded[0]]
-        for name, piece in zip(self.fields, encoded[1:], strict=True):
-            out.append(values[name])
-            out.append(piece)
-        out.append(b'"')
-        return b"".join(out)
+        template, pick = self._json_template
+        return template % pick(values)
+
+    # Each body as one %-format with a slot per field, filled in one C call (half the
+    # time of joining the pieces in a loop, for a part of ~25 KB and a few fields).
+    @cached_property
+    def _template(self) -> tuple[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]:
+        template = "%s".join(piece.replace("%", "%%") for piece in self.pieces)
+        return template, _picker(self.fields)
+
+    @cached_property
+    def _json_template(self) -> tuple[bytes, Callable[[Mapping[str, Any]], tuple[Any, ...]]]:
+        pieces = (piece.replace(b"%", b"%%") for piece in self.encoded)
+        return b'"' + b"%b".join(pieces) + b'"', _picker(self.fields)
+
+
+def _picker(fields: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function from a mapping to the tuple of its values at ``fields``, in order."""
+    if len(fields) >= 2:
+        return operator.itemgetter(*fields)
+    return lambda values: tuple(values[name] for name in fields)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,11 @@ class Merge:
         UTF-8 cannot carry (a lone surrogate)."""
         escaped = self.escaped if self.escaped is not None else escape_values(self.values)
         text = {name: json_string(raw) for name, raw in self.values.items()}
-        html = {name: json_string(value) for name, value in escaped.items()}
+        # A value with nothing to escape is the same object in both (`escape_values`).
+        html = {
+            name: text[name] if value is self.values[name] else json_string(value)
+            for name, value in escaped.items()
+        }
         return self.template.html.fill_json(html), self.template.text.fill_json(text)
 
     def value(self, name: str, *, in_html: bool) -> str:
@@ -357,7 +361,10 @@ def in_order(messages: Sequence[Message], *results: Iterable[SendResult]) -> lis
 
 def _on_the_wire(message: Message) -> Message:
     sender, reply_to, subject = _fixed_fields(message.sender, message.reply_to, message.subject)
-    to = Address(ascii_email(message.to.email), clean_name(message.to.name))
+    to = message.to
+    wire_email, wire_name = ascii_email(to.email), clean_name(to.name)
+    if wire_email != to.email or wire_name != to.name:
+        to = Address(wire_email, wire_name)
     # The reader's mailbox: ASCII without control characters by construction, so the
     # To line can only fail by length (a word over the line limit).
     formatted = to.formatted()
@@ -373,7 +380,7 @@ def _on_the_wire(message: Message) -> Message:
             header_line(name, value)  # the fixed fields are remembered by header_line
     if (
         sender == message.sender
-        and to == message.to
+        and to is message.to
         and reply_to == message.reply_to
         and subject == message.subject
         and headers is message.headers
