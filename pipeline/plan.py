@@ -90,6 +90,7 @@ END_OF_DAY = time(23, 59, 59)  # how the config keeps an end of "24:00"
 PLACEHOLDER = re.compile(r"part-(?P<part>\d+)(-removed)?")
 
 MAX_ATTEMPTS = 8
+_NOTHING: frozenset[str] = frozenset()
 FIRST_RETRY = timedelta(minutes=15)
 LONGEST_RETRY = timedelta(hours=12)
 
@@ -127,7 +128,11 @@ class Enrollment:
         two enrollments with equal keys get the same step, so a send asks the planner
         once per key. ``without``: leave that article's ledger entry out. A field the
         planner starts to read belongs here."""
-        ledger = tuple(sorted((k, v) for k, v in self.ledger.items() if k != without))
+        ledger = (
+            tuple(sorted((k, v) for k, v in self.ledger.items() if k != without))
+            if self.ledger
+            else ()
+        )
         return (
             self.timezone,
             self.series,
@@ -140,6 +145,8 @@ class Enrollment:
 
     def received(self) -> frozenset[str]:
         """The slugs of the articles this reader has received (state ``sent``)."""
+        if not self.ledger:  # a reader's first part: the usual case in a large send
+            return _NOTHING
         return frozenset(slug for slug, entry in self.ledger.items() if entry.state == "sent")
 
     def started_late(self, series: Series) -> bool:

@@ -141,19 +141,17 @@ class Message:
         are given."""
         if (html is None or text is None) and merge is None:
             raise TypeError("a Message needs its html and text, or the merge they fill from")
-        for name, value in (
-            ("key", key),
-            ("sender", sender),
-            ("to", to),
-            ("subject", subject),
-            ("reply_to", reply_to),
-            ("headers", {} if headers is None else headers),
-            ("tag", tag),
-            ("merge", merge),
-            ("_html", html),
-            ("_text", text),
-        ):
-            object.__setattr__(self, name, value)
+        put = object.__setattr__  # past the __setattr__ below that refuses changes
+        put(self, "key", key)
+        put(self, "sender", sender)
+        put(self, "to", to)
+        put(self, "subject", subject)
+        put(self, "reply_to", reply_to)
+        put(self, "headers", {} if headers is None else headers)
+        put(self, "tag", tag)
+        put(self, "merge", merge)
+        put(self, "_html", html)
+        put(self, "_text", text)
 
     @property
     def html(self) -> str:

@@ -277,11 +277,7 @@ def _still_written(run: Run, batch: _Batch, key: str, clock: datetime) -> bool:
     if batch.written is None:
         return False
     written_key, until, calm = batch.written
-    return (
-        written_key == key
-        and until > clock + run.options.lease / 2
-        and run.calm_since(calm)
-    )
+    return written_key == key and until > clock + run.options.lease / 2 and run.calm_since(calm)
 
 
 def held_for_now(run: Run, ids: Sequence[int], clock: datetime, batch: str) -> bool:

@@ -412,16 +412,13 @@ def claim(
             inserted = bulk.insert_claims(
                 conn, series, sorted(rows), token=token, until=db_until, now=db_now, batch=hoped
             )
+        # Rows unpacked by position (id, subscriber_id, article, delivery_key): a named
+        # attribute of a Row is a lookup each.
+        for id_, subscriber_id, article, key in inserted:
+            d = by_key[(subscriber_id, article)]
+            claims.append(Claim(id_, key, d.enrollment, d.article, d.part, 1, True))
         if len(inserted) == len(fresh) and hoped is not None:
-            for row in inserted:
-                d = by_key[(row.subscriber_id, row.article)]
-                claims.append(
-                    Claim(row.id, row.delivery_key, d.enrollment, d.article, d.part, 1, True)
-                )
             return claims
-        for row in inserted:
-            d = by_key[(row.subscriber_id, row.article)]
-            claims.append(Claim(row.id, row.delivery_key, d.enrollment, d.article, d.part, 1, True))
     if retry:
         conn.execute(
             deliveries.update()

@@ -7,6 +7,7 @@ This is the schema the code expects at the newest migration; the migrations in
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,8 +47,17 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            return _from_text(value)
+        moment: datetime = value
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@lru_cache(maxsize=4096)  # a list imported at once shares its times, read by the thousand
+def _from_text(value: str) -> datetime:
+    """A time as SQLite keeps it (UTC, ISO 8601 text), as an aware datetime."""
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class JSONType(sa.types.TypeDecorator[Any]):

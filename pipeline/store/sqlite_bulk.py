@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 
 _CLAIM = """\
 INSERT INTO deliveries (subscriber_id, series, article, part, state, attempts,
@@ -93,7 +93,7 @@ def insert_claims(
     until: str,
     now: str,
     batch: str | None,
-) -> list[Row[Any]]:
+) -> list[Any]:
     """Insert a claimed ledger row for each (subscriber id, article slug, part, delivery
     key) of ``series`` that has none yet (``deliveries_once`` decides: another run's
     row wins and is left alone), held with ``token`` until ``until``, made at ``now``
