@@ -5,6 +5,7 @@ imported a moment ago before it looks the list up batch by batch."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -278,6 +279,39 @@ def test_a_reader_erased_between_the_active_read_and_the_insert_is_left_out(
     kept = {d.enrollment.subscriber_id for d in due} - {gone.subscriber_id}
     assert {c.enrollment.subscriber_id for c in claims} == kept
     assert set(ledger_rows(store)) == kept
+
+
+def test_a_reader_whose_erasure_commits_while_the_claim_runs_is_left_out(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL: another session has erased a reader, not yet committed, when the
+    claim reads who is active, and commits while the claim is under way. The claim
+    leaves that reader out and claims the others. (Its insert's foreign key used to
+    wait for the erasure, then stop the whole batch with an IntegrityError.)"""
+    with open_store(tmp_path, postgres_database_url) as store:
+        import_list(store, tmp_path, 3)
+        due = due_now(store)
+        gone = due[1].enrollment.subscriber_id
+        other = sa.create_engine(postgres_database_url)
+        try:
+            with other.connect() as eraser:
+                erasure = eraser.begin()
+                # As `subscribers.erase` does, in its own transaction.
+                eraser.execute(sa.delete(enrollments).where(enrollments.c.subscriber_id == gone))
+                eraser.execute(sa.delete(subscribers).where(subscribers.c.id == gone))
+                committer = threading.Timer(1.0, erasure.commit)
+                committer.start()
+                try:
+                    with store.begin() as conn:
+                        until = NOW + timedelta(minutes=15)
+                        claims = ledger.claim(conn, due, token="run", until=until, now=NOW)
+                finally:
+                    committer.join()
+        finally:
+            other.dispose()
+        kept = {d.enrollment.subscriber_id for d in due} - {gone}
+        assert {c.enrollment.subscriber_id for c in claims} == kept
+        assert set(ledger_rows(store)) == kept
 
 
 def test_bookmarks_in_the_hour_a_dst_change_repeats_keep_their_own_instants(

@@ -47,9 +47,16 @@ SELECT v.subscriber_id, %(series)s, v.article, v.part, 'claimed', 1, v.delivery_
 FROM unnest(%(subscriber_ids)s::integer[], %(articles)s::text[], %(parts)s::integer[],
             %(keys)s::text[]) AS v(subscriber_id, article, part, delivery_key)
 JOIN subscribers AS s ON s.id = v.subscriber_id
+FOR KEY SHARE OF s
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
 RETURNING id, subscriber_id, article, delivery_key
 """
+# The join leaves out a subscriber erased since the claim read who is active, which
+# READ COMMITTED lets commit between two statements. FOR KEY SHARE, the lock the
+# foreign key's check takes anyway, is taken by the join itself: a subscriber whose
+# erasure is still under way is waited for and then left out too, where the check
+# would have waited and then stopped the whole batch with a foreign-key error.
+# (https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-ROWS)
 
 
 def insert_claims(
@@ -64,8 +71,8 @@ def insert_claims(
 ) -> list[Any]:
     """Insert new ``claimed`` ledger rows, (subscriber id, article slug, part, delivery
     key) each, skipping any that exists (another run's) and any whose subscriber is
-    gone (an erasure committed since the claim read who is active, which READ
-    COMMITTED lets in between two statements). Returns the inserted rows as
+    gone (erased since the claim read who is active, or while it inserts). Returns
+    the inserted rows as
     (id, subscriber_id, article, delivery_key)."""
     subscriber_ids, articles, parts, keys = (list(c) for c in zip(*rows, strict=True))
     result = conn.exec_driver_sql(
