@@ -305,3 +305,49 @@ def test_a_reader_moved_back_before_the_claim_gets_the_part_the_move_chose(
     assert report.sent == 1 and report.skipped == 1
     _, again = send_now(example_copy, monkeypatch, later + timedelta(minutes=1))
     assert again == Counter({emails[0]: 1})  # part 1 again, as the move said
+
+
+def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
+    postmark_example: Path, postmark: FakePostmark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails while the first request's answer is recorded (on PostgreSQL
+    that recording runs beside the send loop, on SQLite alone in it): the run stops
+    with that error, its report counts nothing unrecorded, and the deliveries it
+    could not record stay claimed. The runs after their lease settle them with the
+    provider: every reader has exactly one message, each recorded sent."""
+    import importlib
+
+    from pipeline.store import StoreError
+
+    # The module (pipeline.send exports a function of the same name).
+    deliver = importlib.import_module("pipeline.send.deliver")
+    configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
+    import_readers(postmark_example, 14)  # 20 readers, two requests
+    real_record = deliver._record
+    calls = []
+
+    def failing_record(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise StoreError("the state database went away")
+        return real_record(*args)
+
+    monkeypatch.setattr(deliver, "_record", failing_record)
+    config = load_config(postmark_example)
+    provider = get_provider("postmark", config)
+    counted: list[int] = []
+    options = SendOptions(now=MONDAY, on_progress=counted.append)
+    with open_store(postmark_example) as store, pytest.raises(StoreError, match="went away"):
+        send_due(config, store, provider, options)
+    provider.close()
+    monkeypatch.setattr(deliver, "_record", real_record)
+
+    assert counted == []  # the progress counts nothing the ledger does not hold
+    accepted = per_reader(postmark)
+    # SQLite records before the second request goes, PostgreSQL while it is on its way.
+    assert len(accepted) in (10, 20) and set(accepted.values()) == {1}
+    assert ledger_states(postmark_example) == Counter({"claimed": 20})
+
+    run_b(postmark_example)  # later runs: past the lease, then Postmark's settle time
+    assert len(per_reader(postmark)) == 20 and set(per_reader(postmark).values()) == {1}
+    assert ledger_states(postmark_example) == Counter({"sent": 20})
