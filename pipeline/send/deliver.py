@@ -72,10 +72,6 @@ class _Batch:
     messages: list[Message]
     result: Future[list[SendResult]] | None = None
     held: int = 0  # readers the gate gave back for their send window
-    # What this run last wrote of its claims (the claim itself, then each renewal): the
-    # request key they are recorded under, the end of their lease, and `Run.calm`
-    # taken before the clock that lease counts from.
-    written: tuple[str, datetime, int | None] | None = None
 
     @property
     def key(self) -> str:
@@ -144,6 +140,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                     recorder.record(answered)
                     answered = None
                 if batch.claims:
+                    recorder.raise_if_failed()  # no request goes after the database failed
                     # The sender is idle now (the last request was answered): the first
                     # gate runs here, so its transaction never waits on this thread's.
                     run.limiter.charge(len(batch.claims))  # the rate limit, as it goes
@@ -175,7 +172,6 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
     """Claim the deliveries of one request whose readers are inside their send window
     now, and build each one's message. A reader outside it is bookmarked for its next
     opening; a message that cannot be built fails that delivery alone."""
-    calm = run.calm()
     clock = run.clock()
     closed = _closed(series, [item.enrollment for item in items], clock)
     inside = [item for i, item in enumerate(items) if i not in closed]
@@ -187,9 +183,7 @@ def _claim(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
         )
     run.report.held += len(held)
     run.report.skipped += len(inside) - len(claims)
-    # `ledger.claim` records every claim it returns under the key of them all.
-    written = (ledger.batch_key(c.key for c in claims), clock + run.options.lease, calm)
-    batch = _Batch(series, [], [], written=written)
+    batch = _Batch(series, [], [])
     unbuilt: list[tuple[Claim, SendResult]] = []
     for claim in claims:
         try:
@@ -223,7 +217,6 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     recorded. Raises Withheld when the run is stopping, a claim is no longer this
     run's, or nobody is left."""
     refuse_if_stopping(run)
-    calm = run.calm()
     clock = run.clock()
     closed = _closed(batch.series, [c.enrollment for c in batch.claims], clock)
     if closed and maybe_sent:
@@ -235,16 +228,16 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
         batch.messages = [m for i, m in enumerate(batch.messages) if i not in closed]
         batch.held += len(held)
     ids = [c.id for c in batch.claims]
-    key = batch.key
-    if held or not (_still_written(run, batch, key, clock) or held_for_now(run, ids, clock, key)):
+    if held or not held_for_now(run, ids, clock, batch.key):
         with run.store.begin() as conn:
             if held:
                 ledger.release(conn, held, token=run.token)
                 ledger.save_bookmarks(conn, bookmarks)
-            lost = renew(run, conn, ids, clock, batch=key)
-        if lost:
-            raise Withheld(LEASE_LOST, lost=lost)
-        batch.written = (key, clock + run.options.lease, calm)
+            lost = renew(run, conn, ids, clock, batch=batch.key)
+    else:
+        lost = 0
+    if lost:
+        raise Withheld(LEASE_LOST, lost=lost)
     if not batch.claims:
         raise Withheld("the send window closed")
     return batch.messages, batch.key
@@ -272,20 +265,6 @@ def refuse_if_stopping(run: Run) -> None:
     reason = run.stopping()
     if reason is not None:
         raise Withheld(f"stopped by {reason}")
-
-
-def _still_written(run: Run, batch: _Batch, key: str, clock: datetime) -> bool:
-    """Whether what this run last wrote of the request's claims (`_Batch.written`) is
-    what the gate needs at ``clock`` without reading it back: the same request key,
-    more than half the lease left, and no wait of the run since (`Run.calm_since`).
-    Then even the read of `held_for_now` is not needed, for the reason it gives:
-    nobody else changes a claim before its lease runs out. It saves a read of up to
-    500 rows per request, the usual case being a request handed over right after its
-    claim. After a wait (a backoff, the rate limit) the claims are read again."""
-    if batch.written is None:
-        return False
-    written_key, until, calm = batch.written
-    return written_key == key and until > clock + run.options.lease / 2 and run.calm_since(calm)
 
 
 def held_for_now(run: Run, ids: Sequence[int], clock: datetime, batch: str) -> bool:
@@ -372,6 +351,12 @@ class _Recorder:
         pending, self.pending = self.pending, None
         if pending is not None:
             _count(self.run, pending.result(), progress=True)
+
+    def raise_if_failed(self) -> None:
+        """`settle` now if the recording under way has already failed."""
+        pending = self.pending
+        if pending is not None and pending.done() and pending.exception() is not None:
+            self.settle()
 
     def settle_quietly(self) -> None:
         """`settle` while another exception is on its way up: that one is the news."""

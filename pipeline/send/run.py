@@ -13,7 +13,6 @@ import os
 import pickle
 import signal
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -291,10 +290,6 @@ class Run:
         # through: that batch is recorded unknown first, then the run stops.
         self.halt: ProviderError | None = None
         self.workers = 1  # processes sending this run's share (set in each worker)
-        # Waits (rate limit, backoff, another run's share) begun and ended so far, for
-        # `calm` (both threads of a run wait).
-        self._waits = [0, 0]
-        self._waits_lock = threading.Lock()
         self.started = options.monotonic()
         self._signer: Signer | None = None
 
@@ -307,33 +302,12 @@ class Run:
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` (a rate limit, a backoff), cut short when the run is asked to
         stop: a run waiting minutes for its rate never keeps a SIGTERM waiting."""
-        with self._waits_lock:
-            self._waits[0] += 1
-        try:
-            if self.options.sleep is not None:
-                self.options.sleep(seconds)
-                return
-            end = time.monotonic() + seconds
-            while not self.stopping() and (left := end - time.monotonic()) > 0:
-                time.sleep(min(left, SLEEP_SLICE))
-        finally:
-            with self._waits_lock:
-                self._waits[1] += 1
-
-    def calm(self) -> int | None:
-        """A mark of this moment for `calm_since`; None while the run is waiting (a rate
-        limit, a backoff) in either of its threads."""
-        with self._waits_lock:
-            begun, ended = self._waits
-        return begun if begun == ended else None
-
-    def calm_since(self, mark: int | None) -> bool:
-        """Whether the run has not waited at all since ``mark`` (`calm`) was taken, nor
-        was waiting then: the run's clock has moved on with the time that passed since,
-        even if the process was held still meanwhile (suspended or stopped, which
-        `clock` does not count) only for as long as it ran its own code."""
-        with self._waits_lock:
-            return mark is not None and self._waits[0] == mark
+        if self.options.sleep is not None:
+            self.options.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not self.stopping() and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, SLEEP_SLICE))
 
     def stopping(self) -> str | None:
         """Why the run must stop after the batch in flight (a signal), or None."""
