@@ -310,12 +310,10 @@ def test_a_reader_moved_back_before_the_claim_gets_the_part_the_move_chose(
 def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
     postmark_example: Path, postmark: FakePostmark, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The database fails while the first request's answer is recorded (on PostgreSQL
-    that recording runs beside the send loop, on SQLite alone in it): the run stops
-    with that error before another request goes, its progress counts nothing
-    unrecorded, and the deliveries it could not record stay claimed. The runs after
-    their lease settle them with the provider: every reader has exactly one message,
-    each recorded sent."""
+    """The database fails while the first request's answer is recorded: the run stops
+    with that error, its progress counts nothing unrecorded, and the deliveries it
+    could not record stay claimed. The runs after their lease settle them with the
+    provider: every reader has exactly one message, each recorded sent."""
     import importlib
 
     from pipeline.store import StoreError
@@ -345,11 +343,11 @@ def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
 
     assert counted == []  # the progress counts nothing the ledger does not hold
     accepted = per_reader(postmark)
-    # SQLite records before the second request goes, PostgreSQL while it is on its way;
-    # the third is claimed and built, and then not sent.
-    assert len(accepted) == (10 if store.dialect == "sqlite" else 20)
+    # SQLite records before the second request goes; PostgreSQL while it is on its way,
+    # which may have gone before the run stopped. The third is never claimed.
+    assert len(accepted) in ((10,) if store.dialect == "sqlite" else (10, 20))
     assert set(accepted.values()) == {1}
-    assert ledger_states(postmark_example) == Counter({"claimed": len(accepted) + 10})
+    assert ledger_states(postmark_example) == Counter({"claimed": 20})
 
     run_b(postmark_example)  # later runs: past the lease, then Postmark's settle time
     assert len(per_reader(postmark)) == 30 and set(per_reader(postmark).values()) == {1}
