@@ -63,6 +63,32 @@ def test_pieces_encoded_once_give_the_bytes_of_the_whole_text(
     assert filled.fill_json(encoded) == orjson.dumps(filled.fill(raw))
 
 
+# Text rich in what a %-format would read as its own: %, %s, %b, %%, %(name)s.
+percent_text = st.lists(
+    st.sampled_from(["%", "s", "b", "(", ")", "name", "é", "\\", '"', " "]), max_size=12
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.one_of(percent_text, text_values), min_size=1, max_size=6),
+    values=st.lists(st.one_of(percent_text, text_values), min_size=4, max_size=4),
+)
+def test_a_filled_part_is_its_pieces_and_values_in_turn(
+    pieces: list[str], values: list[str]
+) -> None:
+    """A part is filled by one %-format: whatever % signs the part or a reader's values
+    hold, the result is each piece followed by its field's value, nothing more."""
+    fields = tuple(("name", "email", "unsubscribe_url", "first_name", "name")[: len(pieces) - 1])
+    filled = _Filled(tuple(pieces), fields)
+    raw = dict(zip(("name", "email", "unsubscribe_url", "first_name"), values, strict=True))
+    pairs = zip(fields, pieces[1:], strict=True)
+    expected = pieces[0] + "".join(raw[f] + piece for f, piece in pairs)
+    assert filled.fill(raw) == expected
+    encoded = {name: json_string(value) for name, value in raw.items()}
+    assert filled.fill_json(encoded) == orjson.dumps(expected)
+
+
 def message(name: str, index: int) -> Message:
     url = f"https://blog.example/u/tok{index}?a=1&b=2"
     who = Personal(name, f"reader{index}@example.com", url, "")
