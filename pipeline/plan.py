@@ -90,7 +90,6 @@ END_OF_DAY = time(23, 59, 59)  # how the config keeps an end of "24:00"
 PLACEHOLDER = re.compile(r"part-(?P<part>\d+)(-removed)?")
 
 MAX_ATTEMPTS = 8
-_NOTHING: frozenset[str] = frozenset()
 FIRST_RETRY = timedelta(minutes=15)
 LONGEST_RETRY = timedelta(hours=12)
 
@@ -102,6 +101,9 @@ class LedgerEntry:
     updated_at: datetime
     sent_at: datetime | None = None
     claimed_until: datetime | None = None
+
+
+_NOTHING: frozenset[str] = frozenset()  # the history of a reader with no ledger yet
 
 
 @dataclass(frozen=True)

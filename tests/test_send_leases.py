@@ -230,22 +230,26 @@ def before_the_claim(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]
     return ran
 
 
+def send_in_process(root: Path, options: SendOptions) -> SendReport:
+    """One `send_due` in this process through Postmark, as the environment names it."""
+    config = load_config(root)
+    provider = get_provider("postmark", config)
+    try:
+        with open_store(root) as store:
+            return send_due(config, store, provider, options)
+    finally:
+        provider.close()
+
+
 def send_now(
     root: Path, monkeypatch: pytest.MonkeyPatch, when: datetime
 ) -> tuple[SendReport, Counter[str]]:
     """One `send_due` at WHEN through the fake Postmark (the workspace configured for
     it): its report, and what each reader was sent."""
     with FakePostmark(token=POSTMARK_TOKEN) as fake:
-        config = load_config(root)
         monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
         monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        provider = get_provider("postmark", config)
-        try:
-            with open_store(root) as store:
-                report = send_due(config, store, provider, SendOptions(now=when))
-        finally:
-            provider.close()
-        return report, per_reader(fake)
+        return send_in_process(root, SendOptions(now=when)), per_reader(fake)
 
 
 def test_a_reader_who_leaves_before_the_claim_is_written_is_not_sent_to(
@@ -332,20 +336,19 @@ def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
         return real_record(*args)
 
     monkeypatch.setattr(deliver, "_record", failing_record)
-    config = load_config(postmark_example)
-    provider = get_provider("postmark", config)
     counted: list[int] = []
     options = SendOptions(now=MONDAY, on_progress=counted.append)
-    with open_store(postmark_example) as store, pytest.raises(StoreError, match="went away"):
-        send_due(config, store, provider, options)
-    provider.close()
+    with pytest.raises(StoreError, match="went away"):
+        send_in_process(postmark_example, options)
+    with open_store(postmark_example) as store:
+        dialect = store.dialect
     monkeypatch.setattr(deliver, "_record", real_record)
 
     assert counted == []  # the progress counts nothing the ledger does not hold
     accepted = per_reader(postmark)
     # SQLite records before the second request goes; PostgreSQL while it is on its way,
     # which may have gone before the run stopped. The third is never claimed.
-    assert len(accepted) in ((10,) if store.dialect == "sqlite" else (10, 20))
+    assert len(accepted) in ((10,) if dialect == "sqlite" else (10, 20))
     assert set(accepted.values()) == {1}
     assert ledger_states(postmark_example) == Counter({"claimed": 20})
 
@@ -392,11 +395,7 @@ def test_a_reader_erased_after_the_claim_is_not_sent_to(
             remove(other, claim.enrollment.email, now=MONDAY)
 
     ran = while_building(monkeypatch, erase)
-    config = load_config(postmark_example)
-    provider = get_provider("postmark", config)
-    with open_store(postmark_example) as store:
-        report = send_due(config, store, provider, SendOptions(now=MONDAY))
-    provider.close()
+    report = send_in_process(postmark_example, SendOptions(now=MONDAY))
     assert ran.is_set() and erased
     assert erased[0] not in per_reader(postmark)
     assert report.sent == sum(per_reader(postmark).values())
@@ -412,11 +411,7 @@ def test_claims_taken_over_while_the_request_is_built_are_not_sent_again(
     gone and A sends nothing. Every reader has one message. (Found by review.)"""
     configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
     ran = while_building(monkeypatch, lambda claim: run_b(postmark_example))
-    config = load_config(postmark_example)
-    provider = get_provider("postmark", config)
-    with open_store(postmark_example) as store:
-        send_due(config, store, provider, SendOptions(now=MONDAY))
-    provider.close()
+    send_in_process(postmark_example, SendOptions(now=MONDAY))
     assert ran.is_set()
     assert Counter(per_reader(postmark).values()) == Counter({1: 6})
     assert ledger_states(postmark_example) == Counter({"sent": 6})

@@ -47,16 +47,17 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            return _from_text(value)
-        moment: datetime = value
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return _from_text(value) if isinstance(value, str) else _in_utc(value)
 
 
 @lru_cache(maxsize=4096)  # a list imported at once shares its times, read by the thousand
 def _from_text(value: str) -> datetime:
     """A time as SQLite keeps it (UTC, ISO 8601 text), as an aware datetime."""
-    moment = datetime.fromisoformat(value)
+    return _in_utc(datetime.fromisoformat(value))
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive one is taken to be UTC already (how the store keeps it)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
