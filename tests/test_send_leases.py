@@ -346,11 +346,18 @@ def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
 
     assert counted == []  # the progress counts nothing the ledger does not hold
     accepted = per_reader(postmark)
-    # SQLite records before the second request goes; PostgreSQL while it is on its way,
-    # which may have gone before the run stopped. The third is never claimed.
-    assert len(accepted) in ((10,) if dialect == "sqlite" else (10, 20))
     assert set(accepted.values()) == {1}
-    assert ledger_states(postmark_example) == Counter({"claimed": 20})
+    if dialect == "sqlite":
+        # The loop records before the second request goes: the third is never claimed.
+        assert len(accepted) == 10
+        assert ledger_states(postmark_example) == Counter({"claimed": 20})
+    else:
+        # The first answer is recorded in a thread beside the loop, which meanwhile
+        # sends the second request and claims the third: the failure is heard once
+        # the loop waits for that recording, before it records anything else. The
+        # third request may have gone by then; every claim is still in the ledger.
+        assert len(accepted) in (10, 20, 30)
+        assert ledger_states(postmark_example) == Counter({"claimed": 30})
 
     run_b(postmark_example)  # later runs: past the lease, then Postmark's settle time
     assert len(per_reader(postmark)) == 30 and set(per_reader(postmark).values()) == {1}
