@@ -153,3 +153,33 @@ def test_a_share_held_longer_than_the_wait_is_sent_beside_its_holder(
     assert code == 0, out + err
     assert out.startswith(f"sent {len(emails)}, failed 0"), out + err
     assert took < 30
+
+
+def test_every_share_is_sent_through_the_same_two_threads_which_end_with_the_run(
+    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL run sends share after share: one sending thread and one recording
+    thread, started once, serve them all, and neither is left running after the run."""
+    import importlib
+
+    deliver = importlib.import_module("pipeline.send.deliver")  # not the function
+    used: dict[str, set[int]] = {"send": set(), "record": set()}
+    real_send, real_record = deliver.send_batch, deliver._record
+
+    def send_batch(*args: object, **kwargs: object) -> object:
+        used["send"].add(threading.get_ident())
+        return real_send(*args, **kwargs)
+
+    def record(*args: object) -> object:
+        used["record"].add(threading.get_ident())
+        return real_record(*args)
+
+    monkeypatch.setattr(deliver, "send_batch", send_batch)
+    monkeypatch.setattr(deliver, "_record", record)
+    import_readers(postgres_workspace, 48)
+    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+    assert code == 0 and out.startswith("sent 48, failed 0"), out + err
+    assert len(used["send"]) == 1 and len(used["record"]) == 1
+    assert used["send"] != used["record"] != {threading.get_ident()}
+    left = [t.name for t in threading.enumerate() if t.name.startswith("series-")]
+    assert left == []

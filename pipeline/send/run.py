@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, ClassVar
@@ -292,6 +293,25 @@ class Run:
         self.workers = 1  # processes sending this run's share (set in each worker)
         self.started = options.monotonic()
         self._signer: Signer | None = None
+        self._threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+
+    def threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """The send loop's two helper threads, (sending, recording), one task at a time
+        each: started at first use and kept until `close`. A PostgreSQL run delivers
+        share after share, and a worker chunk after chunk: starting two threads for
+        each took 3% of the loop's time (py-spy, 30,000 messages)."""
+        if self._threads is None:
+            self._threads = (
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-send"),
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-record"),
+            )
+        return self._threads
+
+    def close(self) -> None:
+        """Stop the helper threads, once what they were given is done."""
+        threads, self._threads = self._threads, None
+        for pool in threads or ():
+            pool.shutdown(wait=True)
 
     def clock(self) -> datetime:
         """The run's current time: `now` as given, plus the time the run has taken.

@@ -186,6 +186,7 @@ def _worker(
         events.put(("failed", False, f"{type(exc).__name__}: {exc}"))
         raise
     finally:
+        run.close()
         run.provider.close()
         run.store.close()
 
