@@ -632,3 +632,28 @@ def test_a_sqlite_too_old_for_the_ledger_is_refused_in_one_line(
     monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
     with pytest.raises(StoreError, match=r"SQLite 3\.34\.1; series needs 3\.35 or later"):
         open_store(tmp_path, f"sqlite:///{tmp_path / 'state.db'}")
+
+
+@pytest.mark.parametrize("idle", [0.0, 3600.0])
+def test_a_pooled_postgresql_connection_closed_while_idle_is_replaced(
+    postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idle: float
+) -> None:
+    """The server closes a pooled connection while it is idle (a restart, a proxy's
+    timeout): the next use of the store gets a live one, when the connection sat idle
+    longer than IDLE_PING; before that the pool trusts it without a round trip."""
+    import pipeline.store as store_module
+
+    monkeypatch.setattr(store_module, "IDLE_PING", idle)
+    with open_store(tmp_path, postgres_database_url) as store:
+        with store.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        other = sa.create_engine(postgres_database_url)
+        with other.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        other.dispose()
+        if idle:
+            with pytest.raises(StoreError), store.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return
+        with store.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid

@@ -199,9 +199,42 @@ def _engine(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+        engine = sa.create_engine(parsed, hide_parameters=True)
     except NoSuchModuleError:
         raise StoreError(f"no driver for {parsed.drivername}; use postgresql+psycopg://") from None
+    _ping_after_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection that has been idle this long is tried before it is
+# used again: the server, a proxy or a firewall may have closed it meanwhile (a run
+# waiting for its rate limit, `series serve` between requests).
+IDLE_PING = 10.0  # seconds
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, but only for a connection idle ``IDLE_PING``
+    seconds or more. The send loop takes a connection from the pool a few times per
+    request; trying each one first was a round trip every time, 4% of the loop's time
+    (py-spy, 30,000 messages). A connection found dead is replaced, as with
+    ``pool_pre_ping``: the pool retries the checkout on DisconnectionError
+    (https://docs.sqlalchemy.org/en/20/core/pooling.html#disconnect-handling-pessimistic)."""
+
+    @sa.event.listens_for(engine.pool, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine.pool, "checkout")
+    def _alive(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError("the pooled connection was closed") from exc
+        if not alive:
+            raise sa.exc.DisconnectionError("the pooled connection was closed")
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
