@@ -1,11 +1,12 @@
 """Resend, SendGrid and Mailgun keep the guarantees Postmark keeps (DESIGN §7).
 
 The real `series send` runs as subprocesses against each provider's fake, which runs
-in a thread of this process and records every message it accepts. Two runs started
-together must send each reader's part once. Runs killed with SIGKILL at random moments
-while the provider loses answers, fails and rate-limits, followed by runs until nothing
-is left, must leave every reader with parts 1, 2 and 3 exactly once and in order, as
-the provider saw them, and a ledger that says `sent` for each.
+in a thread of this process and records every message it accepts, with its state in
+SQLite and on a real PostgreSQL. Two runs started together must send each reader's
+part once. Runs killed with SIGKILL at random moments while the provider loses
+answers, fails and rate-limits, followed by runs until nothing is left, must leave
+every reader with parts 1, 2 and 3 exactly once and in order, as the provider saw
+them, and a ledger that says `sent` for each.
 """
 
 from __future__ import annotations
@@ -291,7 +292,12 @@ class Harness:
 
 
 @pytest.fixture
-def harness(example_copy: Path, tmp_path: Path, setup: Setup) -> Iterator[Harness]:
+def harness(
+    example_copy: Path, tmp_path: Path, setup: Setup, each_database: str
+) -> Iterator[Harness]:
+    """The example with READERS readers, its state in SQLite or on the real PostgreSQL
+    (where an answer is recorded in a thread beside the send loop, and the list is
+    sent in shares), and the provider's fake started."""
     configure(example_copy, f"workers = {WORKERS}", setup.tables)
     readers = tmp_path / "readers.csv"
     readers.write_text(
@@ -308,7 +314,10 @@ def harness(example_copy: Path, tmp_path: Path, setup: Setup) -> Iterator[Harnes
             "SERIES_PROVIDER_URL": fake.url,
             setup.key_env: KEY,
         }
-        env.pop("SERIES_DATABASE_URL", None)
+        if each_database.startswith("sqlite"):
+            env.pop("SERIES_DATABASE_URL", None)
+        else:
+            env["SERIES_DATABASE_URL"] = each_database
         yield Harness(example_copy, setup, fake, clock, env)
 
 

@@ -395,7 +395,10 @@ class _Recorder:
             return
         self.settle()
         batch, results = answered
-        if self.thread is None:
+        # An answer that changed a reader's status (a bounce, a complaint) is recorded
+        # before the loop claims anything more: the next claim's check of who is
+        # active must see it, or a second series could send that reader another part.
+        if self.thread is None or any(r.subscriber_status for r in results):
             _count(self.run, _record(self.run, batch.series, batch.claims, results), progress=True)
             for then in batch.then:
                 then()

@@ -1,0 +1,63 @@
+"""A reader whose address the provider refuses (a bounce) is marked bounced from that
+answer on: no later request of the same run goes to them, in another series either,
+on both databases and however the run streams its requests (PostgreSQL records each
+answer beside the send loop)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from email.utils import parseaddr
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.providers import get_provider
+from pipeline.send import SendOptions, send_due
+from pipeline.store import open_store
+
+from .conftest import POSTMARK_TOKEN
+from .fake_postmark import FakePostmark
+from .helpers import ENROLLED_AT, configure, run
+
+MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.usefixtures("each_database")
+
+
+@pytest.mark.parametrize("limit", [None, 10])
+def test_a_reader_bounced_by_an_answer_gets_no_later_request_of_the_run(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """One reader per request: a1, a2, s of one series, then a1, s of a second. The
+    provider refuses s's address (Postmark 300, "Error parsing 'To'"), which bounces
+    s: the second series' part never goes to s."""
+    root = example_copy
+    shutil.copytree(root / "series" / "attachment", root / "series" / "second")
+    configure(root, 'provider = "postmark"', "[tool.series.postmark]\nbatch_size = 1")
+    for series, names in (("attachment", ["a1", "a2", "s"]), ("second", ["a1", "s"])):
+        csv = root / f"{series}.csv"
+        csv.write_text(
+            "email,series\n" + "".join(f"{n}@example.com,{series}\n" for n in names),
+            encoding="utf-8",
+        )
+        code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+        assert code == 0, out + err
+
+    with FakePostmark(token=POSTMARK_TOKEN, invalid={"s@example.com"}) as fake:
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        config = load_config(root)
+        provider = get_provider("postmark", config)
+        try:
+            with open_store(root) as store:
+                report = send_due(config, store, provider, SendOptions(now=MONDAY, limit=limit))
+        finally:
+            provider.close()
+        tried = [parseaddr(m["To"])[1] for r in fake.batch_requests() for m in r.body]
+    assert tried.count("s@example.com") == 1, tried
+    assert sorted(tried) == sorted(
+        ["a1@example.com", "a2@example.com", "s@example.com", "a1@example.com"]
+    ), tried
+    assert report.failed == 1
