@@ -115,7 +115,7 @@ def deliver_groups(run: Run, groups: Iterable[Group]) -> None:
 
 def _requests(
     run: Run, groups: Iterable[Group]
-) -> Iterator[tuple[Series, list[Due]] | Callable[[], None]]:
+) -> Generator[tuple[Series, list[Due]] | Callable[[], None], None, None]:
     """The requests of each group in turn, (series, its due deliveries), each group's
     ``then`` after its last request."""
     provider = run.provider
