@@ -183,37 +183,3 @@ def test_every_share_is_sent_through_the_same_two_threads_which_end_with_the_run
     assert used["send"] != used["record"] != {threading.get_ident()}
     left = [t.name for t in threading.enumerate() if t.name.startswith("series-")]
     assert left == []
-
-
-def test_a_share_marker_is_written_only_once_everything_the_share_sent_is_recorded(
-    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The shares are sent as one stream, the next planned while the last request of
-    the one before is on its way: a share's plan marker still waits until every
-    reader of the share has their part recorded sent and nothing is left claimed."""
-    import_readers(postgres_workspace, 48)
-    at_marker: dict[int, tuple[int, int, int]] = {}
-    real_set = ledger.set_setting
-
-    def set_setting(conn: Connection, key: str, value: str) -> None:
-        if key.startswith("plan-share:"):
-            share = int(key.rsplit(":", 1)[1].split("/")[0])
-            in_share = enrollments.c.id % SHARES == share
-            readers = conn.scalar(sa.select(sa.func.count()).where(in_share))
-            states = dict(
-                conn.execute(
-                    sa.select(deliveries.c.state, sa.func.count())
-                    .join(enrollments, enrollments.c.subscriber_id == deliveries.c.subscriber_id)
-                    .where(in_share)
-                    .group_by(deliveries.c.state)
-                ).all()
-            )
-            at_marker[share] = (readers, states.get("sent", 0), states.get("claimed", 0))
-        real_set(conn, key, value)
-
-    monkeypatch.setattr(ledger, "set_setting", set_setting)
-    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
-    assert code == 0 and out.startswith("sent 48, failed 0"), out + err
-    assert sorted(at_marker) == list(range(SHARES))
-    for readers, sent, claimed in at_marker.values():
-        assert sent == readers and claimed == 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from ..config import Config
 from ..content import Series, load_series
@@ -24,8 +24,9 @@ from ..providers import Provider
 from ..store import Store, StoreError, bulk
 from ..store.ledger import Due
 from .compose import first_line, personal_message
-from .deliver import RETRIES, Group, deliver, deliver_groups
+from .deliver import RETRIES, deliver
 from .planning import (
+    Share,
     dry_run_rows,
     earliest,
     hold_back,
@@ -137,54 +138,47 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
 def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None:
     """Plan a chunk of enrollments, send what is due in it, then the next: memory holds
     one chunk, not the list. Every article that can go out is rendered before the
-    first chunk is planned (a broken template stops the run before anything is sent).
-    The chunks are one stream: the next is planned while the last request of the one
-    before is on its way, also from one share to the next (PostgreSQL)."""
+    first chunk is planned (a broken template stops the run before anything is sent)."""
     options = run.options
     if options.on_total:
         options.on_total(to_plan(run, series_list))
-    deliver_groups(run, _planned_groups(run, series_list))
+    for series in series_list:
+        for share in shares(run, series):
+            _deliver_share(run, series_list, series, share)
+            if run.stopped():
+                return
 
 
-# Chunks of the plan are gathered up to this many due deliveries before they are sent,
-# earliest due first.
+# Due deliveries sent as one stream (one batch in flight while the next is prepared):
+# chunks of the plan are gathered up to this many first, so the stream seldom restarts.
 SEND_GROUP = 20_000
 
 
-def _planned_groups(run: Run, series_list: Sequence[Series]) -> Iterator[Group]:
-    """The due deliveries of each series, share by share (see `planning.shares`), in
-    groups of up to about ``SEND_GROUP``, planned as they are asked for. After a
-    share's last group, one with nothing to send and its plan marker to write once
-    everything before it is recorded. Ends early when the run is asked to stop."""
-    for series in series_list:
-        for share in shares(run, series):
-            pending: list[tuple[Series, Due, Step]] = []
-            for due in plan_chunks(run, series, share.shard, everything=share.everything):
-                if run.stopped():
-                    return
-                pending += due
-                if len(pending) >= SEND_GROUP:
-                    yield Group(_prepared(run, series_list, pending))
-                    pending = []
-            if run.stopped():
-                return
-            if pending:
-                yield Group(_prepared(run, series_list, pending))
-            if share.finish is not None:
-                yield Group((), share.finish)
+def _deliver_share(run: Run, series_list: Sequence[Series], series: Series, share: Share) -> None:
+    """Plan and send one share of a series' enrollments (see `planning.shares`), chunk by
+    chunk; render everything first, before the first delivery of the run."""
+    pending: list[tuple[Series, Due, Step]] = []
+    for due in plan_chunks(run, series, share.shard, everything=share.everything):
+        if run.stopped():
+            return
+        pending += due
+        if len(pending) >= SEND_GROUP:
+            _deliver_group(run, series_list, pending)
+            pending = []
+    if pending and not run.stopped():
+        _deliver_group(run, series_list, pending)
 
 
-def _prepared(
+def _deliver_group(
     run: Run, series_list: Sequence[Series], due: list[tuple[Series, Due, Step]]
-) -> list[tuple[Series, Due, Step]]:
-    """``due`` sorted by due time, with every email it needs rendered."""
+) -> None:
     due.sort(key=lambda item: item[2].due_at or run.options.now)
     if run.composer.renderer is None:
         run.composer.prepare(series_list, due)
         gc.freeze()  # the compiled emails live to the end of the run; see above
     else:
         run.composer.prepare_due(due)
-    return due
+    deliver(run, due)
 
 
 def _refresh_statistics(store: Store) -> None:

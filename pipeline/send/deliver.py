@@ -22,9 +22,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -73,76 +73,36 @@ class _Batch:
     messages: list[Message]
     result: Future[list[SendResult]] | None = None
     held: int = 0  # readers the gate gave back for their send window
-    # What to do once this request's answer is recorded (see `Group.then`).
-    then: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return ledger.batch_key(c.key for c in self.claims)
 
 
-@dataclass
-class Group:
-    """Due deliveries for `deliver_groups`, and what to do once every one of them is
-    recorded (None: nothing), such as a share's plan marker: never before, and not at
-    all when the run stops or fails first."""
-
-    due: Sequence[tuple[Series, Due, Step]]
-    then: Callable[[], None] | None = None
-
-
 def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
-    """`deliver_groups` of one group."""
-    deliver_groups(run, [Group(due)])
-
-
-def deliver_groups(run: Run, groups: Iterable[Group]) -> None:
     """Claim, render and send in batches, one batch in flight while the next is
-    prepared and the last recorded: the provider's time overlaps with ours. The
-    groups are one stream: the next group is asked for (planned, when ``groups`` is
-    a generator that plans) while the last request of the one before is on its way.
-    Asked to stop (a signal), it ends after the batch in flight and gives back the
-    next one."""
-    requests = _requests(run, groups)
-    try:
-        _stream(run, requests)
-    finally:
-        # Stopped early: a generator that plans share by share lets its lock go now.
-        requests.close()
-        if isinstance(groups, Generator):
-            groups.close()
-
-
-def _requests(
-    run: Run, groups: Iterable[Group]
-) -> Generator[tuple[Series, list[Due]] | Callable[[], None], None, None]:
-    """The requests of each group in turn, (series, its due deliveries), each group's
-    ``then`` after its last request."""
+    prepared and the last recorded: the provider's time overlaps with ours. Asked to
+    stop (a signal), it ends after the batch in flight and gives back the next one."""
     provider = run.provider
-    for group in groups:
-        # A batch never mixes series; for a provider that personalises on its side (one
-        # body per request), it never mixes parts or reader variants either.
-        by_email: dict[tuple[str, str, frozenset[str], bool], list[Due]] = {}
-        everything: frozenset[str] = frozenset()
-        for series, item, _ in group.due:
-            if provider.shared_body:
-                enrollment = item.enrollment
-                variant = run.composer.variant(
-                    series, item.article, enrollment.received(), enrollment.started_late(series)
-                )
-            else:
-                variant = (series.slug, "", everything, False)
-            by_email.setdefault(variant, []).append(item)
-        size = run.limiter.batch_size(provider.batch_size)
-        for (slug, *_), items in by_email.items():
-            for start in range(0, len(items), size):
-                yield run.series[slug], items[start : start + size]
-        if group.then is not None:
-            yield group.then
-
-
-def _stream(run: Run, requests: Iterator[tuple[Series, list[Due]] | Callable[[], None]]) -> None:
-    """`deliver_groups`' loop over its requests."""
+    # A batch never mixes series; for a provider that personalises on its side (one
+    # body per request), it never mixes parts or reader variants either.
+    by_email: dict[tuple[str, str, frozenset[str], bool], list[Due]] = {}
+    everything: frozenset[str] = frozenset()
+    for series, item, _ in due:
+        if provider.shared_body:
+            enrollment = item.enrollment
+            group = run.composer.variant(
+                series, item.article, enrollment.received(), enrollment.started_late(series)
+            )
+        else:
+            group = (series.slug, "", everything, False)
+        by_email.setdefault(group, []).append(item)
+    size = run.limiter.batch_size(provider.batch_size)
+    batches = [
+        (run.series[slug], items[start : start + size])
+        for (slug, *_), items in by_email.items()
+        for start in range(0, len(items), size)
+    ]
     # The answer to the last request is recorded while the next one is on its way: on
     # PostgreSQL, the database's time (another process's, on another core) overlaps
     # the provider's; with several workers on one SQLite file, so does the wait for the
@@ -162,15 +122,7 @@ def _stream(run: Run, requests: Iterator[tuple[Series, list[Due]] | Callable[[],
     in_flight: _Batch | None = None
     recorder = _Recorder(run, recording if recording_thread else None)
     try:
-        for request in requests:
-            if callable(request):
-                # After the answer on its way, or the one being recorded, if any.
-                if in_flight is not None:
-                    in_flight.then.append(request)
-                else:
-                    recorder.then(request)
-                continue
-            series, items = request
+        for series, items in batches:
             # The wait comes before the claim: a claim is never held through it.
             run.limiter.wait(len(items))
             if run.stopping():
@@ -180,8 +132,6 @@ def _stream(run: Run, requests: Iterator[tuple[Series, list[Due]] | Callable[[],
             if in_flight is not None:
                 finished, in_flight = in_flight, None
                 answered = _answer(run, finished, also_release=batch.claims)
-                if answered is None:  # withheld: nothing to record, what follows goes on
-                    recorder.then(*finished.then)
                 del finished  # its messages go now, not once the next batch is built
             if run.halt is not None or ((batch.claims or batch.held) and run.stopping()):
                 recorder.record(answered)
@@ -209,10 +159,7 @@ def _stream(run: Run, requests: Iterator[tuple[Series, list[Due]] | Callable[[],
             answered = None  # its messages go now, not once the next batch is built
         if in_flight is not None:
             finished, in_flight = in_flight, None
-            answered = _answer(run, finished, also_release=[])
-            if answered is None:
-                recorder.then(*finished.then)
-            recorder.record(answered)
+            recorder.record(_answer(run, finished, also_release=[]))
         recorder.settle()
         run.stop_if_halted()
     except BaseException:
@@ -385,12 +332,10 @@ class _Recorder:
         self.run = run
         self.thread = thread
         self.pending: Future[_Tally] | None = None
-        self.pending_then: list[Callable[[], None]] = []
 
     def record(self, answered: _Answered | None) -> None:
         """Record ``answered`` (None: nothing to record), the one before it settled
-        first: at most one recording is under way. Its batch's ``then`` run once it
-        is recorded and counted."""
+        first: at most one recording is under way."""
         if answered is None:
             return
         self.settle()
@@ -400,31 +345,17 @@ class _Recorder:
         # active must see it, or a second series could send that reader another part.
         if self.thread is None or any(r.subscriber_status for r in results):
             _count(self.run, _record(self.run, batch.series, batch.claims, results), progress=True)
-            for then in batch.then:
-                then()
         else:
             self.pending = self.thread.submit(
                 _record, self.run, batch.series, batch.claims, results
             )
-            self.pending_then = batch.then
-
-    def then(self, *actions: Callable[[], None]) -> None:
-        """Run ``actions`` once the recording under way is settled (now if none is)."""
-        if self.pending is not None:
-            self.pending_then += actions
-            return
-        for action in actions:
-            action()
 
     def settle(self) -> None:
         """Wait for the recording under way, count it, and raise what it raised (the
-        database failing: the run cannot go on); then what was to follow it."""
+        database failing: the run cannot go on)."""
         pending, self.pending = self.pending, None
-        actions, self.pending_then = self.pending_then, []
         if pending is not None:
             _count(self.run, pending.result(), progress=True)
-        for action in actions:
-            action()
 
     def settle_quietly(self) -> None:
         """`settle` while another exception is on its way up: that one is the news."""

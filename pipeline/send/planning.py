@@ -106,9 +106,6 @@ class Share:
 
     shard: tuple[int, int] | None
     everything: bool
-    # What the run calls once every delivery of the share is recorded: the share's
-    # plan marker (None: the share needs none).
-    finish: Callable[[], None] | None = None
 
 
 def shares(run: Run, series: Series) -> Iterator[Share]:
@@ -160,18 +157,12 @@ def shares(run: Run, series: Series) -> Iterator[Share]:
             marker = _share_marker(series, share)
             with run.store.connect() as conn:
                 planned = full and ledger.setting_or_none(conn, marker) == version
-
-            def finish() -> None:
-                # Once the caller went through the whole share and everything it sent
-                # is recorded; not for a run that stops or failed on the way.
-                if run.halt is None and not run.stopping():
+            try:
+                yield Share((share, SHARES), full and not planned)
+                # Back here only when the caller went through the whole share.
+                if full and not planned and run.halt is None and not run.stopping():
                     with run.store.begin() as conn:
                         ledger.set_setting(conn, marker, version)
-
-            try:
-                yield Share(
-                    (share, SHARES), full and not planned, finish if full and not planned else None
-                )
             finally:
                 if locked:
                     unlock(share)

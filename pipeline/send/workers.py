@@ -21,14 +21,14 @@ import queue
 import random
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..content import Series
 from ..errors import SeriesError
 from ..providers import ProviderError, get_provider
 from ..store import ledger, open_store
-from .deliver import Group, deliver_groups
+from .deliver import deliver
 from .limiter import RateLimiter
 from .planning import mark_planned, needs_full_plan, plan_chunks, to_plan
 from .run import ProblemLines, Run, SendReport, Stop
@@ -157,20 +157,15 @@ def _worker(
         options.on_progress = lambda count: events.put(("progress", count))
         events.put(("planned", 0))
         gc.freeze()
-        # One chunk of this worker's share at a time: planned, then sent, as one
-        # stream (the next chunk is planned while the last request is on its way).
-
-        def groups() -> Iterator[Group]:
-            for series in series_list:
-                for due in plan_chunks(run, series, shard):
-                    if run.stopped():
-                        return
-                    # Histories an edit made unusual need their own emails (the parent
-                    # rendered the in-order ones).
-                    run.composer.prepare_due(due)
-                    yield Group(due)
-
-        deliver_groups(run, groups())
+        # One chunk of this worker's share at a time: planned, then sent.
+        for series in series_list:
+            for due in plan_chunks(run, series, shard):
+                if run.stopped():
+                    break
+                # Histories an edit made unusual need their own emails (the parent
+                # rendered the in-order ones).
+                run.composer.prepare_due(due)
+                deliver(run, due)
         # A SIGTERM to this worker alone stops it too: the report says so, and the
         # parent reports the run as stopped (exit 1), not as an ordinary one.
         run.stopped()
