@@ -11,11 +11,13 @@ from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from pipeline.config import load_config
 from pipeline.providers import get_provider
 from pipeline.send import SendOptions, send_due
 from pipeline.store import open_store
+from pipeline.store.schema import deliveries
 
 from .conftest import POSTMARK_TOKEN
 from .fake_postmark import FakePostmark
@@ -61,3 +63,44 @@ def test_a_reader_bounced_by_an_answer_gets_no_later_request_of_the_run(
         ["a1@example.com", "a2@example.com", "s@example.com", "a1@example.com"]
     ), tried
     assert report.failed == 1
+
+
+@pytest.mark.parametrize("limit", [None, 10])
+def test_a_reader_bounced_by_the_answer_just_before_is_left_out_of_the_next_request(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """s is the last request of one series and the first of the next, which is
+    claimed and built while the bouncing request is on its way: s is given back from
+    it before it goes, and counted skipped."""
+    root = example_copy
+    shutil.copytree(root / "series" / "attachment", root / "series" / "second")
+    configure(root, 'provider = "postmark"', "[tool.series.postmark]\nbatch_size = 1")
+    for series, names in (("attachment", ["a1", "s"]), ("second", ["s", "a2"])):
+        csv = root / f"{series}.csv"
+        csv.write_text(
+            "email,series\n" + "".join(f"{n}@example.com,{series}\n" for n in names),
+            encoding="utf-8",
+        )
+        code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+        assert code == 0, out + err
+
+    with FakePostmark(token=POSTMARK_TOKEN, invalid={"s@example.com"}) as fake:
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        config = load_config(root)
+        provider = get_provider("postmark", config)
+        try:
+            with open_store(root) as store:
+                report = send_due(config, store, provider, SendOptions(now=MONDAY, limit=limit))
+                with store.connect() as conn:
+                    left = conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(deliveries)
+                        .where(deliveries.c.state == "claimed")
+                    ).scalar_one()
+        finally:
+            provider.close()
+        tried = [parseaddr(m["To"])[1] for r in fake.batch_requests() for m in r.body]
+    assert tried.count("s@example.com") == 1, tried
+    assert sorted(set(tried)) == ["a1@example.com", "a2@example.com", "s@example.com"]
+    assert report.failed == 1 and left == 0

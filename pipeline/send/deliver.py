@@ -133,6 +133,8 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 finished, in_flight = in_flight, None
                 answered = _answer(run, finished, also_release=batch.claims)
                 del finished  # its messages go now, not once the next batch is built
+                if answered is not None:
+                    _drop_changed(run, batch, answered)
             if run.halt is not None or ((batch.claims or batch.held) and run.stopping()):
                 recorder.record(answered)
                 recorder.settle()
@@ -378,6 +380,27 @@ def _withheld(run: Run, batch: _Batch, exc: Withheld) -> None:
             f"run's claim on {exc.lost} of them ran out before they could be handed over "
             "(another run may be sending them); a later run settles them"
         )
+
+
+def _drop_changed(run: Run, batch: _Batch, answered: _Answered) -> None:
+    """Give back the claims of ``batch`` (the next request, claimed while ``answered``
+    was on its way) whose reader that answer bounced or marked as complaining: their
+    claim's check of who is active came too early to see it. They are counted
+    skipped; the answer, recorded before anything more is claimed, keeps them from
+    later requests and runs."""
+    finished, results = answered
+    changed_keys = {r.key for r in results if r.subscriber_status}
+    if not changed_keys:
+        return
+    changed = {c.enrollment.subscriber_id for c in finished.claims if c.key in changed_keys}
+    keep = [i for i, c in enumerate(batch.claims) if c.enrollment.subscriber_id not in changed]
+    if len(keep) == len(batch.claims):
+        return
+    dropped = [c for c in batch.claims if c.enrollment.subscriber_id in changed]
+    batch.claims = [batch.claims[i] for i in keep]
+    batch.messages = [batch.messages[i] for i in keep]
+    _release(run, dropped)
+    run.report.skipped += len(dropped)
 
 
 def _release(run: Run, claims: Sequence[Claim]) -> None:
