@@ -68,71 +68,77 @@ def send_due(config: Config, store: Store, provider: Provider, options: SendOpti
     report = SendReport()
     run = Run(config, store, provider, options, report)
     try:
-        report.warnings += [
-            f"{s.source}/series.yml: series paused (paused: true): nothing is sent to its readers "
-            "until the line is removed"
-            for s in series_list
-            if s.paused
-        ]
-        if options.dry_run:
-            from ..edits import history_problems
-
-            report.warnings += [str(p) for p in history_problems(store, series_list)]
-        else:
-            reconcile(run, series_list)
-        if run.stopped():
-            return report
-        workers = workers_for(run, series_list)
-        if workers > 1:
-            run.composer.prepare(series_list)
-            # The compiled emails live for the whole run: keep the cycle collector from
-            # walking them, and forked workers from copying their pages by touching them.
-            gc.freeze()
-            plan_and_deliver_in_parallel(run, series_list, workers)
-            return report
-        full = [s for s in series_list if needs_full_plan(run, s)]
-        if options.limit is None and not options.dry_run:
-            _plan_and_deliver_in_chunks(run, series_list)
-            if not run.stopped():
-                mark_planned(run, full)
-            return report
-        if options.dry_run and options.limit is None:
-            # The plan goes into the report (spilled to files when long), chunk by chunk.
-            for series in series_list:
-                for due_now in plan_chunks(run, series):
-                    run.composer.prepare(series_list, due_now)
-            run.composer.prepare(series_list)
-            return report
-        # --limit N: the N due first are sent, the others held back for the next run (as
-        # soon as they cannot be among the first N: memory holds about 2N, not the list).
-        assert options.limit is not None
-
-        def held(items: list[tuple[Series, Due, Step]]) -> None:
-            report.skipped += len(items)
-            hold_back(run, items)
-
-        due = earliest(
-            (chunk for series in series_list for chunk in plan_chunks(run, series)),
-            options.limit,
-            key=lambda item: item[2].due_at or options.now,
-            drop=held,
-        )
-        if due or options.dry_run:
-            run.composer.prepare(series_list, due)
-        if options.dry_run:
-            return report
-        if due and not run.stopped():
-            if options.on_total:
-                options.on_total(len(due))
-            gc.freeze()  # the plan lives to the end of the run; see above
-            deliver(run, due)
-        # Only once every due delivery was handled may later runs skip the full plan:
-        # a run cut short leaves the marker, and the next run plans everyone again.
-        if not run.stopped():
-            mark_planned(run, full)
-        return report
+        _send(run, series_list)
     finally:
         run.close()  # the send loop's threads, done with
+    return report
+
+
+def _send(run: Run, series_list: Sequence[Series]) -> None:
+    """`send_due`'s work, its report in ``run.report``."""
+    store, options, report = run.store, run.options, run.report
+    report.warnings += [
+        f"{s.source}/series.yml: series paused (paused: true): nothing is sent to its readers "
+        "until the line is removed"
+        for s in series_list
+        if s.paused
+    ]
+    if options.dry_run:
+        from ..edits import history_problems
+
+        report.warnings += [str(p) for p in history_problems(store, series_list)]
+    else:
+        reconcile(run, series_list)
+    if run.stopped():
+        return
+    workers = workers_for(run, series_list)
+    if workers > 1:
+        run.composer.prepare(series_list)
+        # The compiled emails live for the whole run: keep the cycle collector from
+        # walking them, and forked workers from copying their pages by touching them.
+        gc.freeze()
+        plan_and_deliver_in_parallel(run, series_list, workers)
+        return
+    full = [s for s in series_list if needs_full_plan(run, s)]
+    if options.limit is None and not options.dry_run:
+        _plan_and_deliver_in_chunks(run, series_list)
+        if not run.stopped():
+            mark_planned(run, full)
+        return
+    if options.dry_run and options.limit is None:
+        # The plan goes into the report (spilled to files when long), chunk by chunk.
+        for series in series_list:
+            for due_now in plan_chunks(run, series):
+                run.composer.prepare(series_list, due_now)
+        run.composer.prepare(series_list)
+        return
+    # --limit N: the N due first are sent, the others held back for the next run (as
+    # soon as they cannot be among the first N: memory holds about 2N, not the list).
+    assert options.limit is not None
+
+    def held(items: list[tuple[Series, Due, Step]]) -> None:
+        report.skipped += len(items)
+        hold_back(run, items)
+
+    due = earliest(
+        (chunk for series in series_list for chunk in plan_chunks(run, series)),
+        options.limit,
+        key=lambda item: item[2].due_at or options.now,
+        drop=held,
+    )
+    if due or options.dry_run:
+        run.composer.prepare(series_list, due)
+    if options.dry_run:
+        return
+    if due and not run.stopped():
+        if options.on_total:
+            options.on_total(len(due))
+        gc.freeze()  # the plan lives to the end of the run; see above
+        deliver(run, due)
+    # Only once every due delivery was handled may later runs skip the full plan:
+    # a run cut short leaves the marker, and the next run plans everyone again.
+    if not run.stopped():
+        mark_planned(run, full)
 
 
 def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None:
