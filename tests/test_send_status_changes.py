@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from pipeline.config import load_config
 from pipeline.providers import get_provider
-from pipeline.send import SendOptions, send_due
+from pipeline.send import SendOptions, SendReport, send_due
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries
 
@@ -28,17 +28,16 @@ MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 pytestmark = pytest.mark.usefixtures("each_database")
 
 
-@pytest.mark.parametrize("limit", [None, 10])
-def test_a_reader_bounced_by_an_answer_gets_no_later_request_of_the_run(
-    example_copy: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
-) -> None:
-    """One reader per request: a1, a2, s of one series, then a1, s of a second. The
-    provider refuses s's address (Postmark 300, "Error parsing 'To'"), which bounces
-    s: the second series' part never goes to s."""
-    root = example_copy
+def send_two_series(
+    root: Path, monkeypatch: pytest.MonkeyPatch, readers: dict[str, list[str]], limit: int | None
+) -> tuple[list[str], SendReport, int]:
+    """One send through the fake Postmark, one reader per request, of two series (the
+    example's, and a copy named "second") to READERS (series -> names, each
+    NAME@example.com); Postmark refuses s@example.com. Returns the addresses of the
+    requests in order, the report, and how many deliveries are left claimed."""
     shutil.copytree(root / "series" / "attachment", root / "series" / "second")
     configure(root, 'provider = "postmark"', "[tool.series.postmark]\nbatch_size = 1")
-    for series, names in (("attachment", ["a1", "a2", "s"]), ("second", ["a1", "s"])):
+    for series, names in readers.items():
         csv = root / f"{series}.csv"
         csv.write_text(
             "email,series\n" + "".join(f"{n}@example.com,{series}\n" for n in names),
@@ -46,44 +45,6 @@ def test_a_reader_bounced_by_an_answer_gets_no_later_request_of_the_run(
         )
         code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
         assert code == 0, out + err
-
-    with FakePostmark(token=POSTMARK_TOKEN, invalid={"s@example.com"}) as fake:
-        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
-        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        config = load_config(root)
-        provider = get_provider("postmark", config)
-        try:
-            with open_store(root) as store:
-                report = send_due(config, store, provider, SendOptions(now=MONDAY, limit=limit))
-        finally:
-            provider.close()
-        tried = [parseaddr(m["To"])[1] for r in fake.batch_requests() for m in r.body]
-    assert tried.count("s@example.com") == 1, tried
-    assert sorted(tried) == sorted(
-        ["a1@example.com", "a2@example.com", "s@example.com", "a1@example.com"]
-    ), tried
-    assert report.failed == 1
-
-
-@pytest.mark.parametrize("limit", [None, 10])
-def test_a_reader_bounced_by_the_answer_just_before_is_left_out_of_the_next_request(
-    example_copy: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
-) -> None:
-    """s is the last request of one series and the first of the next, which is
-    claimed and built while the bouncing request is on its way: s is given back from
-    it before it goes, and counted skipped."""
-    root = example_copy
-    shutil.copytree(root / "series" / "attachment", root / "series" / "second")
-    configure(root, 'provider = "postmark"', "[tool.series.postmark]\nbatch_size = 1")
-    for series, names in (("attachment", ["a1", "s"]), ("second", ["s", "a2"])):
-        csv = root / f"{series}.csv"
-        csv.write_text(
-            "email,series\n" + "".join(f"{n}@example.com,{series}\n" for n in names),
-            encoding="utf-8",
-        )
-        code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
-        assert code == 0, out + err
-
     with FakePostmark(token=POSTMARK_TOKEN, invalid={"s@example.com"}) as fake:
         monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
         monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
@@ -101,6 +62,34 @@ def test_a_reader_bounced_by_the_answer_just_before_is_left_out_of_the_next_requ
         finally:
             provider.close()
         tried = [parseaddr(m["To"])[1] for r in fake.batch_requests() for m in r.body]
+    return tried, report, left
+
+
+@pytest.mark.parametrize("limit", [None, 10])
+def test_a_reader_bounced_by_an_answer_gets_no_later_request_of_the_run(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """One reader per request: a1, a2, s of one series, then a1, s of a second. The
+    provider refuses s's address (Postmark 300, "Error parsing 'To'"), which bounces
+    s: the second series' part never goes to s."""
+    readers = {"attachment": ["a1", "a2", "s"], "second": ["a1", "s"]}
+    tried, report, left = send_two_series(example_copy, monkeypatch, readers, limit)
+    assert tried.count("s@example.com") == 1, tried
+    assert sorted(tried) == sorted(
+        ["a1@example.com", "a2@example.com", "s@example.com", "a1@example.com"]
+    ), tried
+    assert report.failed == 1 and left == 0
+
+
+@pytest.mark.parametrize("limit", [None, 10])
+def test_a_reader_bounced_by_the_answer_just_before_is_left_out_of_the_next_request(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """s is the last request of one series and the first of the next, which may be
+    claimed and built while the bouncing request is on its way: s is given back from
+    it before it goes, and nothing is left claimed."""
+    readers = {"attachment": ["a1", "s"], "second": ["s", "a2"]}
+    tried, report, left = send_two_series(example_copy, monkeypatch, readers, limit)
     assert tried.count("s@example.com") == 1, tried
     assert sorted(set(tried)) == ["a1@example.com", "a2@example.com", "s@example.com"]
     assert report.failed == 1 and left == 0
