@@ -110,7 +110,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     # request goes: its recording is its own CPU, which would only take turns with the
     # sending thread for the interpreter (`bench/send.py`, 100,000 messages, 1 worker:
     # 21.5 against 18.5 CPU seconds; with 2 workers, 17.0 against 17.9 s wall).
-    overlap = run.store.dialect == "postgresql" or run.workers > 1
     # On PostgreSQL the recording has a thread of its own (`_Recorder`), so that the
     # loop claims and builds the next request meanwhile: the recording is mostly
     # waiting for the server, which leaves the interpreter to the loop (30,000
@@ -118,6 +117,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     # several SQLite workers it stays in the loop: there a third thread only took
     # turns for the interpreter (2 workers, 100,000 messages: 16.8 against 15.6 s).
     recording_thread = run.store.dialect == "postgresql"
+    overlap = recording_thread or run.workers > 1
     sender, recording = run.threads()
     in_flight: _Batch | None = None
     recorder = _Recorder(run, recording if recording_thread else None)
@@ -393,14 +393,13 @@ def _drop_changed(run: Run, batch: _Batch, answered: _Answered) -> None:
     if not changed_keys:
         return
     changed = {c.enrollment.subscriber_id for c in finished.claims if c.key in changed_keys}
-    keep = [i for i, c in enumerate(batch.claims) if c.enrollment.subscriber_id not in changed]
-    if len(keep) == len(batch.claims):
+    gone = {i for i, c in enumerate(batch.claims) if c.enrollment.subscriber_id in changed}
+    if not gone:
         return
-    dropped = [c for c in batch.claims if c.enrollment.subscriber_id in changed]
-    batch.claims = [batch.claims[i] for i in keep]
-    batch.messages = [batch.messages[i] for i in keep]
-    _release(run, dropped)
-    run.report.skipped += len(dropped)
+    _release(run, [batch.claims[i] for i in sorted(gone)])
+    batch.claims = [c for i, c in enumerate(batch.claims) if i not in gone]
+    batch.messages = [m for i, m in enumerate(batch.messages) if i not in gone]
+    run.report.skipped += len(gone)
 
 
 def _release(run: Run, claims: Sequence[Claim]) -> None:

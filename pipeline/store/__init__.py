@@ -230,11 +230,9 @@ def _ping_after_idle(engine: Engine) -> None:
         if since is None or time.monotonic() - since < IDLE_PING:
             return
         try:
-            alive = engine.dialect.do_ping(dbapi_conn)
+            engine.dialect.do_ping(dbapi_conn)  # True, or the driver's error
         except Exception as exc:
             raise sa.exc.DisconnectionError("the pooled connection was closed") from exc
-        if not alive:
-            raise sa.exc.DisconnectionError("the pooled connection was closed")
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
