@@ -220,7 +220,7 @@ def before_the_claim(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]
 
     @contextlib.contextmanager
     def begin(self: Store) -> Iterator[Any]:
-        if not ran.is_set() and any(f.function == "_claim" for f in inspect.stack()[:4]):
+        if not ran.is_set() and any(f.function == "_take" for f in inspect.stack()[:4]):
             ran.set()
             action()
         with real_begin(self) as conn:
