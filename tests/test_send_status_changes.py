@@ -1,7 +1,8 @@
 """A reader whose address the provider refuses (a bounce) is marked bounced from that
 answer on: no later request of the same run goes to them, in another series either,
 on both databases and however the run streams its requests (PostgreSQL records each
-answer beside the send loop)."""
+answer beside the send loop). And a run the provider stops refusing its token midway
+leaves nothing claimed."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import shutil
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from pipeline.config import load_config
-from pipeline.providers import get_provider
+from pipeline.providers import ProviderError, get_provider
 from pipeline.send import SendOptions, SendReport, send_due
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries
@@ -93,3 +95,54 @@ def test_a_reader_bounced_by_the_answer_just_before_is_left_out_of_the_next_requ
     assert tried.count("s@example.com") == 1, tried
     assert sorted(set(tried)) == ["a1@example.com", "a2@example.com", "s@example.com"]
     assert report.failed == 1 and left == 0
+
+
+def test_a_token_refused_mid_run_leaves_nothing_claimed(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postmark refuses the server token from the third request on (one reader each):
+    the run stops with the refusal, and what it had claimed but not sent, on PostgreSQL
+    also the request claimed ahead while the refused one was built, is given back
+    rather than left claimed for a lease. The next run sends the rest, once each.
+    (160 readers: a PostgreSQL run sends its readers in 16 shares by enrollment id, and
+    claims ahead only within one.)"""
+    configure(example_copy, 'provider = "postmark"', "[tool.series.postmark]\nbatch_size = 1")
+    names = [f"r{i:03}" for i in range(160)]
+    csv = example_copy / "readers.csv"
+    rows = "".join(f"{n}@example.com,attachment\n" for n in names)
+    csv.write_text("email,series\n" + rows, encoding="utf-8")
+    code, out, err = run(example_copy, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
+    assert code == 0, out + err
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        config = load_config(example_copy)
+        provider = get_provider("postmark", config)
+        real_send = provider.send
+
+        def send(*args: Any, **kwargs: Any) -> Any:
+            if len(fake.batch_requests()) == 2:
+                fake.token = "revoked"
+            return real_send(*args, **kwargs)
+
+        monkeypatch.setattr(provider, "send", send)
+        try:
+            with open_store(example_copy) as store:
+                with pytest.raises(ProviderError, match="refused the server token"):
+                    send_due(config, store, provider, SendOptions(now=MONDAY))
+                with store.connect() as conn:
+                    states = dict(
+                        conn.execute(
+                            sa.select(deliveries.c.state, sa.func.count()).group_by(
+                                deliveries.c.state
+                            )
+                        ).all()
+                    )
+        finally:
+            provider.close()
+        assert states == {"sent": 2}, states
+        fake.token = POSTMARK_TOKEN
+        code, out, err = run(example_copy, "send", "--now", MONDAY.isoformat())
+        assert code == 0 and out.startswith("sent 158, failed 0"), out + err
+        accepted = [parseaddr(record["to"])[1] for record in fake.accepted]
+    assert sorted(accepted) == [f"{n}@example.com" for n in names]
