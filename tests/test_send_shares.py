@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,7 +25,9 @@ from pipeline.send.planning import SHARES, _share_marker
 from pipeline.store import ledger, open_store
 from pipeline.store.schema import deliveries, enrollments
 
-from .helpers import import_readers, run
+from .conftest import POSTMARK_TOKEN
+from .fake_postmark import FakePostmark
+from .helpers import configure, import_readers, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 HELD = 3  # the share the other run holds
@@ -155,16 +158,50 @@ def test_a_share_held_longer_than_the_wait_is_sent_beside_its_holder(
     assert took < 30
 
 
-def test_every_share_is_sent_through_the_same_two_threads_which_end_with_the_run(
+def test_a_run_alone_takes_the_shares_in_parts_of_about_a_send_group(
     postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A PostgreSQL run sends share after share: one sending thread and one recording
-    thread, started once, serve them all, and neither is left running after the run."""
+    """48 readers and a send group of 12: 4 parts of 4 shares, each share in one of
+    them (a part starts the stream of requests anew); one part when the group holds
+    them all."""
+    import pipeline.send
+    from pipeline.send import planning
+
+    parts: list[tuple[int, ...]] = []
+    real_plan_chunks = planning.plan_chunks
+
+    def plan_chunks(*args: Any, **kwargs: Any) -> Any:
+        shard = args[2] if len(args) > 2 else kwargs.get("shard")
+        parts.append(shard[0])
+        return real_plan_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.send, "plan_chunks", plan_chunks)
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 12)
+    import_readers(postgres_workspace, 48)
+    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+    assert code == 0 and out.startswith("sent 48, failed 0"), out + err
+    assert [len(part) for part in parts] == [4, 4, 4, 4], parts
+    assert sorted(share for part in parts for share in part) == list(range(SHARES))
+    parts.clear()
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 20_000)
+    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+    assert code == 0 and out.startswith("sent 0, failed 0"), out + err
+    assert [sorted(part) for part in parts] == [list(range(SHARES))]
+
+
+def test_every_part_is_sent_through_the_same_threads_which_end_with_the_run(
+    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL run sends part after part of the list (a send group of 12, 48
+    readers: 4 parts): one sending, one recording and one claiming thread, started
+    once, serve them all, and none is left running after the run."""
     import importlib
 
+    import pipeline.send
+
     deliver = importlib.import_module("pipeline.send.deliver")  # not the function
-    used: dict[str, set[int]] = {"send": set(), "record": set()}
-    real_send, real_record = deliver.send_batch, deliver._record
+    used: dict[str, set[int]] = {"send": set(), "record": set(), "claim": set()}
+    real_send, real_record, real_take = deliver.send_batch, deliver._record, deliver._take
 
     def send_batch(*args: object, **kwargs: object) -> object:
         used["send"].add(threading.get_ident())
@@ -174,12 +211,26 @@ def test_every_share_is_sent_through_the_same_two_threads_which_end_with_the_run
         used["record"].add(threading.get_ident())
         return real_record(*args)
 
+    def take(*args: Any) -> object:
+        if threading.current_thread() is not threading.main_thread():
+            used["claim"].add(threading.get_ident())
+        return real_take(*args)
+
     monkeypatch.setattr(deliver, "send_batch", send_batch)
     monkeypatch.setattr(deliver, "_record", record)
+    monkeypatch.setattr(deliver, "_take", take)
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 12)
+    settings = 'provider = "postmark"\nworkers = 1'  # one process: its threads are seen
+    configure(postgres_workspace, settings, "[tool.series.postmark]\nbatch_size = 2")
     import_readers(postgres_workspace, 48)
-    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
+        monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
+        code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
     assert code == 0 and out.startswith("sent 48, failed 0"), out + err
-    assert len(used["send"]) == 1 and len(used["record"]) == 1
-    assert used["send"] != used["record"] != {threading.get_ident()}
+    assert len(fake.batch_requests()) == 24
+    assert [len(ids) for ids in used.values()] == [1, 1, 1], used
+    threads = set.union(*used.values())
+    assert len(threads) == 3 and threading.get_ident() not in threads
     left = [t.name for t in threading.enumerate() if t.name.startswith("series-")]
     assert left == []

@@ -1,7 +1,7 @@
 """A reader whose address the provider refuses (a bounce) is marked bounced from that
 answer on: no later request of the same run goes to them, in another series either,
 on both databases and however the run streams its requests (PostgreSQL records each
-answer beside the send loop). And a run the provider stops refusing its token midway
+answer beside the send loop). And a run whose token the provider starts refusing midway
 leaves nothing claimed."""
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None
     if options.on_total:
         options.on_total(to_plan(run, series_list))
     for series in series_list:
-        for share in shares(run, series):
+        for share in shares(run, series, SEND_GROUP):
             _deliver_share(run, series_list, series, share)
             if run.stopped():
                 return

@@ -28,6 +28,7 @@ from ..content import Series
 from ..errors import SeriesError
 from ..providers import ProviderError, get_provider
 from ..store import ledger, open_store
+from ..store.ledger import Shard
 from .deliver import deliver
 from .limiter import RateLimiter
 from .planning import mark_planned, needs_full_plan, plan_chunks, to_plan
@@ -71,7 +72,7 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
     parent = os.getpid()
     children = [
         context.Process(
-            target=_worker, args=(run, series_list, (k, workers), events, parent), daemon=True
+            target=_worker, args=(run, series_list, ((k,), workers), events, parent), daemon=True
         )
         for k in range(workers)
     ]
@@ -138,7 +139,7 @@ def _stop_all(children: Sequence[multiprocessing.process.BaseProcess]) -> None:
 def _worker(
     run: Run,
     series_list: Sequence[Series],
-    shard: tuple[int, int],
+    shard: Shard,
     events: multiprocessing.queues.Queue[tuple[Any, ...]],
     parent: int,
 ) -> None:

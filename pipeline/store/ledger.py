@@ -103,7 +103,12 @@ def setting(conn: Connection, key: str) -> str:
     return str(conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar_one())
 
 
-def _active(series: str, shard: tuple[int, int] | None) -> list[Any]:
+# Part of a list, by enrollment id: (remainders, n), the enrollments whose id modulo n
+# is one of the remainders (a worker process's, or the shares a PostgreSQL run holds).
+Shard = tuple[tuple[int, ...], int]
+
+
+def _active(series: str, shard: Shard | None) -> list[Any]:
     conditions = [
         enrollments.c.series == series,
         subscribers.c.status == "active",
@@ -111,8 +116,12 @@ def _active(series: str, shard: tuple[int, int] | None) -> list[Any]:
         enrollments.c.unsubscribed_at.is_(None),
     ]
     if shard is not None:
-        index, count = shard
-        conditions.append(enrollments.c.id % count == index)
+        remainders, count = shard
+        remainder = enrollments.c.id % count
+        if len(remainders) == 1:
+            conditions.append(remainder == remainders[0])
+        else:
+            conditions.append(remainder.in_(remainders))
     return conditions
 
 
@@ -172,14 +181,14 @@ def iter_enrollments(
     *,
     now: datetime,
     everything: bool,
-    shard: tuple[int, int] | None = None,
+    shard: Shard | None = None,
     chunk: int | None = None,
 ) -> Iterator[list[Enrollment]]:
     """Active enrollments of a series in chunks, each with its ledger.
 
     ``everything`` false: only those that need a look now (never planned, or their
-    wake-up time has come), found through the indexes. ``shard`` (k, n): only the
-    enrollments whose id is k modulo n, for one of n worker processes.
+    wake-up time has come), found through the indexes. ``shard`` (remainders, n): only
+    the enrollments whose id modulo n is one of the remainders (`Shard`).
     """
     base = (
         sa.select(
