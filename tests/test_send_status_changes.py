@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from pipeline.config import load_config
 from pipeline.providers import ProviderError, get_provider
 from pipeline.send import SendOptions, SendReport, send_due
-from pipeline.store import open_store
+from pipeline.store import ledger, open_store
 from pipeline.store.schema import deliveries
 
 from .conftest import POSTMARK_TOKEN
@@ -31,14 +31,20 @@ pytestmark = pytest.mark.usefixtures("each_database")
 
 
 def send_two_series(
-    root: Path, monkeypatch: pytest.MonkeyPatch, readers: dict[str, list[str]], limit: int | None
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    readers: dict[str, list[str]],
+    limit: int | None,
+    batch_size: int = 1,
 ) -> tuple[list[str], SendReport, int]:
-    """One send through the fake Postmark, one reader per request, of two series (the
-    example's, and a copy named "second") to READERS (series -> names, each
+    """One send through the fake Postmark, ``batch_size`` readers per request, of two
+    series (the example's, and a copy named "second") to READERS (series -> names, each
     NAME@example.com); Postmark refuses s@example.com. Returns the addresses of the
-    requests in order, the report, and how many deliveries are left claimed."""
+    requests in order, the report, and how many deliveries are left claimed. Checks
+    that every delivery sent records the key of the request it went in."""
     shutil.copytree(root / "series" / "attachment", root / "series" / "second")
-    configure(root, 'provider = "postmark"', "[tool.series.postmark]\nbatch_size = 1")
+    settings = f"[tool.series.postmark]\nbatch_size = {batch_size}"
+    configure(root, 'provider = "postmark"', settings)
     for series, names in readers.items():
         csv = root / f"{series}.csv"
         csv.write_text(
@@ -61,9 +67,21 @@ def send_two_series(
                         .select_from(deliveries)
                         .where(deliveries.c.state == "claimed")
                     ).scalar_one()
+                    recorded = dict(
+                        conn.execute(
+                            sa.select(deliveries.c.delivery_key, deliveries.c.batch).where(
+                                deliveries.c.state == "sent"
+                            )
+                        ).all()
+                    )
         finally:
             provider.close()
-        tried = [parseaddr(m["To"])[1] for r in fake.batch_requests() for m in r.body]
+        requests = [r.body for r in fake.batch_requests()]
+    tried = [parseaddr(m["To"])[1] for body in requests for m in body]
+    for body in requests:
+        keys = [m["Metadata"]["delivery_key"] for m in body]
+        sent = [key for key in keys if key in recorded]
+        assert {recorded[key] for key in sent} <= {ledger.batch_key(keys)}, body
     return tried, report, left
 
 
@@ -94,6 +112,21 @@ def test_a_reader_bounced_by_the_answer_just_before_is_left_out_of_the_next_requ
     tried, report, left = send_two_series(example_copy, monkeypatch, readers, limit)
     assert tried.count("s@example.com") == 1, tried
     assert sorted(set(tried)) == ["a1@example.com", "a2@example.com", "s@example.com"]
+    assert report.failed == 1 and left == 0
+
+
+def test_a_request_that_loses_a_bounced_reader_records_its_new_key(
+    example_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two readers per request, with --limit (one stream for both series): s is in the
+    first request and in the next, whose gate ran while the first was on its way. The
+    first answer bounces s, who leaves the next request: its gate runs again, so that
+    a2's delivery records the key of the request it went in (the key a later run
+    repeats it under), not the one it was to go in with s."""
+    readers = {"attachment": ["a1", "s"], "second": ["s", "a2"]}
+    tried, report, left = send_two_series(example_copy, monkeypatch, readers, 10, batch_size=2)
+    assert tried.count("s@example.com") == 1, tried
+    assert sorted(tried) == ["a1@example.com", "a2@example.com", "s@example.com"], tried
     assert report.failed == 1 and left == 0
 
 

@@ -316,6 +316,12 @@ class Provider(ABC):
         """Send up to ``batch_size`` messages; one result per message, in order.
         ``batch_key`` names this batch: the same messages always get the same key."""
 
+    def prepare(self, message: Message) -> None:  # noqa: B027  (optional hook)
+        """Do ahead what ``send`` will need of ``message`` and keeps with it (the send
+        loop calls it as it builds each message, while the request before is on its
+        way). Raises what building that part of the request raises: that message
+        alone fails."""
+
     def lookup(self, pending: Sequence[Pending]) -> dict[str, str | None]:
         """For deliveries whose outcome is unknown: the provider's message id of each one
         it has, by delivery key (None where it has none). A key left out was not checked

@@ -180,6 +180,11 @@ class PostmarkProvider(Provider):
     def close(self) -> None:
         self.http.close()
 
+    def prepare(self, message: Message) -> None:
+        """The parts as JSON (kept by the message's merge): the longest work of a
+        request's body, done while the request before is on its way."""
+        message.json_bodies()
+
     def _payload(self, message: Message) -> dict[str, Any]:
         html, text = message.json_bodies()
         payload: dict[str, Any] = {

@@ -124,6 +124,11 @@ class ResendProvider(Provider):
             raise self._error(response, "the batch")
         return in_order(messages, self._results(ready, _json(response)), refused)
 
+    def prepare(self, message: Message) -> None:
+        """The parts as JSON (kept by the message's merge): the longest work of a
+        request's body, done while the request before is on its way."""
+        message.json_bodies()
+
     def _payload(self, message: Message) -> dict[str, Any]:
         html, text = message.json_bodies()
         payload: dict[str, Any] = {
