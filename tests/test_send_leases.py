@@ -189,52 +189,6 @@ def test_a_run_does_not_send_once_its_own_lease_has_run_out(
     assert set(per_reader(postmark).values()) == {1}
 
 
-def test_a_gate_run_before_a_slow_answer_is_run_again_once_it_is_in(
-    postmark_example: Path, postmark: FakePostmark, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two requests of 10. The second's gate runs while the first is on its way; the
-    first's answer then takes 16 minutes of the run's clock, past the 15-minute lease,
-    with no backoff. The second request goes through its gate again: its claims ran
-    out, so it is not sent (given back untouched) and the next run sends it."""
-    import importlib
-
-    deliver = importlib.import_module("pipeline.send.deliver")  # not the function
-    configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
-    import_readers(postmark_example, 14)  # with the six example readers: 20
-    gated = Event()
-    real_gate_ahead = deliver._gate_ahead
-
-    def gate_ahead(*args: Any) -> None:
-        real_gate_ahead(*args)
-        gated.set()
-
-    monkeypatch.setattr(deliver, "_gate_ahead", gate_ahead)
-    clock = [0.0]
-    config = load_config(postmark_example)
-    provider = get_provider("postmark", config)
-    real_send = provider.send
-
-    def send(messages: Any, *, batch_key: str) -> Any:
-        results = real_send(messages, batch_key=batch_key)
-        if len(postmark.batch_requests()) == 1:
-            assert gated.wait(30), "the second request's gate never ran ahead"
-            clock[0] += 16 * 60
-        return results
-
-    provider.send = send  # type: ignore[method-assign]
-    with open_store(postmark_example) as store:
-        options = SendOptions(now=MONDAY, monotonic=lambda: clock[0])
-        report = send_due(config, store, provider, options)
-    provider.close()
-
-    assert (report.sent, report.skipped) == (10, 10)
-    assert report.problems[0].startswith("10 deliveries of attachment were not sent: this")
-    assert len(postmark.batch_requests()) == 1
-    later = (MONDAY + timedelta(minutes=20)).isoformat()
-    assert run(postmark_example, "send", "--now", later)[1].startswith("sent 10,")
-    assert len(per_reader(postmark)) == 20 and set(per_reader(postmark).values()) == {1}
-
-
 def test_the_lease_length_is_an_option_of_the_run(
     postmark_example: Path, postmark: FakePostmark
 ) -> None:

@@ -119,10 +119,10 @@ def test_a_request_that_loses_a_bounced_reader_records_its_new_key(
     example_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two readers per request, with --limit (one stream for both series): s is in the
-    first request and in the next, whose gate ran while the first was on its way. The
-    first answer bounces s, who leaves the next request: its gate runs again, so that
-    a2's delivery records the key of the request it went in (the key a later run
-    repeats it under), not the one it was to go in with s."""
+    first request and in the next, claimed while the first was on its way. The first
+    answer bounces s, who leaves the next request: a2's delivery records the key of the
+    request it went in (the key a later run repeats it under), not the one it was
+    claimed under with s."""
     readers = {"attachment": ["a1", "s"], "second": ["s", "a2"]}
     tried, report, left = send_two_series(example_copy, monkeypatch, readers, 10, batch_size=2)
     assert tried.count("s@example.com") == 1, tried

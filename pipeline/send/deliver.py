@@ -76,9 +76,6 @@ class _Batch:
     # Counted by `_build` (in the loop's thread) for a claim that may run in another:
     skipped: int = 0  # readers another run had claimed, or no longer active
     unseen: int = 0  # readers outside their send window when claimed
-    # When its gate let it through, before the answer to the request before it was in:
-    # (the run's monotonic clock, `Run.waits` then); None: not yet, or it changed since.
-    gated: tuple[float, int] | None = None
 
     @property
     def key(self) -> str:
@@ -129,10 +126,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     # (py-spy, 30,000 messages). Not under a rate limit: there the limiter's wait comes
     # before each claim, and the rate, not the loop, sets the pace.
     claim_ahead = recording_thread and not run.limiter.rate
-    # Without a rate limit, a request's first gate also runs before the answer to the
-    # one before is in, so that the sending thread goes on with it at once (its gate
-    # took 8 ms of each 150 on PostgreSQL, with the sending thread waiting).
-    gate_ahead = not run.limiter.rate
     sender, recording, claimer = run.threads()
     in_flight: _Batch | None = None
     claiming: Future[_Batch] | None = None  # the next request's claim, under way
@@ -150,8 +143,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
             if claim_ahead and index + 1 < len(batches) and not run.stopping():
                 claiming = claimer.submit(_take, run, *batches[index + 1])
             _build(run, batch)
-            if gate_ahead and in_flight is not None and batch.claims:
-                _gate_ahead(run, batch)
             answered: _Answered | None = None
             if in_flight is not None:
                 finished, in_flight = in_flight, None
@@ -179,15 +170,12 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 # gate runs here, so its transaction never waits on this thread's.
                 run.limiter.charge(len(batch.claims))  # the rate limit, as it goes
                 try:
-                    if not _still_gated(run, batch):
-                        _hand_over(run, batch, False)
+                    messages, key = _hand_over(run, batch, False)
                 except Withheld as exc:
                     _withheld(run, batch, exc)
                 else:
                     gate = functools.partial(_hand_over, run, batch)
-                    batch.result = sender.submit(
-                        send_batch, run, batch.messages, batch.key, gate, gated=True
-                    )
+                    batch.result = sender.submit(send_batch, run, messages, key, gate, gated=True)
                     in_flight = batch
             recorder.record(answered)
             answered = None  # its messages go now, not once the next batch is built
@@ -269,34 +257,6 @@ def _give_back_quietly(run: Run, claiming: Future[_Batch] | None) -> None:
         _give_back(run, claiming)
     except Exception:
         log.debug("giving back the claim made ahead failed too", exc_info=True)
-
-
-def _gate_ahead(run: Run, batch: _Batch) -> None:
-    """The first gate of a request (`_hand_over`), run while the request before it is
-    on its way. What it withholds is given back at once, and the batch left empty."""
-    try:
-        _hand_over(run, batch, False)
-    except Withheld as exc:
-        _withheld(run, batch, exc)
-        batch.claims, batch.messages = [], []
-    else:
-        batch.gated = (run.options.monotonic(), run.waits)
-
-
-# How long the word of a gate run ahead (`_gate_ahead`) holds, in seconds: the answer
-# to the request before usually comes within a fraction of that.
-GATE_HOLDS = 1.0
-
-
-def _still_gated(run: Run, batch: _Batch) -> bool:
-    """Whether the gate run ahead for ``batch`` still speaks for it, now that the request
-    before is answered: less than ``GATE_HOLDS`` ago, the run has not waited since (a
-    backoff, during which another run may take the claims over once their lease is
-    out), and nothing of the request changed (`_drop_changed`)."""
-    if batch.gated is None:
-        return False
-    moment, waits = batch.gated
-    return run.options.monotonic() - moment < GATE_HOLDS and run.waits == waits
 
 
 def _held(run: Run, series: Series, enrollment: Enrollment, opening: datetime) -> Bookmark:
@@ -497,7 +457,6 @@ def _drop_changed(run: Run, batch: _Batch, answered: _Answered) -> None:
     _release(run, [batch.claims[i] for i in sorted(gone)])
     batch.claims = [c for i, c in enumerate(batch.claims) if i not in gone]
     batch.messages = [m for i, m in enumerate(batch.messages) if i not in gone]
-    batch.gated = None  # the request changed: its key is to be recorded again
     run.report.skipped += len(gone)
 
 

@@ -294,7 +294,6 @@ class Run:
         # Set when the provider stopped the run after a request that may have gone
         # through: that batch is recorded unknown first, then the run stops.
         self.halt: ProviderError | None = None
-        self.waits = 0  # how many times the run has waited (`sleep`): a backoff, its rate
         self.workers = 1  # processes sending this run's share (set in each worker)
         self.started = options.monotonic()
         self._signer: Signer | None = None
@@ -329,7 +328,6 @@ class Run:
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` (a rate limit, a backoff), cut short when the run is asked to
         stop: a run waiting minutes for its rate never keeps a SIGTERM waiting."""
-        self.waits += 1
         if self.options.sleep is not None:
             self.options.sleep(seconds)
             return
