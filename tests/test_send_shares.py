@@ -158,6 +158,34 @@ def test_a_share_held_longer_than_the_wait_is_sent_beside_its_holder(
     assert took < 30
 
 
+def test_shares_held_elsewhere_are_waited_for_once_for_all(
+    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session holds six shares (a run stuck in a hung request holds every share
+    it took together): the run waits SHARE_WAIT (here 1 s) once for all of them, then
+    sends them beside their holder, not a second per share."""
+    import time
+
+    from pipeline.send import planning
+
+    monkeypatch.setattr(planning, "SHARE_WAIT", 1.0)
+    import_readers(postgres_workspace, 48)
+    engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
+    key = zlib.crc32(b"attachment") & 0x7FFFFFFF
+    try:
+        with engine.connect() as other:
+            for share in range(6):
+                assert other.execute(sa.select(sa.func.pg_try_advisory_lock(key, share))).scalar()
+            other.commit()
+            started = time.monotonic()
+            code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+            took = time.monotonic() - started
+    finally:
+        engine.dispose()
+    assert code == 0 and out.startswith("sent 48, failed 0"), out + err
+    assert 1.0 <= took < 4.0, took
+
+
 def test_a_run_alone_takes_the_shares_in_parts_of_about_a_send_group(
     postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

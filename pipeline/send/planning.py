@@ -95,7 +95,7 @@ def to_plan(run: Run, series_list: Sequence[Series]) -> int:
 # `series send` takes the shares no other run is working on first.
 SHARES = 16
 SHARE_POLL = 0.1  # seconds between looks at a share another run holds
-SHARE_WAIT = 60.0  # seconds a run waits for such a share before working on it anyway
+SHARE_WAIT = 60.0  # seconds a run waits for such shares before working on them anyway
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,10 @@ def shares(run: Run, series: Series, group: int) -> Iterator[Share]:
     with a session advisory lock while this run works on it; a share another run holds
     is left for the end, so that concurrent runs share the work instead of racing for
     the same claims. The claims still decide who sends what: the locks only spread
-    the work. So a share held longer than ``SHARE_WAIT`` at the end is worked on all
-    the same: its holder may be stuck (a hung request, a backoff), and the deliveries
-    whose lease it let run out are this run's to send (DESIGN §7), not to wait for.
+    the work. So the shares still held ``SHARE_WAIT`` after this run is through with
+    the others (one wait for all of them) are worked on all the same: their holder may
+    be stuck (a hung request, a backoff), and the deliveries whose lease it let run out
+    are this run's to send (DESIGN §7), not to wait for.
 
     Free shares are taken together, as many as hold about ``group`` enrollments to look
     at (`_unit_size`): each part starts the send loop's stream of requests anew and
@@ -188,8 +189,11 @@ def shares(run: Run, series: Series, group: int) -> Iterator[Share]:
                 unit = []
         if unit:
             yield from work(unit)
+        # One wait for them all: a run stuck in a hung request may hold many shares (it
+        # takes them together), and a wait for each would add up to many minutes.
+        deadline = time.monotonic() + SHARE_WAIT
         for share in busy:
-            locked = lock(share, wait=SHARE_WAIT)
+            locked = lock(share, wait=max(0.0, deadline - time.monotonic()))
             if run.stopping():
                 if locked:
                     unlock(share)
