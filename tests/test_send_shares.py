@@ -199,7 +199,7 @@ def test_a_run_alone_takes_the_shares_in_parts_of_about_a_send_group(
     real_plan_chunks = planning.plan_chunks
 
     def plan_chunks(*args: Any, **kwargs: Any) -> Any:
-        shard = args[2] if len(args) > 2 else kwargs.get("shard")
+        shard = args[2] if len(args) > 2 else kwargs["shard"]
         parts.append(shard[0])
         return real_plan_chunks(*args, **kwargs)
 

@@ -164,7 +164,7 @@ def test_a_token_refused_mid_run_leaves_nothing_claimed(
                 with pytest.raises(ProviderError, match="refused the server token"):
                     send_due(config, store, provider, SendOptions(now=MONDAY))
                 with store.connect() as conn:
-                    states = dict(
+                    states: dict[str, int] = dict(
                         conn.execute(
                             sa.select(deliveries.c.state, sa.func.count()).group_by(
                                 deliveries.c.state
