@@ -62,7 +62,10 @@ def measure(code: Path, readers: int) -> dict[str, float]:
             recorded = time.process_time()
             later = now + timedelta(days=3)
             with store.begin() as conn:
-                ledger.save_bookmarks(conn, [(c.enrollment.id, later, "v", None) for c in claims])
+                ledger.save_bookmarks(
+                    conn,
+                    [(c.enrollment.id, c.enrollment.revision, later, "v", None) for c in claims],
+                )
             spent["claim"] += claimed - began
             spent["record"] += recorded - claimed
             spent["bookmarks"] += time.process_time() - recorded

@@ -124,6 +124,9 @@ class Enrollment:
     # Where an editor moved the reader (an article slug) and when; None: never moved.
     moved_to: str | None = None
     moved_at: datetime | None = None
+    # The enrollment's change counter as read (``enrollments.revision``): the bookmark
+    # is written only where it still holds this value. Not read by the planner.
+    revision: int = 0
 
     def plan_key(self, without: str | None = None) -> tuple[object, ...]:
         """Everything ``next_step`` reads of this enrollment (not who the reader is):

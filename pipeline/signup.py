@@ -35,7 +35,7 @@ from .signup_tokens import ConfirmSigner
 from .store import Store
 from .store.ledger import record_status
 from .store.linkkeys import record_signing_key
-from .store.schema import enrollments, signups, subscribers, suppressions
+from .store.schema import enrollments, replanned, signups, subscribers, suppressions
 from .subscribers import LOCAL_PART_LIMIT, sendable_email
 
 ACTOR = "web:signup"
@@ -370,14 +370,14 @@ def _join(
         conn.execute(
             enrollments.update()
             .where(enrollments.c.id == enrolled.id)
-            .values(unsubscribed_at=None, plan_version=None)
+            .values(unsubscribed_at=None, **replanned())
         )
         if joined == "already":
             _audit(conn, subscriber_id, "unsubscribed", row.series, consent, now)
         return "rejoined"
     if joined == "rejoined":
         conn.execute(
-            enrollments.update().where(enrollments.c.id == enrolled.id).values(plan_version=None)
+            enrollments.update().where(enrollments.c.id == enrolled.id).values(**replanned())
         )
     return joined
 

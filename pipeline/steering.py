@@ -20,7 +20,7 @@ from .content import Article, Series
 from .plan import PAST, Enrollment, LedgerEntry, Step, next_step
 from .store import Store
 from .store.ledger import record_status
-from .store.schema import deliveries, enrollments, subscribers
+from .store.schema import deliveries, enrollments, replanned, subscribers
 from .subscribers import SubscriberError, find
 
 # Ledger states a move refuses to touch: a run is sending it, or its outcome is open.
@@ -90,7 +90,7 @@ def set_paused(
             conn.execute(
                 enrollments.update()
                 .where(enrollments.c.id == row.id)
-                .values(paused=paused, plan_version=None)
+                .values(paused=paused, **replanned())
             )
             record_status(
                 conn,
@@ -200,7 +200,7 @@ def move(
         conn.execute(
             enrollments.update()
             .where(enrollments.c.id == row.id)
-            .values(moved_to=target.slug, moved_at=now, plan_version=None, completed_at=None)
+            .values(moved_to=target.slug, moved_at=now, completed_at=None, **replanned())
         )
         reason = f"to part {target.part} '{target.slug}'"
         if skipped:

@@ -29,6 +29,7 @@ from .store.schema import (
     STATUSES,
     deliveries,
     enrollments,
+    replanned,
     signups,
     status_changes,
     subscribers,
@@ -303,7 +304,7 @@ def enroll(
         conn.execute(
             enrollments.update()
             .where(enrollments.c.id == existing.id)
-            .values(unsubscribed_at=None, plan_version=None)
+            .values(unsubscribed_at=None, **replanned())
         )
         record_status(
             conn, subscriber_id, "unsubscribed", "active", actor=actor, now=now, series=series
@@ -319,7 +320,7 @@ def replan(conn: Connection, subscriber_ids: Sequence[int]) -> None:
         conn.execute(
             enrollments.update()
             .where(enrollments.c.subscriber_id.in_(subscriber_ids))
-            .values(plan_version=None)
+            .values(**replanned())
         )
 
 

@@ -145,9 +145,9 @@ def test_a_batch_is_claimed_recorded_and_bookmarked_alike_on_both_databases(
         ledger.save_bookmarks(
             conn,
             [
-                (due[0].enrollment.id, wake, "v1", None),
-                (due[1].enrollment.id, None, "v1", NOW),
-                (due[2].enrollment.id, None, "v2", None),
+                (due[0].enrollment.id, 0, wake, "v1", None),
+                (due[1].enrollment.id, 0, None, "v1", NOW),
+                (due[2].enrollment.id, 0, None, "v2", None),
             ],
         )
     marks = by_first(
@@ -175,7 +175,7 @@ def test_a_batch_with_no_message_ids_errors_or_times_is_recorded(
         ledger.record(
             conn, [(c, "unknown", None, None) for c in claims], token="t", now=NOW, sent_at=NOW
         )
-        ledger.save_bookmarks(conn, [(d.enrollment.id, None, "v", None) for d in due])
+        ledger.save_bookmarks(conn, [(d.enrollment.id, 0, None, "v", None) for d in due])
     assert {r[:7] for r in ledger_rows(store).values()} == {
         ("unknown", 1, None, None, None, None, None)
     }
@@ -326,7 +326,7 @@ def test_bookmarks_in_the_hour_a_dst_change_repeats_keep_their_own_instants(
     edt = datetime(2026, 11, 1, 1, 30, tzinfo=zone)
     est = datetime(2026, 11, 1, 1, 30, tzinfo=zone, fold=1)
     with store.begin() as conn:
-        ledger.save_bookmarks(conn, [(first, edt, "v", None), (second, est, "v", None)])
+        ledger.save_bookmarks(conn, [(first, 0, edt, "v", None), (second, 0, est, "v", None)])
     with store.connect() as conn:
         wake = dict(conn.execute(sa.select(enrollments.c.id, enrollments.c.next_due_at)).all())
     assert wake == {

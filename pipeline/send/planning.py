@@ -19,7 +19,8 @@ from ..store import ledger
 from ..store.ledger import Due, Shard
 from .run import Planned, PlannedRows, Run, SendReport
 
-Bookmark = tuple[int, datetime | None, str, datetime | None]
+# (enrollment id, its revision as read, next wake-up, plan version, completed at).
+Bookmark = tuple[int, int, datetime | None, str, datetime | None]
 T = TypeVar("T")
 
 
@@ -270,9 +271,11 @@ def mark_planned(run: Run, full: Sequence[Series]) -> None:
 
 
 def bookmark(enrollment: Enrollment, step: Step, version: str, now: datetime) -> Bookmark:
-    """(enrollment id, next wake-up, plan version, completed at) for `save_bookmarks`."""
+    """(enrollment id, revision read, next wake-up, plan version, completed at) for
+    `save_bookmarks`, which writes it only if nobody changed the enrollment since it
+    was read."""
     completed = now if step.kind == "complete" else None
-    return (enrollment.id, step.wake_at, version, completed)
+    return (enrollment.id, enrollment.revision, step.wake_at, version, completed)
 
 
 def _note(report: SendReport, series: Series, enrollment: Enrollment, step: Step) -> None:

@@ -130,18 +130,32 @@ def record(
 _BOOKMARKS = """
 UPDATE enrollments AS e
 SET next_due_at = v.next_due_at, plan_version = v.plan_version, completed_at = v.completed_at
-FROM unnest(%(ids)s::integer[], %(next)s::timestamptz[], %(versions)s::text[],
-            %(completed)s::timestamptz[]) AS v(id, next_due_at, plan_version, completed_at)
-WHERE e.id = v.id AND e.id = ANY(%(ids)s::integer[])
+FROM unnest(%(ids)s::integer[], %(revisions)s::integer[], %(next)s::timestamptz[],
+            %(versions)s::text[], %(completed)s::timestamptz[])
+     AS v(id, revision, next_due_at, plan_version, completed_at)
+WHERE e.id = v.id AND e.id = ANY(%(ids)s::integer[]) AND e.revision = v.revision
 """
+# A change committed after the run read the enrollment has added one to its revision:
+# that row is left alone. One committed while this UPDATE waits for the row's lock is
+# seen too: READ COMMITTED checks the WHERE again on the row's newest version
+# (https://www.postgresql.org/docs/current/transaction-iso.html#XACT-READ-COMMITTED).
 
 
-def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, Any, str, Any]]) -> None:
-    """(enrollment id, next wake-up, plan version, completed at) of each enrollment."""
-    ids, wakes, versions, completed = (list(c) for c in zip(*rows, strict=True))
-    conn.exec_driver_sql(
-        _BOOKMARKS, {"ids": ids, "next": wakes, "versions": versions, "completed": completed}
+def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, Any]]) -> int:
+    """(enrollment id, revision read, next wake-up, plan version, completed at) of each
+    enrollment, written where its revision is still the one read; returns how many were."""
+    ids, revisions, wakes, versions, completed = (list(c) for c in zip(*rows, strict=True))
+    result = conn.exec_driver_sql(
+        _BOOKMARKS,
+        {
+            "ids": ids,
+            "revisions": revisions,
+            "next": wakes,
+            "versions": versions,
+            "completed": completed,
+        },
     )
+    return int(result.rowcount or 0)
 
 
 # Tables whose rows a send looks up by the thousand, and the share of rows changed since

@@ -31,6 +31,7 @@ from .schema import (
     UTCDateTime,
     deliveries,
     enrollments,
+    replanned,
     settings,
     status_changes,
     subscribers,
@@ -199,6 +200,7 @@ def iter_enrollments(
             enrollments.c.next_due_at,
             enrollments.c.moved_to,
             enrollments.c.moved_at,
+            enrollments.c.revision,
             subscribers.c.email,
             subscribers.c.name,
             subscribers.c.timezone,
@@ -284,6 +286,7 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
             first_name if isinstance(first_name, str) else "",
             moved_to,
             moved_at,
+            revision,
         )
         for (
             id_,
@@ -293,6 +296,7 @@ def _with_ledger(conn: Connection, series: str, rows: Sequence[Any]) -> list[Enr
             _next_due_at,
             moved_to,
             moved_at,
+            revision,
             email,
             name,
             timezone,
@@ -312,11 +316,16 @@ def _first_name() -> sa.Label[Any]:
 
 
 def save_bookmarks(
-    conn: Connection, rows: Sequence[tuple[int, datetime | None, str, datetime | None]]
-) -> None:
-    """(enrollment id, next wake-up, plan version, completed at) for each planned enrollment."""
+    conn: Connection, rows: Sequence[tuple[int, int, datetime | None, str, datetime | None]]
+) -> int:
+    """(enrollment id, revision read, next wake-up, plan version, completed at) for each
+    planned enrollment: its bookmark, written only where ``enrollments.revision`` still
+    holds the revision the run read with the enrollment. An enrollment changed since
+    (moved, paused, resubscribed…: `schema.replanned`) keeps what the change wrote, and
+    the next run plans it with that change: a bookmark written over it would undo it.
+    Returns how many bookmarks were written (fewer than ``len(rows)``: some changed)."""
     if not rows:
-        return
+        return 0
     # One statement for the batch, its rows as a JSON array (SQLite) or as arrays
     # (PostgreSQL): see sqlite_bulk and bulk.
     # A batch's readers mostly share their next wake-up: each time is converted once.
@@ -332,33 +341,32 @@ def save_bookmarks(
             times[key] = _in_db(conn, moment)
         return times[key]
 
-    in_db_rows = [(i, in_db(wake), version, in_db(done)) for i, wake, version, done in rows]
+    in_db_rows = [
+        (i, revision, in_db(wake), version, in_db(done))
+        for i, revision, wake, version, done in rows
+    ]
     if conn.dialect.name == "sqlite":
-        sqlite_bulk.save_bookmarks(conn, in_db_rows)
-    else:
-        bulk.save_bookmarks(conn, in_db_rows)
+        return sqlite_bulk.save_bookmarks(conn, in_db_rows)
+    return bulk.save_bookmarks(conn, in_db_rows)
 
 
 def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
     """The subscriber ids of ``due`` (deliveries of one series) still to be written to
     as planned: active, with an enrollment neither paused nor unsubscribed, and not
-    moved by an editor (`series subscribers move`) since the planner read it; a moved
-    reader's next part is the one the move chose, planned again by a later run."""
+    changed since the planner read it (its ``revision``: moved by an editor, paused and
+    resumed, given a new time zone…); a changed reader's next part is the one a new
+    plan finds, made by a later run (the change left them unplanned)."""
     if not due:
         return set()
     series = due[0].enrollment.series
-    planned = {d.enrollment.subscriber_id: d.enrollment.moved_at for d in due}
+    planned = {d.enrollment.subscriber_id: d.enrollment.revision for d in due}
     if conn.dialect.name == "sqlite":
         found = sqlite_bulk.active_subscribers(conn, series, list(planned))
-        return {
-            reader
-            for reader, moved_at in found.items()
-            if moved_at == _in_db(conn, planned[reader])
-        }
+        return {reader for reader, revision in found.items() if revision == planned[reader]}
     # By primary key, both tables: PostgreSQL's planner would otherwise read them
     # whole to join them, for every batch.
     rows = conn.execute(
-        sa.select(enrollments.c.subscriber_id, enrollments.c.moved_at)
+        sa.select(enrollments.c.subscriber_id, enrollments.c.revision)
         .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
         .where(
             enrollments.c.series == series,
@@ -369,7 +377,7 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
             enrollments.c.unsubscribed_at.is_(None),
         )
     )
-    return {reader for reader, moved_at in rows if moved_at == planned[reader]}
+    return {reader for reader, revision in rows if revision == planned[reader]}
 
 
 def _in_db(conn: Connection, moment: datetime | None) -> Any:
@@ -809,7 +817,7 @@ def replan_deliveries(conn: Connection, delivery_ids: Sequence[int]) -> None:
         deliveries.c.subscriber_id == enrollments.c.subscriber_id,
         deliveries.c.series == enrollments.c.series,
     )
-    conn.execute(enrollments.update().where(owner.exists()).values(plan_version=None))
+    conn.execute(enrollments.update().where(owner.exists()).values(**replanned()))
 
 
 def link_signer(conn: Connection) -> Signer:

@@ -130,8 +130,23 @@ enrollments = sa.Table(
     # the article they continue at, and when; None: never moved.
     sa.Column("moved_to", sa.String(200)),
     sa.Column("moved_at", UTCDateTime),
+    # Counts the changes that make the reader be planned again (0010): each adds one in
+    # the UPDATE that clears plan_version (`replanned`), and a send writes a bookmark
+    # only where it still holds the value the send read, so an edit made meanwhile is
+    # never overwritten. Not indexed: a bookmark writes no index entry for it.
+    sa.Column("revision", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.UniqueConstraint("subscriber_id", "series", name="enrollments_once_per_series"),
 )
+
+
+def replanned() -> dict[str, Any]:
+    """The values an UPDATE of ``enrollments`` sets with any change that makes the reader
+    be planned again by the next `series send`: no plan version (plan it next run) and
+    one more ``revision``, so that a send that read the enrollment before the change
+    does not write its bookmark over it (`ledger.save_bookmarks`). Use as
+    ``enrollments.update().where(…).values(paused=True, **replanned())``."""
+    return {"plan_version": None, "revision": enrollments.c.revision + 1}
+
 
 # The ledger: one row per (subscriber, series, article), the article named by its slug
 # (0005). The unique constraint is what makes a duplicate send impossible, whatever

@@ -58,15 +58,17 @@ WHERE deliveries.id = json_extract(j.value, '$[0]') AND deliveries.claim_token =
 
 _BOOKMARKS = """\
 UPDATE enrollments SET
-    next_due_at = json_extract(j.value, '$[1]'),
-    plan_version = json_extract(j.value, '$[2]'),
-    completed_at = json_extract(j.value, '$[3]')
+    next_due_at = json_extract(j.value, '$[2]'),
+    plan_version = json_extract(j.value, '$[3]'),
+    completed_at = json_extract(j.value, '$[4]')
 FROM json_each(?) AS j
-WHERE enrollments.id = json_extract(j.value, '$[0]')"""
+WHERE enrollments.id = json_extract(j.value, '$[0]')
+    AND enrollments.revision = json_extract(j.value, '$[1]')"""
+# An enrollment changed since the run read it has another revision: left alone.
 
 
 _ACTIVE = """\
-SELECT json_group_array(json_array(e.subscriber_id, e.moved_at)) FROM enrollments AS e
+SELECT json_group_array(json_array(e.subscriber_id, e.revision)) FROM enrollments AS e
 JOIN subscribers AS s ON s.id = e.subscriber_id
 WHERE e.series = ? AND e.subscriber_id IN (SELECT value FROM json_each(?))
     AND s.status = 'active' AND NOT e.paused AND e.unsubscribed_at IS NULL"""
@@ -74,14 +76,14 @@ WHERE e.series = ? AND e.subscriber_id IN (SELECT value FROM json_each(?))
 
 def active_subscribers(
     conn: Connection, series: str, subscriber_ids: Sequence[int]
-) -> dict[int, str | None]:
+) -> dict[int, int]:
     """Those of ``subscriber_ids`` still to be written to in ``series`` (active, with
-    an enrollment neither paused nor unsubscribed), each with when an editor last moved
-    them (``moved_at`` in the database's form; None: never)."""
+    an enrollment neither paused nor unsubscribed), each with their enrollment's
+    ``revision`` (how many changes asked for a new plan so far)."""
     values = orjson.dumps(subscriber_ids).decode()
     # One row holding every pair as a JSON array: a batch read at once, not row by row.
     found = conn.exec_driver_sql(_ACTIVE, (series, values)).scalar_one()
-    return {subscriber_id: moved_at for subscriber_id, moved_at in orjson.loads(found)}
+    return {subscriber_id: revision for subscriber_id, revision in orjson.loads(found)}
 
 
 def insert_claims(
@@ -121,8 +123,10 @@ def record_outcomes(
 
 
 def save_bookmarks(
-    conn: Connection, rows: Sequence[tuple[int, str | None, str, str | None]]
-) -> None:
-    """For each (enrollment id, next wake-up, plan version, completed at), with times
-    in the database's form: write them to the enrollment."""
-    conn.exec_driver_sql(_BOOKMARKS, (orjson.dumps(rows).decode(),))
+    conn: Connection, rows: Sequence[tuple[int, int, str | None, str, str | None]]
+) -> int:
+    """For each (enrollment id, revision read, next wake-up, plan version, completed
+    at), with times in the database's form: write them to the enrollment if its
+    revision is still the one read. Returns how many were written."""
+    result = conn.exec_driver_sql(_BOOKMARKS, (orjson.dumps(rows).decode(),))
+    return int(result.rowcount or 0)
