@@ -11,9 +11,10 @@ only where it still holds the value read: an edit committed meanwhile wins, and 
 next run plans the reader with it, instead of the bookmark writing the edit's
 ``plan_version = NULL`` over.
 
-Existing rows start at 0. No index: a bookmark, which writes other columns, must not
-write index entries for it (PostgreSQL updates such a row in place, a HOT update,
-only while no indexed column changes).
+Existing rows start at 0. No index: a bookmark changes the indexed wake-up time, so
+PostgreSQL writes the row anew with an entry in every index of the table (0009); an
+index on the revision would be one more entry per bookmark, for a value no query looks
+up (the bookmark finds its row by id).
 """
 
 from __future__ import annotations
