@@ -31,11 +31,15 @@ def _enrollment_rows(
     conn: Connection, subscriber_id: int, email: str, series: str | None
 ) -> list[Any]:
     """The person's enrollments (one series, or all); an error naming where they are
-    enrolled when ``series`` is not one of them."""
+    enrolled when ``series`` is not one of them. On PostgreSQL they stay locked (FOR
+    UPDATE) until the caller's transaction ends: a claim being written for them
+    (`ledger.active_readers`) is waited for, so that what the caller reads next (the
+    deliveries) includes it, and a claim that comes later waits for the change."""
     rows = conn.execute(
         sa.select(enrollments)
         .where(enrollments.c.subscriber_id == subscriber_id)
         .order_by(enrollments.c.series)
+        .with_for_update()
     ).all()
     if series is None:
         if not rows:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -417,3 +418,53 @@ def test_signups_and_settled_deliveries_count_in_the_revision_too(
     # Both readers' failed part 1 is tried again: both are planned afresh.
     assert enrollment(example_copy, ann)[0::2] == (None, revision + 2)
     assert enrollment(example_copy, readers[1])[0::2] == (None, 1)
+
+
+def test_a_move_made_while_the_claim_is_written_waits_for_it_and_is_refused(
+    example_copy: Path, readers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor moves a reader back (--resend) at the moment the run writes the claim
+    of their part 2: the move waits for the claim and then finds it (a delivery being
+    sent: refused, nothing changed), instead of both going through, which on
+    PostgreSQL sent part 2 right after a move that said part 1 comes next. SQLite's
+    single writer already made the move wait."""
+    from pipeline.content import load_series
+    from pipeline.steering import move
+    from pipeline.store import ledger
+    from pipeline.subscribers import SubscriberError
+
+    ann, bea = readers
+    send(example_copy, monkeypatch, MONDAY)
+    friday = MONDAY + timedelta(days=4)
+    said: list[str] = []
+
+    def move_back() -> None:
+        (series,) = load_series(load_config(example_copy))[0]
+        with open_store(example_copy) as store:
+            try:
+                said.append(move(store, series, ann, series.articles[0], now=friday, resend=True))
+            except SubscriberError as exc:
+                said.append(f"refused: {exc}")
+
+    editor = threading.Thread(target=move_back)
+    real = ledger.active_readers
+
+    def active_readers(conn: sa.Connection, due: Sequence[Any]) -> set[int]:
+        found = real(conn, due)
+        if not editor.is_alive() and not said:  # the first claim, inside its transaction
+            editor.start()
+            editor.join(1.5)
+            assert editor.is_alive(), f"the move did not wait for the claim: {said}"
+        return found
+
+    monkeypatch.setattr(ledger, "active_readers", active_readers)
+    report, received = send(example_copy, monkeypatch, friday)
+    editor.join(30)
+    assert received == [(ann, "attachment-part2"), (bea, "attachment-part2")]
+    assert report.sent == 2
+    # Waited for the claim, the move found part 2 being sent; or (SQLite, whose writers
+    # queue) its turn came after the run had recorded part 2, and it saw it sent.
+    refused = said[0].startswith(f"refused: {ann}: part 2 of attachment is being sent")
+    assert refused or said[0].endswith("to be sent again: part 1, 2"), said
+    _, received = send(example_copy, monkeypatch, friday + timedelta(minutes=1))
+    assert received == ([] if refused else [(ann, "attachment-part1")])

@@ -364,7 +364,13 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
         found = sqlite_bulk.active_subscribers(conn, series, list(planned))
         return {reader for reader, revision in found.items() if revision == planned[reader]}
     # By primary key, both tables: PostgreSQL's planner would otherwise read them
-    # whole to join them, for every batch.
+    # whole to join them, for every batch. FOR KEY SHARE holds each enrollment read
+    # here until the claims are in: a move or a pause (`steering`, which lock the
+    # enrollment FOR UPDATE before reading its deliveries) waits for them and then
+    # finds them, and one already under way is waited for and seen by this read (READ
+    # COMMITTED reads the row's newest version after the wait). Bookmarks, plain
+    # UPDATEs of columns no key holds, do not wait for it.
+    # (https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-ROWS)
     rows = conn.execute(
         sa.select(enrollments.c.subscriber_id, enrollments.c.revision)
         .join(subscribers, subscribers.c.id == enrollments.c.subscriber_id)
@@ -376,6 +382,7 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
             enrollments.c.paused.is_(False),
             enrollments.c.unsubscribed_at.is_(None),
         )
+        .with_for_update(key_share=True, of=enrollments)
     )
     return {reader for reader, revision in rows if revision == planned[reader]}
 
