@@ -15,7 +15,6 @@ On a temporary SQLite file and on a real PostgreSQL, through the fake Postmark o
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -34,7 +33,7 @@ from pipeline.providers import get_provider
 from pipeline.providers.postmark import PostmarkProvider
 from pipeline.send import SendOptions, SendReport, send_due
 from pipeline.store import open_store
-from pipeline.store.schema import deliveries, enrollments, subscribers
+from pipeline.store.schema import enrollments, subscribers
 
 from .conftest import POSTMARK_TOKEN
 from .fake_postmark import FakePostmark
@@ -316,29 +315,6 @@ def test_a_change_undone_while_the_request_is_out_still_replans_the_reader(
     assert received == [(ann, "attachment-part2"), (bea, "attachment-part2")]
 
 
-def test_every_change_that_replans_a_reader_counts_in_their_revision(
-    example_copy: Path, readers: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each writer that asks for a reader to be planned again adds one to the revision in
-    the same statement; a run's bookmark in between would otherwise go through."""
-    ann, _ = readers
-    send(example_copy, monkeypatch, MONDAY)
-    at = ("--now", MONDAY.isoformat())
-    changes = [
-        ("subscribers", "pause", ann, *at),
-        ("subscribers", "resume", ann, *at),
-        ("subscribers", "move", ann, "--series", "attachment", "--to-part", "1", "--resend", *at),
-        ("subscribers", "add", ann, "--timezone", "Asia/Tokyo", *at),
-        ("subscribers", "unsubscribe", ann, "--series", "attachment"),
-        ("subscribers", "add", ann, "--series", "attachment", "--resubscribe", *at),
-    ]
-    counter = itertools.count(1)
-    for change in changes:
-        cli(example_copy, *change)
-        if change[1] != "unsubscribe":  # leaving needs no new plan: nothing is sent
-            assert enrollment(example_copy, ann)[0::2] == (None, next(counter)), change
-
-
 def test_a_reader_given_a_new_time_zone_after_the_plan_is_not_sent_outside_their_window(
     example_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,53 +347,6 @@ def test_a_reader_given_a_new_time_zone_after_the_plan_is_not_sent_outside_their
     assert enrollment(example_copy, ann)[1] == opening
     _, received = send(example_copy, monkeypatch, opening + timedelta(minutes=5))
     assert received == [(ann, "attachment-part1")]
-
-
-def test_signups_and_settled_deliveries_count_in_the_revision_too(
-    example_copy: Path, readers: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The other writers that ask for a new plan: a confirmed signup that brings a
-    reader back (to the series, or to the whole list), a delivery settled by hand
-    (`series resolve --not-sent`) and failed ones tried again (`--retry`)."""
-    from pipeline.signup import Request, checked, confirm, register
-    from pipeline.signup_tokens import ConfirmSigner
-
-    ann, _ = readers
-    send(example_copy, monkeypatch, MONDAY)
-    offered = {"attachment": "Attachment Styles"}
-    signer = ConfirmSigner(b"k" * 32)
-
-    def sign_up_again(at: datetime) -> None:
-        with open_store(example_copy) as store:
-            request = checked(Request(email=ann, name="", series="attachment"), offered)
-            issued = register(store, signer, request, now=at, lifetime=timedelta(days=2))
-            assert issued is not None
-            _, joined = confirm(
-                store, signer, issued.token, now=at, offered=offered, first_parts={}
-            )
-            assert joined == "rejoined"
-
-    def set_state(state: str) -> None:
-        with open_store(example_copy) as store, store.begin() as conn:
-            conn.execute(sa.update(deliveries).values(state=state))
-
-    revision = 0
-    for change in (
-        lambda: cli(example_copy, "subscribers", "unsubscribe", ann, "--series", "attachment"),
-        lambda: cli(example_copy, "subscribers", "unsubscribe", ann),
-    ):
-        change()
-        revision += 1
-        sign_up_again(MONDAY + timedelta(days=revision))
-        assert enrollment(example_copy, ann)[0::2] == (None, revision)
-    set_state("unknown")
-    cli(example_copy, "resolve", "attachment/1", ann, "--not-sent")
-    assert enrollment(example_copy, ann)[0::2] == (None, revision + 1)
-    set_state("failed")
-    cli(example_copy, "resolve", "attachment", "--retry")
-    # Both readers' failed part 1 is tried again: both are planned afresh.
-    assert enrollment(example_copy, ann)[0::2] == (None, revision + 2)
-    assert enrollment(example_copy, readers[1])[0::2] == (None, 1)
 
 
 def test_a_move_made_while_the_claim_is_written_waits_for_it_and_is_refused(
