@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .fake_postmark import FakePostmark
-from .helpers import configure, enroll_examples
+from .helpers import configure, enroll_examples, import_readers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -172,3 +172,12 @@ def postmark_example(example_copy: Path) -> Path:
     """The example workspace sending through Postmark, with the six example subscribers."""
     configure(example_copy, 'provider = "postmark"')
     return enroll_examples(example_copy)
+
+
+@pytest.fixture
+def readers(example_copy: Path) -> list[str]:
+    """Two readers in Europe/Stockholm imported into the example workspace, which sends
+    through Postmark (tests/test_send_revision.py, tests/test_revision_writers.py):
+    their addresses."""
+    configure(example_copy, 'provider = "postmark"')
+    return import_readers(example_copy, 2, zones=["Europe/Stockholm"] * 2)

@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from alembic import command
 
 from pipeline.store.migrate import HEAD, _alembic_config, upgrade
-from pipeline.store.schema import enrollments, subscribers
+from pipeline.store.schema import enrollments
+
+from .migration_rows import add_enrolled
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -41,27 +43,7 @@ def test_migration_0009_indexes_only_the_unplanned_and_keeps_everything(
     engine = sa.create_engine(database_url)
     upgrade(engine, "0008", workspace=tmp_path)
     with engine.begin() as conn:
-        for n, version in enumerate([None, "v1", None]):
-            subscriber_id = conn.execute(
-                subscribers.insert().values(
-                    email=f"r{n}@example.com",
-                    name="",
-                    status="active",
-                    created_at=NOW,
-                    updated_at=NOW,
-                    source="cli",
-                    attributes={},
-                )
-            ).inserted_primary_key[0]
-            conn.execute(
-                enrollments.insert().values(
-                    subscriber_id=subscriber_id,
-                    series="demo",
-                    enrolled_at=NOW,
-                    plan_version=version,
-                    next_due_at=NOW,
-                )
-            )
+        add_enrolled(conn, [(None, NOW), ("v1", NOW), (None, NOW)], NOW)
     with engine.connect() as conn:
         before = index_sql(conn)
     assert "plan_version" in before["enrollments_to_plan"]

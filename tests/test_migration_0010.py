@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from alembic import command
 
 from pipeline.store.migrate import HEAD, _alembic_config, upgrade
-from pipeline.store.schema import enrollments, subscribers
+from pipeline.store.schema import enrollments
+
+from .migration_rows import add_enrolled
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 KEPT = (enrollments.c.id, enrollments.c.plan_version, enrollments.c.next_due_at)
@@ -37,27 +39,7 @@ def test_migration_0010_counts_from_zero_keeps_everything_and_goes_down_and_up(
     engine = sa.create_engine(database_url)
     upgrade(engine, "0009", workspace=tmp_path)
     with engine.begin() as conn:
-        for n, version in enumerate([None, "v1", "v2"]):
-            subscriber_id = conn.execute(
-                subscribers.insert().values(
-                    email=f"r{n}@example.com",
-                    name="",
-                    status="active",
-                    created_at=NOW,
-                    updated_at=NOW,
-                    source="cli",
-                    attributes={},
-                )
-            ).inserted_primary_key[0]
-            conn.execute(
-                enrollments.insert().values(
-                    subscriber_id=subscriber_id,
-                    series="demo",
-                    enrolled_at=NOW,
-                    plan_version=version,
-                    next_due_at=NOW if version else None,
-                )
-            )
+        add_enrolled(conn, [(None, None), ("v1", NOW), ("v2", NOW)], NOW)
     with engine.connect() as conn:
         assert "revision" not in columns(conn)
         before = conn.execute(sa.select(*KEPT).order_by(enrollments.c.id)).all()

@@ -18,16 +18,9 @@ import sqlalchemy as sa
 from pipeline.store import open_store
 from pipeline.store.schema import deliveries
 
-from .helpers import configure, import_readers
 from .test_send_revision import MONDAY, cli, enrollment, send
 
 pytestmark = pytest.mark.usefixtures("each_database")
-
-
-@pytest.fixture
-def readers(example_copy: Path) -> list[str]:
-    configure(example_copy, 'provider = "postmark"')
-    return import_readers(example_copy, 2, zones=["Europe/Stockholm"] * 2)
 
 
 def test_every_change_that_replans_a_reader_counts_in_their_revision(

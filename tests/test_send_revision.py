@@ -135,12 +135,6 @@ def during_the_request(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Non
     return ran
 
 
-@pytest.fixture
-def readers(example_copy: Path) -> list[str]:
-    configure(example_copy, 'provider = "postmark"')
-    return import_readers(example_copy, 2, zones=["Europe/Stockholm"] * 2)
-
-
 def test_a_reader_moved_back_while_the_planner_reads_them_gets_the_part_the_move_chose(
     example_copy: Path, readers: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
