@@ -262,3 +262,39 @@ def test_every_part_is_sent_through_the_same_threads_which_end_with_the_run(
     assert len(threads) == 3 and threading.get_ident() not in threads
     left = [t.name for t in threading.enumerate() if t.name.startswith("series-")]
     assert left == []
+
+
+def test_a_claim_does_not_hold_back_another_runs_bookmark_of_the_same_reader(
+    postgres_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a run writes its claims, having read who may be written to, another run
+    records a bookmark for one of those readers (its own answer came in): the claim's
+    lock on the enrollment (FOR KEY SHARE) lets that UPDATE through at once. A lock
+    that held it back (FOR NO KEY UPDATE) made two runs at once deadlock: the claim
+    waits for the other run's recording, whose delivery it conflicts with."""
+    from pipeline.store import bulk
+
+    import_readers(postgres_workspace, 4)
+    real_insert = bulk.insert_claims
+    bookmarked: list[int] = []
+
+    def insert_claims(conn: Connection, series: str, rows: Any, **kwargs: Any) -> Any:
+        if not bookmarked:
+            engine = sa.create_engine(os.environ["SERIES_DATABASE_URL"])
+            try:
+                with engine.begin() as other:
+                    other.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                    done = other.execute(
+                        enrollments.update()
+                        .where(enrollments.c.subscriber_id == rows[0][0])
+                        .values(next_due_at=MONDAY + timedelta(days=1))
+                    )
+                    bookmarked.append(done.rowcount)
+            finally:
+                engine.dispose()
+        return real_insert(conn, series, rows, **kwargs)
+
+    monkeypatch.setattr(bulk, "insert_claims", insert_claims)
+    code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
+    assert code == 0 and out.startswith("sent "), out + err
+    assert bookmarked == [1]

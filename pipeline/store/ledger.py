@@ -382,7 +382,10 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
             enrollments.c.paused.is_(False),
             enrollments.c.unsubscribed_at.is_(None),
         )
-        .with_for_update(key_share=True, of=enrollments)
+        # read=True: FOR KEY SHARE (key_share alone renders FOR NO KEY UPDATE, which
+        # conflicts with another run's bookmark of the same reader: a deadlock between
+        # its recording and this claim, which waits for that recording's deliveries).
+        .with_for_update(read=True, key_share=True, of=enrollments)
     )
     return {reader for reader, revision in rows if revision == planned[reader]}
 
