@@ -216,9 +216,7 @@ def _take(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
 def _build(run: Run, batch: _Batch) -> None:
     """Build each claimed reader's message (in the send loop's thread), and count what
     claiming left out. A message that cannot be built fails that delivery alone."""
-    run.report.held += batch.unseen
-    run.report.skipped += batch.skipped
-    batch.unseen = batch.skipped = 0
+    _count_left_out(run, batch)
     clock = run.clock()
     claims, batch.claims = batch.claims, []
     unbuilt: list[tuple[Claim, SendResult]] = []
@@ -241,13 +239,20 @@ def _build(run: Run, batch: _Batch) -> None:
 
 def _give_back(run: Run, claiming: Future[_Batch] | None) -> None:
     """Wait for a claim made ahead (None: there is none) and give back what it got:
-    the loop ended before its request was built. Counted as `_build` would."""
+    the loop ended before its request was built."""
     if claiming is None:
         return
     batch = claiming.result()
+    _count_left_out(run, batch)
+    _release(run, batch.claims)
+
+
+def _count_left_out(run: Run, batch: _Batch) -> None:
+    """Count (once, in the send loop's thread) the readers claiming left out of
+    ``batch``: outside their send window, or not to be claimed by this run."""
     run.report.held += batch.unseen
     run.report.skipped += batch.skipped
-    _release(run, batch.claims)
+    batch.unseen = batch.skipped = 0
 
 
 def _give_back_quietly(run: Run, claiming: Future[_Batch] | None) -> None:

@@ -141,11 +141,11 @@ WHERE e.id = v.id AND e.id = ANY(%(ids)s::integer[]) AND e.revision = v.revision
 # (https://www.postgresql.org/docs/current/transaction-iso.html#XACT-READ-COMMITTED).
 
 
-def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, Any]]) -> int:
+def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, Any]]) -> None:
     """(enrollment id, revision read, next wake-up, plan version, completed at) of each
-    enrollment, written where its revision is still the one read; returns how many were."""
+    enrollment, written where its revision is still the one read."""
     ids, revisions, wakes, versions, completed = (list(c) for c in zip(*rows, strict=True))
-    result = conn.exec_driver_sql(
+    conn.exec_driver_sql(
         _BOOKMARKS,
         {
             "ids": ids,
@@ -155,7 +155,6 @@ def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, An
             "completed": completed,
         },
     )
-    return int(result.rowcount or 0)
 
 
 # Tables whose rows a send looks up by the thousand, and the share of rows changed since

@@ -317,15 +317,14 @@ def _first_name() -> sa.Label[Any]:
 
 def save_bookmarks(
     conn: Connection, rows: Sequence[tuple[int, int, datetime | None, str, datetime | None]]
-) -> int:
+) -> None:
     """(enrollment id, revision read, next wake-up, plan version, completed at) for each
     planned enrollment: its bookmark, written only where ``enrollments.revision`` still
     holds the revision the run read with the enrollment. An enrollment changed since
     (moved, paused, resubscribed…: `schema.replanned`) keeps what the change wrote, and
-    the next run plans it with that change: a bookmark written over it would undo it.
-    Returns how many bookmarks were written (fewer than ``len(rows)``: some changed)."""
+    the next run plans it with that change: a bookmark written over it would undo it."""
     if not rows:
-        return 0
+        return
     # One statement for the batch, its rows as a JSON array (SQLite) or as arrays
     # (PostgreSQL): see sqlite_bulk and bulk.
     # A batch's readers mostly share their next wake-up: each time is converted once.
@@ -346,8 +345,9 @@ def save_bookmarks(
         for i, revision, wake, version, done in rows
     ]
     if conn.dialect.name == "sqlite":
-        return sqlite_bulk.save_bookmarks(conn, in_db_rows)
-    return bulk.save_bookmarks(conn, in_db_rows)
+        sqlite_bulk.save_bookmarks(conn, in_db_rows)
+    else:
+        bulk.save_bookmarks(conn, in_db_rows)
 
 
 def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:

@@ -124,9 +124,8 @@ def record_outcomes(
 
 def save_bookmarks(
     conn: Connection, rows: Sequence[tuple[int, int, str | None, str, str | None]]
-) -> int:
+) -> None:
     """For each (enrollment id, revision read, next wake-up, plan version, completed
     at), with times in the database's form: write them to the enrollment if its
-    revision is still the one read. Returns how many were written."""
-    result = conn.exec_driver_sql(_BOOKMARKS, (orjson.dumps(rows).decode(),))
-    return int(result.rowcount or 0)
+    revision is still the one read."""
+    conn.exec_driver_sql(_BOOKMARKS, (orjson.dumps(rows).decode(),))
