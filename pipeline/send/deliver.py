@@ -72,10 +72,10 @@ class _Batch:
     claims: list[Claim]
     messages: list[Message]
     result: Future[list[SendResult]] | None = None
-    held: int = 0  # readers the gate gave back for their send window
-    # Counted by `_build` (in the loop's thread) for a claim that may run in another:
-    skipped: int = 0  # readers another run had claimed, or no longer active
-    unseen: int = 0  # readers outside their send window when claimed
+    # Readers left out by the claim or by the gate (which may run in other threads),
+    # counted into the report in the send loop's thread (`_count_left_out`):
+    held: int = 0  # outside their send window: looked at again when it opens
+    skipped: int = 0  # claimed by another run, or no longer to be written to
 
     @property
     def key(self) -> str:
@@ -153,10 +153,9 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                     if claiming is not None and _changes_status(answered):
                         # Claimed while that answer was on its way, too: wait for it.
                         _drop_changed(run, claiming.result(), answered)
-            if run.halt is not None or ((batch.claims or batch.held) and run.stopping()):
+            if run.halt is not None or (batch.claims and run.stopping()):
                 recorder.record(answered)
                 recorder.settle()
-                run.report.held += batch.held
                 _release(run, batch.claims)
                 _give_back(run, claiming)
                 claiming = None
@@ -210,7 +209,7 @@ def _take(run: Run, series: Series, items: Sequence[Due]) -> _Batch:
         claims = ledger.claim(
             conn, inside, token=run.token, until=clock + run.options.lease, now=clock
         )
-    return _Batch(series, claims, [], skipped=len(inside) - len(claims), unseen=len(held))
+    return _Batch(series, claims, [], held=len(held), skipped=len(inside) - len(claims))
 
 
 def _build(run: Run, batch: _Batch) -> None:
@@ -248,11 +247,11 @@ def _give_back(run: Run, claiming: Future[_Batch] | None) -> None:
 
 
 def _count_left_out(run: Run, batch: _Batch) -> None:
-    """Count (once, in the send loop's thread) the readers claiming left out of
-    ``batch``: outside their send window, or not to be claimed by this run."""
-    run.report.held += batch.unseen
+    """Count (once, in the send loop's thread) the readers the claim or the gate left
+    out of ``batch``: outside their send window, or not to be written to by this run."""
+    run.report.held += batch.held
     run.report.skipped += batch.skipped
-    batch.unseen = batch.skipped = 0
+    batch.held = batch.skipped = 0
 
 
 def _give_back_quietly(run: Run, claiming: Future[_Batch] | None) -> None:
@@ -273,36 +272,48 @@ def _held(run: Run, series: Series, enrollment: Enrollment, opening: datetime) -
 def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Message], str]:
     """The gate of one request, right before each attempt (in the sending thread).
 
-    Readers outside their send window at the run's clock are given back for its next
-    opening (before any attempt; after one that may have been sent the request can
-    only be repeated whole, so it is not repeated at all). Then, in one transaction,
-    this run's lease on every remaining claim is renewed and the request's key
-    recorded. Raises Withheld when the run is stopping, a claim is no longer this
-    run's, or nobody is left."""
+    A reader who left since the claim (unsubscribed, paused, bounced, erased:
+    `ledger.departed`) is given back, and so is a reader outside their send window at
+    the run's clock, for its next opening. That is only before any attempt: after one
+    that may have been sent the request can only be repeated whole, so it is not
+    repeated at all. Then, in one transaction, this run's lease on every remaining
+    claim is renewed and the request's key recorded. Raises Withheld when the run is
+    stopping, a claim is no longer this run's, or nobody is left."""
     refuse_if_stopping(run)
     clock = run.clock()
-    closed = _closed(batch.series, [c.enrollment for c in batch.claims], clock)
-    if closed and maybe_sent:
-        raise Withheld("the send window closed before the request could be repeated")
-    held = [batch.claims[i] for i in closed]
-    bookmarks = [_held(run, batch.series, batch.claims[i].enrollment, o) for i, o in closed.items()]
-    if closed:
-        batch.claims = [c for i, c in enumerate(batch.claims) if i not in closed]
-        batch.messages = [m for i, m in enumerate(batch.messages) if i not in closed]
-        batch.held += len(held)
-    ids = [c.id for c in batch.claims]
-    if held or not held_for_now(run, ids, clock, batch.key):
+    claims = batch.claims
+    with run.store.connect() as conn:
+        gone = ledger.departed(
+            conn, batch.series.slug, [c.enrollment.subscriber_id for c in claims]
+        )
+        left = {i for i, c in enumerate(claims) if c.enrollment.subscriber_id in gone}
+        closed = _closed(batch.series, [c.enrollment for c in claims], clock)
+        for i in left:
+            closed.pop(i, None)  # gone for good, not held for the window
+        if maybe_sent and (left or closed):
+            why = "a reader left" if left else "the send window closed"
+            raise Withheld(f"{why} before the request could be repeated")
+        dropped = [claims[i] for i in sorted(left)]
+        held = [claims[i] for i in closed]
+        bookmarks = [_held(run, batch.series, claims[i].enrollment, o) for i, o in closed.items()]
+        if left or closed:
+            out = left | closed.keys()
+            batch.claims = [c for i, c in enumerate(claims) if i not in out]
+            batch.messages = [m for i, m in enumerate(batch.messages) if i not in out]
+            batch.skipped += len(left)
+            batch.held += len(closed)
+        ids = [c.id for c in batch.claims]
+        quiet = not (dropped or held) and held_for_now(run, conn, ids, clock, batch.key)
+    if not quiet:
         with run.store.begin() as conn:
-            if held:
-                ledger.release(conn, held, token=run.token)
+            if dropped or held:
+                ledger.release(conn, [*dropped, *held], token=run.token)
                 ledger.save_bookmarks(conn, bookmarks)
             lost = renew(run, conn, ids, clock, batch=batch.key)
-    else:
-        lost = 0
-    if lost:
-        raise Withheld(LEASE_LOST, lost=lost)
+        if lost:
+            raise Withheld(LEASE_LOST, lost=lost)
     if not batch.claims:
-        raise Withheld("the send window closed")
+        raise Withheld("nobody was left to send it to")
     return batch.messages, batch.key
 
 
@@ -330,7 +341,9 @@ def refuse_if_stopping(run: Run) -> None:
         raise Withheld(f"stopped by {reason}")
 
 
-def held_for_now(run: Run, ids: Sequence[int], clock: datetime, batch: str) -> bool:
+def held_for_now(
+    run: Run, conn: Connection, ids: Sequence[int], clock: datetime, batch: str
+) -> bool:
     """Whether this run holds every claim of ``ids`` under the request key ``batch``
     with more than half its lease left at ``clock``: then the request may go with no
     write at all. A read, outside any write transaction (on SQLite it takes no turn
@@ -338,8 +351,7 @@ def held_for_now(run: Run, ids: Sequence[int], clock: datetime, batch: str) -> b
     has run out, and this run alone (its token) changes a claim it holds, so what the
     read saw stays true for the half lease left, far longer than an attempt takes."""
     rest = clock + run.options.lease / 2
-    with run.store.connect() as conn:
-        return ledger.held_claims(conn, ids, token=run.token, until=rest, batch=batch) == len(ids)
+    return ledger.held_claims(conn, ids, token=run.token, until=rest, batch=batch) == len(ids)
 
 
 def renew(
@@ -367,8 +379,7 @@ def _answer(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> _Answe
     prepared meanwhile (``also_release``), and the ProviderError goes up."""
     assert batch.result is not None
     wait([batch.result])  # the gate has had its say by the time an answer is there
-    run.report.held += batch.held
-    batch.held = 0
+    _count_left_out(run, batch)
     try:
         results = batch.result.result()
     except ProviderError:
@@ -428,8 +439,7 @@ class _Recorder:
 def _withheld(run: Run, batch: _Batch, exc: Withheld) -> None:
     """A request its gate stopped before any attempt: nothing of it went out, so what
     is still this run's goes back (and a lost claim is reported)."""
-    run.report.held += batch.held
-    batch.held = 0
+    _count_left_out(run, batch)
     _release(run, batch.claims)
     if exc.lost:
         run.report.skipped += len(batch.claims)

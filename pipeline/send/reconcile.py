@@ -236,14 +236,19 @@ def _gate(
     maybe_sent: bool,
 ) -> tuple[Sequence[Message], str]:
     """Right before each attempt of a repeat: the whole request, unchanged, or Withheld
-    (the run is stopping, a reader's window has closed, or a claim is no longer ours)."""
+    (the run is stopping, a reader's window has closed, a reader left since the claim,
+    or a claim is no longer ours)."""
     refuse_if_stopping(run)
     clock = run.clock()
     closed = _outside_window(series, rows, clock)
     if closed:
         raise Withheld(closed)
     with run.store.begin() as conn:
-        lost = renew(run, conn, [r.id for r in rows], clock)
+        gone = ledger.departed(conn, series.slug, [r.subscriber_id for r in rows])
+        lost = 0 if gone else renew(run, conn, [r.id for r in rows], clock)
+    if gone:
+        who = next(r.email for r in rows if r.subscriber_id in gone)
+        raise Withheld(f"{who} is no longer to be written to")
     if lost:
         raise Withheld(LEASE_LOST, lost=lost)
     return messages, batch

@@ -157,6 +157,22 @@ def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, An
     )
 
 
+_DEPARTED = """
+SELECT v.id FROM unnest(%(ids)s::integer[]) AS v(id)
+LEFT JOIN subscribers AS s ON s.id = v.id
+LEFT JOIN enrollments AS e ON e.subscriber_id = v.id AND e.series = %(series)s
+WHERE s.id IS NULL OR e.id IS NULL OR s.status <> 'active' OR e.paused
+    OR e.unsubscribed_at IS NOT NULL
+"""
+
+
+def departed(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
+    """Those of ``subscriber_ids`` no longer to be written to in ``series``: erased, no
+    longer active, or with an enrollment gone, paused or unsubscribed."""
+    rows = conn.exec_driver_sql(_DEPARTED, {"ids": list(subscriber_ids), "series": series})
+    return {reader for (reader,) in rows}
+
+
 # Tables whose rows a send looks up by the thousand, and the share of rows changed since
 # PostgreSQL last sampled them beyond which it is done again before a run (autovacuum
 # does it too, but up to a minute later, and by then an import's first send is over).

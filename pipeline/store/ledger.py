@@ -390,6 +390,20 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
     return {reader for reader, revision in rows if revision == planned[reader]}
 
 
+def departed(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
+    """Those of ``subscriber_ids`` (readers of ``series`` this run has claimed) who are
+    no longer to be written to: unsubscribed (from everything or from ``series``),
+    bounced or complained, paused, or erased. A read, for the gate right before each
+    attempt: a claim's own check (`active_readers`) is over once the claim is in, and
+    a reader may leave between the claim and the request. A move is not looked for:
+    it is refused while a delivery of the reader is claimed (`steering.move`)."""
+    if not subscriber_ids:
+        return set()
+    if conn.dialect.name == "sqlite":
+        return sqlite_bulk.departed(conn, series, subscriber_ids)
+    return bulk.departed(conn, series, subscriber_ids)
+
+
 def _in_db(conn: Connection, moment: datetime | None) -> Any:
     return None if moment is None else to_db(conn.dialect, moment)
 
