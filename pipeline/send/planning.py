@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,102 +99,27 @@ SHARE_POLL = 0.1  # seconds between looks at a share another run holds
 SHARE_WAIT = 60.0  # seconds a run waits for such shares before working on them anyway
 
 
-def _nothing() -> None:
-    return None
-
-
 @dataclass(frozen=True)
 class Share:
     """Part of a series' enrollments for `plan_chunks`: ``shard``, the shares of
     ``SHARES`` it is made of (None: all the enrollments), and whether all of them are
-    to be planned (``everything``) or only those woken. ``done`` is called (once, in
-    any thread) when every delivery the part planned has been sent and recorded: it
-    marks the part planned and lets other runs have it."""
+    to be planned (``everything``) or only those woken."""
 
     shard: Shard | None
     everything: bool
-    done: Callable[[], None] = _nothing
 
 
-class ShareLocks:
-    """The advisory locks a PostgreSQL run holds on shares of its series' enrollments,
-    in a database session of their own (a session lock outlives transactions), opened
-    at first use. Two threads may use it: the one planning takes the locks of a part,
-    the send loop gives them back once the part is sent (`Share.done`). The run owns
-    it: `close`, once nothing plans or sends any more, gives back whatever is still
-    held (a part cut short by a stop or an error) and ends the session."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self._guard = threading.Lock()
-        self._held: set[tuple[int, int]] = set()  # (series key, share)
-        self._session: Any = None
-        self._conn: Any = None
-
-    def take(self, key: int, share: int, *, wait: float) -> bool:
-        """Take one share's lock (``key``: the series'), waiting up to ``wait`` seconds
-        for another run holding it; whether this run has it now."""
-        import sqlalchemy as sa
-
-        until = time.monotonic() + wait
-        while True:
-            with self._guard:
-                conn = self._connection()
-                got = bool(
-                    conn.execute(sa.select(sa.func.pg_try_advisory_lock(key, share))).scalar()
-                )
-                conn.commit()  # the lock outlives the transaction; hold none open
-                if got:
-                    self._held.add((key, share))
-            if got or self.run.stopping() or time.monotonic() >= until:
-                return got
-            self.run.sleep(SHARE_POLL)  # the other run is on it; a stop cuts this short
-
-    def give_back(self, key: int, shares: Iterable[int]) -> None:
-        """Let go of these shares of the series ``key`` (those held; others are left)."""
-        import sqlalchemy as sa
-
-        with self._guard:
-            for share in shares:
-                if (key, share) in self._held:
-                    self._held.discard((key, share))
-                    conn = self._connection()
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key, share)))
-                    conn.commit()
-
-    def close(self) -> None:
-        """Give back every lock still held and end the session."""
-        with self._guard:
-            conn, self._conn = self._conn, None
-            held, self._held = self._held, set()
-        if conn is None:
-            return
-        import sqlalchemy as sa
-
-        try:
-            for key, share in sorted(held):
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(key, share)))
-            conn.commit()
-        finally:
-            conn.close()
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self.run.store.engine.connect()
-        return self._conn
-
-
-def shares(run: Run, series: Series, group: int, locks: ShareLocks) -> Iterator[Share]:
+def shares(run: Run, series: Series, group: int) -> Iterator[Share]:
     """The parts of a series' enrollments this run plans and sends, one at a time.
     SQLite (one machine, usually one run): the whole series at once. PostgreSQL, where
     several runs on several machines may work on one list: ``SHARES`` shares, each held
-    with a session advisory lock (in ``locks``) while this run works on it; a share
-    another run holds is left for the end, so that concurrent runs share the work
-    instead of racing for the same claims. The claims still decide who sends what: the
-    locks only spread the work. So the shares still held ``SHARE_WAIT`` after this run
-    is through with the others (one wait for all of them) are worked on all the same:
-    their holder may be stuck (a hung request, a backoff), and the deliveries whose
-    lease it let run out are this run's to send (DESIGN §7), not to wait for.
+    with a session advisory lock while this run works on it; a share another run holds
+    is left for the end, so that concurrent runs share the work instead of racing for
+    the same claims. The claims still decide who sends what: the locks only spread
+    the work. So the shares still held ``SHARE_WAIT`` after this run is through with
+    the others (one wait for all of them) are worked on all the same: their holder may
+    be stuck (a hung request, a backoff), and the deliveries whose lease it let run out
+    are this run's to send (DESIGN §7), not to wait for.
 
     Free shares are taken together, as many as hold about ``group`` enrollments to look
     at (`_unit_size`): each part starts the send loop's stream of requests anew and
@@ -204,61 +128,80 @@ def shares(run: Run, series: Series, group: int, locks: ShareLocks) -> Iterator[
 
     A run that has planned and sent a whole share for the series' current content
     says so in the database (a plan marker per share, as `mark_planned` does for the
-    series) when it calls the part's ``done``, which also lets go of its shares. When
-    a share's lock is free again, another run then looks only at its woken
-    enrollments, which is nearly nothing: it does not plan again the readers the first
-    run has just bookmarked. A share whose run stopped or died halfway has no marker,
-    and is planned whole. The caller may go on to the next part (plan it, in a thread
-    of its own) before it calls the last one's ``done``."""
+    series). When the share's lock is free again, another run then looks only at its
+    woken enrollments, which is nearly nothing: it does not plan again the readers the
+    first run has just bookmarked. A share whose run stopped or died halfway has no
+    marker, and is planned whole."""
     full = needs_full_plan(run, series)
     if run.store.dialect != "postgresql":
         yield Share(None, full)
         return
+    import sqlalchemy as sa
+
     key = zlib.crc32(series.slug.encode("utf-8")) & 0x7FFFFFFF
     version = fingerprint(series)
     size = _unit_size(run, series, full, group)
     start = random.randrange(SHARES)  # runs started at once begin apart
     order = [(start + k) % SHARES for k in range(SHARES)]
-
-    def part(unit: list[int], *, locked: bool = True) -> Share:
-        markers = [_share_marker(series, share) for share in unit]
-        with run.store.connect() as conn:
-            planned = full and all(
-                ledger.setting_or_none(conn, marker) == version for marker in markers
-            )
-
-        def done() -> None:
-            if full and not planned and run.halt is None and not run.stopping():
-                with run.store.begin() as conn:
-                    for marker in markers:
-                        ledger.set_setting(conn, marker, version)
-            if locked:
-                locks.give_back(key, unit)
-
-        return Share((tuple(unit), SHARES), full and not planned, done)
-
     busy = []
-    unit: list[int] = []
-    for share in order:
-        if not locks.take(key, share, wait=0):
-            busy.append(share)
-            continue
-        unit.append(share)
-        if len(unit) == size:
-            yield part(unit)
-            unit = []
-    if unit:
-        yield part(unit)
-    # One wait for them all: a run stuck in a hung request may hold many shares (it
-    # takes them together), and a wait for each would add up to many minutes.
-    deadline = time.monotonic() + SHARE_WAIT
-    for share in busy:
-        locked = locks.take(key, share, wait=max(0.0, deadline - time.monotonic()))
-        if run.stopping():
-            return  # the run ends without this share (`ShareLocks.close` lets it go)
-        # A holder that keeps a share longer may be stuck (a hung request, a long
-        # backoff): the share is worked on beside it, its leases deciding who sends.
-        yield part([share], locked=locked)
+    with run.store.engine.connect() as locks:  # its own session: the locks are its own
+
+        def lock(share: int, *, wait: float) -> bool:
+            """Take the share's lock, waiting up to ``wait`` seconds for its holder."""
+            until = time.monotonic() + wait
+            while True:
+                call = sa.func.pg_try_advisory_lock(key, share)
+                got = bool(locks.execute(sa.select(call)).scalar())
+                locks.commit()  # a session lock outlives the transaction; hold none open
+                if got or run.stopping() or time.monotonic() >= until:
+                    return got
+                run.sleep(SHARE_POLL)  # the other run is on it; a stop cuts this short
+
+        def unlock(share: int) -> None:
+            locks.execute(sa.select(sa.func.pg_advisory_unlock(key, share)))
+            locks.commit()
+
+        def work(unit: list[int], *, locked: bool = True) -> Iterator[Share]:
+            markers = [_share_marker(series, share) for share in unit]
+            with run.store.connect() as conn:
+                planned = full and all(
+                    ledger.setting_or_none(conn, marker) == version for marker in markers
+                )
+            try:
+                yield Share((tuple(unit), SHARES), full and not planned)
+                # Back here only when the caller went through the whole unit.
+                if full and not planned and run.halt is None and not run.stopping():
+                    with run.store.begin() as conn:
+                        for marker in markers:
+                            ledger.set_setting(conn, marker, version)
+            finally:
+                if locked:
+                    for share in unit:
+                        unlock(share)
+
+        unit: list[int] = []
+        for share in order:
+            if not lock(share, wait=0):
+                busy.append(share)
+                continue
+            unit.append(share)
+            if len(unit) == size:
+                yield from work(unit)
+                unit = []
+        if unit:
+            yield from work(unit)
+        # One wait for them all: a run stuck in a hung request may hold many shares (it
+        # takes them together), and a wait for each would add up to many minutes.
+        deadline = time.monotonic() + SHARE_WAIT
+        for share in busy:
+            locked = lock(share, wait=max(0.0, deadline - time.monotonic()))
+            if run.stopping():
+                if locked:
+                    unlock(share)
+                return  # the run ends without this share
+            # A holder that keeps a share longer may be stuck (a hung request, a long
+            # backoff): the share is worked on beside it, its leases deciding who sends.
+            yield from work([share], locked=locked)
 
 
 def _unit_size(run: Run, series: Series, everything: bool, group: int) -> int:
