@@ -9,6 +9,12 @@ types on a connection it is a server-side prepared statement (psycopg's
 ``prepare_threshold``). SQLite keeps its own
 paths (ledger.py): it has no arrays, and its many-row statements cost no round trips.
 
+The arrays go in PostgreSQL's binary format (``%(name)b``,
+https://www.psycopg.org/psycopg3/docs/basic/params.html#binary-parameters-and-results):
+psycopg writes a text array element by element in Python, a binary one mostly in C.
+Text arrays were 9% of a send's CPU (py-spy, 30,000 messages): 4.5 ms for the five
+arrays of a 500-row record, 0.8 ms binary.
+
 Values come in the database's own form (``schema.to_db``), as everywhere in the ledger's
 write path. The rows to change are also named as ``id = ANY(ids)``: the planner then
 finds them through the primary key whatever it knows of the table (a list imported a
@@ -44,8 +50,8 @@ INSERT INTO deliveries (subscriber_id, series, article, part, state, attempts, d
                         claim_token, claimed_until, created_at, updated_at, attempted_at, batch)
 SELECT v.subscriber_id, %(series)s, v.article, v.part, 'claimed', 1, v.delivery_key,
        %(token)s, %(until)s, %(now)s, %(now)s, %(now)s, %(batch)s
-FROM unnest(%(subscriber_ids)s::integer[], %(articles)s::text[], %(parts)s::integer[],
-            %(keys)s::text[]) AS v(subscriber_id, article, part, delivery_key)
+FROM unnest(%(subscriber_ids)b::integer[], %(articles)b::text[], %(parts)b::integer[],
+            %(keys)b::text[]) AS v(subscriber_id, article, part, delivery_key)
 JOIN subscribers AS s ON s.id = v.subscriber_id
 FOR KEY SHARE OF s
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
@@ -96,10 +102,10 @@ _RECORD = """
 UPDATE deliveries AS d
 SET state = v.state, provider_message_id = v.message_id, last_error = v.error,
     sent_at = v.sent_at, claim_token = NULL, claimed_until = NULL, updated_at = %(now)s
-FROM unnest(%(ids)s::integer[], %(states)s::text[], %(message_ids)s::text[],
-            %(errors)s::text[], %(sent_at)s::timestamptz[])
+FROM unnest(%(ids)b::integer[], %(states)b::text[], %(message_ids)b::text[],
+            %(errors)b::text[], %(sent_at)b::timestamptz[])
      AS v(id, state, message_id, error, sent_at)
-WHERE d.id = v.id AND d.id = ANY(%(ids)s::integer[]) AND d.claim_token = %(token)s
+WHERE d.id = v.id AND d.id = ANY(%(ids)b::integer[]) AND d.claim_token = %(token)s
 """
 
 
@@ -130,10 +136,10 @@ def record(
 _BOOKMARKS = """
 UPDATE enrollments AS e
 SET next_due_at = v.next_due_at, plan_version = v.plan_version, completed_at = v.completed_at
-FROM unnest(%(ids)s::integer[], %(revisions)s::integer[], %(next)s::timestamptz[],
-            %(versions)s::text[], %(completed)s::timestamptz[])
+FROM unnest(%(ids)b::integer[], %(revisions)b::integer[], %(next)b::timestamptz[],
+            %(versions)b::text[], %(completed)b::timestamptz[])
      AS v(id, revision, next_due_at, plan_version, completed_at)
-WHERE e.id = v.id AND e.id = ANY(%(ids)s::integer[]) AND e.revision = v.revision
+WHERE e.id = v.id AND e.id = ANY(%(ids)b::integer[]) AND e.revision = v.revision
 """
 # A change committed after the run read the enrollment has added one to its revision:
 # that row is left alone. One committed while this UPDATE waits for the row's lock is
@@ -158,7 +164,7 @@ def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, An
 
 
 _DEPARTED = """
-SELECT v.id FROM unnest(%(ids)s::integer[]) AS v(id)
+SELECT v.id FROM unnest(%(ids)b::integer[]) AS v(id)
 LEFT JOIN subscribers AS s ON s.id = v.id
 LEFT JOIN enrollments AS e ON e.subscriber_id = v.id AND e.series = %(series)s
 WHERE s.id IS NULL OR e.id IS NULL OR s.status <> 'active' OR e.paused
