@@ -12,10 +12,13 @@ from email.header import decode_header, make_header
 from email.utils import unquote
 from pathlib import Path
 
+import sqlalchemy as sa
 from click.testing import CliRunner
+from sqlalchemy.engine import Connection
 
 from pipeline.cli import cli
 from pipeline.providers import ProviderError
+from pipeline.store.schema import deliveries
 
 SITE_LINE = 'site_url = "https://steadyground.example"'
 # When test subscribers enroll: before the fixed moments the tests send at (a Monday,
@@ -137,3 +140,9 @@ def display_text(mailbox: str) -> str:
     if phrase.startswith('"'):
         return unquote(phrase)
     return str(make_header(decode_header(phrase))) if phrase else ""
+
+
+def delivery_states(conn: Connection) -> dict[str, int]:
+    """The ledger's deliveries counted by state (``{"sent": 2, "claimed": 1}``)."""
+    query = sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
+    return {state: count for state, count in conn.execute(query).all()}

@@ -34,7 +34,7 @@ from .fake_http import Reply, Request
 from .fake_postmark import BATCH_PATH, FakePostmark
 from .fake_resend import BATCH_PATH as RESEND_BATCH
 from .fake_resend import DEFAULT_KEY, SERVER_TEXT, FakeResend, error
-from .helpers import ENROLLED_AT, configure, enroll_examples, run
+from .helpers import ENROLLED_AT, configure, delivery_states, enroll_examples, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 LEAVER = "x@example.com"
@@ -125,22 +125,10 @@ def send_while_leaving(
     with fake:
         monkeypatch.setenv("POSTMARK_SERVER_TOKEN", POSTMARK_TOKEN)
         monkeypatch.setenv("SERIES_PROVIDER_URL", fake.url)
-        config = load_config(root)
-        provider = get_provider("postmark", config)
-        try:
-            with open_store(root) as store:
-                report = send_due(config, store, provider, SendOptions(now=MONDAY))
-                with store.connect() as conn:
-                    states = dict(
-                        conn.execute(
-                            sa.select(deliveries.c.state, sa.func.count()).group_by(
-                                deliveries.c.state
-                            )
-                        ).all()
-                    )
-        finally:
-            provider.close()
+        report = _send(root, "postmark")
         accepted = [parseaddr(record["to"])[1] for record in fake.accepted]
+    with open_store(root) as store, store.connect() as conn:
+        states = delivery_states(conn)
     return accepted, report, states, fake.left.is_set()
 
 
@@ -178,9 +166,11 @@ class LeavingResend(FakeResend):
         return super().handle(request)
 
 
-def _resend(root: Path) -> SendReport:
+def _send(root: Path, provider_name: str) -> SendReport:
+    """One `send_due` at MONDAY through ``provider_name`` (its URL and key set), backoffs
+    not waited out."""
     config = load_config(root)
-    provider = get_provider("resend", config)
+    provider = get_provider(provider_name, config)
     try:
         with open_store(root) as store:
             return send_due(config, store, provider, SendOptions(now=MONDAY, sleep=lambda _: None))
@@ -201,10 +191,10 @@ def test_an_interrupted_request_is_not_repeated_to_a_reader_who_left_meanwhile(
         monkeypatch.setenv(PROVIDER_URL_ENV, fake.url)
         monkeypatch.setenv(KEY_ENV, DEFAULT_KEY)
         fake.fail_next(RESEND_BATCH, "drop-before", times=RETRIES + 1)
-        first = _resend(root)
+        first = _send(root, "resend")
         assert (first.sent, first.unknown) == (0, 6), first
         fake.leaving = "asa.berg@example.com"
-        second = _resend(root)
+        second = _send(root, "resend")
         attempts = len(fake.batch_requests())
         accepted = list(fake.accepted)
     assert fake.leaving is None, "nobody left: the test did not test anything"

@@ -23,7 +23,7 @@ from pipeline.store.schema import deliveries
 
 from .conftest import POSTMARK_TOKEN
 from .fake_postmark import FakePostmark
-from .helpers import ENROLLED_AT, configure, run
+from .helpers import ENROLLED_AT, configure, delivery_states, run
 
 MONDAY = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
@@ -164,13 +164,7 @@ def test_a_token_refused_mid_run_leaves_nothing_claimed(
                 with pytest.raises(ProviderError, match="refused the server token"):
                     send_due(config, store, provider, SendOptions(now=MONDAY))
                 with store.connect() as conn:
-                    states: dict[str, int] = dict(
-                        conn.execute(
-                            sa.select(deliveries.c.state, sa.func.count()).group_by(
-                                deliveries.c.state
-                            )
-                        ).all()
-                    )
+                    states = delivery_states(conn)
         finally:
             provider.close()
         assert states == {"sent": 2}, states
