@@ -307,7 +307,8 @@ def _write_batch(
                 )
             )
             tally.imported += len(new_rows)
-        _apply_updates(conn, updates)
+        changed = _apply_updates(conn, updates)
+        audits = [a for a in audits if a["subscriber_id"] in changed]
         replan(conn, [u["_id"] for u in updates if "timezone" in u])
         for (series_slug, start_part), emails in to_enroll.items():
             conn.execute(
@@ -339,17 +340,45 @@ def _changes(current: Any, row: Row) -> dict[str, Any]:
     return changes
 
 
-def _apply_updates(conn: Connection, updates: list[dict[str, Any]]) -> None:
+def _apply_updates(conn: Connection, updates: list[dict[str, Any]]) -> set[int]:
+    """Write each update (``_id``, ``updated_at`` and the changed columns) of a
+    subscriber read as active, where they still are: one who left since the import
+    read them (bounced by a send's answer, unsubscribed by a click: PostgreSQL lets
+    that commit between the read and this write) is left as they are, as the import
+    leaves anyone who left. Returns the ids whose status this import changed (their
+    audit rows are written)."""
+    still_active = subscribers.c.status == "active"
+    statuses: dict[tuple[str, Any], list[int]] = {}  # (new status, updated_at) -> ids
     # Group by the set of changed columns so each group is one executemany.
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for update in updates:
-        groups.setdefault(tuple(sorted(update)), []).append(update)
+        data = {k: v for k, v in update.items() if k != "status"}
+        if "status" in update:
+            statuses.setdefault((update["status"], update["updated_at"]), []).append(update["_id"])
+        groups.setdefault(tuple(sorted(data)), []).append(data)
     for columns, params in groups.items():
         values: dict[str, Any] = {c: sa.bindparam(c) for c in columns if c != "_id"}
         conn.execute(
-            subscribers.update().where(subscribers.c.id == sa.bindparam("_id")).values(values),
+            subscribers.update()
+            .where(subscribers.c.id == sa.bindparam("_id"), still_active)
+            .values(values),
             params,
         )
+    changed: set[int] = set()
+    for (status, now), ids in statuses.items():
+        for start in range(0, len(ids), _IDS_AT_ONCE):
+            changed.update(
+                conn.scalars(
+                    subscribers.update()
+                    .where(subscribers.c.id.in_(ids[start : start + _IDS_AT_ONCE]), still_active)
+                    .values(status=status, updated_at=now)
+                    .returning(subscribers.c.id)
+                )
+            )
+    return changed
+
+
+_IDS_AT_ONCE = 500  # ids in one IN (...): well under SQLite's limit on parameters
 
 
 def _audit(

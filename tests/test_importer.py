@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -294,3 +295,51 @@ def test_a_name_with_runs_of_spaces_is_reported_in_words(
         "a.csv:2: warning: the name had runs of more than one space; stored as 'Leading Spaces'"
     ]
     assert find(sqlite_store, "a@example.com").name == "Leading Spaces"
+
+
+# -- an import beside a send --------------------------------------------------------
+
+
+def test_an_import_leaves_alone_a_reader_who_bounced_while_it_ran(
+    postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL lets a send's bounce commit between the import's read of a reader and
+    its write. An import marking x and y unsubscribed then leaves x bounced, with no
+    audit row saying x went from active to unsubscribed; y's change goes in."""
+    from pipeline import importer
+    from pipeline.store import ledger
+
+    with open_store(tmp_path, postgres_database_url) as store:
+        for email in ("x@example.com", "y@example.com"):
+            add_subscriber(store, CATALOG, email, now=NOW, series="attachment")
+        real_changes = importer._changes
+
+        def changes(current: object, row: csvrows.Row) -> dict[str, object]:
+            if row.email == "x@example.com":  # a run records a bounce of x meanwhile
+                with open_store(tmp_path, postgres_database_url) as other, other.begin() as conn:
+                    reader = find(other, row.email).id
+                    ledger.mark_subscriber(
+                        conn, reader, "bounced", actor="provider:postmark", reason="hard", now=NOW
+                    )
+            return real_changes(current, row)
+
+        monkeypatch.setattr(importer, "_changes", changes)
+        text = "email,status\nx@example.com,unsubscribed\ny@example.com,unsubscribed\n"
+        import_text(store, tmp_path / "left.csv", text)
+        assert (find(store, "x@example.com").status, find(store, "y@example.com").status) == (
+            "bounced",
+            "unsubscribed",
+        )
+        with store.connect() as conn:
+            audit = conn.execute(
+                sa.select(
+                    subscribers.c.email, status_changes.c.old_status, status_changes.c.new_status
+                )
+                .join(subscribers, subscribers.c.id == status_changes.c.subscriber_id)
+                .where(status_changes.c.new_status != "active")
+                .order_by(status_changes.c.id)
+            ).all()
+    assert [tuple(row) for row in audit] == [
+        ("x@example.com", "active", "bounced"),
+        ("y@example.com", "active", "unsubscribed"),
+    ]
