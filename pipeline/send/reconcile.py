@@ -200,10 +200,10 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
         results = send_batch(run, messages, batch, gate)
     except Withheld as exc:
         with run.store.begin() as conn:
-            ledger.unclaim_unknown(conn, ids, token=run.token)
-        report.unknown += len(rows)
+            kept = ledger.unclaim_unknown(conn, ids, token=run.token)
+        report.unknown += kept
         report.problems.append(
-            f"{len(rows)} deliveries of an interrupted request stay unknown: not repeated ({exc})"
+            f"{kept} deliveries of an interrupted request stay unknown: not repeated ({exc})"
         )
         return
     outcome = {r.key: r for r in results}
@@ -247,8 +247,11 @@ def _gate(
         gone = ledger.departed(conn, series.slug, [r.subscriber_id for r in rows])
         lost = 0 if gone else renew(run, conn, [r.id for r in rows], clock)
     if gone:
-        who = next(r.email for r in rows if r.subscriber_id in gone)
-        raise Withheld(f"{who} is no longer to be written to")
+        # Not named: one of them may have been erased, and this line goes to the logs.
+        raise Withheld(
+            f"{len(gone)} of its readers can no longer be written to: unsubscribed, paused, "
+            "bounced or erased since it went out"
+        )
     if lost:
         raise Withheld(LEASE_LOST, lost=lost)
     return messages, batch

@@ -891,13 +891,14 @@ def claim_unknown(
     return False
 
 
-def unclaim_unknown(conn: Connection, ids: Sequence[int], *, token: str) -> None:
-    """Give back the claims ``claim_unknown`` took (the request was not repeated)."""
-    conn.execute(
+def unclaim_unknown(conn: Connection, ids: Sequence[int], *, token: str) -> int:
+    """Give back the claims ``claim_unknown`` took (the request was not repeated);
+    returns how many the ledger still had (an erasure since removes a reader's)."""
+    return conn.execute(
         deliveries.update()
         .where(deliveries.c.id.in_(ids), deliveries.c.claim_token == token)
         .values(state="unknown", claim_token=None, claimed_until=None)
-    )
+    ).rowcount
 
 
 def record_replay(
