@@ -8,9 +8,11 @@ A claim is taken no earlier than it can be used: the rate limiter waits first. A
 right before each attempt of each request, in one transaction, the run renews its
 lease on every claim of the request; a claim it no longer holds (its lease ran out
 and another run may have taken the delivery over) means the request is not sent at
-all. In the same moment each reader's send window is checked with the run's moving
-clock: a reader whose window has closed is given back for its next opening, however
-the run got there (a long run, a slow rate limit, a backoff). Building one reader's
+all. Right before, a reader who left since the claim (unsubscribed, paused, bounced,
+erased) is taken out of it. In the same moment each reader's send window is checked
+with the run's moving clock: a reader whose window has closed is given back for its
+next opening, however the run got there (a long run, a slow rate limit, a backoff).
+Building one reader's
 message can fail (a template that breaks on one reader's data, an address no header
 can carry): that delivery alone is failed, as an adapter fails such a message
 (`providers.base.sendable`). What fails for every reader (a configured URL or sender)
@@ -24,7 +26,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -51,7 +53,7 @@ LONGEST_BACKOFF = 60.0
 class Withheld(Exception):
     """A request was not handed to the provider (why, in one line): ``lost`` of its
     claims were no longer this run's, or the run is stopping, or no reader of it was
-    inside their send window any more."""
+    left (outside their send window, or gone since the claim)."""
 
     def __init__(self, why: str, *, lost: int = 0) -> None:
         super().__init__(why)
@@ -76,6 +78,9 @@ class _Batch:
     # counted into the report in the send loop's thread (`_count_left_out`):
     held: int = 0  # outside their send window: looked at again when it opens
     skipped: int = 0  # claimed by another run, or no longer to be written to
+    # Delivery keys left out of the repeats of a request whose first attempt may have
+    # reached them (their reader left meanwhile): their outcome stays unknown.
+    unsent: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -274,11 +279,13 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
 
     A reader who left since the claim (unsubscribed, paused, bounced, erased:
     `ledger.departed`) is given back, and so is a reader outside their send window at
-    the run's clock, for its next opening. That is only before any attempt: after one
-    that may have been sent the request can only be repeated whole, so it is not
-    repeated at all. Then, in one transaction, this run's lease on every remaining
-    claim is renewed and the request's key recorded. Raises Withheld when the run is
-    stopping, a claim is no longer this run's, or nobody is left."""
+    the run's clock, for its next opening. That is before any attempt. After one that
+    may have been sent, a request whose window has closed is not repeated at all, and
+    one that lost a reader is repeated under the same key without them (``unsent``:
+    their outcome stays unknown; the provider refuses the changed body if it has the
+    first). Then, in one transaction, this run's lease on every remaining claim is
+    renewed and the request's key recorded. Raises Withheld when the run is stopping,
+    a claim is no longer this run's, or nobody is left."""
     refuse_if_stopping(run)
     clock = run.clock()
     claims = batch.claims
@@ -290,9 +297,15 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
         closed = _closed(batch.series, [c.enrollment for c in claims], clock)
         for i in left:
             closed.pop(i, None)  # gone for good, not held for the window
-        if maybe_sent and (left or closed):
-            why = "a reader left" if left else "the send window closed"
-            raise Withheld(f"{why} before the request could be repeated")
+        if maybe_sent and closed:
+            raise Withheld("the send window closed before the request could be repeated")
+        if maybe_sent and left:
+            # The request goes again under its key, without those who left: the
+            # provider refuses a changed body under a key it has seen (nothing goes
+            # twice), and when the first attempt never arrived the others get it now.
+            # Those who left stay unknown: the first attempt may have reached them.
+            batch.unsent |= {claims[i].key for i in left}
+            left = set()
         dropped = [claims[i] for i in sorted(left)]
         held = [claims[i] for i in closed]
         bookmarks = [_held(run, batch.series, claims[i].enrollment, o) for i, o in closed.items()]
@@ -302,7 +315,9 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
             batch.messages = [m for i, m in enumerate(batch.messages) if i not in out]
             batch.skipped += len(left)
             batch.held += len(closed)
-        ids = [c.id for c in batch.claims]
+        # (The claims of those left out of a repeat are not renewed: an erasure removes
+        # them, and their outcome is unknown whatever happens now.)
+        ids = [c.id for c in batch.claims if c.key not in batch.unsent]
         quiet = not (dropped or held) and held_for_now(run, conn, ids, clock, batch.key)
     if not quiet:
         with run.store.begin() as conn:
@@ -312,9 +327,12 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
             lost = renew(run, conn, ids, clock, batch=batch.key)
         if lost:
             raise Withheld(LEASE_LOST, lost=lost)
-    if not batch.claims:
+    going = [
+        m for m, c in zip(batch.messages, batch.claims, strict=True) if c.key not in batch.unsent
+    ]
+    if not going:
         raise Withheld("nobody was left to send it to")
-    return batch.messages, batch.key
+    return going, batch.key
 
 
 def _closed(
@@ -388,6 +406,9 @@ def _answer(run: Run, batch: _Batch, *, also_release: Sequence[Claim]) -> _Answe
     except Withheld as exc:
         _withheld(run, batch, exc)
         return None
+    if batch.unsent:
+        why = "not repeated: the reader left after an attempt that may have reached them"
+        results = [*results, *(SendResult(key, "unknown", error=why) for key in batch.unsent)]
     return batch, results
 
 
@@ -489,8 +510,8 @@ def send_batch(
 
     Before each attempt (but the first when ``gated``: the caller has just passed the
     gate, and ``messages`` and ``key`` are what it let through) ``gate`` renews the
-    run's claims and says what may go (it may
-    drop readers whose send window closed while nothing can have been sent yet); if it
+    run's claims and says what may go (it may drop readers whose send window closed,
+    or who left since the claim); if it
     raises Withheld, nothing more is sent: the exception goes up when no attempt may
     have gone through (the claims can be given back), else the batch is unknown. An
     answer lost on the way back is retried only under an idempotency key; without
@@ -573,7 +594,12 @@ def _record(
             result.outcome, claim.attempts, now, now if result.outcome == "sent" else None
         )
         bookmarks.append(bookmark(claim.enrollment, steps.after(claim, entry), version, now))
+    unknown = [claim.id for claim, state, _, _ in rows if state == "unknown"]
     with run.store.begin() as conn:
+        # An unknown outcome is counted where the ledger still holds the claim: an
+        # erasure during the request removed that reader's (a lost answer, a reader
+        # left out of a repeat).
+        kept = ledger.claimed_ids(conn, unknown, token=run.token) if unknown else set()
         for subscriber_id, status, reason in statuses:
             ledger.mark_subscriber(
                 conn,
@@ -586,8 +612,7 @@ def _record(
         ledger.record(conn, rows, token=run.token, now=clock, sent_at=now)
         ledger.save_bookmarks(conn, bookmarks)
     sent = sum(1 for _, state, _, _ in rows if state == "sent")
-    unknown = sum(1 for _, state, _, _ in rows if state == "unknown")
-    return _Tally(sent, unknown, failed, len(rows))
+    return _Tally(sent, len(kept), failed, len(rows))
 
 
 @dataclass(frozen=True)

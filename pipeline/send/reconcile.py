@@ -115,12 +115,18 @@ def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> l
             r for r in rows if r.status != "active" or r.unsubscribed_at is not None or r.paused
         ]
         if gone:
+            # Their delivery stays unknown (the request may have reached them); the
+            # others' is repeated without them, under the request's key: the provider
+            # refuses the changed body if it has the first, and sends it if not.
             report.problems.append(
-                f"{len(rows)} deliveries of an interrupted request stay unknown: "
-                f"{gone[0].email} has left or paused since, so it cannot be repeated"
+                f"{len(gone)} deliveries of an interrupted request stay unknown: "
+                f"{gone[0].email} has left or paused since"
+                + (", so it cannot be repeated" if len(gone) == len(rows) else "")
             )
-            left += rows
-            continue
+            left += gone
+            rows = [r for r in rows if r not in gone]
+            if not rows:
+                continue
         series = by_slug[rows[0].series]
         if series.paused:
             # Repeating it may send: it waits, unknown, until the series is resumed.
@@ -195,7 +201,8 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
     # The key the request went out under, as recorded then: a request that lost a
     # member since has another body, which the provider refuses (409) rather than
     # sending again.
-    gate = functools.partial(_gate, run, series, rows, messages, batch)
+    out: set[str] = set()  # delivery keys left out of the repeat: their readers left
+    gate = functools.partial(_gate, run, series, rows, messages, batch, out)
     try:
         results = send_batch(run, messages, batch, gate)
     except Withheld as exc:
@@ -206,6 +213,17 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
             f"{kept} deliveries of an interrupted request stay unknown: not repeated ({exc})"
         )
         return
+    if out:
+        gone = [r.id for r in rows if r.delivery_key in out]
+        rows = [r for r in rows if r.delivery_key not in out]
+        with run.store.begin() as conn:
+            kept = ledger.unclaim_unknown(conn, gone, token=run.token)
+        report.unknown += kept
+        if kept:  # (none when the one who left was erased, their rows with them)
+            report.problems.append(
+                f"{kept} deliveries of an interrupted request stay unknown: their readers "
+                "left while it was repeated (the others went without them)"
+            )
     outcome = {r.key: r for r in results}
     with run.store.begin() as conn:
         ledger.record_replay(
@@ -233,11 +251,13 @@ def _gate(
     rows: Sequence[Any],
     messages: Sequence[Message],
     batch: str,
+    out: set[str],
     maybe_sent: bool,
 ) -> tuple[Sequence[Message], str]:
-    """Right before each attempt of a repeat: the whole request, unchanged, or Withheld
-    (the run is stopping, a reader's window has closed, a reader left since the claim,
-    or a claim is no longer ours)."""
+    """Right before each attempt of a repeat: the request under its key, without the
+    readers who left since the claim (their delivery keys are added to ``out``: their
+    outcome stays unknown), or Withheld (the run is stopping, a reader's window has
+    closed, nobody is left, or a claim is no longer ours)."""
     refuse_if_stopping(run)
     clock = run.clock()
     closed = _outside_window(series, rows, clock)
@@ -245,16 +265,17 @@ def _gate(
         raise Withheld(closed)
     with run.store.begin() as conn:
         gone = ledger.departed(conn, series.slug, [r.subscriber_id for r in rows])
-        lost = 0 if gone else renew(run, conn, [r.id for r in rows], clock)
-    if gone:
-        # Not named: one of them may have been erased, and this line goes to the logs.
+        out.update(r.delivery_key for r in rows if r.subscriber_id in gone)
+        staying = [r.id for r in rows if r.delivery_key not in out]
+        lost = renew(run, conn, staying, clock) if staying else 0
+    if not staying:
         raise Withheld(
-            f"{len(gone)} of its readers can no longer be written to: unsubscribed, paused, "
-            "bounced or erased since it went out"
+            "its readers can no longer be written to: unsubscribed, paused, bounced or "
+            "erased since it went out"
         )
     if lost:
         raise Withheld(LEASE_LOST, lost=lost)
-    return messages, batch
+    return [m for m in messages if m.key not in out], batch
 
 
 def _outside_window(series: Series, rows: Sequence[Any], moment: datetime) -> str | None:

@@ -617,6 +617,20 @@ def held_claims(
     )
 
 
+def claimed_ids(conn: Connection, ids: Sequence[int], *, token: str) -> set[int]:
+    """Those of the ledger rows ``ids`` still claimed by this run (``token``): the
+    others were taken over, or removed by an erasure."""
+    if not ids:
+        return set()
+    return set(
+        conn.scalars(
+            sa.select(deliveries.c.id).where(
+                bulk.among(conn, deliveries.c.id, ids), deliveries.c.claim_token == token
+            )
+        )
+    )
+
+
 def record(
     conn: Connection,
     outcomes: Sequence[tuple[Claim, str, str | None, str | None]],
