@@ -224,6 +224,8 @@ def _repeat(run: Run, series: Series, rows: Sequence[Any], batch: str) -> None:
                 f"{kept} deliveries of an interrupted request stay unknown: their readers "
                 "left while it was repeated (the others went without them)"
             )
+        if not rows:
+            return  # everyone left after an attempt that may have been sent
     outcome = {r.key: r for r in results}
     with run.store.begin() as conn:
         ledger.record_replay(
@@ -260,14 +262,15 @@ def _gate(
     closed, nobody is left, or a claim is no longer ours)."""
     refuse_if_stopping(run)
     clock = run.clock()
-    closed = _outside_window(series, rows, clock)
-    if closed:
-        raise Withheld(closed)
     with run.store.begin() as conn:
         gone = ledger.departed(conn, series.slug, [r.subscriber_id for r in rows])
         out.update(r.delivery_key for r in rows if r.subscriber_id in gone)
-        staying = [r.id for r in rows if r.delivery_key not in out]
-        lost = renew(run, conn, staying, clock) if staying else 0
+        staying = [r for r in rows if r.delivery_key not in out]
+        # Only the window of those it goes to (one who left holds nobody back).
+        closed = _outside_window(series, staying, clock)
+        lost = renew(run, conn, [r.id for r in staying], clock) if staying and not closed else 0
+    if closed:
+        raise Withheld(closed)
     if not staying:
         raise Withheld(
             "its readers can no longer be written to: unsubscribed, paused, bounced or "
