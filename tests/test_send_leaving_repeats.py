@@ -78,6 +78,13 @@ def _env(monkeypatch: pytest.MonkeyPatch, fake: FakeResend) -> None:
     monkeypatch.setenv(KEY_ENV, DEFAULT_KEY)
 
 
+def _interrupted(root: Path, fake: FakeResend) -> int:
+    """A first run whose request never reaches Resend (every attempt's connection
+    drops): how many deliveries it leaves unknown."""
+    fake.fail_next(RESEND_BATCH, "drop-before", times=RETRIES + 1)
+    return int(_send(root, "resend").unknown)
+
+
 # -- the repeat of an interrupted request (reconcile) ----------------------------------
 
 
@@ -86,14 +93,13 @@ def test_repeat_whose_only_reader_leaves_after_a_504(
     example_copy: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """One reader; run 1 never reaches Resend (unknown). Run 2 repeats it: Resend answers
-    504 (may have gone) and the reader leaves meanwhile. Nobody is left for the retry:
-    expected no traceback, the delivery unknown (or gone when erased)."""
+    504 (it may have gone) and the reader leaves meanwhile. Nobody is left for the
+    retry: the run ends without an error, the delivery unknown (or gone when erased)."""
     root = example_copy
     (email,) = import_readers(root, 1)
     with ScriptedResend(root) as fake:
         _env(monkeypatch, fake)
-        fake.fail_next(RESEND_BATCH, "drop-before", times=RETRIES + 1)
-        assert _send(root, "resend").unknown == 1
+        assert _interrupted(root, fake) == 1
         fake.script = [(leave(how, email), "504")]
         second = _send(root, "resend")
         assert fake.ran == 1
@@ -111,8 +117,7 @@ def test_repeat_whose_readers_all_leave_after_a_504(
     root = enroll_examples(example_copy)
     with ScriptedResend(root) as fake:
         _env(monkeypatch, fake)
-        fake.fail_next(RESEND_BATCH, "drop-before", times=RETRIES + 1)
-        assert _send(root, "resend").unknown == 6
+        assert _interrupted(root, fake) == 6
         emails = [parseaddr(a)[1] for m in fake.batch_requests()[0].json for a in m["to"]]
 
         def everyone(store: Store) -> None:
@@ -129,14 +134,13 @@ def test_repeat_whose_readers_all_leave_after_a_504(
 def test_repeat_leaver_comes_back_between_retries(
     example_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Repeat: 504 while asa pauses; retry (5) 504 while asa resumes; the third attempt
-    must still be the 5 (same body as the second), not 6."""
+    """Repeat: a 504 while asa pauses, then the retry (5) gets a 504 while asa resumes:
+    the third attempt is still the 5 (the body of the second), not 6."""
     root = enroll_examples(example_copy)
     asa = "asa.berg@example.com"
     with ScriptedResend(root) as fake:
         _env(monkeypatch, fake)
-        fake.fail_next(RESEND_BATCH, "drop-before", times=RETRIES + 1)
-        assert _send(root, "resend").unknown == 6
+        assert _interrupted(root, fake) == 6
         fake.script = [(leave("paused", asa), "504"), (come_back(asa), "504")]
         second = _send(root, "resend")
         sizes = [len(r.json) for r in fake.batch_requests()[RETRIES + 1 :]]
@@ -215,18 +219,17 @@ def test_run_leaver_comes_back_between_retries(
     assert (report.sent, report.unknown) == (5, 1), report
 
 
-def test_repeat_crash_stops_the_whole_run(
+def test_a_repeat_everyone_left_does_not_stop_the_run(
     example_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The IndexError of a repeat whose only reader left after a 504 goes up out of
-    send_due: the run's other readers (here one enrolled after run 1) get nothing, and
-    the CLI (catch_exceptions=False in helpers.run) would show a traceback."""
+    """A repeat whose only reader left after a 504 ends quietly, and the run goes on to
+    send the part due to a reader enrolled since (an IndexError there stopped the whole
+    run before)."""
     root = example_copy
     (email,) = import_readers(root, 1)
     with ScriptedResend(root) as fake:
         _env(monkeypatch, fake)
-        fake.fail_next(RESEND_BATCH, "drop-before", times=RETRIES + 1)
-        assert _send(root, "resend").unknown == 1
+        assert _interrupted(root, fake) == 1
         csv = root / "more.csv"
         csv.write_text("email,series\nnew@example.com,attachment\n", encoding="utf-8")
         from .helpers import ENROLLED_AT, run
@@ -234,14 +237,8 @@ def test_repeat_crash_stops_the_whole_run(
         code, out, err = run(root, "subscribers", "import", str(csv), "--now", ENROLLED_AT)
         assert code == 0, out + err
         fake.script = [(leave("unsubscribed", email), "504")]
-        crashed = None
-        try:
-            _send(root, "resend")
-        except Exception as exc:
-            crashed = exc
+        _send(root, "resend")
         accepted = _accepted(fake)
-    states = _states(root)
-    assert crashed is None, f"{type(crashed).__name__}: {crashed}; states {states}"
     assert any("new@" in a for a in accepted), accepted
 
 
