@@ -131,17 +131,9 @@ def save_bookmarks(
     conn.exec_driver_sql(_BOOKMARKS, (orjson.dumps(rows).decode(),))
 
 
-_DEPARTED = """\
-SELECT json_group_array(j.value) FROM json_each(?) AS j
-LEFT JOIN subscribers AS s ON s.id = j.value
-LEFT JOIN enrollments AS e ON e.subscriber_id = j.value AND e.series = ?
-WHERE s.id IS NULL OR e.id IS NULL OR s.status <> 'active' OR e.paused
-    OR e.unsubscribed_at IS NOT NULL"""
-
 
 def departed(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
     """Those of ``subscriber_ids`` no longer to be written to in ``series``: erased, no
-    longer active, or with an enrollment gone, paused or unsubscribed."""
-    values = orjson.dumps(subscriber_ids).decode()
-    found = conn.exec_driver_sql(_DEPARTED, (values, series)).scalar_one()
-    return set(orjson.loads(found))
+    longer active, or with an enrollment gone, paused or unsubscribed (the ones
+    `active_subscribers` does not find)."""
+    return set(subscriber_ids) - active_subscribers(conn, series, subscriber_ids).keys()
