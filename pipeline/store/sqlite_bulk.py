@@ -131,7 +131,6 @@ def save_bookmarks(
     conn.exec_driver_sql(_BOOKMARKS, (orjson.dumps(rows).decode(),))
 
 
-
 def departed(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
     """Those of ``subscriber_ids`` no longer to be written to in ``series``: erased, no
     longer active, or with an enrollment gone, paused or unsubscribed (the ones
