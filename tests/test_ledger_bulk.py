@@ -349,3 +349,46 @@ def test_the_plan_marker_of_a_series_with_a_long_slug_is_kept_whole(
             ledger.set_plan_marker(conn, slug, f"version-{number}")
     with store.connect() as conn:
         assert [ledger.plan_marker(conn, slug) for slug in slugs] == ["version-0", "version-1"]
+
+
+def test_the_gate_finds_who_left_through_the_keys_however_long_the_list(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """The read right before each request of who left since the claim (`ledger.departed`)
+    looks its 500 readers up by key: it reads neither table whole, on a list of 20,000
+    enrolled in two series. Joined to the id array, it read both tables for every request
+    (at 30,000 readers, 31 ms a request against 8). Counted by PostgreSQL itself, for
+    the transaction (pg_stat_xact_user_tables)."""
+    readers = 20_000
+    with open_store(tmp_path, postgres_database_url) as store:
+        with store.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO subscribers (email, name, status, created_at, updated_at, source, "
+                "attributes) SELECT 'r' || g || '@example.com', '', "
+                "CASE WHEN g %% 7 = 0 THEN 'bounced' ELSE 'active' END, now(), now(), 'csv', '{}' "
+                "FROM generate_series(1, %(readers)s) AS g",
+                {"readers": readers},
+            )
+            for series in (SERIES, "other"):
+                conn.exec_driver_sql(
+                    "INSERT INTO enrollments (subscriber_id, series, enrolled_at, paused) "
+                    "SELECT id, %(series)s, now(), id %% 11 = 0 FROM subscribers",
+                    {"series": series},
+                )
+        with store.begin() as conn:
+            conn.exec_driver_sql("ANALYZE subscribers, enrollments")
+        with store.begin() as conn:
+            first = conn.scalar(sa.select(sa.func.min(subscribers.c.id)))
+            ids = [first + k for k in range(readers // 2, readers // 2 + 500)]
+            conn.execute(sa.delete(subscribers).where(subscribers.c.id == ids[0]))
+            gone = ledger.departed(conn, SERIES, ids)
+            scans = dict(
+                conn.exec_driver_sql(
+                    "SELECT relname, seq_scan FROM pg_stat_xact_user_tables "
+                    "WHERE relname IN ('subscribers', 'enrollments')"
+                ).all()
+            )
+    assert gone == {i for i in ids if (i - first + 1) % 7 == 0 or (i - first + 1) % 11 == 0} | {
+        ids[0]
+    }
+    assert scans == {"subscribers": 0, "enrollments": 0}

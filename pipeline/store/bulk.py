@@ -163,20 +163,24 @@ def save_bookmarks(conn: Connection, rows: Sequence[tuple[int, int, Any, str, An
     )
 
 
-_DEPARTED = """
-SELECT v.id FROM unnest(%(ids)b::integer[]) AS v(id)
-LEFT JOIN subscribers AS s ON s.id = v.id
-LEFT JOIN enrollments AS e ON e.subscriber_id = v.id AND e.series = %(series)s
-WHERE s.id IS NULL OR e.id IS NULL OR s.status <> 'active' OR e.paused
-    OR e.unsubscribed_at IS NOT NULL
+# By primary key (subscribers) and by the enrollment's own key (subscriber, series):
+# joined to the id array instead, PostgreSQL's planner reads both tables whole for
+# every request, a time that grows with the list (35 ms per request at 30,000 readers).
+_STAYING = """
+SELECT e.subscriber_id FROM enrollments AS e JOIN subscribers AS s ON s.id = e.subscriber_id
+WHERE e.series = %(series)s AND e.subscriber_id = ANY(%(ids)b::integer[])
+    AND s.id = ANY(%(ids)b::integer[]) AND s.status = 'active' AND NOT e.paused
+    AND e.unsubscribed_at IS NULL
 """
 
 
 def departed(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
     """Those of ``subscriber_ids`` no longer to be written to in ``series``: erased, no
-    longer active, or with an enrollment gone, paused or unsubscribed."""
-    rows = conn.exec_driver_sql(_DEPARTED, {"ids": list(subscriber_ids), "series": series})
-    return {reader for (reader,) in rows}
+    longer active, or with an enrollment gone, paused or unsubscribed (the ones a read
+    of those still to be written to does not find)."""
+    ids = list(subscriber_ids)
+    staying = conn.exec_driver_sql(_STAYING, {"ids": ids, "series": series}).scalars()
+    return set(ids).difference(staying)
 
 
 # Tables whose rows a send looks up by the thousand, and the share of rows changed since
