@@ -62,11 +62,11 @@ def test_a_send_longer_than_a_chunk_reaches_each_reader_once(
     """Chunks of 7 enrollments, sent in groups of at least 10, over 40 readers: every
     reader gets part 1 exactly once,
     and the next run, with the chunks that sent woken again, sends nothing more."""
-    import pipeline.send.groups
+    import pipeline.send
 
     emails = import_readers(example_copy, 40)
     monkeypatch.setattr(ledger, "CHUNK", 7)
-    monkeypatch.setattr(pipeline.send.groups, "SEND_GROUP", 10)
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 10)
     code, out, err = run(example_copy, "send", "--now", MONDAY.isoformat())
     assert code == 0, out + err
     assert out.startswith("sent 40, failed 0")

@@ -192,7 +192,7 @@ def test_a_run_alone_takes_the_shares_in_parts_of_about_a_send_group(
     """48 readers and a send group of 12: 4 parts of 4 shares, each share in one of
     them (a part starts the stream of requests anew); one part when the group holds
     them all."""
-    import pipeline.send.groups
+    import pipeline.send
     from pipeline.send import planning
 
     parts: list[tuple[int, ...]] = []
@@ -203,15 +203,15 @@ def test_a_run_alone_takes_the_shares_in_parts_of_about_a_send_group(
         parts.append(shard[0])
         return real_plan_chunks(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.send.groups, "plan_chunks", plan_chunks)
-    monkeypatch.setattr(pipeline.send.groups, "SEND_GROUP", 12)
+    monkeypatch.setattr(pipeline.send, "plan_chunks", plan_chunks)
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 12)
     import_readers(postgres_workspace, 48)
     code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
     assert code == 0 and out.startswith("sent 48, failed 0"), out + err
     assert [len(part) for part in parts] == [4, 4, 4, 4], parts
     assert sorted(share for part in parts for share in part) == list(range(SHARES))
     parts.clear()
-    monkeypatch.setattr(pipeline.send.groups, "SEND_GROUP", 20_000)
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 20_000)
     code, out, err = run(postgres_workspace, "send", "--now", MONDAY.isoformat())
     assert code == 0 and out.startswith("sent 0, failed 0"), out + err
     assert [sorted(part) for part in parts] == [list(range(SHARES))]
@@ -225,7 +225,7 @@ def test_every_part_is_sent_through_the_same_threads_which_end_with_the_run(
     once, serve them all, and none is left running after the run."""
     import importlib
 
-    import pipeline.send.groups
+    import pipeline.send
 
     deliver = importlib.import_module("pipeline.send.deliver")  # not the function
     used: dict[str, set[int]] = {"send": set(), "record": set(), "claim": set()}
@@ -247,7 +247,7 @@ def test_every_part_is_sent_through_the_same_threads_which_end_with_the_run(
     monkeypatch.setattr(deliver, "send_batch", send_batch)
     monkeypatch.setattr(deliver, "_record", record)
     monkeypatch.setattr(deliver, "_take", take)
-    monkeypatch.setattr(pipeline.send.groups, "SEND_GROUP", 12)
+    monkeypatch.setattr(pipeline.send, "SEND_GROUP", 12)
     settings = 'provider = "postmark"\nworkers = 1'  # one process: its threads are seen
     configure(postgres_workspace, settings, "[tool.series.postmark]\nbatch_size = 2")
     import_readers(postgres_workspace, 48)

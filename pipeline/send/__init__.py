@@ -6,9 +6,8 @@ leaves claims that the next run resolves (DESIGN §7).
 
 The stages, one module each: `reconcile` (deliveries an earlier run left unknown),
 `planning` (who is due), `compose` (rendering and each reader's message),
-`deliver` (claims, provider requests, retries, outcomes), `groups` (due deliveries
-gathered into streams) and `workers` (the same, shared out to processes for large
-runs); `run` holds what they share.
+`deliver` (claims, provider requests, retries, outcomes) and `workers` (the same,
+shared out to processes for large runs); `run` holds what they share.
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ from ..plan import Step
 from ..providers import Provider
 from ..store import Store, StoreError, bulk
 from ..store.ledger import Due
-from . import groups
 from .compose import first_line, personal_message
 from .deliver import RETRIES, deliver
 from .planning import (
+    Share,
     dry_run_rows,
     earliest,
     hold_back,
@@ -150,10 +149,42 @@ def _plan_and_deliver_in_chunks(run: Run, series_list: Sequence[Series]) -> None
     if options.on_total:
         options.on_total(to_plan(run, series_list))
     for series in series_list:
-        for share in shares(run, series, groups.SEND_GROUP):
-            groups.deliver_share(run, series_list, series, share)
+        for share in shares(run, series, SEND_GROUP):
+            _deliver_share(run, series_list, series, share)
             if run.stopped():
                 return
+
+
+# Due deliveries sent as one stream (one batch in flight while the next is prepared):
+# chunks of the plan are gathered up to this many first, so the stream seldom restarts.
+SEND_GROUP = 20_000
+
+
+def _deliver_share(run: Run, series_list: Sequence[Series], series: Series, share: Share) -> None:
+    """Plan and send one share of a series' enrollments (see `planning.shares`), chunk by
+    chunk; render everything first, before the first delivery of the run."""
+    pending: list[tuple[Series, Due, Step]] = []
+    for due in plan_chunks(run, series, share.shard, everything=share.everything):
+        if run.stopped():
+            return
+        pending += due
+        if len(pending) >= SEND_GROUP:
+            _deliver_group(run, series_list, pending)
+            pending = []
+    if pending and not run.stopped():
+        _deliver_group(run, series_list, pending)
+
+
+def _deliver_group(
+    run: Run, series_list: Sequence[Series], due: list[tuple[Series, Due, Step]]
+) -> None:
+    due.sort(key=lambda item: item[2].due_at or run.options.now)
+    if run.composer.renderer is None:
+        run.composer.prepare(series_list, due)
+        gc.freeze()  # the compiled emails live to the end of the run; see above
+    else:
+        run.composer.prepare_due(due)
+    deliver(run, due)
 
 
 def _refresh_statistics(store: Store) -> None:

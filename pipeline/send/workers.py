@@ -29,9 +29,9 @@ from ..errors import SeriesError
 from ..providers import ProviderError, get_provider
 from ..store import ledger, open_store
 from ..store.ledger import Shard
-from .groups import deliver_share
+from .deliver import deliver
 from .limiter import RateLimiter
-from .planning import Share, mark_planned, needs_full_plan, to_plan
+from .planning import mark_planned, needs_full_plan, plan_chunks, to_plan
 from .run import ProblemLines, Run, SendReport, Stop
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -158,12 +158,15 @@ def _worker(
         options.on_progress = lambda count: events.put(("progress", count))
         events.put(("planned", 0))
         gc.freeze()
-        # This worker's share, planned chunk by chunk and sent in groups as in a run
-        # alone (the parent rendered the in-order emails before the fork).
+        # One chunk of this worker's share at a time: planned, then sent.
         for series in series_list:
-            if run.stopped():
-                break
-            deliver_share(run, series_list, series, Share(shard, needs_full_plan(run, series)))
+            for due in plan_chunks(run, series, shard):
+                if run.stopped():
+                    break
+                # Histories an edit made unusual need their own emails (the parent
+                # rendered the in-order ones).
+                run.composer.prepare_due(due)
+                deliver(run, due)
         # A SIGTERM to this worker alone stops it too: the report says so, and the
         # parent reports the run as stopped (exit 1), not as an ordinary one.
         run.stopped()
