@@ -290,9 +290,8 @@ def _hand_over(run: Run, batch: _Batch, maybe_sent: bool) -> tuple[Sequence[Mess
     clock = run.clock()
     claims = batch.claims
     with run.store.connect() as conn:
-        gone = ledger.departed(
-            conn, batch.series.slug, [c.enrollment.subscriber_id for c in claims]
-        )
+        readers = {c.enrollment.subscriber_id: c.enrollment.id for c in claims}
+        gone = ledger.departed(conn, batch.series.slug, readers)
         left = {i for i, c in enumerate(claims) if c.enrollment.subscriber_id in gone}
         closed = _closed(batch.series, [c.enrollment for c in claims], clock)
         for i in left:

@@ -263,7 +263,7 @@ def _gate(
     refuse_if_stopping(run)
     clock = run.clock()
     with run.store.begin() as conn:
-        gone = ledger.departed(conn, series.slug, [r.subscriber_id for r in rows])
+        gone = ledger.departed(conn, series.slug, {r.subscriber_id: r.enrollment_id for r in rows})
         out.update(r.delivery_key for r in rows if r.subscriber_id in gone)
         staying = [r for r in rows if r.delivery_key not in out]
         # Only the window of those it goes to (one who left holds nobody back).

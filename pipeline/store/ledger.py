@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -390,18 +390,19 @@ def active_readers(conn: Connection, due: Sequence[Due]) -> set[int]:
     return {reader for reader, revision in rows if revision == planned[reader]}
 
 
-def departed(conn: Connection, series: str, subscriber_ids: Sequence[int]) -> set[int]:
-    """Those of ``subscriber_ids`` (readers of ``series`` this run has claimed) who are
-    no longer to be written to: unsubscribed (from everything or from ``series``),
-    bounced or complained, paused, or erased. A read, for the gate right before each
-    attempt: a claim's own check (`active_readers`) is over once the claim is in, and
-    a reader may leave between the claim and the request. A move is not looked for:
-    it is refused while a delivery of the reader is claimed (`steering.move`)."""
-    if not subscriber_ids:
+def departed(conn: Connection, series: str, readers: Mapping[int, int]) -> set[int]:
+    """Those of ``readers`` (subscriber id: id of their enrollment in ``series``; readers
+    this run has claimed) who are no longer to be written to: unsubscribed (from
+    everything or from ``series``), bounced or complained, paused, or erased. A read,
+    for the gate right before each attempt: a claim's own check (`active_readers`) is
+    over once the claim is in, and a reader may leave between the claim and the
+    request. A move is not looked for: it is refused while a delivery of the reader is
+    claimed (`steering.move`)."""
+    if not readers:
         return set()
     if conn.dialect.name == "sqlite":
-        return sqlite_bulk.departed(conn, series, subscriber_ids)
-    return bulk.departed(conn, series, subscriber_ids)
+        return sqlite_bulk.departed(conn, series, list(readers))
+    return bulk.departed(conn, series, readers)
 
 
 def _in_db(conn: Connection, moment: datetime | None) -> Any:
@@ -733,7 +734,7 @@ def expire_claims(conn: Connection, now: datetime) -> int:
 def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
     """Deliveries whose outcome is unknown, with what it takes to look them up or to
     repeat their request: recipient, article (and the part it was sent as), batch tag,
-    when they were handed over, and the reader's start part."""
+    when they were handed over, and the reader's start part and enrollment id."""
     return list(
         conn.execute(
             sa.select(
@@ -754,6 +755,7 @@ def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
                 enrollments.c.start_part,
                 enrollments.c.paused,
                 enrollments.c.unsubscribed_at,
+                enrollments.c.id.label("enrollment_id"),
             )
             .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
             .join(
