@@ -52,11 +52,15 @@ SELECT v.subscriber_id, %(series)s, v.article, v.part, 'claimed', 1, v.delivery_
        %(token)s, %(until)s, %(now)s, %(now)s, %(now)s, %(batch)s
 FROM unnest(%(subscriber_ids)b::integer[], %(articles)b::text[], %(parts)b::integer[],
             %(keys)b::text[]) AS v(subscriber_id, article, part, delivery_key)
-JOIN subscribers AS s ON s.id = v.subscriber_id
+JOIN subscribers AS s ON s.id = v.subscriber_id AND s.id = ANY(%(subscriber_ids)b::integer[])
 FOR KEY SHARE OF s
 ON CONFLICT (subscriber_id, series, article) DO NOTHING
 RETURNING id, subscriber_id, article, delivery_key
 """
+# The subscribers are also named as ``id = ANY(ids)``, as the module says: joined to
+# the arrays alone, the planner read the whole table for every request on lists of a
+# few thousand to tens of thousands (40,000 readers: the inserts took 2.6 s of a send,
+# 1.6 s now; pg_stat_statements).
 # The join leaves out a subscriber erased since the claim read who is active, which
 # READ COMMITTED lets commit between two statements. FOR KEY SHARE, the lock the
 # foreign key's check takes anyway, is taken by the join itself: a subscriber whose
