@@ -579,20 +579,32 @@ def extend_claims(
     rest, and the request must not be sent."""
     if not ids:
         return 0
-    values: dict[str, Any] = {"claimed_until": until}
-    if batch is not None:
-        values["batch"] = batch
-    result = conn.execute(
-        deliveries.update()
-        .where(
-            bulk.among(conn, deliveries.c.id, ids),
-            deliveries.c.claim_token == token,
-            deliveries.c.state == "claimed",
-            deliveries.c.claimed_until > now,
+    # Found by id alone and locked (as the update would lock them), then judged here:
+    # asked for claimed rows, PostgreSQL read the index of open deliveries, an entry for
+    # every version a claim of the run had (see `held_claims`).
+    rows = conn.execute(
+        sa.select(
+            deliveries.c.id,
+            deliveries.c.claim_token,
+            deliveries.c.state,
+            deliveries.c.claimed_until,
         )
-        .values(**values)
+        .where(bulk.among(conn, deliveries.c.id, ids))
+        .with_for_update(key_share=True)
     )
-    return int(result.rowcount or 0)
+    held = [
+        row_id
+        for row_id, held_by, state, lease in rows
+        if held_by == token and state == "claimed" and lease is not None and lease > now
+    ]
+    if held:
+        values: dict[str, Any] = {"claimed_until": until}
+        if batch is not None:
+            values["batch"] = batch
+        conn.execute(
+            deliveries.update().where(bulk.among(conn, deliveries.c.id, held)).values(**values)
+        )
+    return len(held)
 
 
 def held_claims(
@@ -600,21 +612,30 @@ def held_claims(
 ) -> int:
     """How many of the claims ``ids`` this run holds with a lease lasting past ``until``,
     already recorded under the request key ``batch``: a read, for the gate to skip the
-    write of `extend_claims` when nothing about them needs to change."""
+    write of `extend_claims` when nothing about them needs to change.
+
+    The rows are found by id alone and judged here. Asked for claimed rows, PostgreSQL
+    looked them up in the index of open deliveries (`OPEN`), which keeps an entry for
+    every version a claim had until a vacuum: each request then read an entry for
+    every delivery of the run so far (97,500 at the end of a 100,000-message send)."""
     if not ids:
         return 0
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(deliveries)
-            .where(
-                bulk.among(conn, deliveries.c.id, ids),
-                deliveries.c.claim_token == token,
-                deliveries.c.state == "claimed",
-                deliveries.c.claimed_until > until,
-                deliveries.c.batch == batch,
-            )
-        ).scalar_one()
+    rows = conn.execute(
+        sa.select(
+            deliveries.c.claim_token,
+            deliveries.c.state,
+            deliveries.c.claimed_until,
+            deliveries.c.batch,
+        ).where(bulk.among(conn, deliveries.c.id, ids))
+    )
+    return sum(
+        1
+        for held_by, state, lease, key in rows
+        if held_by == token
+        and state == "claimed"
+        and lease is not None
+        and lease > until
+        and key == batch
     )
 
 
