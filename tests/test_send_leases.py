@@ -322,11 +322,10 @@ def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
 
     from pipeline.store import StoreError
 
-    # The module (pipeline.send exports a function of the same name).
-    deliver = importlib.import_module("pipeline.send.deliver")
+    recording = importlib.import_module("pipeline.send.recording")
     configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
     import_readers(postmark_example, 24)  # 30 readers, three requests
-    real_record = deliver._record
+    real_record = recording.record_outcomes
     calls = []
 
     def failing_record(*args: Any) -> Any:
@@ -335,14 +334,14 @@ def test_a_database_failure_while_recording_stops_the_run_and_loses_nothing(
             raise StoreError("the state database went away")
         return real_record(*args)
 
-    monkeypatch.setattr(deliver, "_record", failing_record)
+    monkeypatch.setattr(recording, "record_outcomes", failing_record)
     counted: list[int] = []
     options = SendOptions(now=MONDAY, on_progress=counted.append)
     with pytest.raises(StoreError, match="went away"):
         send_in_process(postmark_example, options)
     with open_store(postmark_example) as store:
         dialect = store.dialect
-    monkeypatch.setattr(deliver, "_record", real_record)
+    monkeypatch.setattr(recording, "record_outcomes", real_record)
 
     assert counted == []  # the progress counts nothing the ledger does not hold
     accepted = per_reader(postmark)

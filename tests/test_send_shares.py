@@ -228,8 +228,9 @@ def test_every_part_is_sent_through_the_same_threads_which_end_with_the_run(
     import pipeline.send
 
     deliver = importlib.import_module("pipeline.send.deliver")  # not the function
+    recording = importlib.import_module("pipeline.send.recording")
     used: dict[str, set[int]] = {"send": set(), "record": set(), "claim": set()}
-    real_send, real_record, real_take = deliver.send_batch, deliver._record, deliver._take
+    real_send, real_record, real_take = deliver.send_batch, recording.record_outcomes, deliver._take
 
     def send_batch(*args: object, **kwargs: object) -> object:
         used["send"].add(threading.get_ident())
@@ -245,7 +246,7 @@ def test_every_part_is_sent_through_the_same_threads_which_end_with_the_run(
         return real_take(*args)
 
     monkeypatch.setattr(deliver, "send_batch", send_batch)
-    monkeypatch.setattr(deliver, "_record", record)
+    monkeypatch.setattr(recording, "record_outcomes", record)
     monkeypatch.setattr(deliver, "_take", take)
     monkeypatch.setattr(pipeline.send, "SEND_GROUP", 12)
     settings = 'provider = "postmark"\nworkers = 1'  # one process: its threads are seen

@@ -6,8 +6,9 @@ leaves claims that the next run resolves (DESIGN §7).
 
 The stages, one module each: `reconcile` (deliveries an earlier run left unknown),
 `planning` (who is due), `compose` (rendering and each reader's message),
-`deliver` (claims, provider requests, retries, outcomes) and `workers` (the same,
-shared out to processes for large runs); `run` holds what they share.
+`deliver` (claims and the send loop), `attempts` (provider requests and their
+retries), `recording` (outcomes and bookmarks) and `workers` (the same, shared out to
+processes for large runs); `run` holds what they share.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from ..plan import Step
 from ..providers import Provider
 from ..store import Store, StoreError, bulk
 from ..store.ledger import Due
+from .attempts import RETRIES
 from .compose import first_line, personal_message
-from .deliver import RETRIES, deliver
+from .deliver import deliver
 from .planning import (
     Share,
     dry_run_rows,

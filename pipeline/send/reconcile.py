@@ -15,8 +15,8 @@ from ..content import Series
 from ..plan import held_until, reader_zone, window_opening
 from ..providers import Message, Pending, Provider, ProviderError
 from ..store import StoreError, ledger
+from .attempts import LEASE_LOST, Withheld, refuse_if_stopping, renew, send_batch
 from .compose import first_line
-from .deliver import LEASE_LOST, Withheld, refuse_if_stopping, renew, send_batch
 from .run import LEASE, Run
 
 
