@@ -27,16 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRIES = 4
-
-
+RETRIES = 4  # attempts after the first
 LEASE_LOST = "this run's claim ran out"
-
-
-FIRST_BACKOFF = 1.0
-
-
-LONGEST_BACKOFF = 60.0
+FIRST_BACKOFF = 1.0  # seconds before the first retry, doubled for each next (with jitter)
+LONGEST_BACKOFF = 60.0  # seconds
 
 
 class Withheld(Exception):

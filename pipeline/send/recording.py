@@ -33,10 +33,10 @@ Answered = tuple["Batch", list[SendResult]]
 
 
 class Recorder:
-    """Records the answers to a run's requests (`deliver`'s `_answer`) one at a time: in the send
-    loop's thread, or (given a ``thread``) in that thread while the loop goes on to
-    claim and build the next request (PostgreSQL: the recording's statements then
-    overlap the loop's work). The report and the progress bar are only ever counted
+    """Records the answers to a run's requests (`deliver`'s `_answer`) one at a time:
+    in the send loop's thread, or (given a ``thread``) in that thread while the loop
+    goes on to claim and build the next request (PostgreSQL: the recording's statements
+    then overlap the loop's work). The report and the progress bar are only ever counted
     in the loop's thread (`settle`), so a report never counts what the ledger does not
     hold, and a recording that fails stops the run there."""
 
