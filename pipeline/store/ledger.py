@@ -579,9 +579,26 @@ def extend_claims(
     rest, and the request must not be sent."""
     if not ids:
         return 0
-    # Found by id alone and locked (as the update would lock them), then judged here:
-    # asked for claimed rows, PostgreSQL read the index of open deliveries, an entry for
-    # every version a claim of the run had (see `held_claims`).
+    values: dict[str, Any] = {"claimed_until": until}
+    if batch is not None:
+        values["batch"] = batch
+    if conn.dialect.name == "sqlite":
+        # SQLite changes a row in place: its index of open deliveries holds the open
+        # ones only, and the caller's transaction already holds the file's write lock.
+        result = conn.execute(
+            deliveries.update()
+            .where(
+                deliveries.c.id.in_(ids),
+                deliveries.c.claim_token == token,
+                deliveries.c.state == "claimed",
+                deliveries.c.claimed_until > now,
+            )
+            .values(**values)
+        )
+        return int(result.rowcount or 0)
+    # PostgreSQL: found by id alone and locked (as the update would lock them), then
+    # judged here. Asked for claimed rows, it read the index of open deliveries, an
+    # entry for every version a claim of the run had (see `held_claims`).
     rows = conn.execute(
         sa.select(
             deliveries.c.id,
@@ -598,9 +615,6 @@ def extend_claims(
         if held_by == token and state == "claimed" and lease is not None and lease > now
     ]
     if held:
-        values: dict[str, Any] = {"claimed_until": until}
-        if batch is not None:
-            values["batch"] = batch
         conn.execute(
             deliveries.update().where(bulk.among(conn, deliveries.c.id, held)).values(**values)
         )
@@ -614,12 +628,27 @@ def held_claims(
     already recorded under the request key ``batch``: a read, for the gate to skip the
     write of `extend_claims` when nothing about them needs to change.
 
-    The rows are found by id alone and judged here. Asked for claimed rows, PostgreSQL
-    looked them up in the index of open deliveries (`OPEN`), which keeps an entry for
-    every version a claim had until a vacuum: each request then read an entry for
-    every delivery of the run so far (97,500 at the end of a 100,000-message send)."""
+    On PostgreSQL the rows are found by id alone and judged here. Asked for claimed
+    rows, it looked them up in the index of open deliveries (`OPEN`), which keeps an
+    entry for every version a claim had until a vacuum: each request then read an entry
+    for every delivery of the run so far (97,500 at the end of a 100,000-message send).
+    SQLite changes rows in place, so that index holds only the open ones: it counts."""
     if not ids:
         return 0
+    if conn.dialect.name == "sqlite":
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(deliveries)
+                .where(
+                    deliveries.c.id.in_(ids),
+                    deliveries.c.claim_token == token,
+                    deliveries.c.state == "claimed",
+                    deliveries.c.claimed_until > until,
+                    deliveries.c.batch == batch,
+                )
+            ).scalar_one()
+        )
     rows = conn.execute(
         sa.select(
             deliveries.c.claim_token,
