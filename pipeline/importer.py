@@ -365,20 +365,16 @@ def _apply_updates(conn: Connection, updates: list[dict[str, Any]]) -> set[int]:
             params,
         )
     changed: set[int] = set()
-    for (status, now), ids in statuses.items():
-        for start in range(0, len(ids), _IDS_AT_ONCE):
-            changed.update(
-                conn.scalars(
-                    subscribers.update()
-                    .where(subscribers.c.id.in_(ids[start : start + _IDS_AT_ONCE]), still_active)
-                    .values(status=status, updated_at=now)
-                    .returning(subscribers.c.id)
-                )
+    for (status, now), ids in statuses.items():  # ids: at most a batch's (BATCH_SIZE)
+        changed.update(
+            conn.scalars(
+                subscribers.update()
+                .where(subscribers.c.id.in_(ids), still_active)
+                .values(status=status, updated_at=now)
+                .returning(subscribers.c.id)
             )
+        )
     return changed
-
-
-_IDS_AT_ONCE = 500  # ids in one IN (...): well under SQLite's limit on parameters
 
 
 def _audit(

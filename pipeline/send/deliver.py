@@ -12,10 +12,9 @@ all. Right before, a reader who left since the claim (unsubscribed, paused, boun
 erased) is taken out of it. In the same moment each reader's send window is checked
 with the run's moving clock: a reader whose window has closed is given back for its
 next opening, however the run got there (a long run, a slow rate limit, a backoff).
-Building one reader's
-message can fail (a template that breaks on one reader's data, an address no header
-can carry): that delivery alone is failed, as an adapter fails such a message
-(`providers.base.sendable`). What fails for every reader (a configured URL or sender)
+Building one reader's message can fail (a template that breaks on one reader's data,
+an address no header can carry): that delivery alone is failed, as an adapter fails
+such a message (`providers.base.sendable`). What fails for every reader (a configured URL or sender)
 never gets here: `Composer.refuse_unbuildable` stops the run before any claim.
 
 The attempts themselves and their retries are in `attempts`, the recording of the
@@ -30,7 +29,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from ..content import Series
 from ..plan import Enrollment, Step, window_opening
@@ -49,9 +47,6 @@ from .compose import first_line
 from .planning import Bookmark, bookmark
 from .recording import Answered, Recorder, changes_status, count_outcomes, record_outcomes
 from .run import Run
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

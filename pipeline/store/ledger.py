@@ -563,6 +563,45 @@ def release(conn: Connection, claims: Sequence[Claim], *, token: str) -> None:
         )
 
 
+def _holding(token: str, after: datetime) -> tuple[Any, ...]:
+    """The conditions of a claim this run (``token``) holds with a lease lasting past
+    ``after``."""
+    return (
+        deliveries.c.claim_token == token,
+        deliveries.c.state == "claimed",
+        deliveries.c.claimed_until > after,
+    )
+
+
+def _held_by_id(
+    conn: Connection, ids: Sequence[int], *, token: str, after: datetime, lock: bool = False
+) -> list[Any]:
+    """PostgreSQL: the rows (``id``, ``batch``) of ``ids`` that this run holds with a lease
+    lasting past ``after``, found by id alone (``lock``: locked as an UPDATE locks them)
+    and judged here. Asked for claimed rows, PostgreSQL looks them up in the index of
+    open deliveries (`OPEN`), which keeps an entry for every version a claim had until a
+    vacuum: each request then read an entry for every delivery of the run so far
+    (97,500 at the end of a 100,000-message send). SQLite changes rows in place, so
+    there that index holds only the open ones, and `_holding` is asked in SQL."""
+    query = sa.select(
+        deliveries.c.id,
+        deliveries.c.batch,
+        deliveries.c.claim_token,
+        deliveries.c.state,
+        deliveries.c.claimed_until,
+    ).where(bulk.among(conn, deliveries.c.id, ids))
+    if lock:
+        query = query.with_for_update(key_share=True)
+    return [
+        row
+        for row in conn.execute(query)
+        if row.claim_token == token
+        and row.state == "claimed"
+        and row.claimed_until is not None
+        and row.claimed_until > after
+    ]
+
+
 def extend_claims(
     conn: Connection,
     ids: Sequence[int],
@@ -583,37 +622,14 @@ def extend_claims(
     if batch is not None:
         values["batch"] = batch
     if conn.dialect.name == "sqlite":
-        # SQLite changes a row in place: its index of open deliveries holds the open
-        # ones only, and the caller's transaction already holds the file's write lock.
+        # The caller's transaction already holds the file's write lock.
         result = conn.execute(
             deliveries.update()
-            .where(
-                deliveries.c.id.in_(ids),
-                deliveries.c.claim_token == token,
-                deliveries.c.state == "claimed",
-                deliveries.c.claimed_until > now,
-            )
+            .where(deliveries.c.id.in_(ids), *_holding(token, now))
             .values(**values)
         )
         return int(result.rowcount or 0)
-    # PostgreSQL: found by id alone and locked (as the update would lock them), then
-    # judged here. Asked for claimed rows, it read the index of open deliveries, an
-    # entry for every version a claim of the run had (see `held_claims`).
-    rows = conn.execute(
-        sa.select(
-            deliveries.c.id,
-            deliveries.c.claim_token,
-            deliveries.c.state,
-            deliveries.c.claimed_until,
-        )
-        .where(bulk.among(conn, deliveries.c.id, ids))
-        .with_for_update(key_share=True)
-    )
-    held = [
-        row_id
-        for row_id, held_by, state, lease in rows
-        if held_by == token and state == "claimed" and lease is not None and lease > now
-    ]
+    held = [row.id for row in _held_by_id(conn, ids, token=token, after=now, lock=True)]
     if held:
         conn.execute(
             deliveries.update().where(bulk.among(conn, deliveries.c.id, held)).values(**values)
@@ -626,13 +642,7 @@ def held_claims(
 ) -> int:
     """How many of the claims ``ids`` this run holds with a lease lasting past ``until``,
     already recorded under the request key ``batch``: a read, for the gate to skip the
-    write of `extend_claims` when nothing about them needs to change.
-
-    On PostgreSQL the rows are found by id alone and judged here. Asked for claimed
-    rows, it looked them up in the index of open deliveries (`OPEN`), which keeps an
-    entry for every version a claim had until a vacuum: each request then read an entry
-    for every delivery of the run so far (97,500 at the end of a 100,000-message send).
-    SQLite changes rows in place, so that index holds only the open ones: it counts."""
+    write of `extend_claims` when nothing about them needs to change."""
     if not ids:
         return 0
     if conn.dialect.name == "sqlite":
@@ -641,31 +651,12 @@ def held_claims(
                 sa.select(sa.func.count())
                 .select_from(deliveries)
                 .where(
-                    deliveries.c.id.in_(ids),
-                    deliveries.c.claim_token == token,
-                    deliveries.c.state == "claimed",
-                    deliveries.c.claimed_until > until,
-                    deliveries.c.batch == batch,
+                    deliveries.c.id.in_(ids), *_holding(token, until), deliveries.c.batch == batch
                 )
             ).scalar_one()
         )
-    rows = conn.execute(
-        sa.select(
-            deliveries.c.claim_token,
-            deliveries.c.state,
-            deliveries.c.claimed_until,
-            deliveries.c.batch,
-        ).where(bulk.among(conn, deliveries.c.id, ids))
-    )
-    return sum(
-        1
-        for held_by, state, lease, key in rows
-        if held_by == token
-        and state == "claimed"
-        and lease is not None
-        and lease > until
-        and key == batch
-    )
+    held = _held_by_id(conn, ids, token=token, after=until)
+    return sum(1 for row in held if row.batch == batch)
 
 
 def claimed_ids(conn: Connection, ids: Sequence[int], *, token: str) -> set[int]:
