@@ -1,8 +1,7 @@
 """Delivering: due deliveries are claimed in batches, handed to the provider (one
 batch in flight while the next is prepared) with retries, and their outcomes
-recorded with each reader's next bookmark (on PostgreSQL in a thread of its own while
-the next batch is claimed, built and in flight; with several SQLite workers while the
-next batch is in flight).
+recorded with each reader's next bookmark while the next batch is in flight (on
+PostgreSQL in a thread of its own, while the next batch is also claimed and built).
 
 A claim is taken no earlier than it can be used: the rate limiter waits first. And
 right before each attempt of each request, in one transaction, the run renews its
@@ -97,13 +96,13 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
         for (slug, *_), items in by_email.items()
         for start in range(0, len(items), size)
     ]
-    # The answer to the last request is recorded while the next one is on its way: on
-    # PostgreSQL, the database's time (another process's, on another core) overlaps
-    # the provider's; with several workers on one SQLite file, so does the wait for the
-    # file's one write lock. One process alone on SQLite records before the next
-    # request goes: its recording is its own CPU, which would only take turns with the
-    # sending thread for the interpreter (`bench/send.py`, 100,000 messages, 1 worker:
-    # 21.5 against 18.5 CPU seconds; with 2 workers, 17.0 against 17.9 s wall).
+    # The answer to the last request is recorded while the next one is on its way, on
+    # every database: on PostgreSQL, the database's time (another process's, on another
+    # core) overlaps the provider's; with several workers on one SQLite file, so does
+    # the wait for the file's one write lock; and one process alone on SQLite keeps the
+    # provider at work while it records, where recording first left it idle
+    # (`bench/send.py`'s send, 100,000 messages, 1 worker, 5 runs alternating: 10.1
+    # against 12.0 s, 9.2 CPU seconds both).
     # On PostgreSQL the recording has a thread of its own (`Recorder`), so that the
     # loop claims and builds the next request meanwhile: the recording is mostly
     # waiting for the server, which leaves the interpreter to the loop (30,000
@@ -111,7 +110,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     # several SQLite workers it stays in the loop: there a third thread only took
     # turns for the interpreter (2 workers, 100,000 messages: 16.8 against 15.6 s).
     recording_thread = run.store.dialect == "postgresql"
-    overlap = recording_thread or run.workers > 1
     # On PostgreSQL the next request is also claimed in a thread of its own while this
     # one is built: the loop waited for the claim's statements a third of its time
     # (py-spy, 30,000 messages). Not under a rate limit: there the limiter's wait comes
@@ -152,9 +150,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                 claiming = None
                 run.stop_if_halted()
                 break
-            if not overlap:
-                recorder.record(answered)
-                answered = None
             if batch.claims:
                 # The sender is idle now (the last request was answered): the first
                 # gate runs here, so its transaction never waits on this thread's.
