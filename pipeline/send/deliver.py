@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from concurrent.futures import Future, wait
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -160,7 +161,7 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                     _withheld(run, batch, exc)
                 else:
                     gate = functools.partial(_hand_over, run, batch)
-                    batch.result = sender.submit(send_batch, run, messages, key, gate, gated=True)
+                    batch.result = _started(sender, send_batch, run, messages, key, gate)
                     in_flight = batch
             recorder.record(answered)
             answered = None  # its messages go now, not once the next batch is built
@@ -179,6 +180,30 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
         _give_back_quietly(run, claiming)
         recorder.settle_quietly()
         raise
+
+
+def _started(
+    sender: Executor,
+    send: Callable[..., list[SendResult]],
+    run: Run,
+    messages: Sequence[Message],
+    key: str,
+    gate: Callable[[bool], tuple[Sequence[Message], str]],
+) -> Future[list[SendResult]]:
+    """``send`` the request in the sending thread (its first gate passed), returning once
+    that thread has begun: the loop waits here, without the interpreter, instead of
+    going on to build the next request while the sending thread waits up to a switch
+    interval (5 ms, `sys.getswitchinterval`) for its turn, with the provider idle.
+    The wait is a hint, never a condition: after a second the loop goes on anyway."""
+    begun = threading.Event()
+
+    def sending() -> list[SendResult]:
+        begun.set()
+        return send(run, messages, key, gate, gated=True)
+
+    future = sender.submit(sending)
+    begun.wait(1.0)
+    return future
 
 
 def _take(run: Run, series: Series, items: Sequence[Due]) -> Batch:
