@@ -496,3 +496,35 @@ def _reads(store: Store) -> dict[str, int]:
             "GROUP BY t.relname, t.seq_tup_read"
         )
         return {table: int(n) for table, n in rows}
+
+
+def test_the_gate_counts_only_the_claims_this_run_holds_under_the_request_key(
+    store: Store, tmp_path: Path
+) -> None:
+    """`held_claims` (the gate's read, one count on both databases) counts a claim only
+    when it is this run's, still claimed, with a lease lasting past the time asked and
+    recorded under the request's key: any other claim sends the gate to the renewal,
+    which finds the lost ones."""
+    import_list(store, tmp_path, 6)
+    until = NOW + timedelta(minutes=10)
+    with store.begin() as conn:
+        claims = ledger.claim(conn, due_now(store), token="run", until=until, now=NOW)
+    ids = [c.id for c in claims]
+    key = ledger.batch_key(c.key for c in claims)
+    changes = [
+        {"claim_token": "another-run"},
+        {"claimed_until": NOW + timedelta(minutes=1)},  # runs out before the time asked
+        {"claimed_until": None},
+        {"state": "sent", "claim_token": None, "claimed_until": None},
+        {"batch": "another-request"},
+    ]
+    with store.begin() as conn:
+        for row_id, change in zip(ids, changes, strict=False):
+            conn.execute(sa.update(deliveries).where(deliveries.c.id == row_id).values(**change))
+    asked = NOW + timedelta(minutes=5)
+    with store.connect() as conn:
+        assert ledger.held_claims(conn, ids, token="run", until=asked, batch=key) == 1
+        assert ledger.held_claims(conn, ids[5:], token="run", until=asked, batch=key) == 1
+        assert ledger.held_claims(conn, ids[5:], token="run", until=until, batch=key) == 0
+        assert ledger.held_claims(conn, ids, token="other", until=asked, batch=key) == 0
+        assert ledger.held_claims(conn, [], token="run", until=asked, batch=key) == 0
