@@ -422,3 +422,40 @@ def test_claims_taken_over_while_the_request_is_built_are_not_sent_again(
     assert ran.is_set()
     assert Counter(per_reader(postmark).values()) == Counter({1: 6})
     assert ledger_states(postmark_example) == Counter({"sent": 6})
+
+
+def test_a_database_failure_at_the_next_gate_still_records_the_answer_in_hand(
+    postmark_example: Path, postmark: FakePostmark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails at the gate of the second request, in the loop, while the
+    answer to the first is in hand but not yet recorded (it is recorded once the next
+    request is on its way): the run stops with that error, but what the provider
+    accepted is recorded sent first, as it was when one SQLite process recorded before
+    the next request went. Nothing of the second request went; its claims stay."""
+    import importlib
+
+    from pipeline.store import StoreError
+
+    attempts = importlib.import_module("pipeline.send.attempts")
+    configure(postmark_example, "", "[tool.series.postmark]\nbatch_size = 10")
+    import_readers(postmark_example, 24)  # 30 readers, three requests
+    real_held = attempts.ledger.held_claims
+    calls = []
+
+    def failing_read(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:
+            raise StoreError("the state database went away")
+        return real_held(*args, **kwargs)
+
+    monkeypatch.setattr(attempts.ledger, "held_claims", failing_read)
+    with pytest.raises(StoreError, match="went away"):
+        send_in_process(postmark_example, SendOptions(now=MONDAY))
+    monkeypatch.setattr(attempts.ledger, "held_claims", real_held)
+
+    accepted = per_reader(postmark)
+    assert len(accepted) == 10 and set(accepted.values()) == {1}
+    assert ledger_states(postmark_example) == Counter({"sent": 10, "claimed": 10})
+    run_b(postmark_example)
+    assert len(per_reader(postmark)) == 30 and set(per_reader(postmark).values()) == {1}
+    assert ledger_states(postmark_example) == Counter({"sent": 30})

@@ -120,6 +120,9 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
     in_flight: Batch | None = None
     claiming: Future[Batch] | None = None  # the next request's claim, under way
     recorder = Recorder(run, recording if recording_thread else None)
+    # The answer to the last request, in hand until it is recorded (once the next
+    # request is on its way): a failure before then still records it (below).
+    answered: Answered | None = None
     try:
         for index, (series, items) in enumerate(batches):
             # The wait comes before the claim: a claim is never held through it.
@@ -133,7 +136,6 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
             if claim_ahead and index + 1 < len(batches) and not run.stopping():
                 claiming = claimer.submit(_take, run, *batches[index + 1])
             _build(run, batch)
-            answered: Answered | None = None
             if in_flight is not None:
                 finished, in_flight = in_flight, None
                 answered = _answer(run, finished, also_release=batch.claims)
@@ -144,7 +146,8 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                         # Claimed while that answer was on its way, too: wait for it.
                         _drop_changed(run, claiming.result(), answered)
             if run.halt is not None or (batch.claims and run.stopping()):
-                recorder.record(answered)
+                done, answered = answered, None
+                recorder.record(done)
                 recorder.settle()
                 _release(run, batch.claims)
                 _give_back(run, claiming)
@@ -163,8 +166,9 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
                     gate = functools.partial(_hand_over, run, batch)
                     batch.result = _started(sender, send_batch, run, messages, key, gate)
                     in_flight = batch
-            recorder.record(answered)
-            answered = None  # its messages go now, not once the next batch is built
+            done, answered = answered, None
+            recorder.record(done)
+            del done  # its messages go now, not once the next batch is built
         _give_back(run, claiming)  # the loop stopped before it was built
         claiming = None
         if in_flight is not None:
@@ -172,13 +176,18 @@ def deliver(run: Run, due: Sequence[tuple[Series, Due, Step]]) -> None:
             recorder.record(_answer(run, finished, also_release=[]))
         recorder.settle()
         run.stop_if_halted()
-    except BaseException:
+    except BaseException as exc:
         if in_flight is not None and in_flight.result is not None:
             in_flight.result.cancel()
             # The threads outlive this call: nothing of it goes on behind the error.
             wait([in_flight.result])
         _give_back_quietly(run, claiming)
         recorder.settle_quietly()
+        if answered is not None and isinstance(exc, Exception):
+            # An answer in hand when the loop failed (say, the database at the next
+            # request's gate): what the provider accepted is recorded if the database
+            # lets it, rather than left claimed for a later run to look up.
+            recorder.record_quietly(answered)
         raise
 
 

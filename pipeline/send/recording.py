@@ -73,6 +73,15 @@ class Recorder:
         if pending is not None:
             count_outcomes(self.run, pending.result(), progress=True)
 
+    def record_quietly(self, answered: Answered) -> None:
+        """Record ``answered`` in this thread while another exception is on its way up
+        (that one is the news): a failure here leaves its claims for a later run."""
+        batch, results = answered
+        try:
+            count_outcomes(self.run, record_outcomes(self.run, batch.series, batch.claims, results))
+        except Exception:
+            log.debug("recording the answer in hand failed too", exc_info=True)
+
     def settle_quietly(self) -> None:
         """`settle` while another exception is on its way up: that one is the news."""
         try:
