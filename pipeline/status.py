@@ -180,7 +180,7 @@ def settle_unknown(
             raise SeriesError(f"no delivery of {target} to {email}")
         if row.state != "unknown":
             raise SeriesError(f"{target} to {email} is {row.state}, not unknown: nothing to decide")
-        ledger.decide_unknown(
+        decided = ledger.decide_unknown(
             conn,
             row.id,
             sent=sent,
@@ -188,6 +188,8 @@ def settle_unknown(
             error="marked sent by hand" if sent else "marked not sent by hand",
             now=now,
         )
+        if not decided:  # a run settled it between the read and this write
+            raise SeriesError(f"{target} to {email} was settled meanwhile: nothing to decide")
 
 
 def _enrollment_counts(conn: sa.Connection, series: str) -> Counter[str]:

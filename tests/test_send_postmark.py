@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -283,3 +284,35 @@ def test_provider_managed_unsubscribes_need_a_provider_that_offers_them(
     )
     assert postmark.requests == []
     assert not (workspace / "outbox").exists()
+
+
+def test_unknown_deliveries_another_run_settled_meanwhile_are_not_counted_again(
+    workspace: Path, postmark: FakePostmark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs look the same unknown deliveries up at once: the one that comes second
+    to the ledger finds them settled and leaves them, and its report does not say it
+    resolved them too (the other run's does)."""
+    postmark.fail_next("drop-after", times=1)
+    assert send(workspace, MONDAY)[1].startswith("sent 0, failed 0, retried 0, unknown 6")
+    config = load_config(workspace)
+    provider = get_provider("postmark", config)
+    real_lookup = provider.lookup
+
+    def lookup_while_another_run_settles(pending: Any) -> Any:
+        found = real_lookup(pending)
+        with open_store(workspace) as other, other.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.state == "unknown")
+                .values(state="sent", provider_message_id="the-other-run")
+            )
+        return found
+
+    monkeypatch.setattr(provider, "lookup", lookup_while_another_run_settles)
+    with open_store(workspace) as store:
+        report = send_due(config, store, provider, SendOptions(now=MONDAY + timedelta(minutes=20)))
+        with store.connect() as conn:
+            ids = Counter(conn.scalars(sa.select(deliveries.c.provider_message_id)))
+    assert report.resolved == 0
+    assert ids == Counter({"the-other-run": 6})
+    assert len(postmark.accepted) == 6

@@ -67,13 +67,14 @@ def reconcile(run: Run, series_list: Sequence[Series]) -> None:
                 report.unknown += 1
                 forgotten += 1
                 continue
-            ledger.resolve_unknown(
+            settled = ledger.resolve_unknown(
                 conn,
                 row.id,
                 message_id=message_id,
                 sent_at=row.attempted_at or row.updated_at,
             )
-            report.resolved += 1
+            if settled:  # not when another run looking them up got there first
+                report.resolved += 1
     if forgotten:
         report.problems.append(
             f"{forgotten} unknown deliveries are older than {run.provider.name} keeps its "

@@ -810,9 +810,10 @@ def unknown_deliveries(conn: Connection, series: Sequence[str]) -> list[Any]:
 
 def resolve_unknown(
     conn: Connection, delivery_id: int, *, message_id: str | None, sent_at: datetime | None
-) -> None:
-    """A lookup settled it: sent (with the provider's id), or not there (retry later)."""
-    decide_unknown(
+) -> bool:
+    """A lookup settled it: sent (with the provider's id), or not there (retry later).
+    Returns whether the delivery was still unknown (see `decide_unknown`)."""
+    return decide_unknown(
         conn,
         delivery_id,
         sent=message_id is not None,
@@ -833,8 +834,10 @@ def decide_unknown(
     message_id: str | None = None,
     error: str | None = None,
     now: datetime | None = None,
-) -> None:
-    """Settle one unknown delivery as sent or failed (a later run sends it again)."""
+) -> bool:
+    """Settle one unknown delivery as sent or failed (a later run sends it again).
+    Returns whether it was still unknown: False when another run or a person settled it
+    meanwhile (it is then left as they did)."""
     values: dict[str, Any] = (
         {"state": "sent", "provider_message_id": message_id, "sent_at": sent_at}
         if sent
@@ -844,12 +847,15 @@ def decide_unknown(
         values["last_error"] = error
     if now is not None:
         values["updated_at"] = now
-    conn.execute(
+    changed = conn.execute(
         deliveries.update()
         .where(deliveries.c.id == delivery_id, deliveries.c.state == "unknown")
         .values(**values)
-    )
+    ).rowcount
+    if not changed:
+        return False
     replan_deliveries(conn, [delivery_id])
+    return True
 
 
 def retry_failed(
