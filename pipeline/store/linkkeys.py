@@ -13,6 +13,8 @@ one, and an outstanding confirmation link is a link already sent.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -166,11 +168,16 @@ def _links_sent(conn: Connection) -> bool:
 
 
 def _put(conn: Connection, key: str, value: str) -> None:
-    # An upsert: two runs starting at once must not collide on the key. The dialect
-    # modules are imported here, when a key is first recorded, not by every run that
-    # checks it (PostgreSQL's costs 60-130 ms of start-up).
-    from sqlalchemy.dialects import postgresql, sqlite
+    # An upsert: two runs starting at once must not collide on the key. The dialect's
+    # module is imported here, when a key is first recorded, not by every run that
+    # checks it, and only the one in use (PostgreSQL's costs 20-130 ms of start-up).
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
 
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(settings).values(key=key, value=value)
+        insert: Any = postgresql.insert(settings)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        insert = sqlite.insert(settings)
+    insert = insert.values(key=key, value=value)
     conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
