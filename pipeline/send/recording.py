@@ -56,11 +56,7 @@ class Recorder:
         # before the loop claims anything more: the next claim's check of who is
         # active must see it, or a second series could send that reader another part.
         if self.thread is None or changes_status(answered):
-            count_outcomes(
-                self.run,
-                record_outcomes(self.run, batch.series, batch.claims, results),
-                progress=True,
-            )
+            self._record_here(answered, progress=True)
         else:
             self.pending = self.thread.submit(
                 record_outcomes, self.run, batch.series, batch.claims, results
@@ -76,11 +72,15 @@ class Recorder:
     def record_quietly(self, answered: Answered) -> None:
         """Record ``answered`` in this thread while another exception is on its way up
         (that one is the news): a failure here leaves its claims for a later run."""
-        batch, results = answered
         try:
-            count_outcomes(self.run, record_outcomes(self.run, batch.series, batch.claims, results))
+            self._record_here(answered, progress=False)
         except Exception:
             log.debug("recording the answer in hand failed too", exc_info=True)
+
+    def _record_here(self, answered: Answered, *, progress: bool) -> None:
+        batch, results = answered
+        tally = record_outcomes(self.run, batch.series, batch.claims, results)
+        count_outcomes(self.run, tally, progress=progress)
 
     def settle_quietly(self) -> None:
         """`settle` while another exception is on its way up: that one is the news."""

@@ -573,27 +573,26 @@ def _holding(token: str, after: datetime) -> tuple[Any, ...]:
     )
 
 
-def _held_by_id(
-    conn: Connection, ids: Sequence[int], *, token: str, after: datetime, lock: bool = False
-) -> list[Any]:
-    """PostgreSQL: the rows (``id``, ``batch``) of ``ids`` that this run holds with a lease
-    lasting past ``after``, found by id alone (``lock``: locked as an UPDATE locks them)
-    and judged here. Asked for claimed rows, PostgreSQL looks them up in the index of
-    open deliveries (`OPEN`), which keeps an entry for every version a claim had until a
-    vacuum: each request then read an entry for every delivery of the run so far
-    (97,500 at the end of a 100,000-message send). SQLite changes rows in place, so
-    there that index holds only the open ones, and `_holding` is asked in SQL."""
-    query = sa.select(
-        deliveries.c.id,
-        deliveries.c.batch,
-        deliveries.c.claim_token,
-        deliveries.c.state,
-        deliveries.c.claimed_until,
-    ).where(bulk.among(conn, deliveries.c.id, ids))
-    if lock:
-        query = query.with_for_update(key_share=True)
+def _held_by_id(conn: Connection, ids: Sequence[int], *, token: str, after: datetime) -> list[int]:
+    """PostgreSQL: those of ``ids`` this run holds with a lease lasting past ``after``,
+    found by id alone, locked as an UPDATE locks them, and judged here. Asked for
+    claimed rows, PostgreSQL looks them up in the index of open deliveries (`OPEN`),
+    which keeps an entry for every version a claim had until a vacuum: each request
+    then read an entry for every delivery of the run so far (97,500 at the end of a
+    100,000-message send). SQLite changes rows in place, so there that index holds
+    only the open ones, and `_holding` is asked in SQL."""
+    query = (
+        sa.select(
+            deliveries.c.id,
+            deliveries.c.claim_token,
+            deliveries.c.state,
+            deliveries.c.claimed_until,
+        )
+        .where(bulk.among(conn, deliveries.c.id, ids))
+        .with_for_update(key_share=True)
+    )
     return [
-        row
+        row.id
         for row in conn.execute(query)
         if row.claim_token == token
         and row.state == "claimed"
@@ -629,7 +628,7 @@ def extend_claims(
             .values(**values)
         )
         return int(result.rowcount or 0)
-    held = [row.id for row in _held_by_id(conn, ids, token=token, after=now, lock=True)]
+    held = _held_by_id(conn, ids, token=token, after=now)
     if held:
         conn.execute(
             deliveries.update().where(bulk.among(conn, deliveries.c.id, held)).values(**values)

@@ -13,13 +13,12 @@ one, and an outstanding confirmation link is a link already sent.
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import SeriesError
 from ..tokens import PREVIOUS_SECRET_ENV, SECRET_ENV, Signer, fingerprint, keys_from_environment
+from .ledger import set_setting
 from .schema import deliveries, settings, signups
 
 SIGNED_WITH = "link_key_fingerprint"
@@ -105,10 +104,10 @@ def check_send_key(
         if (stored and fingerprint(bytes.fromhex(stored)) == mine) or (
             current is None and _links_sent(conn)  # sent before fingerprints were kept
         ):
-            _put(conn, STORED_SIGNED, "1")
-        _put(conn, SIGNED_WITH, mine)
+            set_setting(conn, STORED_SIGNED, "1")
+        set_setting(conn, SIGNED_WITH, mine)
         if warning is not None and current is not None:
-            _put(conn, SIGNED_BEFORE, current)
+            set_setting(conn, SIGNED_BEFORE, current)
     return warning if write else None
 
 
@@ -145,7 +144,7 @@ def record_signing_key(conn: Connection, fingerprint: str) -> None:
     when no key is recorded yet (a recorded one is only changed by `series send
     --force`)."""
     if stored_fingerprints(conn)[0] is None:
-        _put(conn, SIGNED_WITH, fingerprint)
+        set_setting(conn, SIGNED_WITH, fingerprint)
 
 
 def _links_sent(conn: Connection) -> bool:
@@ -165,19 +164,3 @@ def _links_sent(conn: Connection) -> bool:
         .limit(1)
     )
     return conn.execute(pending).first() is not None
-
-
-def _put(conn: Connection, key: str, value: str) -> None:
-    # An upsert: two runs starting at once must not collide on the key. The dialect's
-    # module is imported here, when a key is first recorded, not by every run that
-    # checks it, and only the one in use (PostgreSQL's costs 20-130 ms of start-up).
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        insert: Any = postgresql.insert(settings)
-    else:
-        from sqlalchemy.dialects import sqlite
-
-        insert = sqlite.insert(settings)
-    insert = insert.values(key=key, value=value)
-    conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
