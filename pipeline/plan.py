@@ -337,7 +337,8 @@ def _open_delivery(series: Series, ledger: Mapping[str, LedgerEntry], now: datet
     why = "a run stopped while sending it" if entry.state == "claimed" else "delivery unknown"
     return Step(
         "unknown",
-        f"{name}: {why}; checking with the provider before sending again",
+        f"{name}: {why}; the next run asks the provider first, and sends it again only "
+        "if it never arrived",
         part,
         wake_at=now,
         article=slug,

@@ -276,13 +276,14 @@ def test_readers_timezone_beats_series_timezone() -> None:
         (
             LedgerEntry("claimed", 1, at(5), claimed_until=at(5, 6, 30)),
             "unknown",
-            "part 2: a run stopped while sending it; checking with the provider before "
-            "sending again",
+            "part 2: a run stopped while sending it; the next run asks the provider first, "
+            "and sends it again only if it never arrived",
         ),
         (
             LedgerEntry("unknown", 1, at(5)),
             "unknown",
-            "part 2: delivery unknown; checking with the provider before sending again",
+            "part 2: delivery unknown; the next run asks the provider first, and sends it "
+            "again only if it never arrived",
         ),
         (
             LedgerEntry("failed", MAX_ATTEMPTS, at(5)),
