@@ -27,7 +27,7 @@ from pipeline.store import open_store
 from pipeline.store.schema import deliveries
 
 from .conftest import POSTMARK_TOKEN
-from .fake_postmark import FakePostmark
+from .fake_postmark import SEARCH_PATH, FakePostmark
 from .helpers import configure, import_readers, subprocess_env
 
 # On SQLite and on PostgreSQL (SERIES_DATABASE_URL, passed on to every run).
@@ -190,3 +190,33 @@ def test_sigterm_to_the_workers_alone_is_reported_as_a_stop(
     assert process.returncode == 1, (out, err)
     assert "stopped by SIGTERM after " in err, err
     assert "the rest are sent by the next run" in err
+
+
+def test_the_stop_line_counts_only_what_this_run_handed_over(example_copy: Path) -> None:
+    """A run that finds deliveries an earlier run left unknown, cannot settle them (the
+    provider's message search fails) and is then stopped by SIGTERM: its last line
+    counts the deliveries it handed to the provider itself, not the earlier run's
+    unknown ones, which the summary's `unknown` and a problem line report."""
+    root = workspace(example_copy, readers=40, workers=1)
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        fake.fail_next("drop-before")  # the first request's answer never comes back
+        out, err = start(root, fake, MONDAY).communicate(timeout=120)
+        assert out.startswith("sent 35, failed 0, retried 0, unknown 5,"), (out, err)
+        assert ledger_states(root) == Counter({"sent": 35, "unknown": 5})
+
+        fake.fail_next("500", times=100, path=SEARCH_PATH)
+        fake.fail_next("slow", times=10_000, delay=0.5)
+        accepted = len(fake.accepted)
+        process = start(root, fake, MONDAY + timedelta(days=7))
+        wait_for_batches(fake, 8 + 2, process)  # run 1 made 8 requests
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+
+    sent = len(fake.accepted) - accepted
+    assert 0 < sent < 35
+    assert process.returncode == 1, (out, err)
+    assert "could not check 5 unknown deliveries" in err, err
+    assert out.startswith(f"sent {sent}, failed 0, retried 0, unknown 5,"), out
+    assert err.splitlines()[-1] == (
+        f"stopped by SIGTERM after {sent} deliveries; the rest are sent by the next run"
+    )

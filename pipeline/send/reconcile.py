@@ -24,6 +24,16 @@ def reconcile(run: Run, series_list: Sequence[Series]) -> None:
     """Settle deliveries left unknown by a crash or a timeout before planning: repeat
     their request under the same idempotency key where the provider has them, else
     look them up; whatever cannot be settled stays unknown and is reported."""
+    report = run.report
+    before = report.failed + report.unknown
+    try:
+        _reconcile(run, series_list)
+    finally:
+        # Counted in the summary, but not among the deliveries this run hands over.
+        report.carried += report.failed + report.unknown - before
+
+
+def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
     now = run.clock()
     report = run.report
     with run.store.begin() as conn:

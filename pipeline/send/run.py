@@ -198,6 +198,10 @@ class SendReport:
     # Due when the run planned them, but the reader's send window had closed by the
     # time their message was to be handed over: given back for its next opening.
     held: int = 0
+    # Of ``failed`` and ``unknown``: deliveries an earlier run left unknown that this
+    # run's `reconcile` could not settle, or tried again without success. Not counted
+    # among what this run ``delivered``.
+    carried: int = 0
     stopped: str | None = None  # the signal that stopped the run early ("SIGTERM")
     planned: PlannedRows = field(default_factory=PlannedRows)
     problems: ProblemLines = field(default_factory=ProblemLines)
@@ -209,6 +213,7 @@ class SendReport:
         self.failed += other.failed
         self.retried += other.retried
         self.unknown += other.unknown
+        self.carried += other.carried
         self.skipped += other.skipped
         self.held += other.held
         self.stopped = self.stopped or other.stopped
@@ -216,8 +221,9 @@ class SendReport:
 
     @property
     def delivered(self) -> int:
-        """Deliveries handed to the provider (or failed before it) and recorded."""
-        return self.sent + self.failed + self.unknown
+        """Deliveries this run's send loop handed to the provider (or failed before it)
+        and recorded; an earlier run's, settled or not by this one, are not among them."""
+        return self.sent + self.failed + self.unknown - self.carried
 
     def summary(self) -> str:
         return (
