@@ -338,7 +338,7 @@ def _open_delivery(series: Series, ledger: Mapping[str, LedgerEntry], now: datet
     return Step(
         "unknown",
         f"{name}: {why}; the next run asks the provider first, and sends it again only "
-        "if it never arrived",
+        "if it never arrived; if the provider cannot tell, it waits for `series resolve`",
         part,
         wake_at=now,
         article=slug,

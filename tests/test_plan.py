@@ -277,13 +277,15 @@ def test_readers_timezone_beats_series_timezone() -> None:
             LedgerEntry("claimed", 1, at(5), claimed_until=at(5, 6, 30)),
             "unknown",
             "part 2: a run stopped while sending it; the next run asks the provider first, "
-            "and sends it again only if it never arrived",
+            "and sends it again only if it never arrived; if the provider cannot tell, it "
+            "waits for `series resolve`",
         ),
         (
             LedgerEntry("unknown", 1, at(5)),
             "unknown",
             "part 2: delivery unknown; the next run asks the provider first, and sends it "
-            "again only if it never arrived",
+            "again only if it never arrived; if the provider cannot tell, it waits for "
+            "`series resolve`",
         ),
         (
             LedgerEntry("failed", MAX_ATTEMPTS, at(5)),
