@@ -220,3 +220,23 @@ def test_the_stop_line_counts_only_what_this_run_handed_over(example_copy: Path)
     assert err.splitlines()[-1] == (
         f"stopped by SIGTERM after {sent} deliveries; the rest are sent by the next run"
     )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_stop_line_names_the_signal_the_run_was_given(
+    example_copy: Path, slow_postmark: FakePostmark, workers: int
+) -> None:
+    """SIGINT (`kill -INT`, or Ctrl-C reaching the parent alone) is named as such, also
+    when the run passes the stop on to its workers as SIGTERM."""
+    root = workspace(example_copy, readers=40, workers=workers)
+    process = start(root, slow_postmark, MONDAY)
+    wait_for_batches(slow_postmark, 2, process)
+
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1, (out, err)
+    sent = len(slow_postmark.accepted)
+    assert err.splitlines()[-1] == (
+        f"stopped by SIGINT after {sent} deliveries; the rest are sent by the next run"
+    )

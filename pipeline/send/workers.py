@@ -86,6 +86,9 @@ def plan_and_deliver_in_parallel(run: Run, series_list: Sequence[Series], worker
     while finished < workers:
         if not forwarded and run.stopping():
             forwarded = True
+            # The report names the signal the run was given (SIGINT, say), not the
+            # SIGTERM it passes on to the workers, whose reports are merged into it.
+            run.stopped()
             _stop_all(children)
         try:
             event = events.get(timeout=1)
