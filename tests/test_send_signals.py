@@ -240,3 +240,43 @@ def test_the_stop_line_names_the_signal_the_run_was_given(
     assert err.splitlines()[-1] == (
         f"stopped by SIGINT after {sent} deliveries; the rest are sent by the next run"
     )
+
+
+def test_sigterm_during_the_lookup_of_unknown_deliveries_stops_between_lookups(
+    example_copy: Path,
+) -> None:
+    """A run looking up, one request each, the 20 deliveries an earlier run left unknown
+    at a provider that takes a second per search: SIGTERM stops it after the lookup in
+    flight, not after all 20. The line says so, and the deliveries it did not check
+    stay unknown for a later run; nothing is sent."""
+    root = workspace(example_copy, readers=40, workers=1)
+    with FakePostmark(token=POSTMARK_TOKEN) as fake:
+        fake.fail_next("drop-before", times=4)  # 4 requests of 5 lost: 20 unknown
+        out, err = start(root, fake, MONDAY).communicate(timeout=120)
+        assert out.startswith("sent 20, failed 0, retried 0, unknown 20,"), (out, err)
+
+        fake.fail_next("slow", times=100, delay=1.0, path=SEARCH_PATH)
+        accepted = len(fake.accepted)
+        process = start(root, fake, MONDAY + timedelta(days=1))
+        deadline = time.monotonic() + 60
+        while not any(r.path == SEARCH_PATH for r in fake.requests):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        took = time.monotonic() - signalled
+        searches = sum(1 for r in fake.requests if r.path == SEARCH_PATH)
+
+    assert took < 5, (took, searches)  # before: 20 searches of a second each
+    assert searches < 5
+    assert process.returncode == 1, (out, err)
+    assert len(fake.accepted) == accepted  # nothing went out in the stopped run
+    assert err.splitlines()[-1] == (
+        "stopped by SIGTERM after 0 deliveries; the rest are sent by the next run"
+    )
+    assert "of 20 unknown deliveries; the rest wait for a later run" in err, err
+    # Those it looked up were never accepted: failed, for a later run to send again.
+    states = ledger_states(root)
+    assert states == Counter({"sent": 20, "failed": searches, "unknown": 20 - searches})
+    assert f"checked {searches} of 20 unknown deliveries" in err, err

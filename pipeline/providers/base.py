@@ -300,6 +300,10 @@ class Provider(ABC):
     # How long after an interrupted send "not found" by ``lookup`` can be believed:
     # a search may not list what was accepted just before (seconds).
     settle_time: ClassVar[float] = 600.0
+    # How many deliveries one ``lookup`` call is given (None: all at once): a run stops
+    # on a signal between two calls, so a provider that asks once per delivery takes
+    # one at a time (the outbox reads its folder once for all of them).
+    lookup_batch: ClassVar[int | None] = None
     # True when one request carries one body for all its recipients (personalised by the
     # provider from Message.merge): the send loop then batches only messages of the
     # same template together.

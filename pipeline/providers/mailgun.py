@@ -68,6 +68,7 @@ class MailgunProvider(Provider):
     name = "mailgun"
     # Mailgun keeps events for 1 to 30 days by plan: trust a search only for the shortest.
     lookup_window = 24 * 3600.0
+    lookup_batch = 1  # one search request per delivery
     # Events can arrive late and out of order: Mailgun's advice is to trust a page
     # only once its events are half an hour old.
     settle_time = 1800.0

@@ -60,6 +60,7 @@ class PostmarkProvider(Provider):
     # Postmark keeps sent messages 45 days by default and accounts can shorten that:
     # trust "not found" for a week only.
     lookup_window = 7 * 24 * 3600.0
+    lookup_batch = 1  # one search request per delivery
     batch_size = 500
 
     def __init__(

@@ -69,6 +69,7 @@ class SendGridProvider(Provider):
     name = "sendgrid"
     # Email Activity covers the last 30 days.
     lookup_window = 30 * 24 * 3600.0
+    lookup_batch = 1  # one search request per delivery
     # Email Activity is indexed with a delay: give it half an hour too.
     settle_time = 1800.0
     batch_size = MAX_PERSONALIZATIONS

@@ -47,22 +47,20 @@ def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
         Pending(row.delivery_key, row.email, row.attempted_at or row.updated_at - LEASE)
         for row in unknown
     ]
-    try:
-        found = run.provider.lookup(pending)
-    except ProviderError as exc:
-        if exc.auth:
-            raise
-        report.problems.append(f"could not check {len(unknown)} unknown deliveries: {exc}")
+    found, failure = _look_up(run, pending)
+    if failure is not None and not found:
+        report.problems.append(f"could not check {len(unknown)} unknown deliveries: {failure}")
         report.unknown += len(unknown)
         return
-    forgotten = 0
+    forgotten = recent = 0
     settle = timedelta(seconds=run.provider.settle_time)
     unchecked = [row for row in unknown if row.delivery_key not in found]
     if unchecked:
         report.unknown += len(unchecked)
+        why = f" ({failure})" if failure is not None else ""
         report.problems.append(
             f"{run.provider.name} checked {len(unknown) - len(unchecked)} of "
-            f"{len(unknown)} unknown deliveries; the rest wait for a later run"
+            f"{len(unknown)} unknown deliveries; the rest wait for a later run{why}"
         )
     with run.store.begin() as conn:
         for row in unknown:
@@ -71,6 +69,7 @@ def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
             message_id = found[row.delivery_key]
             if message_id is None and row.updated_at > now - settle:
                 report.unknown += 1  # too recent to conclude anything
+                recent += 1
                 continue
             if message_id is None and _forgotten(run.provider, row, now):
                 # Older than the provider's memory: "not found" proves nothing.
@@ -85,11 +84,39 @@ def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
             )
             if settled:  # not when another run looking them up got there first
                 report.resolved += 1
+    if recent:
+        report.problems.append(
+            f"{recent} unknown deliveries are too recent for {run.provider.name}'s search "
+            f"to be sure of (it may list a message up to {settle.seconds // 60} minutes "
+            "late): a later run looks them up again"
+        )
     if forgotten:
         report.problems.append(
             f"{forgotten} unknown deliveries are older than {run.provider.name} keeps its "
             "log: decide them with `series resolve` (see `series status`)"
         )
+
+
+def _look_up(
+    run: Run, pending: Sequence[Pending]
+) -> tuple[dict[str, str | None], ProviderError | None]:
+    """The provider's answer for ``pending``, asked ``Provider.lookup_batch`` deliveries
+    at a time so that a stop (a signal) is heeded between its requests: (the provider's
+    message id, or None where it has none, by delivery key, for each delivery checked;
+    the error that ended the lookups early, or None). A delivery left out was not
+    checked. Raises ProviderError when the provider refuses the run (credentials)."""
+    size = run.provider.lookup_batch or len(pending)
+    found: dict[str, str | None] = {}
+    for start in range(0, len(pending), size):
+        if run.stopping():
+            break
+        try:
+            found.update(run.provider.lookup(pending[start : start + size]))
+        except ProviderError as exc:
+            if exc.auth:
+                raise
+            return found, exc
+    return found, None
 
 
 def replay(run: Run, series_list: Sequence[Series], unknown: Sequence[Any]) -> list[Any]:
