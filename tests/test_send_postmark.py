@@ -160,6 +160,34 @@ def test_not_found_after_postmarks_memory_proves_nothing(
     assert postmark.accepted == []
 
 
+def test_a_claim_left_over_a_week_ago_is_not_said_to_be_too_recent(
+    workspace: Path, postmark: FakePostmark
+) -> None:
+    """A run killed while its batch was on its way, the claims expiring only when the next
+    run comes 8 days later: "not found" proves nothing (older than Postmark's log), and
+    that run says so at once, not that they are too recent and a later run looks them
+    up again (it would only say, ten minutes on, that a person must decide them)."""
+    postmark.fail_next("drop-before", times=1)
+    send(workspace, MONDAY)
+    with open_store(workspace) as store, store.begin() as conn:  # as a killed run leaves them
+        conn.execute(
+            deliveries.update().values(
+                state="claimed", claimed_until=MONDAY + timedelta(minutes=15)
+            )
+        )
+
+    _, out, err = send(workspace, MONDAY + timedelta(days=8))
+
+    assert out.startswith("sent 0, failed 0, retried 0, unknown 6")
+    assert "too recent" not in err, err
+    assert err.splitlines()[-1] == (
+        "6 unknown deliveries are older than postmark keeps its log: decide them with "
+        "`series resolve` (see `series status`)"
+    )
+    assert ledger_states(workspace) == Counter({"unknown": 6})
+    assert postmark.accepted == []
+
+
 def test_rate_limit_paces_batches(workspace: Path, postmark: FakePostmark) -> None:
     """With rate_limit = 2 and batches of 2, six messages go one per request, and take
     at least 3.5 s: no window of a second or more holds more than two a second."""

@@ -67,14 +67,15 @@ def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
             if row.delivery_key not in found:
                 continue
             message_id = found[row.delivery_key]
+            if message_id is None and _forgotten(run.provider, row, now):
+                # Older than the provider's memory: "not found" proves nothing, now or
+                # later (a claim that expired just now may have been sent days ago).
+                report.unknown += 1
+                forgotten += 1
+                continue
             if message_id is None and row.updated_at > now - settle:
                 report.unknown += 1  # too recent to conclude anything
                 recent += 1
-                continue
-            if message_id is None and _forgotten(run.provider, row, now):
-                # Older than the provider's memory: "not found" proves nothing.
-                report.unknown += 1
-                forgotten += 1
                 continue
             settled = ledger.resolve_unknown(
                 conn,
