@@ -57,10 +57,13 @@ def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
     unchecked = [row for row in unknown if row.delivery_key not in found]
     if unchecked:
         report.unknown += len(unchecked)
-        why = f" ({failure})" if failure is not None else ""
+        # (A lookup cut short by an error says nothing more: the run does not retry it.)
         report.problems.append(
             f"{run.provider.name} checked {len(unknown) - len(unchecked)} of "
-            f"{len(unknown)} unknown deliveries; the rest wait for a later run{why}"
+            f"{len(unknown)} unknown deliveries; the rest wait for a later run"
+            if found or not run.stopping()
+            else f"{len(unknown)} unknown deliveries were not looked up before the run "
+            "was stopped; a later run looks them up"
         )
     with run.store.begin() as conn:
         for row in unknown:
@@ -87,9 +90,9 @@ def _reconcile(run: Run, series_list: Sequence[Series]) -> None:
                 report.resolved += 1
     if recent:
         report.problems.append(
-            f"{recent} unknown deliveries are too recent for {run.provider.name}'s search "
-            f"to be sure of (it may list a message up to {settle.seconds // 60} minutes "
-            "late): a later run looks them up again"
+            f"{recent} unknown deliveries were interrupted less than "
+            f"{settle.seconds // 60} minutes ago, too soon to take {run.provider.name}'s "
+            '"not found" as final: a later run looks them up again'
         )
     if forgotten:
         report.problems.append(
