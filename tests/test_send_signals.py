@@ -118,17 +118,20 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_stops_after_the_batch_in_flight_and_records_it(
-    example_copy: Path, slow_postmark: FakePostmark, workers: int
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_run_after_the_batch_in_flight(
+    example_copy: Path, slow_postmark: FakePostmark, workers: int, stop: signal.Signals
 ) -> None:
-    """SIGTERM to `series send` (to the parent only, with or without worker processes):
-    the batches in flight are recorded, the next ones given back, one line says so, the
-    exit code is 1; nothing is left claimed, and the next run sends the rest, once."""
+    """SIGTERM or SIGINT (`kill -INT`, or Ctrl-C reaching the parent alone) to `series
+    send`, with or without worker processes: the batches in flight are recorded, the
+    next ones given back, one line names the signal (not the SIGTERM the run passes on
+    to its workers), the exit code is 1; nothing is left claimed, and the next run
+    sends the rest, once."""
     root = workspace(example_copy, readers=40, workers=workers)
     process = start(root, slow_postmark, MONDAY)
     wait_for_batches(slow_postmark, 2, process)
 
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, (out, err)
@@ -136,7 +139,7 @@ def test_sigterm_stops_after_the_batch_in_flight_and_records_it(
     sent = len(slow_postmark.accepted)
     assert 0 < sent < 40
     assert err.splitlines()[-1] == (
-        f"stopped by SIGTERM after {sent} deliveries; the rest are sent by the next run"
+        f"stopped by {stop.name} after {sent} deliveries; the rest are sent by the next run"
     )
     assert out.startswith(f"sent {sent}, failed 0, retried 0, unknown 0,")
     assert ledger_states(root) == Counter({"sent": sent})
@@ -219,26 +222,6 @@ def test_the_stop_line_counts_only_what_this_run_handed_over(example_copy: Path)
     assert out.startswith(f"sent {sent}, failed 0, retried 0, unknown 5,"), out
     assert err.splitlines()[-1] == (
         f"stopped by SIGTERM after {sent} deliveries; the rest are sent by the next run"
-    )
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_stop_line_names_the_signal_the_run_was_given(
-    example_copy: Path, slow_postmark: FakePostmark, workers: int
-) -> None:
-    """SIGINT (`kill -INT`, or Ctrl-C reaching the parent alone) is named as such, also
-    when the run passes the stop on to its workers as SIGTERM."""
-    root = workspace(example_copy, readers=40, workers=workers)
-    process = start(root, slow_postmark, MONDAY)
-    wait_for_batches(slow_postmark, 2, process)
-
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
-
-    assert process.returncode == 1, (out, err)
-    sent = len(slow_postmark.accepted)
-    assert err.splitlines()[-1] == (
-        f"stopped by SIGINT after {sent} deliveries; the rest are sent by the next run"
     )
 
 
