@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import SeriesError
 from ..tokens import PREVIOUS_SECRET_ENV, SECRET_ENV, Signer, fingerprint, keys_from_environment
-from .ledger import set_setting
+from .ledger import set_setting, setting_or_none
 from .schema import deliveries, settings, signups
 
 SIGNED_WITH = "link_key_fingerprint"
@@ -43,7 +43,7 @@ def accepted_keys(conn: Connection) -> tuple[bytes, tuple[bytes, ...]]:
     is the current or the previous one, or STORED_SIGNED is set), or links were sent
     before fingerprints were kept. It is in the database anyway: accepting it gives
     nobody a key they did not have."""
-    stored = bytes.fromhex(_get(conn, "link_signing_key") or "")
+    stored = bytes.fromhex(setting_or_none(conn, "link_signing_key") or "")
     key, previous = keys_from_environment(stored)
     if key != stored and stored and _stored_signed(conn, stored):
         previous = (*previous, stored)
@@ -52,13 +52,9 @@ def accepted_keys(conn: Connection) -> tuple[bytes, tuple[bytes, ...]]:
 
 def _stored_signed(conn: Connection, stored: bytes) -> bool:
     current, before = stored_fingerprints(conn)
-    if _get(conn, STORED_SIGNED) is not None or fingerprint(stored) in (current, before):
+    if setting_or_none(conn, STORED_SIGNED) is not None or fingerprint(stored) in (current, before):
         return True
     return current is None and _links_sent(conn)
-
-
-def _get(conn: Connection, key: str) -> str | None:
-    return conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
 
 
 def stored_fingerprints(conn: Connection) -> tuple[str | None, str | None]:
@@ -100,7 +96,7 @@ def check_send_key(
             "to the old one, so links already in inboxes keep working"
         )
     if write:
-        stored = _get(conn, "link_signing_key")
+        stored = setting_or_none(conn, "link_signing_key")
         if (stored and fingerprint(bytes.fromhex(stored)) == mine) or (
             current is None and _links_sent(conn)  # sent before fingerprints were kept
         ):
